@@ -1,0 +1,77 @@
+"""Crash-safe file writing: write to a temporary name beside the target, then rename.
+
+A kill at any moment leaves either the previous file or the complete new one, never a partial
+file, because ``os.replace`` is atomic within one filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from vox2vox.errors import Vox2VoxError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success rename it onto ``target``.
+
+    The temporary name keeps the target's suffixes (``.nii.gz`` stays ``.nii.gz``) so writers
+    that choose a format from the file name still work. On any exception the temporary file is
+    removed and the target is left as it was.
+    """
+    target = Path(target)
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise Vox2VoxError(f"{folder}: cannot create output folder ({err.strerror})") from err
+    suffix = "".join(target.suffixes[-2:]) if target.suffixes else ""
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{suffix}", dir=folder)
+    except OSError as err:
+        raise Vox2VoxError(f"{folder}: cannot write here ({err.strerror})") from err
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        _write(tmp, data, target)
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``target`` atomically."""
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def _write(tmp: Path, data: bytes, target: str | os.PathLike[str]) -> None:
+    try:
+        tmp.write_bytes(data)
+    except OSError as err:
+        raise Vox2VoxError(f"{target}: write failed ({err.strerror}); is the disk full?") from err
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
