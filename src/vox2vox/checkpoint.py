@@ -1,0 +1,153 @@
+"""One safe checkpoint format: a single ``.safetensors`` file with JSON metadata, written atomically.
+
+Tensors (generator and discriminator weights, Adam moments) are stored as safetensors, which
+holds raw arrays and cannot run code when loaded. Everything else (the resolved config, epoch,
+step, best score, optimizer hyper-parameters, library versions) is one JSON document stored in
+the safetensors header under the key ``vox2vox``. One file means one atomic rename: a kill at
+any moment leaves the previous checkpoint intact. A checkpoint alone rebuilds its generator.
+
+Pickle-based files (``torch.save`` output, ``.pt``/``.pth``/``.ckpt``) are refused before any
+byte of them is deserialised.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import torch
+from safetensors.torch import load_file, save
+
+from vox2vox.atomic import atomic_write_bytes
+from vox2vox.errors import Vox2VoxError
+
+FORMAT = "vox2vox-checkpoint"
+FORMAT_VERSION = 1
+METADATA_KEY = "vox2vox"
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds, as plain Python values and CPU tensors."""
+
+    config: dict[str, Any]
+    generator: dict[str, torch.Tensor]
+    discriminator: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)  # epoch, step, best score, label info, ...
+
+
+def software_versions() -> dict[str, str]:
+    import monai
+    import nibabel
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "monai": monai.__version__,
+        "nibabel": nibabel.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
+    """Write ``ckpt`` atomically to ``path`` (a ``.safetensors`` file)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, sd in (("generator.", ckpt.generator), ("discriminator.", ckpt.discriminator)):
+        for name, t in sd.items():
+            tensors[prefix + name] = t.detach().to("cpu").contiguous()
+    optim_meta: dict[str, Any] = {}
+    for opt_name, osd in ckpt.optimizers.items():
+        optim_meta[opt_name] = {"param_groups": osd["param_groups"], "state": {}}
+        for idx, pstate in osd["state"].items():
+            entry: dict[str, Any] = {}
+            for key, value in pstate.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{opt_name}.{idx}.{key}"] = value.detach().to("cpu").contiguous()
+                    entry[key] = "tensor"
+                else:
+                    entry[key] = value
+            optim_meta[opt_name]["state"][str(idx)] = entry
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": ckpt.config,
+        "state": ckpt.state,
+        "optimizers": optim_meta,
+        "versions": software_versions(),
+    }
+    data = save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
+    atomic_write_bytes(path, data)
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`; refuse anything else."""
+    path = Path(path)
+    if path.is_dir():
+        path = resolve_checkpoint(path)
+    _refuse_unsafe(path)
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path), device=str(map_location))
+    except (OSError, safetensors.SafetensorError, ValueError) as err:
+        raise Vox2VoxError(f"{path}: not a readable safetensors checkpoint ({err})") from err
+    if METADATA_KEY not in header:
+        raise Vox2VoxError(f"{path}: safetensors file without vox2vox metadata; not a vox2vox checkpoint")
+    meta = json.loads(header[METADATA_KEY])
+    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise Vox2VoxError(f"{path}: unsupported checkpoint format {meta.get('format')} v{meta.get('format_version')}")
+    generator = {k[len("generator.") :]: v for k, v in tensors.items() if k.startswith("generator.")}
+    discriminator = {k[len("discriminator.") :]: v for k, v in tensors.items() if k.startswith("discriminator.")}
+    optimizers: dict[str, dict[str, Any]] = {}
+    for opt_name, om in meta.get("optimizers", {}).items():
+        state = {}
+        for idx, entry in om["state"].items():
+            state[int(idx)] = {
+                key: tensors[f"optim.{opt_name}.{idx}.{key}"] if value == "tensor" else value
+                for key, value in entry.items()
+            }
+        optimizers[opt_name] = {"param_groups": om["param_groups"], "state": state}
+    state = dict(meta.get("state", {}))
+    state["versions"] = meta.get("versions", {})
+    return Checkpoint(config=meta["config"], generator=generator, discriminator=discriminator,
+                      optimizers=optimizers, state=state)
+
+
+def resolve_checkpoint(path: str | Path, *, which: str = "best") -> Path:
+    """A run directory -> its ``checkpoints/<which>.safetensors`` (falling back to ``last``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    for name in (which, "last", "best"):
+        candidate = folder / f"{name}.safetensors"
+        if candidate.is_file():
+            return candidate
+    raise Vox2VoxError(f"{path}: no checkpoint found (expected checkpoints/{which}.safetensors in a run directory)")
+
+
+_PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar"}
+
+
+def _refuse_unsafe(path: Path) -> None:
+    """Refuse pickle-based files by name and by content, without unpickling anything."""
+    if not path.is_file():
+        raise Vox2VoxError(f"{path}: checkpoint not found")
+    with path.open("rb") as f:
+        head = f.read(8)
+    # torch.save writes a zip (PK\x03\x04) or a raw pickle (protocol marker 0x80).
+    is_pickle = head[:2] == b"PK" or head[:1] == b"\x80" or path.suffix.lower() in _PICKLE_SUFFIXES
+    if is_pickle:
+        raise Vox2VoxError(
+            f"{path}: refusing a pickle-based checkpoint (it could run code when loaded); "
+            "vox2vox loads only .safetensors checkpoints with vox2vox metadata"
+        )
+    if len(head) < 8:
+        raise Vox2VoxError(f"{path}: file too short to be a safetensors checkpoint")

@@ -1,0 +1,273 @@
+"""Typed, validated run configuration, saved with every run and inside every checkpoint.
+
+A ``Config`` is plain frozen dataclasses of JSON types. ``Config.from_dict`` rejects unknown keys
+and wrong types with one-line messages naming the key, so a typo in a config file never silently
+falls back to a default. ``--set section.key=value`` overrides parse their value as JSON (falling
+back to a plain string), e.g. ``--set train.patch_size=[64,64,64]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vox2vox.errors import Vox2VoxError
+from vox2vox.losses import LossConfig
+from vox2vox.networks.discriminator import DiscriminatorConfig
+from vox2vox.networks.generator import GeneratorConfig
+from vox2vox.preprocessing import PreprocessConfig
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+AmpChoice = Literal["auto", "bf16", "fp16", "off"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the cases are, how their labels read, and how they split into train/validation."""
+
+    path: str | None = None
+    layout: str = "auto"
+    convention: str | None = None  # label convention; None = the layout's default
+    val_fraction: float = 0.2
+    val_cases: int | None = None  # overrides val_fraction when set
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise Vox2VoxError(f"data.val_fraction={self.val_fraction}: must be in [0, 1)")
+        if self.val_cases is not None and self.val_cases < 0:
+            raise Vox2VoxError(f"data.val_cases={self.val_cases}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Augmentation switches (paper scheme by default: 25% untouched, each transform p = 0.5)."""
+
+    enabled: bool = True
+    p_untouched: float = 0.25
+    p_flip: float = 0.5
+    p_intensity: float = 0.5
+    p_rotate: float = 0.5
+    max_rotation_deg: float = 30.0
+    p_scale: float = 0.0
+    p_elastic: float = 0.5
+    foreground_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name.startswith(("p_", "foreground")):
+                value = getattr(self, f.name)
+                if not 0.0 <= value <= 1.0:
+                    raise Vox2VoxError(f"augment.{f.name}={value}: a probability must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam for both networks (paper: lr 2e-4, betas (0.5, 0.999), no schedule)."""
+
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+    def __post_init__(self) -> None:
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self, name) > 0:
+                raise Vox2VoxError(f"optim.{name}={getattr(self, name)}: learning rate must be positive")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise Vox2VoxError(f"optim.{name}={getattr(self, name)}: must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: one random patch per training case per epoch (paper: batch 4, 200 epochs)."""
+
+    epochs: int = 200
+    batch_size: int = 4
+    patch_size: tuple[int, int, int] = (128, 128, 128)
+    patches_per_case: int = 1
+    # Train D only while its patch accuracy is <= this (None: update D every step, as the authors).
+    d_accuracy_gate: float | None = None
+    val_every: int = 1
+    checkpoint_every: int = 1
+    seed: int = 0
+    device: DeviceChoice = "auto"
+    amp: AmpChoice = "auto"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patches_per_case", "val_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise Vox2VoxError(f"train.{name}={getattr(self, name)}: must be >= 1")
+        if len(self.patch_size) != 3 or any(s < 1 for s in self.patch_size):
+            raise Vox2VoxError(f"train.patch_size={list(self.patch_size)}: give three positive sizes")
+        if self.d_accuracy_gate is not None and not 0.0 < self.d_accuracy_gate <= 1.0:
+            raise Vox2VoxError(f"train.d_accuracy_gate={self.d_accuracy_gate}: must be in (0, 1] or null")
+        if self.num_workers < 0:
+            raise Vox2VoxError(f"train.num_workers={self.num_workers}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs; ``generator.in_channels``/``n_classes`` are resolved from the data."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+
+    def __post_init__(self) -> None:
+        m = self.generator.size_multiple
+        bad = [s for s in self.train.patch_size if s % m]
+        if bad:
+            raise Vox2VoxError(
+                f"train.patch_size={list(self.train.patch_size)}: each size must be a multiple of "
+                f"2^generator.depth = {m} (e.g. {m}, {2 * m}, {4 * m})"
+            )
+        smallest = self.discriminator.min_input_size()
+        if self.loss.adversarial and min(self.train.patch_size) < smallest:
+            raise Vox2VoxError(
+                f"train.patch_size={list(self.train.patch_size)}: the discriminator needs at least "
+                f"{smallest} voxels per axis; use larger patches or fewer discriminator.n_strided layers"
+            )
+
+    # ---- conversion ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Config:
+        return _build(cls, data, prefix="", source=source)
+
+    def replace(self, **sections: Any) -> Config:
+        return dataclasses.replace(self, **sections)
+
+    def with_overrides(self, overrides: list[str], *, source: str = "--set") -> Config:
+        """Apply ``section.key=value`` strings (value parsed as JSON, else taken as a string)."""
+        data = self.to_dict()
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or "." not in key:
+                raise Vox2VoxError(f"{source} {item!r}: write section.key=value, e.g. train.epochs=10")
+            section, _, name = key.strip().partition(".")
+            if section not in data or not isinstance(data[section], dict):
+                raise Vox2VoxError(f"{source} {item!r}: unknown section {section!r}; known: {', '.join(data)}")
+            if name not in data[section]:
+                raise Vox2VoxError(
+                    f"{source} {item!r}: unknown key {key!r}; known in {section}: {', '.join(data[section])}"
+                )
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            data[section][name] = value
+        return Config.from_dict(data, source=source)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a ``.json`` or ``.toml`` config file (missing sections and keys take defaults)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as err:
+        raise Vox2VoxError(f"{path}: cannot read config ({err.strerror})") from err
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text.decode("utf-8"))
+        else:
+            data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise Vox2VoxError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({err})") from err
+    if not isinstance(data, dict):
+        raise Vox2VoxError(f"{path}: the top level must be a table of sections")
+    return Config.from_dict(data, source=str(path))
+
+
+# ---- typed construction --------------------------------------------------------------------
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Any, *, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(data, dict):
+        raise Vox2VoxError(f"{source}: {where} must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise Vox2VoxError(
+            f"{source}: unknown key {prefix}{unknown[0]!r}; known keys{' in ' + where if prefix else ''}: "
+            f"{', '.join(fields)}"
+        )
+    kwargs = {name: _coerce(hints[name], value, key=f"{prefix}{name}", source=source) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise Vox2VoxError(f"{source}: {where}: {err}") from err
+
+
+def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:
+    """Check ``value`` against a type hint, converting lists to tuples and ints to floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=f"{key}.", source=source)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key=key, source=source)
+            except Vox2VoxError as err:
+                errors.append(str(err))
+        raise Vox2VoxError(errors[0] if len(errors) == 1 else f"{source}: {key}={value!r} has the wrong type ({hint})")
+    if origin is Literal:
+        if value not in args:
+            raise Vox2VoxError(f"{source}: {key}={value!r}: choose one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise Vox2VoxError(f"{source}: {key}={value!r}: expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, key=key, source=source) for v in value)
+        if len(value) != len(args):
+            raise Vox2VoxError(f"{source}: {key}={list(value)!r}: expected {len(args)} values")
+        return tuple(_coerce(a, v, key=key, source=source) for a, v in zip(args, value, strict=True))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise Vox2VoxError(f"{source}: {key}={value!r}: expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Vox2VoxError(f"{source}: {key}={value!r}: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Vox2VoxError(f"{source}: {key}={value!r}: expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise Vox2VoxError(f"{source}: {key}={value!r}: expected a string")
+        return value
+    return value

@@ -1,0 +1,116 @@
+"""Vox2Vox losses: least-squares GAN terms and the generalized Dice loss (METHOD.md, "Losses").
+
+All functions take and return float32 tensors; call them outside autocast regions (or they cast)
+so that sums over 128^3 voxels do not overflow in half precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from vox2vox.errors import Vox2VoxError
+
+DiceWeighting = Literal["fixed", "sudre", "uniform"]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Generator objective = [adversarial] + ``lambda_dice`` * GDL (paper: lambda = 5)."""
+
+    adversarial: bool = True
+    lambda_dice: float = 5.0
+    dice_weighting: DiceWeighting = "fixed"
+    # Filled from the training labels when ``dice_weighting == "fixed"`` (w_c = N / (C * n_c)).
+    class_weights: tuple[float, ...] | None = None
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.dice_weighting not in ("fixed", "sudre", "uniform"):
+            raise Vox2VoxError(f"loss.dice_weighting={self.dice_weighting!r}: choose fixed, sudre or uniform")
+        if self.lambda_dice < 0:
+            raise Vox2VoxError(f"loss.lambda_dice={self.lambda_dice}: must be >= 0")
+        if not self.adversarial and self.lambda_dice == 0:
+            raise Vox2VoxError("loss: with adversarial=false, lambda_dice must be > 0 or nothing is trained")
+
+
+def lsgan_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """0.5 * [mean((1 - D(x, y))^2) + mean(D(x, G(x))^2)]."""
+    real_scores, fake_scores = real_scores.float(), fake_scores.float()
+    return 0.5 * ((1.0 - real_scores).square().mean() + fake_scores.square().mean())
+
+
+def lsgan_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """mean((1 - D(x, G(x)))^2): the generator wants its pairs judged real."""
+    return (1.0 - fake_scores.float()).square().mean()
+
+
+def discriminator_accuracy(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """Fraction of patches judged correctly (real > 0.5, fake < 0.5), over both pairs."""
+    correct = (real_scores > 0.5).float().sum() + (fake_scores < 0.5).float().sum()
+    return correct / (real_scores.numel() + fake_scores.numel())
+
+
+def generalized_dice_loss(
+    target: torch.Tensor,
+    probs: torch.Tensor,
+    *,
+    weighting: DiceWeighting = "fixed",
+    class_weights: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """1 - 2 * sum_c w_c sum(y p) / (sum_c w_c sum(y + p) + eps), over the whole batch.
+
+    ``target`` and ``probs`` are ``(B, C, D, H, W)`` (one-hot and softmax); every class including
+    background counts, as in the authors' implementation. ``weighting``:
+    ``fixed`` uses ``class_weights`` (computed once from the training labels),
+    ``sudre`` recomputes w_c = 1 / (sum y_c)^2 per batch (Sudre et al. 2017; classes absent from
+    the batch get the largest weight present, so they neither vanish nor explode),
+    ``uniform`` uses w_c = 1.
+    """
+    if target.shape != probs.shape:
+        raise Vox2VoxError(f"dice loss: target {tuple(target.shape)} and prediction {tuple(probs.shape)} differ")
+    target, probs = target.float(), probs.float()
+    dims = [0, *range(2, target.ndim)]
+    intersection = (target * probs).sum(dims)
+    denominator = (target + probs).sum(dims)
+    if weighting == "fixed":
+        if class_weights is None:
+            raise Vox2VoxError("dice loss: weighting 'fixed' needs class_weights (compute them from the training labels)")
+        w = class_weights.to(probs.device, torch.float32)
+    elif weighting == "sudre":
+        counts = target.sum(dims)
+        w = 1.0 / counts.clamp_min(1.0).square()
+        present = counts > 0
+        if present.any():
+            w = torch.where(present, w, w[present].max())
+    elif weighting == "uniform":
+        w = torch.ones_like(intersection)
+    else:
+        raise Vox2VoxError(f"dice loss: unknown weighting {weighting!r}")
+    return 1.0 - 2.0 * (w * intersection).sum() / ((w * denominator).sum() + eps)
+
+
+def fixed_class_weights(labels: list[np.ndarray], n_classes: int) -> tuple[float, ...]:
+    """w_c = n_voxels / (n_classes * count_c) over all training label maps (class indices).
+
+    Classes that never occur get weight 0 (they cannot be balanced and must not divide by zero);
+    BraTS crops give about [0.26, 45.5, 16.5, 49.1] (METHOD.md).
+    """
+    counts = np.zeros(n_classes, dtype=np.float64)
+    for label in labels:
+        counts += np.bincount(np.asarray(label).ravel().astype(np.int64), minlength=n_classes)[:n_classes]
+    total = counts.sum()
+    if total == 0:
+        raise Vox2VoxError("no labelled voxels in the training data; cannot compute class weights")
+    with np.errstate(divide="ignore"):
+        weights = np.where(counts > 0, total / (n_classes * np.maximum(counts, 1)), 0.0)
+    return tuple(float(w) for w in weights)
+
+
+def one_hot(label: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``(B, D, H, W)`` integer classes -> ``(B, C, D, H, W)`` float one-hot."""
+    return torch.nn.functional.one_hot(label.long(), n_classes).movedim(-1, 1).float()

@@ -1,0 +1,112 @@
+"""The Vox2Vox conditional 3D PatchGAN discriminator.
+
+It judges an (image, segmentation) pair: the input is ``concat(image, segmentation)`` with
+``in_channels + n_classes`` channels (the authors' code swapped the two inputs, which only worked
+when the counts were equal). Defaults (METHOD.md, "Discriminator"): three stride-2 4^3 convolutions
+(64-128-256 filters, instance norm on all but the first, LeakyReLU, dropout 0.2), then two stride-1
+4^3 convolutions (512, then 1 filter) giving a raw score map (14^3 for a 128^3 input), no sigmoid,
+as the least-squares GAN loss expects.
+
+Shapes: image ``(B, in_channels, D, H, W)``, segmentation ``(B, n_classes, D, H, W)`` (one-hot or
+softmax), output ``(B, 1, d, h, w)`` patch scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vox2vox.errors import Vox2VoxError
+from vox2vox.networks.generator import NormKind, init_he_normal, make_norm
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """Architecture of the conditional PatchGAN (paper defaults)."""
+
+    in_channels: int = 4
+    n_classes: int = 4
+    base_filters: int = 64
+    max_filters: int = 512
+    n_strided: int = 3
+    kernel_size: int = 4
+    dropout: float = 0.2
+    negative_slope: float = 0.3
+    norm: NormKind = "instance"
+    norm_eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "n_classes", "base_filters", "max_filters", "n_strided", "kernel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise Vox2VoxError(f"discriminator.{name}={value!r}: must be a positive integer")
+        if not 0.0 <= self.dropout < 1.0:
+            raise Vox2VoxError(f"discriminator.dropout={self.dropout}: must be in [0, 1)")
+
+    def output_size(self, size: int) -> int:
+        """Spatial size of the score map for an input of ``size`` voxels along one axis."""
+        k = self.kernel_size
+        pad = (k - 1) // 2
+        for _ in range(self.n_strided):
+            size = (size + 2 * pad - k) // 2 + 1
+        for _ in range(2):
+            size = size + 2 * 1 - k + 1
+        return size
+
+    def min_input_size(self) -> int:
+        size = 1
+        while self.output_size(size) < 1:
+            size += 1
+        return size
+
+
+class Discriminator(nn.Module):
+    """Conditional PatchGAN: ``forward(image, segmentation)`` -> raw patch scores."""
+
+    def __init__(self, config: DiscriminatorConfig):
+        super().__init__()
+        self.config = config
+        k = config.kernel_size
+        layers: list[nn.Module] = []
+        cin = config.in_channels + config.n_classes
+        for i in range(config.n_strided):
+            cout = min(config.base_filters * 2**i, config.max_filters)
+            layers += [nn.Conv3d(cin, cout, k, stride=2, padding=(k - 1) // 2)]
+            if i > 0:
+                layers.append(make_norm(config.norm, cout, config.norm_eps))
+            layers.append(nn.LeakyReLU(config.negative_slope, inplace=True))
+            if config.dropout > 0:
+                layers.append(nn.Dropout3d(config.dropout))
+            cin = cout
+        # Two stride-1 convolutions with one voxel of zero padding each (pix2pix-style 'valid'
+        # after ZeroPadding), shrinking the map by k - 3 per layer: 16^3 -> 15^3 -> 14^3 for k=4.
+        cout = min(config.base_filters * 2**config.n_strided, config.max_filters)
+        layers += [
+            nn.Conv3d(cin, cout, k, stride=1, padding=1),
+            make_norm(config.norm, cout, config.norm_eps),
+            nn.LeakyReLU(config.negative_slope, inplace=True),
+            nn.Conv3d(cout, 1, k, stride=1, padding=1),
+        ]
+        self.net = nn.Sequential(*layers)
+        init_he_normal(self)
+
+    def forward(self, image: torch.Tensor, segmentation: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if image.shape[1] != cfg.in_channels or segmentation.shape[1] != cfg.n_classes:
+            raise Vox2VoxError(
+                f"discriminator expects image with {cfg.in_channels} channels and segmentation with "
+                f"{cfg.n_classes} classes; got {image.shape[1]} and {segmentation.shape[1]}"
+            )
+        if image.shape[2:] != segmentation.shape[2:]:
+            raise Vox2VoxError(
+                f"image {tuple(image.shape[2:])} and segmentation {tuple(segmentation.shape[2:])} differ in size"
+            )
+        smallest = min(image.shape[2:])
+        if cfg.output_size(smallest) < 1:
+            raise Vox2VoxError(
+                f"patch size {tuple(image.shape[2:])} is too small for the discriminator "
+                f"({cfg.n_strided} stride-2 layers need at least {cfg.min_input_size()} voxels per axis)"
+            )
+        return self.net(torch.cat([image, segmentation.to(image.dtype)], dim=1))

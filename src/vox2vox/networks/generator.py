@@ -1,0 +1,223 @@
+"""The Vox2Vox generator: a 3D U-Net whose output is a per-voxel class distribution.
+
+Defaults follow the authors' current code (METHOD.md, "Generator"): four stride-2 encoder
+convolutions (64-128-256-512 filters, kernel 4), four bottleneck blocks at 1/16 resolution that
+each concatenate their activated output with their own pre-norm convolution output, three
+transposed-convolution decoder stages with skip connections, and a final transposed convolution to
+``n_classes`` channels followed by a softmax. At 4 input channels and 4 classes this is about
+150 M parameters, most of them in the bottleneck.
+
+Shapes: input ``(B, in_channels, D, H, W)`` with each of D, H, W a multiple of ``2 ** depth``;
+output ``(B, n_classes, D, H, W)`` probabilities (or logits with ``return_logits=True``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from vox2vox.errors import Vox2VoxError
+
+NormKind = Literal["instance", "batch", "none"]
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture of the 3D U-Net generator (paper defaults)."""
+
+    in_channels: int = 4
+    n_classes: int = 4
+    base_filters: int = 64
+    max_filters: int = 512
+    depth: int = 4
+    bottleneck_blocks: int = 4
+    kernel_size: int = 4
+    dropout: float = 0.2
+    negative_slope: float = 0.3
+    norm: NormKind = "instance"
+    norm_eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "in_channels", "n_classes", "base_filters", "max_filters", "kernel_size")
+        if not 2 <= self.depth <= 7:
+            raise Vox2VoxError(f"generator.depth={self.depth}: must be between 2 and 7")
+        if self.bottleneck_blocks < 0:
+            raise Vox2VoxError(f"generator.bottleneck_blocks={self.bottleneck_blocks}: must be >= 0")
+        if self.kernel_size < 2:
+            raise Vox2VoxError(f"generator.kernel_size={self.kernel_size}: a stride-2 layer needs a kernel of at least 2")
+        if not 0.0 <= self.dropout < 1.0:
+            raise Vox2VoxError(f"generator.dropout={self.dropout}: must be in [0, 1)")
+        if self.norm not in ("instance", "batch", "none"):
+            raise Vox2VoxError(f"generator.norm={self.norm!r}: choose instance, batch or none")
+
+    @property
+    def size_multiple(self) -> int:
+        """Every spatial input size must be a multiple of this (``2 ** depth``)."""
+        return 2**self.depth
+
+    def encoder_filters(self) -> list[int]:
+        return [min(self.base_filters * 2**i, self.max_filters) for i in range(self.depth)]
+
+
+def _check_positive(cfg: object, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise Vox2VoxError(f"generator.{name}={value!r}: must be a positive integer")
+
+
+def make_norm(kind: NormKind, channels: int, eps: float) -> nn.Module:
+    """Normalisation layer; instance norm is affine (Keras InstanceNormalization has scale/shift)."""
+    if kind == "instance":
+        return nn.InstanceNorm3d(channels, eps=eps, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm3d(channels, eps=eps)
+    return nn.Identity()
+
+
+def same_padding(kernel_size: int, stride: int) -> tuple[int, int]:
+    """Keras 'same' padding (before, after) for a conv whose input is divisible by the stride.
+
+    Keras pads ``k - s`` in total with the extra voxel after, e.g. (1, 2) for k=4, s=1.
+    """
+    total = max(kernel_size - stride, 0)
+    return total // 2, total - total // 2
+
+
+class DownBlock(nn.Module):
+    """Conv3d (stride 2, 'same') -> norm -> LeakyReLU -> dropout: halves each spatial size."""
+
+    def __init__(self, cin: int, cout: int, cfg: GeneratorConfig, *, norm: bool, dropout: float):
+        super().__init__()
+        before, after = same_padding(cfg.kernel_size, 2)
+        self.pad = nn.ConstantPad3d((before, after) * 3, 0.0) if before != after else nn.Identity()
+        self.conv = nn.Conv3d(cin, cout, cfg.kernel_size, stride=2, padding=before if before == after else 0)
+        self.norm = make_norm(cfg.norm, cout, cfg.norm_eps) if norm else nn.Identity()
+        self.act = nn.LeakyReLU(cfg.negative_slope, inplace=True)
+        self.drop = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.act(self.norm(self.conv(self.pad(x)))))
+
+
+class BottleneckBlock(nn.Module):
+    """y = Conv3d (stride 1, 'same'); out = concat(LeakyReLU(norm(y)), y): doubles the channels."""
+
+    def __init__(self, cin: int, cout: int, cfg: GeneratorConfig):
+        super().__init__()
+        before, after = same_padding(cfg.kernel_size, 1)
+        # F.pad order is (W_before, W_after, H_before, H_after, D_before, D_after).
+        self.pad = nn.ConstantPad3d((before, after) * 3, 0.0)
+        self.conv = nn.Conv3d(cin, cout, cfg.kernel_size, stride=1)
+        self.norm = make_norm(cfg.norm, cout, cfg.norm_eps)
+        self.act = nn.LeakyReLU(cfg.negative_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(self.pad(x))
+        return torch.cat([self.act(self.norm(y)), y], dim=1)
+
+
+class UpBlock(nn.Module):
+    """ConvTranspose3d (stride 2) -> norm -> LeakyReLU, concat with the skip, dropout."""
+
+    def __init__(self, cin: int, cout: int, cfg: GeneratorConfig, *, dropout: float):
+        super().__init__()
+        self.up = transposed_conv(cin, cout, cfg.kernel_size)
+        self.norm = make_norm(cfg.norm, cout, cfg.norm_eps)
+        self.act = nn.LeakyReLU(cfg.negative_slope, inplace=True)
+        self.drop = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.drop(torch.cat([self.act(self.norm(self.up(x))), skip], dim=1))
+
+
+def transposed_conv(cin: int, cout: int, kernel_size: int) -> nn.ConvTranspose3d:
+    """Stride-2 transposed conv that exactly doubles each spatial size for any kernel >= 2."""
+    # out = (n - 1) * 2 - 2 * p + k + op must equal 2n, so 2p - op = k - 2.
+    padding, output_padding = ((kernel_size - 2) // 2, 0) if kernel_size % 2 == 0 else ((kernel_size - 1) // 2, 1)
+    return nn.ConvTranspose3d(cin, cout, kernel_size, stride=2, padding=padding, output_padding=output_padding)
+
+
+class Generator(nn.Module):
+    """Vox2Vox 3D U-Net. ``forward(x)`` -> ``(B, n_classes, D, H, W)`` softmax probabilities."""
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.config = config
+        filters = config.encoder_filters()
+        # Encoder: dropout on all but the deepest stage; no norm on the first (METHOD.md table).
+        self.encoder = nn.ModuleList()
+        cin = config.in_channels
+        for i, cout in enumerate(filters):
+            drop = config.dropout if i < config.depth - 1 else 0.0
+            self.encoder.append(DownBlock(cin, cout, config, norm=i > 0, dropout=drop))
+            cin = cout
+        # Bottleneck: each block maps its input to filters[-1] and concatenates -> 2 * filters[-1].
+        self.bottleneck = nn.ModuleList()
+        for _ in range(config.bottleneck_blocks):
+            self.bottleneck.append(BottleneckBlock(cin, filters[-1], config))
+            cin = 2 * filters[-1]
+        # Decoder: up to each shallower encoder stage, concatenating its output.
+        self.decoder = nn.ModuleList()
+        for skip_filters in reversed(filters[:-1]):
+            self.decoder.append(UpBlock(cin, skip_filters, config, dropout=config.dropout))
+            cin = 2 * skip_filters
+        self.head = transposed_conv(cin, config.n_classes, config.kernel_size)
+        init_he_normal(self)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear error for a tensor the network cannot take."""
+        cfg = self.config
+        if x.ndim != 5:
+            raise Vox2VoxError(f"generator input must be (B, C, D, H, W); got shape {tuple(x.shape)}")
+        if x.shape[1] != cfg.in_channels:
+            raise Vox2VoxError(
+                f"generator expects {cfg.in_channels} input channels, got {x.shape[1]}; "
+                "the model was trained on a different channel count"
+            )
+        m = cfg.size_multiple
+        bad = [s for s in x.shape[2:] if s % m != 0 or s == 0]
+        if bad:
+            raise Vox2VoxError(
+                f"input size {tuple(x.shape[2:])} does not work with depth {cfg.depth}: every spatial "
+                f"size must be a multiple of {m} (e.g. {m}, {2 * m}, {4 * m}, ...); pad or crop the volume"
+            )
+
+    def forward(self, x: torch.Tensor, *, return_logits: bool = False) -> torch.Tensor:
+        self.check_input(x)
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+        for block in self.bottleneck:
+            x = block(x)
+        for block, skip in zip(self.decoder, reversed(skips[:-1]), strict=True):
+            x = block(x, skip)
+        logits = self.head(x)
+        if return_logits:
+            return logits
+        # Softmax in float32: under fp16 autocast small class probabilities would underflow.
+        return torch.softmax(logits.float(), dim=1)
+
+
+def init_he_normal(module: nn.Module) -> None:
+    """He-normal weights (as the authors' Keras code), zero biases, unit norm scales."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d | nn.ConvTranspose3d):
+            # Keras he_normal is a truncated normal with std sqrt(2 / fan_in); fan_in for a
+            # transposed conv in PyTorch's layout is weight.size(0) * k^3, which
+            # kaiming_normal_(mode="fan_in") computes from dim 1, so pick the mode that matches.
+            mode = "fan_out" if isinstance(m, nn.ConvTranspose3d) else "fan_in"
+            nn.init.kaiming_normal_(m.weight, a=0.0, mode=mode, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.InstanceNorm3d | nn.BatchNorm3d) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,440 @@
+"""Vox2Vox training: ``train_step`` (a D half-step, then a G half-step) and ``fit`` (the loop).
+
+The loop follows the paper (METHOD.md, "Training"): every epoch draws one random, augmented patch
+per training case; both networks use Adam; the generator is scored on the whole, un-augmented
+validation volumes by Dice, and the best checkpoint is chosen on that score (not on an augmented
+validation loss, a defect of the predecessors).
+
+Reproducibility: every random draw of epoch ``e`` comes from seeds derived from ``(seed, e)``
+(patch positions and augmentation per sample index, dropout per epoch), so a run resumed from the
+checkpoint written after epoch ``e`` continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from vox2vox.atomic import atomic_write_text
+from vox2vox.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
+from vox2vox.config import Config
+from vox2vox.device import AmpDtype, autocast, make_grad_scaler, resolve_amp, resolve_device
+from vox2vox.errors import Vox2VoxError
+from vox2vox.losses import (
+    discriminator_accuracy,
+    fixed_class_weights,
+    generalized_dice_loss,
+    lsgan_discriminator_loss,
+    lsgan_generator_loss,
+    one_hot,
+)
+from vox2vox.networks.discriminator import Discriminator
+from vox2vox.networks.generator import Generator
+
+# A training case as the loop needs it: image (C, D, H, W) float32, label (D, H, W) class indices.
+TrainCase = tuple[np.ndarray, np.ndarray]
+Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+PatchSampler = Callable[..., tuple[np.ndarray, np.ndarray]]
+
+
+# ---- the networks and their optimisers ---------------------------------------------------------
+@dataclass
+class TrainState:
+    """Everything a train step mutates, and the counters a checkpoint records."""
+
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp: AmpDtype
+    class_weights: torch.Tensor | None
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed train steps
+    best_score: float = -math.inf
+    best_epoch: int = -1
+
+
+def build_networks(config: Config) -> tuple[Generator, Discriminator]:
+    return Generator(config.generator), Discriminator(config.discriminator)
+
+
+def build_state(config: Config, *, device: torch.device | None = None) -> TrainState:
+    """Networks (seeded from ``config.train.seed``), Adam optimisers and the grad scaler."""
+    device = device or resolve_device(config.train.device)
+    amp = resolve_amp(config.train.amp, device)
+    torch.manual_seed(config.train.seed)
+    generator, discriminator = build_networks(config)
+    generator.to(device)
+    discriminator.to(device)
+    betas = (config.optim.beta1, config.optim.beta2)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.optim.lr_g, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.optim.lr_d, betas=betas)
+    weights = config.loss.class_weights
+    class_weights = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
+    return TrainState(generator, discriminator, opt_g, opt_d, make_grad_scaler(device, amp), device, amp, class_weights)
+
+
+# ---- one step -----------------------------------------------------------------------------------
+def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, config: Config) -> dict[str, float]:
+    """One Vox2Vox update on a batch; returns the step's losses and D accuracy.
+
+    ``image`` is ``(B, C, D, H, W)`` float, ``label`` ``(B, D, H, W)`` class indices, both on the
+    state's device. The fake segmentation is computed once; D learns from the real pair and the
+    detached fake pair; then G learns with D frozen (its parameters receive no gradients).
+    """
+    G, D = state.generator, state.discriminator
+    loss_cfg, gate = config.loss, config.train.d_accuracy_gate
+    target = one_hot(label, config.generator.n_classes)
+    G.train()
+    D.train()
+
+    # 1. The fake segmentation, once per step.
+    with autocast(state.device, state.amp):
+        fake = G(image)
+
+    # 2. Discriminator half-step on (image, truth) and (image, detached fake).
+    out: dict[str, float] = {}
+    if loss_cfg.adversarial:
+        with autocast(state.device, state.amp):
+            real_scores = D(image, target)
+            fake_scores = D(image, fake.detach())
+        loss_d = lsgan_discriminator_loss(real_scores, fake_scores)
+        accuracy = _global_mean(discriminator_accuracy(real_scores.detach(), fake_scores.detach()))
+        # The accuracy gate (a 3D-GAN balancing trick) is decided on the all-reduced accuracy so
+        # every rank takes the same branch under DDP.
+        update_d = gate is None or accuracy.item() <= gate
+        if update_d:
+            state.opt_d.zero_grad(set_to_none=True)
+            state.scaler.scale(loss_d).backward()
+            state.scaler.step(state.opt_d)
+        out.update(loss_d=loss_d.item(), d_acc=accuracy.item(), d_updated=float(update_d))
+
+    # 3. Generator half-step with D frozen: adversarial term + lambda * generalized Dice.
+    loss_dice = generalized_dice_loss(
+        target, fake, weighting=loss_cfg.dice_weighting, class_weights=state.class_weights, eps=loss_cfg.eps
+    )
+    loss_g = loss_cfg.lambda_dice * loss_dice
+    if loss_cfg.adversarial:
+        frozen = _unwrap(D)
+        frozen.requires_grad_(False)
+        try:
+            with autocast(state.device, state.amp):
+                loss_adv = lsgan_generator_loss(frozen(image, fake))
+        finally:
+            frozen.requires_grad_(True)
+        loss_g = loss_g + loss_adv
+        out["loss_adv"] = loss_adv.item()
+    state.opt_g.zero_grad(set_to_none=True)
+    state.scaler.scale(loss_g).backward()
+    state.scaler.step(state.opt_g)
+    state.scaler.update()
+    state.step += 1
+    out.update(loss_g=loss_g.item(), loss_dice=loss_dice.item())
+    return out
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The bare network inside a DistributedDataParallel wrapper (G's half-step needs no D sync)."""
+    return module.module if hasattr(module, "module") else module
+
+
+def _global_mean(value: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= torch.distributed.get_world_size()
+    return value
+
+
+# ---- the data the loop sees ---------------------------------------------------------------------
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (numpy's SeedSequence mixing; stable across platforms)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32).astype(np.uint64) @ [1 << 31, 1])
+
+
+class PatchDataset(Dataset):
+    """Epoch ``epoch`` of training patches: ``patches_per_case`` random patches of every case.
+
+    Item ``i`` is fully determined by ``(seed, epoch, i)``, whatever worker or rank loads it, so
+    runs are reproducible with any number of data-loading workers or processes.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[TrainCase],
+        *,
+        patch_size: tuple[int, int, int],
+        seed: int,
+        epoch: int,
+        patches_per_case: int,
+        sample_patch: PatchSampler,
+        augment: Augment | None,
+        foreground_prob: float,
+    ):
+        self.cases = cases
+        self.patch_size = patch_size
+        self.seed, self.epoch = seed, epoch
+        self.sample_patch, self.augment, self.foreground_prob = sample_patch, augment, foreground_prob
+        order = np.random.default_rng([seed, epoch, 0xC0FFEE]).permutation(len(cases) * patches_per_case)
+        self.order = order % len(cases)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image, label = self.cases[self.order[index]]
+        image, label = self.sample_patch(image, label, self.patch_size, rng, foreground_prob=self.foreground_prob)
+        if self.augment is not None:
+            image, label = self.augment(image, label, rng)
+        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), torch.from_numpy(
+            np.ascontiguousarray(label, dtype=np.int64)
+        )
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    run_dir: Path
+    epochs: int
+    steps: int
+    best_score: float
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+Validator = Callable[[torch.nn.Module], dict[str, float]]
+
+
+def fit(
+    config: Config,
+    train_cases: Sequence[TrainCase],
+    run_dir: str | Path,
+    *,
+    validate: Validator | None = None,
+    sample_patch: PatchSampler,
+    augment: Augment | None = None,
+    extra_state: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train Vox2Vox on ``train_cases`` and write the run to ``run_dir``.
+
+    ``validate(generator)`` scores the generator on un-augmented validation volumes and returns a
+    dict whose ``"val_dice"`` chooses the best checkpoint. ``sample_patch(image, label, size, rng,
+    foreground_prob=...)`` and ``augment(image, label, rng)`` make one training sample.
+    ``extra_state`` (channel names, label convention, preprocessing) is stored in checkpoints so a
+    checkpoint alone can predict. Writes ``config.json``, ``metrics.jsonl`` and
+    ``checkpoints/{last,best}.safetensors``; ``resume=True`` continues from ``last``.
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    log_path = run_dir / "metrics.jsonl"
+    if not train_cases:
+        raise Vox2VoxError("no training cases: the dataset needs at least one labelled case")
+
+    # Resolve the config (class weights from the training labels) and the starting state.
+    if resume:
+        last = ckpt_dir / "last.safetensors"
+        if not last.is_file():
+            raise Vox2VoxError(f"{run_dir}: nothing to resume (no checkpoints/last.safetensors)")
+        ckpt = load_checkpoint(last)
+        saved = Config.from_dict(ckpt.config, source=str(last))
+        if (saved.generator, saved.discriminator) != (config.generator, config.discriminator):
+            raise Vox2VoxError(f"{last}: the networks in this config differ from the run's; resume with the run's config")
+        # The run's class weights were computed from its training labels: keep them.
+        config = config.replace(loss=_replace(config.loss, class_weights=saved.loss.class_weights))
+        state = build_state(config)
+        _load_into(state, ckpt)
+    else:
+        if (ckpt_dir / "last.safetensors").exists():
+            raise Vox2VoxError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
+        if config.loss.adversarial or config.loss.lambda_dice > 0:
+            if config.loss.dice_weighting == "fixed" and config.loss.class_weights is None:
+                weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
+                config = config.replace(loss=_replace(config.loss, class_weights=weights))
+        state = build_state(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
+    atomic_write_text(run_dir / "versions.json", json.dumps(software_versions(), indent=2) + "\n")
+    history = _read_log(log_path, upto_epoch=state.epoch)
+    _write_log(log_path, history)
+
+    interrupted = _InterruptFlag()
+    with interrupted:
+        for epoch in range(state.epoch, config.train.epochs):
+            # Train: one random augmented patch per case (times patches_per_case), seeded by epoch.
+            torch.manual_seed(derive_seed(config.train.seed, epoch, 1))
+            loader = _loader(config, train_cases, epoch, sample_patch, augment)
+            t0 = time.perf_counter()
+            sums: dict[str, float] = {}
+            n = 0
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False,
+                       disable=not progress, file=sys.stderr)
+            for image, label in bar:
+                step_out = train_step(state, image.to(state.device), label.to(state.device), config)
+                for k, v in step_out.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
+                bar.set_postfix(loss_g=f"{step_out['loss_g']:.3f}")
+                if interrupted.flag:
+                    break
+            if interrupted.flag:
+                _save(state, config, ckpt_dir / "last.safetensors", extra_state)
+                raise KeyboardInterrupt
+            state.epoch = epoch + 1
+            row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0}
+            row.update({k: v / max(n, 1) for k, v in sums.items()})
+
+            # Validate on whole, un-augmented cases and keep the best generator by Dice.
+            if validate is not None and (state.epoch % config.train.val_every == 0 or state.epoch == config.train.epochs):
+                scores = validate(_unwrap(state.generator))
+                row.update(scores)
+                if scores.get("val_dice", -math.inf) > state.best_score:
+                    state.best_score, state.best_epoch = scores["val_dice"], state.epoch
+                    _save(state, config, ckpt_dir / "best.safetensors", extra_state)
+
+            # Log and checkpoint (the last checkpoint is the resume point).
+            history.append(row)
+            _write_log(log_path, history)
+            if progress:
+                tqdm.write(_format_row(row, config.train.epochs), file=sys.stderr)
+            if state.epoch % config.train.checkpoint_every == 0 or state.epoch == config.train.epochs:
+                _save(state, config, ckpt_dir / "last.safetensors", extra_state)
+    if validate is None:
+        _save(state, config, ckpt_dir / "best.safetensors", extra_state)
+    return FitResult(run_dir, state.epoch, state.step, state.best_score, state.best_epoch, history)
+
+
+def _loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch: PatchSampler,
+            augment: Augment | None) -> DataLoader:
+    aug = config.augment
+    dataset = PatchDataset(
+        cases,
+        patch_size=config.train.patch_size,
+        seed=config.train.seed,
+        epoch=epoch,
+        patches_per_case=config.train.patches_per_case,
+        sample_patch=sample_patch,
+        augment=augment if aug.enabled else None,
+        foreground_prob=aug.foreground_prob,
+    )
+    workers = config.train.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=config.train.batch_size,
+        shuffle=False,  # the dataset's order is already a seeded permutation
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        prefetch_factor=2 if workers > 0 else None,
+    )
+
+
+def _format_row(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}"]
+    for key in ("loss_g", "loss_dice", "loss_adv", "loss_d", "d_acc", "val_dice"):
+        if key in row:
+            parts.append(f"{key} {row[key]:.4f}")
+    parts.append(f"{row['seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+# ---- checkpoints and logs -----------------------------------------------------------------------
+def _save(state: TrainState, config: Config, path: Path, extra_state: dict[str, Any] | None) -> None:
+    ckpt = Checkpoint(
+        config=config.to_dict(),
+        generator=_unwrap(state.generator).state_dict(),
+        discriminator=_unwrap(state.discriminator).state_dict(),
+        optimizers={"generator": state.opt_g.state_dict(), "discriminator": state.opt_d.state_dict()},
+        state={
+            "epoch": state.epoch,
+            "step": state.step,
+            "best_score": state.best_score if math.isfinite(state.best_score) else None,
+            "best_epoch": state.best_epoch,
+            "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
+            **(extra_state or {}),
+        },
+    )
+    save_checkpoint(path, ckpt)
+
+
+def _load_into(state: TrainState, ckpt: Checkpoint) -> None:
+    _unwrap(state.generator).load_state_dict(ckpt.generator)
+    _unwrap(state.discriminator).load_state_dict(ckpt.discriminator)
+    state.opt_g.load_state_dict(_to_device(ckpt.optimizers["generator"], state.device))
+    state.opt_d.load_state_dict(_to_device(ckpt.optimizers["discriminator"], state.device))
+    if ckpt.state.get("scaler") and state.scaler.is_enabled():
+        state.scaler.load_state_dict(ckpt.state["scaler"])
+    state.epoch = int(ckpt.state["epoch"])
+    state.step = int(ckpt.state["step"])
+    best = ckpt.state.get("best_score")
+    state.best_score = -math.inf if best is None else float(best)
+    state.best_epoch = int(ckpt.state.get("best_epoch", -1))
+
+
+def _to_device(osd: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    state = {k: {n: (v.to(device) if torch.is_tensor(v) and n != "step" else v) for n, v in s.items()}
+             for k, s in osd["state"].items()}
+    return {"state": state, "param_groups": osd["param_groups"]}
+
+
+def _read_log(path: Path, *, upto_epoch: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row.get("epoch", 0) <= upto_epoch:
+                rows.append(row)
+    return rows
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    # Rewritten whole (small) and atomically, so a kill never leaves a torn line and a resume
+    # drops rows of epochs after the checkpoint it resumes from.
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    return dataclasses.replace(obj, **changes)
+
+
+class _InterruptFlag:
+    """Turns the first Ctrl-C into a flag the loop checks after the current step (then saves)."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _InterruptFlag:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.flag:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
