@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vox2vox.augmentation import AugmentConfig
 from vox2vox.errors import Vox2VoxError
 from vox2vox.losses import LossConfig
 from vox2vox.networks.discriminator import DiscriminatorConfig
@@ -45,28 +46,6 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class AugmentSettings:
-    """Augmentation switches (paper scheme by default: 25% untouched, each transform p = 0.5)."""
-
-    enabled: bool = True
-    p_untouched: float = 0.25
-    p_flip: float = 0.5
-    p_intensity: float = 0.5
-    p_rotate: float = 0.5
-    max_rotation_deg: float = 30.0
-    p_scale: float = 0.0
-    p_elastic: float = 0.5
-    foreground_prob: float = 0.5
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if f.name.startswith(("p_", "foreground")):
-                value = getattr(self, f.name)
-                if not 0.0 <= value <= 1.0:
-                    raise Vox2VoxError(f"augment.{f.name}={value}: a probability must be in [0, 1]")
-
-
-@dataclass(frozen=True)
 class OptimConfig:
     """Adam for both networks (paper: lr 2e-4, betas (0.5, 0.999), no schedule)."""
 
@@ -92,6 +71,8 @@ class TrainConfig:
     batch_size: int = 4
     patch_size: tuple[int, int, int] = (128, 128, 128)
     patches_per_case: int = 1
+    # Probability that a patch is centred on a random foreground (label > 0) voxel.
+    foreground_prob: float = 0.5
     # Train D only while its patch accuracy is <= this (None: update D every step, as the authors).
     d_accuracy_gate: float | None = None
     val_every: int = 1
@@ -109,6 +90,8 @@ class TrainConfig:
             raise Vox2VoxError(f"train.patch_size={list(self.patch_size)}: give three positive sizes")
         if self.d_accuracy_gate is not None and not 0.0 < self.d_accuracy_gate <= 1.0:
             raise Vox2VoxError(f"train.d_accuracy_gate={self.d_accuracy_gate}: must be in (0, 1] or null")
+        if not 0.0 <= self.foreground_prob <= 1.0:
+            raise Vox2VoxError(f"train.foreground_prob={self.foreground_prob}: a probability must be in [0, 1]")
         if self.num_workers < 0:
             raise Vox2VoxError(f"train.num_workers={self.num_workers}: must be >= 0")
 
@@ -124,7 +107,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         m = self.generator.size_multiple

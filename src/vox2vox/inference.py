@@ -10,6 +10,7 @@ Shapes: an image is ``(C, D, H, W)`` float32 (preprocessed); probabilities are
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,3 +153,72 @@ def _sliding(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig) -
         padding_mode="constant",
         cval=0.0,
     )
+
+
+# ---- predicting cases on disk -------------------------------------------------------------------
+@dataclass
+class PredictionReport:
+    """What :func:`predict_dataset` did: files written and cases that failed (id -> reason)."""
+
+    written: dict[str, Path]
+    failed: dict[str, str]
+
+
+def predict_dataset(
+    models: Sequence[LoadedModel],
+    input_path: str | Path,
+    output_dir: str | Path,
+    *,
+    config: InferenceConfig = InferenceConfig(),
+    device: torch.device | str = "cpu",
+    layout: str = "auto",
+    progress: bool = True,
+) -> PredictionReport:
+    """Predict every case under ``input_path`` and write ``<output_dir>/<case_id>.nii.gz``.
+
+    Each case is preprocessed as the models were trained, run (ensemble and flips averaged),
+    mapped back to the input's grid and orientation and written as integer labels in the
+    training data's convention (e.g. BraTS 4 for enhancing tumour). A case that fails is
+    reported and the others go on.
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    from vox2vox.datasets import CaseFiles, discover, load_case
+    from vox2vox.io import write_volume
+    from vox2vox.labels import get_convention
+    from vox2vox.preprocessing import undo_preprocessing
+
+    if not models:
+        raise Vox2VoxError("no model given")
+    first = models[0]
+    for other in models[1:]:
+        if other.config.preprocess != first.config.preprocess or other.state.get("convention") != first.state.get("convention"):
+            raise Vox2VoxError(f"{other.path}: ensemble members must share preprocessing and label convention with {first.path}")
+    convention = get_convention(first.state["convention"])
+    spec = discover(input_path, layout=layout)
+    n_in = first.config.generator.in_channels
+    if len(spec.channel_names) != n_in:
+        raise Vox2VoxError(
+            f"{input_path}: cases have {len(spec.channel_names)} channel(s) ({', '.join(spec.channel_names)}) "
+            f"but the model was trained on {n_in} ({', '.join(first.channels or [])})"
+        )
+    prep = dataclasses.replace(first.config.preprocess, cache_dir=None)
+    output_dir = Path(output_dir)
+    nets = [m.generator for m in models]
+    report = PredictionReport({}, {})
+    for case in tqdm(spec.cases, desc="predicting", disable=not progress, file=sys.stderr):
+        try:
+            loaded = load_case(CaseFiles(case.case_id, case.channels, None), convention=None, prep=prep)
+            probs = predict_probabilities(nets, loaded.image, config=config, device=device)
+            # Back to the input grid as probabilities (linear where it was resampled), then argmax.
+            classes = undo_preprocessing(probs, loaded.record, order=1).argmax(0)
+            target = output_dir / f"{case.case_id}.nii.gz"
+            write_volume(convention.to_source(classes), loaded.geometry, target)
+            report.written[case.case_id] = target
+        except Vox2VoxError as err:
+            report.failed[case.case_id] = str(err)
+            if progress:
+                tqdm.write(f"{case.case_id}: failed: {err}", file=sys.stderr)
+    return report

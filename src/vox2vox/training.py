@@ -323,7 +323,6 @@ def fit(
 
 def _loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch: PatchSampler,
             augment: Augment | None) -> DataLoader:
-    aug = config.augment
     dataset = PatchDataset(
         cases,
         patch_size=config.train.patch_size,
@@ -331,8 +330,8 @@ def _loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch
         epoch=epoch,
         patches_per_case=config.train.patches_per_case,
         sample_patch=sample_patch,
-        augment=augment if aug.enabled else None,
-        foreground_prob=aug.foreground_prob,
+        augment=augment if config.augment.p_untouched < 1.0 else None,
+        foreground_prob=config.train.foreground_prob,
     )
     workers = config.train.num_workers
     return DataLoader(
@@ -438,3 +437,101 @@ class _InterruptFlag:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+# ---- a run on a dataset folder ------------------------------------------------------------------
+def split_cases(case_ids: Sequence[str], *, val_fraction: float, val_cases: int | None, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded case-level split into (train ids, validation ids); validation never takes the last case."""
+    ids = sorted(case_ids)
+    n_val = val_cases if val_cases is not None else int(round(val_fraction * len(ids)))
+    if val_fraction > 0 and val_cases is None and len(ids) >= 2:
+        n_val = max(n_val, 1)
+    n_val = min(n_val, len(ids) - 1)
+    order = np.random.default_rng([seed, 0x5B1]).permutation(len(ids))
+    val = sorted(ids[i] for i in order[:n_val])
+    train = sorted(ids[i] for i in order[n_val:])
+    return train, val
+
+
+def train_on_dataset(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> FitResult:
+    """Discover, check, load and split ``config.data.path``, then :func:`fit` with validation by Dice.
+
+    Channel count and class count come from the data (they override the config's networks), the
+    split is saved as ``split.json``, and checkpoints record the channel names, label convention
+    and preprocessing so that ``predict`` needs nothing but the checkpoint.
+    """
+    from vox2vox.augmentation import Augmenter, sample_patch
+    from vox2vox.datasets import discover, load_case
+    from vox2vox.labels import get_convention
+
+    if not config.data.path:
+        raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
+    spec = discover(config.data.path, layout=config.data.layout)
+    labelled = [c for c in spec.cases if c.label is not None]
+    if not labelled:
+        raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
+    convention = get_convention(config.data.convention) if config.data.convention else spec.label_convention()
+
+    # Load every case once (preprocessed, cached on disk if configured), then split by case id.
+    cases = {}
+    for case in tqdm(labelled, desc="loading cases", disable=not progress, leave=False, file=sys.stderr):
+        cases[case.case_id] = load_case(case, convention=convention, prep=config.preprocess)
+    if convention is None:
+        top = max(int(c.label.max()) for c in cases.values())
+        convention = get_convention({"name": "classes", "values": {str(v): f"class_{v}" for v in range(top + 1)}})
+    train_ids, val_ids = split_cases(list(cases), val_fraction=config.data.val_fraction,
+                                     val_cases=config.data.val_cases, seed=config.train.seed)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "split.json", json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
+
+    # The networks take the data's channel and class counts.
+    n_channels, n_classes = len(spec.channel_names), convention.n_classes
+    config = config.replace(
+        generator=_replace(config.generator, in_channels=n_channels, n_classes=n_classes),
+        discriminator=_replace(config.discriminator, in_channels=n_channels, n_classes=n_classes),
+    )
+    extra_state = {
+        "channels": list(spec.channel_names),
+        "layout": spec.layout,
+        "convention": convention.to_json(),
+    }
+    validate = make_validator([cases[i] for i in val_ids], convention, config) if val_ids else None
+    return fit(
+        config,
+        [(cases[i].image, cases[i].label) for i in train_ids],
+        run_dir,
+        validate=validate,
+        sample_patch=sample_patch,
+        augment=Augmenter(config.augment),
+        extra_state=extra_state,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def make_validator(val_cases: Sequence[Any], convention: Any, config: Config) -> Validator:
+    """Score the generator on whole, un-augmented validation volumes: mean Dice over regions.
+
+    Regions are the convention's (BraTS: WT, TC, ET) or one per foreground class; the score per
+    case follows the BraTS rule for empty masks (both empty: Dice 1).
+    """
+    from vox2vox.inference import InferenceConfig, predict_probabilities
+    from vox2vox.metrics import dice
+
+    infer = InferenceConfig(mode="auto", window=config.train.patch_size, overlap=0.25)
+
+    def validate(generator: torch.nn.Module) -> dict[str, float]:
+        device = next(generator.parameters()).device
+        per_region: dict[str, list[float]] = {}
+        for case in val_cases:
+            probs = predict_probabilities([generator], case.image, config=infer, device=device)
+            pred = convention.region_masks(convention.to_source(probs.argmax(0)))
+            true = convention.region_masks(convention.to_source(case.label))
+            for name in true:
+                per_region.setdefault(name, []).append(dice(pred[name], true[name]))
+        scores = {f"val_dice_{name}": float(np.mean(v)) for name, v in per_region.items()}
+        scores["val_dice"] = float(np.mean(list(scores.values()))) if scores else 0.0
+        return scores
+
+    return validate

@@ -1,0 +1,177 @@
+"""The ``vox2vox`` command: a thin layer that parses arguments and calls the library.
+
+Exit status: 0 on success, 2 for a problem the user can fix (one line on stderr naming the file
+and the problem; ``--debug`` adds the traceback), 1 for an internal error, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from vox2vox import __version__
+from vox2vox.errors import Vox2VoxError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vox2vox",
+        description="Vox2Vox: 3D conditional-GAN segmentation of CT and MRI volumes.",
+    )
+    parser.add_argument("--version", action="version", version=f"vox2vox {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", parents=[common], help="phantom data -> train -> predict -> evaluate -> figures")
+    p.add_argument("--out", default="vox2vox-demo", help="output folder (default: ./vox2vox-demo)")
+    p.add_argument("--size", choices=("small", "tiny"), default="small",
+                   help="small: the full demo (a few minutes on a laptop CPU); tiny: a seconds-long smoke run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    p = sub.add_parser("dataset", parents=[common], help="find and check the cases in a folder or manifest")
+    p.add_argument("path", help="dataset folder (BraTS, BraTS 2023, MSD, nnU-Net raw), manifest .csv or image")
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--convention", default=None, help="label convention (brats, brats2015, brats2023, binary, ...)")
+
+    p = sub.add_parser("train", parents=[common], help="train Vox2Vox on a dataset")
+    p.add_argument("--data", help="dataset folder or manifest (overrides data.path)")
+    p.add_argument("--config", help="config file (.json or .toml)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<data name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=50 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides train.device)")
+
+    p = sub.add_parser("predict", parents=[common], help="segment volumes with a trained model")
+    p.add_argument("--model", required=True, action="append",
+                   help="run directory or .safetensors checkpoint (repeat for an ensemble)")
+    p.add_argument("--input", required=True, help="an image, a dataset folder or a manifest")
+    p.add_argument("--output", required=True, help="folder for <case_id>.nii.gz label maps")
+    p.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations")
+    p.add_argument("--mode", choices=("auto", "whole", "sliding"), default="auto")
+    p.add_argument("--window", type=int, nargs=3, default=(128, 128, 128), metavar=("D", "H", "W"))
+    p.add_argument("--overlap", type=float, default=0.5)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--layout", default="auto")
+
+    p = sub.add_parser("evaluate", parents=[common], help="score predictions against ground truth (BraTS rules)")
+    p.add_argument("--pred", required=True, help="folder of predicted label maps")
+    p.add_argument("--truth", required=True, help="dataset folder or manifest with labels, or a folder of label files")
+    p.add_argument("--regions", choices=("brats", "labels"), default="brats")
+    p.add_argument("--out", default=None, help="per-case CSV (a summary JSON is written beside it)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args) or 0
+    except Vox2VoxError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"vox2vox {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vox2vox {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # an internal error: say so, with the traceback on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"vox2vox {args.command}: internal error: {type(err).__name__}: {err} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from vox2vox.demo import run_demo
+
+    run_demo(Path(args.out), size=args.size, seed=args.seed, device=args.device)
+    return 0
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from vox2vox.datasets import check_dataset, discover
+
+    spec = discover(args.path, layout=args.layout)
+    report = check_dataset(spec, convention=args.convention)
+    print(report.format())
+    return 0 if report.ok else 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vox2vox.config import Config, load_config
+    from vox2vox.training import train_on_dataset
+
+    out = Path(args.out) if args.out else None
+    if args.config:
+        config = load_config(args.config)
+    elif args.resume and out is not None and (out / "config.json").is_file():
+        config = load_config(out / "config.json")
+    else:
+        config = Config()
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={_json_str(args.data)}")
+    if args.device:
+        overrides.append(f"train.device={_json_str(args.device)}")
+    config = config.with_overrides(overrides)
+    if not config.data.path:
+        raise Vox2VoxError("train: no data; pass --data PATH")
+    if out is None:
+        out = Path("runs") / Path(config.data.path).name.replace(".csv", "")
+    result = train_on_dataset(config, out, resume=args.resume)
+    best = f"{result.best_score:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else "n/a (no validation cases)"
+    print(f"trained {result.epochs} epochs ({result.steps} steps); best validation Dice {best}")
+    print(f"run directory: {out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from vox2vox.device import resolve_device
+    from vox2vox.inference import InferenceConfig, load_model, predict_dataset
+
+    device = resolve_device(args.device)
+    models = [load_model(m, device=device) for m in args.model]
+    config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap, tta_flips=args.tta)
+    report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout)
+    print(f"wrote {len(report.written)} prediction(s) to {args.output}")
+    for case_id, reason in report.failed.items():
+        print(f"  failed: {case_id}: {reason}", file=sys.stderr)
+    if report.failed:
+        return 2
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from vox2vox.evaluation import evaluate_folder
+
+    result = evaluate_folder(args.pred, args.truth, regions=args.regions, out_csv=args.out)
+    print(result.format_summary())
+    if args.out:
+        print(f"per-case scores: {args.out}")
+    return 0
+
+
+def _json_str(value: str) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+_COMMANDS = {
+    "demo": _demo,
+    "dataset": _dataset,
+    "train": _train,
+    "predict": _predict,
+    "evaluate": _evaluate,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
