@@ -1,0 +1,392 @@
+"""Score a folder of predicted label maps against the ground truth, as BraTS does.
+
+``evaluate_folder`` pairs predictions with truth cases BY CASE ID (never by list position),
+scores every case and region with :mod:`vox2vox.metrics` (missing predictions count as empty
+predictions, so they score Dice 0 / HD95 373.13 where the truth has tumour), and writes a per-case
+CSV plus a JSON summary (mean, std, median, quartiles per region and metric).
+
+Predictions for case ``<id>`` are looked up in ``pred_dir`` as ``<id>.nii.gz``, ``<id>.nii``,
+``<id>_seg.nii.gz``, ``<id>-seg.nii.gz`` or ``<id>/<id>_seg.nii.gz`` (first match wins). The truth is
+any dataset :func:`vox2vox.datasets.discover` reads whose cases have labels, or a plain folder of
+label files ``<id>.nii.gz`` / ``<id>_seg.nii.gz``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from vox2vox.atomic import atomic_write_text
+from vox2vox.errors import Vox2VoxError
+from vox2vox.metrics import BRATS_REGIONS, METRICS, label_regions, score_masks
+
+#: CSV columns, in order: one row per case and region.
+CSV_COLUMNS: tuple[str, ...] = ("case", "region", *METRICS, "missing_prediction")
+
+#: Summary statistics over cases, per region and metric.
+STATISTICS: tuple[str, ...] = ("mean", "std", "median", "p25", "p75", "n")
+
+_VOLUME_SUFFIXES = (".nii.gz", ".nii")
+# Label-file name endings that are not part of the case id (BraTS 2018-21 and 2023 seg files).
+_LABEL_TAILS = ("_seg", "-seg")
+# Metrics shown in the printed table (volumes stay in the CSV and JSON).
+_TABLE_METRICS = (("dice", "Dice"), ("hd95", "HD95 mm"), ("sensitivity", "Sens"), ("specificity", "Spec"))
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Scores of one evaluation.
+
+    ``rows``: one dict per (case, region) with the keys of :data:`CSV_COLUMNS`, cases in truth
+    order. ``summary[region][metric][stat]`` with stats :data:`STATISTICS` over cases (std is
+    the sample standard deviation, 0 for a single case). ``missing``: truth cases without a
+    prediction (scored as empty). ``unmatched``: names of prediction files that match no truth
+    case (ignored).
+    """
+
+    regions: tuple[str, ...]
+    case_ids: tuple[str, ...]
+    rows: tuple[dict[str, object], ...]
+    summary: dict[str, dict[str, dict[str, float]]]
+    missing: tuple[str, ...] = ()
+    unmatched: tuple[str, ...] = ()
+    csv_path: Path | None = None
+    json_path: Path | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def mean(self, region: str, metric: str = "dice") -> float:
+        """Mean of ``metric`` over cases for ``region`` (e.g. ``result.mean("WT")``)."""
+        return self.summary[region][metric]["mean"]
+
+    def format_summary(self) -> str:
+        """A printable table: one line per region and metric with mean, std, median, quartiles."""
+        lines = [
+            f"Evaluated {len(self.case_ids)} case(s); regions: {', '.join(self.regions)}",
+        ]
+        if self.missing:
+            lines.append(
+                f"Missing predictions, scored as empty ({len(self.missing)}): "
+                + ", ".join(self.missing)
+            )
+        if self.unmatched:
+            lines.append(
+                f"Predictions with no truth case, ignored ({len(self.unmatched)}): "
+                + ", ".join(self.unmatched)
+            )
+        lines.extend(self.notes)
+        header = f"{'region':<10} {'metric':<9} {'mean':>9} {'std':>9} {'median':>9} {'25%':>9} {'75%':>9}"
+        lines += [header, "-" * len(header)]
+        for region in self.regions:
+            for key, title in _TABLE_METRICS:
+                stats = self.summary[region][key]
+                values = " ".join(
+                    f"{stats[s]:>9.4f}" if key != "hd95" else f"{stats[s]:>9.2f}"
+                    for s in ("mean", "std", "median", "p25", "p75")
+                )
+                lines.append(f"{region:<10} {title:<9} {values}")
+        if self.csv_path is not None:
+            lines.append(f"Per-case scores: {self.csv_path}")
+        if self.json_path is not None:
+            lines.append(f"Summary: {self.json_path}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        """JSON-serialisable summary (what is saved next to the CSV)."""
+        return {
+            "n_cases": len(self.case_ids),
+            "regions": list(self.regions),
+            "cases": list(self.case_ids),
+            "missing_predictions": list(self.missing),
+            "unmatched_predictions": list(self.unmatched),
+            "summary": self.summary,
+        }
+
+
+def evaluate_folder(
+    pred_dir: str | os.PathLike[str],
+    truth: str | os.PathLike[str],
+    *,
+    regions: Literal["brats", "labels"] | Mapping[str, Sequence[int]] = "brats",
+    convention: object | None = None,
+    out_csv: str | os.PathLike[str] | None = None,
+) -> EvaluationResult:
+    """Score every truth case against its prediction in ``pred_dir``.
+
+    Args:
+        pred_dir: folder of predicted label maps (source label values, e.g. BraTS 0/1/2/4), on
+            the same grid (shape and affine) as the truth.
+        truth: a dataset folder or manifest with labels (see :func:`vox2vox.datasets.discover`),
+            or a folder of label files named by case id.
+        regions: ``"brats"``: the label convention's regions (WT/TC/ET; from ``convention``, else
+            the dataset's own convention, else BraTS 2018-21 values); ``"labels"``: one region per
+            non-zero label value found in any truth or prediction; or an explicit mapping
+            ``{name: label values}``.
+        convention: a label convention name (``"brats2023"``), custom dict or
+            ``vox2vox.labels.LabelConvention`` whose regions to use with ``regions="brats"``.
+        out_csv: where to write the per-case CSV; the summary goes beside it as
+            ``<stem>_summary.json``. Nothing is written when None.
+
+    Raises:
+        Vox2VoxError: unreadable folders, no labelled truth cases, or a prediction whose shape
+            or affine differs from its truth (the message names the file).
+    """
+    pred_dir = Path(pred_dir)
+    truth = Path(truth)
+    if not pred_dir.is_dir():
+        raise Vox2VoxError(f"{pred_dir}: prediction folder not found; give the folder predict wrote")
+    truth_files, dataset_convention = _truth_cases(truth)
+    predictions = _index_predictions(pred_dir)
+
+    # Read everything once: per-label regions need every label value before scoring.
+    pairs: list[tuple[str, np.ndarray, np.ndarray | None, tuple[float, ...]]] = []
+    for case_id, truth_path in truth_files.items():
+        true_labels, true_geometry = _read_labels(truth_path)
+        pred_labels: np.ndarray | None = None
+        pred_path = predictions.get(case_id)
+        if pred_path is not None:
+            pred_labels, pred_geometry = _read_labels(pred_path)
+            if not true_geometry.same_grid(pred_geometry):
+                raise Vox2VoxError(
+                    f"{pred_path}: grid differs from the truth {truth_path} (shape "
+                    f"{pred_geometry.shape} vs {true_geometry.shape}, or affine); predictions must "
+                    "be written on the input image's grid, as vox2vox predict does"
+                )
+        pairs.append((case_id, true_labels, pred_labels, true_geometry.spacing))
+
+    region_map = _resolve_regions(regions, convention, dataset_convention, pairs)
+    rows: list[dict[str, object]] = []
+    for case_id, true_labels, pred_labels, spacing in pairs:
+        missing = pred_labels is None
+        pred = np.zeros_like(true_labels) if pred_labels is None else pred_labels
+        for name, values in region_map.items():
+            scores = score_masks(
+                np.isin(pred, values), np.isin(true_labels, values), spacing=spacing
+            )
+            rows.append({"case": case_id, "region": name, **scores, "missing_prediction": missing})
+
+    missing_ids = tuple(c for c, _, p, _ in pairs if p is None)
+    used = {predictions[c] for c in truth_files if c in predictions}
+    unmatched = tuple(sorted({p.name for p in predictions.values() if p not in used}))
+    result = EvaluationResult(
+        regions=tuple(region_map),
+        case_ids=tuple(truth_files),
+        rows=tuple(rows),
+        summary=summarize(rows, regions=tuple(region_map)),
+        missing=missing_ids,
+        unmatched=unmatched,
+    )
+    if out_csv is not None:
+        result = write_result(result, out_csv)
+    return result
+
+
+def summarize(
+    rows: Sequence[Mapping[str, object]], *, regions: Sequence[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{region: {metric: {stat: value}}}`` over the rows of each region (see :data:`STATISTICS`)."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for region in regions:
+        region_rows = [r for r in rows if r["region"] == region]
+        summary[region] = {}
+        for metric in METRICS:
+            values = np.array([float(r[metric]) for r in region_rows], dtype=np.float64)  # type: ignore[arg-type]
+            if values.size == 0:
+                summary[region][metric] = {s: math.nan for s in STATISTICS[:-1]} | {"n": 0}
+                continue
+            summary[region][metric] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                "median": float(np.median(values)),
+                "p25": float(np.percentile(values, 25)),
+                "p75": float(np.percentile(values, 75)),
+                "n": int(values.size),
+            }
+    return summary
+
+
+def write_result(result: EvaluationResult, out_csv: str | os.PathLike[str]) -> EvaluationResult:
+    """Write the per-case CSV and ``<stem>_summary.json`` beside it, atomically.
+
+    Returns a copy of ``result`` that knows both paths.
+    """
+    out_csv = Path(out_csv)
+    json_path = out_csv.with_name(f"{out_csv.stem}_summary.json")
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in result.rows:
+        writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS])
+    atomic_write_text(out_csv, buffer.getvalue())
+    atomic_write_text(json_path, json.dumps(result.to_json(), indent=2) + "\n")
+    return EvaluationResult(
+        regions=result.regions,
+        case_ids=result.case_ids,
+        rows=result.rows,
+        summary=result.summary,
+        missing=result.missing,
+        unmatched=result.unmatched,
+        csv_path=out_csv,
+        json_path=json_path,
+        notes=result.notes,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# finding and reading files
+# --------------------------------------------------------------------------------------------
+
+
+def _truth_cases(truth: Path) -> tuple[dict[str, Path], object | None]:
+    """Case id -> label file, and the dataset's label convention when the layout names one."""
+    from vox2vox.datasets import discover
+
+    if not truth.exists():
+        raise Vox2VoxError(f"{truth}: ground truth not found; give a dataset folder, manifest or label folder")
+    label_folder = _label_folder(truth) if truth.is_dir() else {}
+    try:
+        spec = discover(truth)
+    except Vox2VoxError:
+        if label_folder:
+            return label_folder, None
+        raise
+    cases = {c.case_id: c.label for c in spec.cases if c.label is not None}
+    if not cases:
+        if label_folder:
+            return label_folder, None
+        raise Vox2VoxError(
+            f"{truth}: no case has a label file; give the ground-truth dataset or a folder of labels"
+        )
+    for case_id, path in cases.items():
+        if not path.exists():
+            raise Vox2VoxError(f"{path}: label file of case {case_id} not found; check the dataset")
+    try:
+        convention = spec.label_convention()
+    except Vox2VoxError:
+        convention = None
+    return cases, convention
+
+
+def _label_folder(folder: Path) -> dict[str, Path]:
+    """A flat folder of label files: ``<id>.nii.gz`` or ``<id>_seg.nii.gz`` -> id."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        case_id = _case_id_of(path.name)
+        if path.is_file() and case_id is not None:
+            found.setdefault(case_id, path)
+    return found
+
+
+def _index_predictions(pred_dir: Path) -> dict[str, Path]:
+    """Case id -> prediction file.
+
+    A top-level file ``<name>.nii[.gz]`` offers id ``<name>`` and, when ``<name>`` ends in
+    ``_seg``/``-seg``, also the id without that tail; a subfolder ``<id>/`` offers ``<id>`` through
+    ``<id>/<id>_seg.nii.gz`` (or ``-seg``, or ``<id>.nii.gz``). An exact file name wins over a
+    ``_seg`` one, which wins over a subfolder.
+    """
+    ranked: dict[str, tuple[int, Path]] = {}
+
+    def offer(case_id: str, rank: int, path: Path) -> None:
+        if case_id not in ranked or rank < ranked[case_id][0]:
+            ranked[case_id] = (rank, path)
+
+    for path in sorted(pred_dir.iterdir()):
+        if path.is_file():
+            bare = _strip_volume_suffix(path.name)
+            if bare is None:
+                continue
+            offer(bare, 0, path)
+            case_id = _case_id_of(path.name)
+            if case_id is not None and case_id != bare:
+                offer(case_id, 1, path)
+        elif path.is_dir():
+            for tail in (*_LABEL_TAILS, ""):
+                for suffix in _VOLUME_SUFFIXES:
+                    candidate = path / f"{path.name}{tail}{suffix}"
+                    if candidate.is_file():
+                        offer(path.name, 2, candidate)
+    return {case_id: path for case_id, (_, path) in ranked.items()}
+
+
+def _strip_volume_suffix(name: str) -> str | None:
+    for suffix in _VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix) and not name.startswith("."):
+            return name[: -len(suffix)]
+    return None
+
+
+def _case_id_of(name: str) -> str | None:
+    """Case id of a label file name (``<id>.nii.gz`` or ``<id>_seg.nii.gz``), None if not a volume."""
+    bare = _strip_volume_suffix(name)
+    if bare is None:
+        return None
+    for tail in _LABEL_TAILS:
+        if bare.lower().endswith(tail) and len(bare) > len(tail):
+            return bare[: -len(tail)]
+    return bare
+
+
+def _read_labels(path: Path):  # -> tuple[np.ndarray, Geometry]
+    """Read a label map in canonical orientation as int32; non-integer values are an error."""
+    from vox2vox.io import read_volume
+
+    data, geometry = read_volume(path)
+    if np.issubdtype(data.dtype, np.integer):
+        return data.astype(np.int32, copy=False), geometry
+    rounded = np.rint(data)
+    if data.size and float(np.max(np.abs(data - rounded))) > 1e-3:
+        raise Vox2VoxError(
+            f"{path}: holds non-integer values; expected a label map (write argmax labels, "
+            "not probabilities)"
+        )
+    return rounded.astype(np.int32), geometry
+
+
+def _resolve_regions(
+    regions: Literal["brats", "labels"] | Mapping[str, Sequence[int]],
+    convention: object | None,
+    dataset_convention: object | None,
+    pairs: Sequence[tuple[str, np.ndarray, np.ndarray | None, tuple[float, ...]]],
+) -> dict[str, tuple[int, ...]]:
+    if isinstance(regions, Mapping):
+        return {str(k): tuple(int(v) for v in vals) for k, vals in regions.items()}
+    if regions == "labels":
+        values: set[int] = set()
+        for _, true_labels, pred_labels, _ in pairs:
+            values.update(np.unique(true_labels).tolist())
+            if pred_labels is not None:
+                values.update(np.unique(pred_labels).tolist())
+        found = label_regions(values)
+        if not found:
+            # Every map is all background: score one empty "foreground" region (Dice 1 everywhere).
+            return {"foreground": tuple(range(1, 256))}
+        return found
+    if regions != "brats":
+        raise Vox2VoxError(f"regions {regions!r} is unknown; use brats or labels")
+    if convention is not None:
+        from vox2vox.labels import get_convention
+
+        chosen = get_convention(convention)  # type: ignore[arg-type]
+    else:
+        chosen = dataset_convention
+    chosen_regions = getattr(chosen, "regions", None) if chosen is not None else None
+    if chosen_regions:
+        return {str(k): tuple(int(v) for v in vals) for k, vals in chosen_regions.items()}
+    return dict(BRATS_REGIONS)
+
+
+def _csv_cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
