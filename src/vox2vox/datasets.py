@@ -1,0 +1,716 @@
+"""Find the cases in a dataset folder or manifest, check them, and load them preprocessed.
+
+Layouts (``discover(path, layout="auto")`` detects them; files are always paired by CASE ID,
+never by sorted position, so one oddly named file cannot shift every pair):
+
+- ``brats``: BraTS 2018-21, ``<root>/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``.
+- ``brats2023``: BraTS 2023+, ``<root>/<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (ET = 3).
+- ``msd``: Medical Segmentation Decathlon, ``dataset.json`` + 4D ``imagesTr/<id>.nii.gz``
+  (channels on the 4th axis) + ``labelsTr/<id>.nii.gz``.
+- ``nnunet``: nnU-Net raw, ``imagesTr/<id>_0000.nii.gz`` (one file per channel) + ``labelsTr``
+  + ``dataset.json``.
+- ``manifest``: a CSV with header ``id,<channel>,...,<channel>[,label]``; paths relative to the CSV.
+- ``single``: one image file (or DICOM series folder): one case, channel ``image``, no label.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vox2vox.atomic import atomic_path, atomic_write_text
+from vox2vox.errors import Vox2VoxError
+from vox2vox.io import NIFTI_SUFFIXES, Geometry, format_of, read_channels
+from vox2vox.labels import LabelConvention, get_convention
+from vox2vox.preprocessing import LoadedCase, PreprocessConfig, preprocess
+
+LAYOUTS = ("brats", "brats2023", "msd", "nnunet", "manifest", "single")
+CACHE_VERSION = 1
+
+#: channel suffix -> channel name, in the order channels are stacked (METHOD.md: T1, T1ce, T2, FLAIR).
+_BRATS_CHANNELS = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
+_BRATS2023_CHANNELS = {"t1n": "t1n", "t1c": "t1c", "t2w": "t2w", "t2f": "t2f"}
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files of one case. ``channels`` is ordered (same order in every case of a dataset).
+
+    Several channel names may point at the same 4D file (MSD): they are its volumes in order.
+    Paths are what the layout expects; a missing file is reported by :func:`check_dataset`.
+    """
+
+    case_id: str
+    channels: dict[str, Path]
+    label: Path | None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What :func:`discover` found: the layout, channel names, cases, and the label convention.
+
+    ``convention`` is a built-in name (``brats``, ``brats2023``, ...), ``"custom"`` when
+    ``label_values`` holds a map read from dataset.json, or ``"auto"`` when the layout says
+    nothing (manifests, single files): labels are then taken as class indices unchanged.
+    """
+
+    root: Path
+    layout: str
+    channel_names: tuple[str, ...]
+    cases: tuple[CaseFiles, ...]
+    convention: str
+    label_values: dict | None = None
+
+    def label_convention(self) -> LabelConvention | None:
+        """The layout's label convention, or None for ``"auto"``."""
+        if self.convention == "custom" and self.label_values is not None:
+            return get_convention(self.label_values)
+        if self.convention == "auto":
+            return None
+        return get_convention(self.convention)
+
+
+# --------------------------------------------------------------------------------------------
+# discovery
+# --------------------------------------------------------------------------------------------
+
+
+def discover(path: str | Path, *, layout: str = "auto") -> DatasetSpec:
+    """Find the cases under ``path`` (a folder in a known layout, a manifest CSV, a dataset.json,
+    or a single image file / DICOM folder). ``layout`` names one of :data:`LAYOUTS` or ``auto``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise Vox2VoxError(f"{path}: not found; give a dataset folder, a manifest .csv or an image")
+    if layout not in ("auto", *LAYOUTS):
+        raise Vox2VoxError(f"layout {layout!r} is unknown; use auto or one of {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        layout = _detect_layout(path)
+    if path.is_file() and path.name == "dataset.json" and layout in ("msd", "nnunet"):
+        path = path.parent
+    finders = {
+        "brats": lambda p: _discover_brats(p, _BRATS_CHANNELS, sep="_", layout="brats"),
+        "brats2023": lambda p: _discover_brats(p, _BRATS2023_CHANNELS, sep="-", layout="brats2023"),
+        "msd": _discover_msd,
+        "nnunet": _discover_nnunet,
+        "manifest": _discover_manifest,
+        "single": _discover_single,
+    }
+    spec = finders[layout](path)
+    if not spec.cases:
+        raise Vox2VoxError(f"{path}: no cases found in {layout} layout; check the folder")
+    return spec
+
+
+def _detect_layout(path: Path) -> str:
+    """Guess the layout from names alone (no image is decoded)."""
+    if path.is_file():
+        name = path.name.lower()
+        if name.endswith(".csv"):
+            return "manifest"
+        if name == "dataset.json":
+            return _json_layout(path.parent)
+        if format_of(path) in ("nifti", "sitk"):
+            return "single"
+        raise Vox2VoxError(
+            f"{path}: not a dataset; give a folder, a manifest .csv, a dataset.json or an image"
+        )
+    if (path / "dataset.json").is_file():
+        return _json_layout(path)
+    csvs = sorted(path.glob("*.csv"))
+    if len(csvs) == 1 and not any(p.is_dir() for p in path.iterdir()):
+        return "manifest"
+    for child in sorted(p for p in path.iterdir() if p.is_dir()):
+        names = [f.name.lower() for f in child.iterdir()]
+        if any(n.endswith(("_flair.nii.gz", "_flair.nii")) for n in names):
+            return "brats"
+        if any(n.endswith(("-t2f.nii.gz", "-t2f.nii")) for n in names):
+            return "brats2023"
+    if any(f.is_file() and not f.name.lower().endswith((".json", ".txt", ".csv")) for f in path.iterdir()):
+        # A folder of files without volume suffixes: most likely a DICOM series.
+        if not any(f.name.lower().endswith(NIFTI_SUFFIXES) for f in path.iterdir()):
+            return "single"
+    raise Vox2VoxError(
+        f"{path}: cannot tell the dataset layout; write a manifest CSV "
+        "(id,<channel>,...,label with paths relative to it) or pass --layout"
+    )
+
+
+def _json_layout(folder: Path) -> str:
+    """nnU-Net raw names channel files ``_0000``; MSD stores channels in one 4D file."""
+    images = folder / "imagesTr"
+    if images.is_dir() and any(re.search(r"_\d{4}\.", f.name) for f in images.iterdir()):
+        return "nnunet"
+    return "msd"
+
+
+def _discover_brats(root: Path, channels: dict[str, str], *, sep: str, layout: str) -> DatasetSpec:
+    """BraTS-style: one folder per case, files ``<id><sep><suffix>.nii[.gz]``."""
+    if not root.is_dir():
+        raise Vox2VoxError(f"{root}: the {layout} layout needs a folder of case folders")
+    anchors = ("seg", *channels)
+    cases = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = {f.name: f for f in folder.iterdir() if f.name.lower().endswith(NIFTI_SUFFIXES)}
+        ids: Counter[str] = Counter()
+        for name in files:
+            stem = _strip_nifti(name)
+            for suffix in anchors:
+                if stem.lower().endswith(f"{sep}{suffix}"):
+                    ids[stem[: -len(suffix) - 1]] += 1
+        if not ids:
+            continue
+        # The id is the prefix most files share (normally the folder name).
+        case_id = folder.name if folder.name in ids else ids.most_common(1)[0][0]
+        ext = ".nii.gz" if any(n.endswith(".nii.gz") for n in files) else ".nii"
+        paths = {
+            name: _find_case_file(folder, files, f"{case_id}{sep}{suffix}", ext)
+            for suffix, name in channels.items()
+        }
+        label = _find_case_file(folder, files, f"{case_id}{sep}seg", ext)
+        cases.append(CaseFiles(case_id, paths, label if label.exists() else None))
+    return DatasetSpec(
+        root=root,
+        layout=layout,
+        channel_names=tuple(channels.values()),
+        cases=tuple(cases),
+        convention="brats2023" if layout == "brats2023" else "brats",
+    )
+
+
+def _find_case_file(folder: Path, files: dict[str, Path], stem: str, ext: str) -> Path:
+    """The file named ``stem`` with either NIfTI suffix (case-insensitive), else the expected path."""
+    for name, path in files.items():
+        if _strip_nifti(name).lower() == stem.lower():
+            return path
+    return folder / f"{stem}{ext}"
+
+
+def _strip_nifti(name: str) -> str:
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise Vox2VoxError(f"{path}: not found; MSD/nnU-Net folders need a dataset.json") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise Vox2VoxError(f"{path}: not valid JSON ({err}); fix the file") from err
+    if not isinstance(data, dict):
+        raise Vox2VoxError(f"{path}: expected a JSON object")
+    return data
+
+
+def _channel_names(meta: dict, path: Path) -> tuple[str, ...]:
+    """Channel names from ``modality`` (MSD, nnU-Net v1) or ``channel_names`` (nnU-Net v2)."""
+    names = meta.get("channel_names", meta.get("modality"))
+    if not isinstance(names, dict) or not names:
+        raise Vox2VoxError(f"{path}: no 'modality' or 'channel_names' entry; add one")
+    return tuple(str(names[k]) for k in sorted(names, key=lambda k: int(k)))
+
+
+def _convention_from_json(meta: dict) -> tuple[str, dict | None]:
+    labels = meta.get("labels")
+    if not isinstance(labels, dict):
+        return "auto", None
+    return "custom", {"name": str(meta.get("name", "dataset.json")), "labels": labels}
+
+
+def _discover_msd(root: Path) -> DatasetSpec:
+    """MSD: dataset.json lists ``training`` pairs; each image is 4D with channels last."""
+    meta_path = root / "dataset.json"
+    meta = _read_json(meta_path)
+    channel_names = _channel_names(meta, meta_path)
+    entries = meta.get("training")
+    if not isinstance(entries, list):
+        raise Vox2VoxError(f"{meta_path}: no 'training' list; is this an MSD dataset.json?")
+    cases = []
+    for entry in entries:
+        image = root / str(entry["image"])
+        label = root / str(entry["label"]) if entry.get("label") else None
+        case_id = _strip_nifti(image.name)
+        cases.append(CaseFiles(case_id, {name: image for name in channel_names}, label))
+    convention, values = _convention_from_json(meta)
+    if len(channel_names) == 4 and "brain" in str(meta.get("name", "")).lower():
+        convention, values = "msd-brain", None
+    return DatasetSpec(root, "msd", channel_names, tuple(cases), convention, values)
+
+
+def _discover_nnunet(root: Path) -> DatasetSpec:
+    """nnU-Net raw: ``imagesTr/<id>_<4-digit channel>.<ext>``, ``labelsTr/<id>.<ext>``."""
+    meta_path = root / "dataset.json"
+    meta = _read_json(meta_path)
+    channel_names = _channel_names(meta, meta_path)
+    ending = str(meta.get("file_ending", ".nii.gz"))
+    images, labels = root / "imagesTr", root / "labelsTr"
+    if not images.is_dir():
+        raise Vox2VoxError(f"{images}: missing; nnU-Net raw datasets keep images in imagesTr/")
+    ids = sorted(
+        {m.group(1) for f in images.iterdir() if (m := re.fullmatch(r"(.+)_\d{4}" + re.escape(ending), f.name))}
+    )
+    cases = []
+    for case_id in ids:
+        paths = {
+            name: images / f"{case_id}_{index:04d}{ending}"
+            for index, name in enumerate(channel_names)
+        }
+        label = labels / f"{case_id}{ending}"
+        cases.append(CaseFiles(case_id, paths, label if label.exists() else None))
+    convention, values = _convention_from_json(meta)
+    return DatasetSpec(root, "nnunet", channel_names, tuple(cases), convention, values)
+
+
+def _discover_manifest(path: Path) -> DatasetSpec:
+    """CSV ``id,<channel>,...,<channel>[,label]``; relative paths are relative to the CSV."""
+    if path.is_dir():
+        csvs = sorted(path.glob("*.csv"))
+        if len(csvs) != 1:
+            raise Vox2VoxError(f"{path}: expected exactly one manifest .csv, found {len(csvs)}")
+        path = csvs[0]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError) as err:
+        raise Vox2VoxError(f"{path}: cannot read manifest ({err})") from err
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if not rows:
+        raise Vox2VoxError(f"{path}: manifest is empty; add a header id,<channel>,...,label")
+    header = [h.strip() for h in rows[0]]
+    if not header or header[0].lower() not in ("id", "case", "case_id", "subject"):
+        raise Vox2VoxError(
+            f"{path}: first column must be 'id' (header id,<channel>,...,label), got {header[:1]}"
+        )
+    has_label = header[-1].lower() in ("label", "seg", "mask")
+    channel_names = tuple(header[1:-1] if has_label else header[1:])
+    if not channel_names:
+        raise Vox2VoxError(f"{path}: manifest names no image channel; add columns after 'id'")
+    if len(set(channel_names)) != len(channel_names):
+        raise Vox2VoxError(f"{path}: channel names repeat in the header {header}")
+    base = path.parent
+    cases, seen = [], set()
+    for line, row in enumerate(rows[1:], start=2):
+        cells = [c.strip() for c in row]
+        if len(cells) != len(header):
+            raise Vox2VoxError(
+                f"{path}: line {line} has {len(cells)} columns, the header has {len(header)}"
+            )
+        case_id = cells[0]
+        if not case_id or case_id in seen:
+            raise Vox2VoxError(f"{path}: line {line}: case id {case_id!r} is empty or repeated")
+        seen.add(case_id)
+        channels = {n: base / c for n, c in zip(channel_names, cells[1 : 1 + len(channel_names)], strict=True)}
+        label = base / cells[-1] if has_label and cells[-1] else None
+        cases.append(CaseFiles(case_id, channels, label))
+    return DatasetSpec(path, "manifest", channel_names, tuple(cases), "auto")
+
+
+def _discover_single(path: Path) -> DatasetSpec:
+    case_id = _strip_nifti(path.name).split(".")[0] if path.is_file() else path.name
+    return DatasetSpec(path, "single", ("image",), (CaseFiles(case_id, {"image": path}, None),), "auto")
+
+
+def write_manifest(
+    path: str | Path, cases: list[tuple[str, dict[str, str | Path], str | Path | None]]
+) -> Path:
+    """Write a manifest CSV (paths stored relative to the CSV where possible), atomically.
+
+    ``cases``: ``(case_id, {channel: path}, label_path_or_None)``, channels in the same order for
+    every case.
+    """
+    path = Path(path)
+    if not cases:
+        raise Vox2VoxError(f"{path}: no cases to write")
+    names = list(cases[0][1])
+    with_label = any(label is not None for _, _, label in cases)
+    lines = [",".join(["id", *names, *(["label"] if with_label else [])])]
+    for case_id, channels, label in cases:
+        if list(channels) != names:
+            raise Vox2VoxError(f"{path}: case {case_id} has channels {list(channels)}, not {names}")
+        cells = [case_id, *(_relative(channels[n], path.parent) for n in names)]
+        if with_label:
+            cells.append("" if label is None else _relative(label, path.parent))
+        lines.append(",".join(cells))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _relative(target: str | Path, base: Path) -> str:
+    import os
+
+    try:
+        return os.path.relpath(Path(target).resolve(), base.resolve())
+    except ValueError:  # another drive on Windows
+        return str(Path(target).resolve())
+
+
+# --------------------------------------------------------------------------------------------
+# loading (with an on-disk cache of preprocessed cases)
+# --------------------------------------------------------------------------------------------
+
+
+def read_case(case: CaseFiles) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+    """Decode a case: canonical image ``(C, D, H, W)`` float32, raw label ``(D, H, W)`` or None,
+    and the first channel's geometry. Every channel and the label must share one grid.
+    """
+    volumes: list[np.ndarray] = []
+    geometry: Geometry | None = None
+    first_path: Path | None = None
+    # Several channel names may share one 4D file (MSD); read each file once, in channel order.
+    groups: dict[Path, list[str]] = {}
+    for name, file in case.channels.items():
+        groups.setdefault(Path(file), []).append(name)
+    for file, names in groups.items():
+        data, geo = read_channels(file)
+        if data.shape[0] != len(names):
+            raise Vox2VoxError(
+                f"{file}: holds {data.shape[0]} volume(s), the dataset expects {len(names)} "
+                f"({', '.join(names)}); check dataset.json 'modality'"
+            )
+        if geometry is None:
+            geometry, first_path = geo, file
+        else:
+            _require_same_grid(geometry, geo, first_path, file)
+        volumes.extend(np.asarray(v, dtype=np.float32) for v in data)
+    assert geometry is not None
+    label = None
+    if case.label is not None:
+        data, geo = read_channels(case.label)
+        if data.shape[0] != 1:
+            raise Vox2VoxError(f"{case.label}: label map must be 3D, got {data.shape[0]} volumes")
+        _require_same_grid(geometry, geo, first_path, case.label)
+        label = data[0]
+    return np.stack(volumes), label, geometry
+
+
+def _require_same_grid(a: Geometry, b: Geometry, path_a: Path | None, path_b: Path) -> None:
+    if a.shape != b.shape:
+        raise Vox2VoxError(
+            f"{path_b}: shape {b.shape} differs from {Path(path_a).name} {a.shape}; "
+            "channels and label must share one voxel grid (resample/register first)"
+        )
+    if not _same_affine(a.affine, b.affine):
+        raise Vox2VoxError(
+            f"{path_b}: voxel-to-world affine differs from {Path(path_a).name}; channels and "
+            "label must share one grid (check orientation/origin)"
+        )
+
+
+def _same_affine(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same grid within 1e-3 of a voxel in direction and 0.01 mm in origin (float headers drift)."""
+    return bool(np.allclose(a[:3, :3], b[:3, :3], atol=1e-3) and np.allclose(a[:3, 3], b[:3, 3], atol=1e-2))
+
+
+def load_case(
+    case: CaseFiles,
+    *,
+    convention: LabelConvention | None,
+    prep: PreprocessConfig,
+) -> LoadedCase:
+    """Read and preprocess one case: image ``(C, D, H, W)`` float32, label ``(D, H, W)`` int64.
+
+    ``convention`` maps label values to class indices (None: values are used as class indices).
+    When ``prep.cache_dir`` is set, the result is stored there as ``<key>.npz`` (arrays) plus
+    ``<key>.json`` (geometry and record); the key hashes each file's path, mtime and size, the
+    preprocessing config and the convention, so a changed file or setting misses the cache and a
+    second load does not decode NIfTI. Nothing is pickled.
+    """
+    cache_files = None
+    if prep.cache_dir:
+        key = _cache_key(case, convention, prep)
+        folder = Path(prep.cache_dir)
+        cache_files = folder / f"{key}.npz", folder / f"{key}.json"
+        cached = _read_cache(*cache_files, case.case_id)
+        if cached is not None:
+            return cached
+    image, raw_label, geometry = read_case(case)
+    label = None
+    if raw_label is not None:
+        if convention is not None:
+            label = convention.to_classes(raw_label, path=case.label)
+        else:
+            label = _as_class_indices(raw_label, case.label)
+    image, label, record = preprocess(image, label, spacing=geometry.spacing, config=prep)
+    loaded = LoadedCase(case.case_id, image, label, geometry, record)
+    if cache_files is not None:
+        _write_cache(loaded, *cache_files)
+    return loaded
+
+
+def _as_class_indices(label: np.ndarray, path: Path | None) -> np.ndarray:
+    """Labels without a convention: integral, non-negative values used as class indices."""
+    if label.dtype.kind == "f":
+        rounded = np.rint(label)
+        if not np.allclose(label, rounded, atol=1e-4):
+            raise Vox2VoxError(f"{path}: label map has non-integer values; is it an image?")
+        label = rounded
+    label = label.astype(np.int64)
+    if label.size and label.min() < 0:
+        raise Vox2VoxError(f"{path}: negative label values; give a label convention")
+    return label
+
+
+def _cache_key(case: CaseFiles, convention: LabelConvention | None, prep: PreprocessConfig) -> str:
+    files = []
+    for file in [*case.channels.values(), *([case.label] if case.label else [])]:
+        stat = Path(file).stat()
+        files.append([str(Path(file).resolve()), stat.st_mtime_ns, stat.st_size])
+    payload = {
+        "version": CACHE_VERSION,
+        "case": case.case_id,
+        "channels": list(case.channels),
+        "files": files,
+        "prep": prep.fingerprint(),
+        "convention": None if convention is None else convention.to_json(),
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", case.case_id)[:60]
+    return f"{safe_id}-{digest}"
+
+
+def _read_cache(npz: Path, meta: Path, case_id: str) -> LoadedCase | None:
+    if not (npz.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        with np.load(npz, allow_pickle=False) as arrays:
+            image = arrays["image"]
+            label = arrays["label"] if "label" in arrays.files else None
+        return LoadedCase(case_id, image, label, Geometry.from_json(info["geometry"]), info["record"])
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None  # a damaged cache entry is rebuilt, never trusted
+
+
+def _write_cache(case: LoadedCase, npz: Path, meta: Path) -> None:
+    arrays = {"image": case.image}
+    if case.label is not None:
+        arrays["label"] = case.label
+    with atomic_path(npz) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    info = {"case_id": case.case_id, "geometry": case.geometry.to_json(), "record": case.record}
+    atomic_write_text(meta, json.dumps(info))
+
+
+# --------------------------------------------------------------------------------------------
+# checking
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding. ``severity`` "error" breaks training; "warning" deserves a look."""
+
+    severity: str
+    case_id: str
+    file: str
+    message: str
+
+    def format(self) -> str:
+        return f"{self.severity.upper():7s} {self.case_id}: {self.file}: {self.message}"
+
+
+@dataclass
+class CaseFacts:
+    """What was read for one case (for the table)."""
+
+    case_id: str
+    shape: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    orientation: str | None = None
+    channels: int = 0
+    label_counts: dict[int, int] | None = None
+
+
+@dataclass
+class DatasetReport:
+    """Per-case facts and every problem; :meth:`format` renders both as text."""
+
+    spec: DatasetSpec
+    cases: list[CaseFacts] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem would break training (warnings allowed)."""
+        return not any(p.severity == "error" for p in self.problems)
+
+    def format(self) -> str:
+        spec = self.spec
+        lines = [
+            f"dataset: {spec.root}",
+            f"layout: {spec.layout}   channels: {', '.join(spec.channel_names)}   "
+            f"labels: {spec.convention}   cases: {len(spec.cases)}",
+            "",
+        ]
+        rows = [("case", "ch", "shape", "spacing (mm)", "orient", "label values: voxels")]
+        for facts in self.cases:
+            rows.append(
+                (
+                    facts.case_id,
+                    str(facts.channels),
+                    "x".join(map(str, facts.shape)) if facts.shape else "-",
+                    "x".join(f"{s:.3g}" for s in facts.spacing) if facts.spacing else "-",
+                    facts.orientation or "-",
+                    " ".join(f"{v}:{n}" for v, n in facts.label_counts.items())
+                    if facts.label_counts is not None
+                    else "-",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for index, row in enumerate(rows):
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+            if index == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append("")
+        errors = sum(p.severity == "error" for p in self.problems)
+        warnings = len(self.problems) - errors
+        if self.problems:
+            lines.append(f"problems: {errors} error(s), {warnings} warning(s)")
+            lines.extend(p.format() for p in self.problems)
+        else:
+            lines.append("problems: none")
+        return "\n".join(lines)
+
+
+def check_dataset(
+    spec: DatasetSpec, *, convention: str | dict | LabelConvention | None = None
+) -> DatasetReport:
+    """Read every case fully and report facts and problems.
+
+    Problems: missing files, unreadable files, channel/label shape or affine mismatch, label values
+    outside the convention (``convention`` overrides the layout's), NaN/Inf voxels, empty
+    (constant) image channels (errors); empty label maps, cases without a label while others have
+    one, differing spacings across cases (warnings).
+    """
+    conv = get_convention(convention) if convention is not None else spec.label_convention()
+    report = DatasetReport(spec)
+    for case in spec.cases:
+        report.cases.append(_check_case(case, conv, report.problems))
+    labelled = sum(c.label is not None for c in spec.cases)
+    if 0 < labelled < len(spec.cases):
+        for case in spec.cases:
+            if case.label is None:
+                report.problems.append(
+                    Problem("warning", case.case_id, "-", "no label file while other cases have one")
+                )
+    spacings = {tuple(round(s, 3) for s in f.spacing) for f in report.cases if f.spacing}
+    if len(spacings) > 1:
+        report.problems.append(
+            Problem(
+                "warning", "*", str(spec.root),
+                f"{len(spacings)} different voxel spacings; consider preprocessing.target_spacing",
+            )
+        )
+    return report
+
+
+def _check_case(case: CaseFiles, conv: LabelConvention | None, problems: list[Problem]) -> CaseFacts:
+    facts = CaseFacts(case.case_id)
+
+    def add(severity: str, file: Path | str, message: str) -> None:
+        problems.append(Problem(severity, case.case_id, Path(file).name, message))
+
+    reference: tuple[Geometry, Path] | None = None
+    seen: set[Path] = set()
+    for name, file in case.channels.items():
+        file = Path(file)
+        if file in seen:
+            continue
+        seen.add(file)
+        if not file.exists():
+            add("error", file, f"missing channel '{name}'; add the file or fix the layout/manifest")
+            continue
+        try:
+            data, geo = read_channels(file, nonfinite="keep")
+        except Vox2VoxError as err:
+            add("error", file, _strip_path(str(err), file))
+            continue
+        facts.channels += data.shape[0]
+        if reference is None:
+            reference = (geo, file)
+            facts.shape, facts.spacing, facts.orientation = geo.shape, geo.spacing, geo.orientation
+        else:
+            _grid_problems(reference, geo, file, add)
+        _value_problems(data, file, add)
+    if case.label is not None:
+        label_file = Path(case.label)
+        if not label_file.exists():
+            add("error", label_file, "label file missing; add it or drop the label entry")
+        else:
+            try:
+                data, geo = read_channels(label_file, nonfinite="keep")
+            except Vox2VoxError as err:
+                add("error", label_file, _strip_path(str(err), label_file))
+            else:
+                if data.shape[0] != 1:
+                    add("error", label_file, f"label map has {data.shape[0]} volumes; expected 3D")
+                else:
+                    if reference is not None:
+                        _grid_problems(reference, geo, label_file, add)
+                    _label_problems(data[0], label_file, conv, facts, add)
+    return facts
+
+
+def _strip_path(message: str, file: Path) -> str:
+    prefix = f"{file}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _grid_problems(reference: tuple[Geometry, Path], geo: Geometry, file: Path, add) -> None:
+    ref, ref_file = reference
+    if ref.shape != geo.shape:
+        add("error", file, f"shape {geo.shape} differs from {ref_file.name} {ref.shape}")
+    elif not _same_affine(ref.affine, geo.affine):
+        add(
+            "error", file,
+            f"voxel-to-world affine differs from {ref_file.name} (spacing {geo.spacing} vs "
+            f"{ref.spacing}); register or resample to one grid",
+        )
+
+
+def _value_problems(data: np.ndarray, file: Path, add) -> None:
+    if data.dtype.kind == "f":
+        n_bad = int(np.count_nonzero(~np.isfinite(data)))
+        if n_bad:
+            add("error", file, f"{n_bad} NaN/Inf voxels; fix the file (or zero them)")
+    for index, volume in enumerate(data):
+        finite = volume[np.isfinite(volume)] if volume.dtype.kind == "f" else volume
+        if finite.size == 0 or finite.min() == finite.max():
+            where = f" (volume {index})" if data.shape[0] > 1 else ""
+            add("error", file, f"empty image{where}: every voxel is the same value")
+
+
+def _label_problems(label: np.ndarray, file: Path, conv: LabelConvention | None, facts: CaseFacts, add) -> None:
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)):
+            add("error", file, "label map has NaN/Inf voxels")
+            return
+        rounded = np.rint(label)
+        if not np.allclose(label, rounded, atol=1e-4):
+            add("error", file, "label map has non-integer values; is it an image?")
+            return
+        label = rounded.astype(np.int64)
+    values, counts = np.unique(label, return_counts=True)
+    facts.label_counts = {int(v): int(n) for v, n in zip(values, counts, strict=True)}
+    if conv is not None:
+        unknown = sorted(set(facts.label_counts) - set(conv.accepted_values))
+        if unknown:
+            add(
+                "error", file,
+                f"label values {unknown} not in convention {conv.name!r} "
+                f"(accepts {list(conv.accepted_values)}); choose another label convention",
+            )
+    if len(values) == 1:
+        add("warning", file, f"label map is empty (only value {int(values[0])})")
+

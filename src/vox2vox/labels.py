@@ -1,0 +1,248 @@
+"""Label conventions as data: which on-disk values mean which training class, and which regions.
+
+The network trains on contiguous class indices ``0..n-1``; files use each dataset's own values
+(BraTS 2018-21 writes enhancing tumour as 4, so classes are 0/1/2/3 <-> values 0/1/2/4). A
+:class:`LabelConvention` converts both ways, so predictions are written back in the convention the
+user's data came in (METHOD.md: "mapped back 3 -> 4 when saving").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vox2vox.errors import Vox2VoxError
+
+
+@dataclass(frozen=True)
+class LabelConvention:
+    """How label values on disk map to class indices, and the evaluation regions.
+
+    ``source_values[c]`` is the value on disk for class ``c``; ``extra_map`` folds other on-disk
+    values into one of those first (BraTS 2015's label 3, non-enhancing core, joins 1). Regions are
+    sets of SOURCE values (e.g. BraTS ``WT = (1, 2, 4)``).
+    """
+
+    name: str
+    source_values: tuple[int, ...]
+    class_names: tuple[str, ...]
+    regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    extra_map: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.source_values) < 2:
+            raise Vox2VoxError(f"label convention {self.name!r}: needs at least 2 classes")
+        if len(set(self.source_values)) != len(self.source_values):
+            raise Vox2VoxError(f"label convention {self.name!r}: source values repeat")
+        if len(self.class_names) != len(self.source_values):
+            raise Vox2VoxError(
+                f"label convention {self.name!r}: {len(self.class_names)} class names for "
+                f"{len(self.source_values)} values; give one name per value"
+            )
+        if any(v < 0 for v in self.source_values):
+            raise Vox2VoxError(f"label convention {self.name!r}: label values must be >= 0")
+        for src, dst in self.extra_map.items():
+            if dst not in self.source_values:
+                raise Vox2VoxError(
+                    f"label convention {self.name!r}: extra_map sends {src} to {dst}, which is "
+                    "not one of the values"
+                )
+        for region, values in self.regions.items():
+            unknown = set(values) - set(self.source_values)
+            if unknown:
+                raise Vox2VoxError(
+                    f"label convention {self.name!r}: region {region} uses unknown values "
+                    f"{sorted(unknown)}"
+                )
+
+    @property
+    def n_classes(self) -> int:
+        """Number of training classes, background included."""
+        return len(self.source_values)
+
+    @property
+    def accepted_values(self) -> tuple[int, ...]:
+        """Every on-disk value this convention accepts (classes plus folded extras), sorted."""
+        return tuple(sorted(set(self.source_values) | set(self.extra_map)))
+
+    def _lookup(self) -> np.ndarray:
+        """Table from on-disk value to class index; -1 marks values not in the convention."""
+        table = np.full(max(self.accepted_values) + 1, -1, dtype=np.int64)
+        for index, value in enumerate(self.source_values):
+            table[value] = index
+        for src, dst in self.extra_map.items():
+            table[src] = self.source_values.index(dst)
+        return table
+
+    def to_classes(self, label: np.ndarray, *, path: str | Path | None = None) -> np.ndarray:
+        """Map an on-disk label array (any shape, int or integral float) to int64 class indices.
+
+        Raises :class:`Vox2VoxError` naming ``path`` and the offending values when the array holds
+        values the convention does not know (or non-integral values).
+        """
+        where = f"{path}: " if path is not None else ""
+        label = np.asarray(label)
+        if label.dtype.kind == "f":
+            rounded = np.rint(label)
+            # Label files saved as float (0.0/1.0, or 0.99999997 after resampling) are common.
+            if not np.allclose(label, rounded, atol=1e-4) or not np.all(np.isfinite(label)):
+                raise Vox2VoxError(
+                    f"{where}label map has non-integer values; it looks like an image, not a "
+                    f"label map (convention {self.name!r})"
+                )
+            label = rounded.astype(np.int64)
+        elif label.dtype.kind not in "iub":
+            raise Vox2VoxError(f"{where}label map has dtype {label.dtype}; expected integers")
+        label = label.astype(np.int64, copy=False)
+        table = self._lookup()
+        unknown = [int(v) for v in np.unique(label) if v < 0 or v >= len(table) or table[v] < 0]
+        if unknown:
+            shown = ", ".join(str(v) for v in sorted(unknown)[:10])
+            more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""
+            raise Vox2VoxError(
+                f"{where}label values {shown}{more} are not in convention {self.name!r} "
+                f"(accepts {list(self.accepted_values)}); choose another --labels convention "
+                "or a custom value map"
+            )
+        return table[label]
+
+    def to_source(self, classes: np.ndarray) -> np.ndarray:
+        """Map class indices back to on-disk values, in the smallest fitting unsigned/int dtype."""
+        classes = np.asarray(classes)
+        if classes.size and (classes.min() < 0 or classes.max() >= self.n_classes):
+            raise Vox2VoxError(
+                f"class indices outside 0..{self.n_classes - 1} for convention {self.name!r}"
+            )
+        top = max(self.source_values)
+        dtype = np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.int64
+        return np.asarray(self.source_values, dtype=dtype)[classes.astype(np.int64, copy=False)]
+
+    def region_masks(self, label_source: np.ndarray) -> dict[str, np.ndarray]:
+        """Boolean masks per region for a label map in SOURCE values (one per class if no regions)."""
+        regions = self.regions or {
+            name: (value,)
+            for name, value in zip(self.class_names, self.source_values, strict=True)
+            if value != self.source_values[0]
+        }
+        return {name: np.isin(label_source, values) for name, values in regions.items()}
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable dict accepted back by :func:`get_convention`."""
+        return {
+            "name": self.name,
+            "values": {str(v): n for v, n in zip(self.source_values, self.class_names, strict=True)},
+            "regions": {k: list(v) for k, v in self.regions.items()},
+            "extra_map": {str(k): v for k, v in self.extra_map.items()},
+        }
+
+
+_BRATS_NAMES = ("background", "necrotic/non-enhancing core", "oedema", "enhancing tumour")
+
+#: Built-in conventions, by the names users type.
+CONVENTIONS: dict[str, LabelConvention] = {
+    "brats": LabelConvention(
+        name="brats",
+        source_values=(0, 1, 2, 4),
+        class_names=_BRATS_NAMES,
+        regions={"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
+    ),
+    # BraTS 2013-2015: 3 = non-enhancing core, merged into 1 as the 2017+ challenges did.
+    "brats2015": LabelConvention(
+        name="brats2015",
+        source_values=(0, 1, 2, 4),
+        class_names=_BRATS_NAMES,
+        regions={"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
+        extra_map={3: 1},
+    ),
+    # BraTS 2023+: enhancing tumour is written as 3.
+    "brats2023": LabelConvention(
+        name="brats2023",
+        source_values=(0, 1, 2, 3),
+        class_names=("background", "non-enhancing tumour core", "surrounding FLAIR hyperintensity",
+                     "enhancing tumour"),
+        regions={"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
+    ),
+    # MSD Task01_BrainTumour dataset.json: 1 oedema, 2 non-enhancing tumour, 3 enhancing tumour.
+    "msd-brain": LabelConvention(
+        name="msd-brain",
+        source_values=(0, 1, 2, 3),
+        class_names=("background", "edema", "non-enhancing tumor", "enhancing tumour"),
+        regions={"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)},
+    ),
+    "binary": LabelConvention(
+        name="binary",
+        source_values=(0, 1),
+        class_names=("background", "foreground"),
+        regions={"foreground": (1,)},
+    ),
+}
+CONVENTIONS["brats2018"] = CONVENTIONS["brats"]
+
+
+def get_convention(spec: str | Mapping | LabelConvention) -> LabelConvention:
+    """A label convention from a built-in name or a custom dict.
+
+    Names: ``brats`` (2018-21, 0/1/2/4), ``brats2015`` (3 folded into 1), ``brats2023`` (ET = 3),
+    ``msd-brain``, ``binary`` (0/1, float 0.0/1.0 accepted). A custom dict::
+
+        {"name": "tumour-vs-rest", "values": {"0": "background", "1": "tumour"},
+         "extra_map": {"2": 1, "4": 1}, "regions": {"tumour": [1]}}
+
+    ``values`` maps on-disk value -> class name (classes follow the order of increasing value);
+    ``extra_map`` folds further on-disk values into one of ``values`` (here: merge all tumour labels).
+    A dict ``{"labels": {"background": 0, ...}}`` as in MSD/nnU-Net dataset.json also works.
+    """
+    if isinstance(spec, LabelConvention):
+        return spec
+    if isinstance(spec, str):
+        key = spec.strip().lower()
+        if key not in CONVENTIONS:
+            raise Vox2VoxError(
+                f"label convention {spec!r} is unknown; use one of {sorted(CONVENTIONS)} or a "
+                "custom value map"
+            )
+        return CONVENTIONS[key]
+    if not isinstance(spec, Mapping):
+        raise Vox2VoxError(f"label convention must be a name or a dict, got {type(spec).__name__}")
+    try:
+        if "values" in spec:
+            pairs = sorted((int(v), str(n)) for v, n in dict(spec["values"]).items())
+        elif "labels" in spec:
+            pairs = _pairs_from_dataset_json(dict(spec["labels"]))
+        else:
+            raise Vox2VoxError(
+                "custom label convention needs a 'values' map (value -> class name)"
+            )
+        extra = {int(k): int(v) for k, v in dict(spec.get("extra_map", {})).items()}
+        regions = {str(k): tuple(int(x) for x in v) for k, v in dict(spec.get("regions", {})).items()}
+    except (TypeError, ValueError) as err:
+        raise Vox2VoxError(f"custom label convention: malformed ({err}); see get_convention") from err
+    return LabelConvention(
+        name=str(spec.get("name", "custom")),
+        source_values=tuple(v for v, _ in pairs),
+        class_names=tuple(n for _, n in pairs),
+        regions=regions,
+        extra_map=extra,
+    )
+
+
+def _pairs_from_dataset_json(labels: dict) -> list[tuple[int, str]]:
+    """(value, name) pairs from a dataset.json ``labels`` block, either direction of the map.
+
+    MSD writes ``{"0": "background", ...}``; nnU-Net v2 writes ``{"background": 0, ...}`` (region
+    tuples in v2 region-based training are not class values and are rejected here).
+    """
+    pairs = []
+    for key, value in labels.items():
+        if isinstance(value, (list, tuple)):
+            raise Vox2VoxError(
+                "dataset.json uses region-based labels; give a custom 'values' map instead"
+            )
+        if str(key).lstrip("-").isdigit():
+            pairs.append((int(key), str(value)))
+        else:
+            pairs.append((int(value), str(key)))
+    return sorted(pairs)
