@@ -68,7 +68,8 @@ def generalized_dice_loss(
     background counts, as in the authors' implementation. ``weighting``:
     ``fixed`` uses ``class_weights`` (computed once from the training labels),
     ``sudre`` recomputes w_c = 1 / (sum y_c)^2 per batch (Sudre et al. 2017; classes absent from
-    the batch get the largest weight present, so they neither vanish nor explode),
+    the batch get the largest weight present, so they neither vanish nor explode; the weights are
+    rescaled to mean 1 so that ``eps`` stays negligible),
     ``uniform`` uses w_c = 1.
     """
     if target.shape != probs.shape:
@@ -87,6 +88,9 @@ def generalized_dice_loss(
         present = counts > 0
         if present.any():
             w = torch.where(present, w, w[present].max())
+        # The loss is invariant to the scale of w except through eps, and 1 / count^2 is tiny
+        # (1e-8 for 1e4 voxels), which would let eps dominate: rescale to mean 1 like the others.
+        w = w * (w.numel() / w.sum())
     elif weighting == "uniform":
         w = torch.ones_like(intersection)
     else:
@@ -102,7 +106,14 @@ def fixed_class_weights(labels: list[np.ndarray], n_classes: int) -> tuple[float
     """
     counts = np.zeros(n_classes, dtype=np.float64)
     for label in labels:
-        counts += np.bincount(np.asarray(label).ravel().astype(np.int64), minlength=n_classes)[:n_classes]
+        values = np.asarray(label).ravel().astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() >= n_classes):
+            # e.g. a BraTS label 4 not mapped to 3: silently dropping it would skew the weights.
+            raise Vox2VoxError(
+                f"training labels hold values {sorted(set(np.unique(values).tolist()))}, outside the "
+                f"classes 0..{n_classes - 1}; map the labels to contiguous classes first"
+            )
+        counts += np.bincount(values, minlength=n_classes)
     total = counts.sum()
     if total == 0:
         raise Vox2VoxError("no labelled voxels in the training data; cannot compute class weights")

@@ -185,6 +185,15 @@ class Generator(nn.Module):
                 f"input size {tuple(x.shape[2:])} does not work with depth {cfg.depth}: every spatial "
                 f"size must be a multiple of {m} (e.g. {m}, {2 * m}, {4 * m}, ...); pad or crop the volume"
             )
+        # Instance/batch norm on the deepest map needs more than one voxel (per channel) to
+        # compute statistics, so e.g. 16^3 at depth 4 (a 1^3 bottleneck) cannot run.
+        deepest = [s // m for s in x.shape[2:]]
+        if cfg.norm != "none" and deepest[0] * deepest[1] * deepest[2] * (x.shape[0] if cfg.norm == "batch" else 1) < 2:
+            raise Vox2VoxError(
+                f"input size {tuple(x.shape[2:])} is too small for depth {cfg.depth}: the deepest feature "
+                f"map would be 1x1x1, too small for {cfg.norm} norm; use sizes that are multiples of {m} "
+                f"and at least {2 * m} along one axis (e.g. {2 * m}, {3 * m}, {4 * m}, ...)"
+            )
 
     def forward(self, x: torch.Tensor, *, return_logits: bool = False) -> torch.Tensor:
         self.check_input(x)
