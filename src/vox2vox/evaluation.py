@@ -19,15 +19,19 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from vox2vox.atomic import atomic_write_text
 from vox2vox.errors import Vox2VoxError
 from vox2vox.metrics import BRATS_REGIONS, METRICS, label_regions, score_masks
+
+if TYPE_CHECKING:
+    from vox2vox.io import Geometry
+    from vox2vox.labels import LabelConvention
 
 #: CSV columns, in order: one row per case and region.
 CSV_COLUMNS: tuple[str, ...] = ("case", "region", *METRICS, "missing_prediction")
@@ -61,7 +65,6 @@ class EvaluationResult:
     unmatched: tuple[str, ...] = ()
     csv_path: Path | None = None
     json_path: Path | None = None
-    notes: tuple[str, ...] = field(default=())
 
     def mean(self, region: str, metric: str = "dice") -> float:
         """Mean of ``metric`` over cases for ``region`` (e.g. ``result.mean("WT")``)."""
@@ -82,7 +85,6 @@ class EvaluationResult:
                 f"Predictions with no truth case, ignored ({len(self.unmatched)}): "
                 + ", ".join(self.unmatched)
             )
-        lines.extend(self.notes)
         header = f"{'region':<10} {'metric':<9} {'mean':>9} {'std':>9} {'median':>9} {'25%':>9} {'75%':>9}"
         lines += [header, "-" * len(header)]
         for region in self.regions:
@@ -116,7 +118,7 @@ def evaluate_folder(
     truth: str | os.PathLike[str],
     *,
     regions: Literal["brats", "labels"] | Mapping[str, Sequence[int]] = "brats",
-    convention: object | None = None,
+    convention: str | Mapping | LabelConvention | None = None,
     out_csv: str | os.PathLike[str] | None = None,
 ) -> EvaluationResult:
     """Score every truth case against its prediction in ``pred_dir``.
@@ -227,17 +229,7 @@ def write_result(result: EvaluationResult, out_csv: str | os.PathLike[str]) -> E
         writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS])
     atomic_write_text(out_csv, buffer.getvalue())
     atomic_write_text(json_path, json.dumps(result.to_json(), indent=2) + "\n")
-    return EvaluationResult(
-        regions=result.regions,
-        case_ids=result.case_ids,
-        rows=result.rows,
-        summary=result.summary,
-        missing=result.missing,
-        unmatched=result.unmatched,
-        csv_path=out_csv,
-        json_path=json_path,
-        notes=result.notes,
-    )
+    return replace(result, csv_path=out_csv, json_path=json_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +237,7 @@ def write_result(result: EvaluationResult, out_csv: str | os.PathLike[str]) -> E
 # --------------------------------------------------------------------------------------------
 
 
-def _truth_cases(truth: Path) -> tuple[dict[str, Path], object | None]:
+def _truth_cases(truth: Path) -> tuple[dict[str, Path], LabelConvention | None]:
     """Case id -> label file, and the dataset's label convention when the layout names one."""
     from vox2vox.datasets import discover
 
@@ -335,7 +327,7 @@ def _case_id_of(name: str) -> str | None:
     return bare
 
 
-def _read_labels(path: Path):  # -> tuple[np.ndarray, Geometry]
+def _read_labels(path: Path) -> tuple[np.ndarray, Geometry]:
     """Read a label map in canonical orientation as int32; non-integer values are an error."""
     from vox2vox.io import read_volume
 
@@ -353,8 +345,8 @@ def _read_labels(path: Path):  # -> tuple[np.ndarray, Geometry]
 
 def _resolve_regions(
     regions: Literal["brats", "labels"] | Mapping[str, Sequence[int]],
-    convention: object | None,
-    dataset_convention: object | None,
+    convention: str | Mapping | LabelConvention | None,
+    dataset_convention: LabelConvention | None,
     pairs: Sequence[tuple[str, np.ndarray, np.ndarray | None, tuple[float, ...]]],
 ) -> dict[str, tuple[int, ...]]:
     if isinstance(regions, Mapping):
@@ -375,7 +367,7 @@ def _resolve_regions(
     if convention is not None:
         from vox2vox.labels import get_convention
 
-        chosen = get_convention(convention)  # type: ignore[arg-type]
+        chosen = get_convention(convention)
     else:
         chosen = dataset_convention
     chosen_regions = getattr(chosen, "regions", None) if chosen is not None else None
