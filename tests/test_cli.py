@@ -1,0 +1,111 @@
+"""The command line: help, exit codes, one-line errors, and a train -> predict -> evaluate round trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from vox2vox.cli import main
+from vox2vox.synthetic import write_brats_folder
+
+COMMANDS = ("demo", "dataset", "train", "predict", "evaluate")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: vox2vox " + command in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    proc = subprocess.run([sys.executable, "-m", "vox2vox.cli", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("vox2vox ")
+
+
+def test_user_error_is_one_line_with_status_2(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert main(["train", "--data", str(missing), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert str(missing) in err[0] and "Traceback" not in err[0]
+
+
+def test_bad_config_value_names_the_key(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path), "--set", "optim.lr_g=-1", "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "optim.lr_g" in capsys.readouterr().err
+
+
+def test_unknown_config_key_is_rejected(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"train": {"epochz": 3}}))
+    assert main(["train", "--data", str(tmp_path), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "epochz" in err and str(cfg) in err
+
+
+def test_debug_shows_traceback(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope"), "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+TINY = [
+    "--set", "generator.base_filters=4", "--set", "generator.depth=3", "--set", "generator.bottleneck_blocks=1",
+    "--set", "discriminator.base_filters=4", "--set", "train.patch_size=[24,24,24]", "--set", "train.batch_size=1",
+    "--set", "data.val_cases=1",
+]
+
+
+@pytest.mark.slow
+def test_train_predict_evaluate_round_trip(tmp_path, capsys):
+    data = tmp_path / "brats"
+    ids = write_brats_folder(data, n_cases=3, seed=1, shape=(32, 32, 24), spacing=(1.0, 1.2, 2.0))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--set", "train.epochs=1", *TINY]) == 0
+    # --resume continues the same run to more epochs.
+    assert main(["train", "--data", str(data), "--out", str(run), "--resume", "--set", "train.epochs=2", *TINY]) == 0
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+    # Starting over into a used run directory without --resume is refused.
+    assert main(["train", "--data", str(data), "--out", str(run), *TINY]) == 2
+
+    pred = tmp_path / "pred"
+    assert main(["predict", "--model", str(run), "--input", str(data), "--output", str(pred), "--device", "cpu"]) == 0
+    for case_id in ids:
+        out = nib.load(pred / f"{case_id}.nii.gz")
+        ref = nib.load(data / case_id / f"{case_id}_t1.nii.gz")
+        assert out.shape == ref.shape
+        np.testing.assert_allclose(out.affine, ref.affine)
+        assert np.issubdtype(out.get_data_dtype(), np.integer)
+        assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2, 4}
+
+    csv = tmp_path / "scores.csv"
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(data), "--out", str(csv)]) == 0
+    printed = capsys.readouterr().out
+    assert "WT" in printed and "ET" in printed
+    assert csv.is_file()
+
+
+def test_predict_rejects_wrong_channel_count(tmp_path, capsys):
+    data = tmp_path / "brats"
+    write_brats_folder(data, n_cases=2, seed=1, shape=(24, 24, 24))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--set", "train.epochs=1",
+                 "--set", "loss.adversarial=false", *TINY]) == 0
+    # A single-channel image is not what a 4-channel model takes.
+    single = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((24, 24, 24), np.float32), np.eye(4)), single)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(run), "--input", str(single), "--output", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "channel" in err and str(single) in err
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
