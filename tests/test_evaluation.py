@@ -169,3 +169,18 @@ def test_bad_folders_are_user_errors(tmp_path: Path) -> None:
     (tmp_path / "pred").mkdir()
     with pytest.raises(Vox2VoxError):
         evaluate_folder(tmp_path / "pred", tmp_path / "missing_truth")
+
+
+def test_truth_from_a_manifest_csv(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    lab_a = _save(data / "a_label.nii.gz", _tumour(z0=1))
+    lab_b = _save(data / "b_label.nii.gz", _tumour(z0=5))
+    img = _save(data / "img.nii.gz", np.ones((12, 12, 12), np.float32))
+    manifest = data / "cases.csv"
+    manifest.write_text(f"id,ct,label\ncase_b,{img.name},{lab_b.name}\ncase_a,{img.name},{lab_a.name}\n")
+    _save(tmp_path / "pred" / "case_a.nii.gz", _tumour(z0=1))
+    result = evaluate_folder(tmp_path / "pred", manifest, regions="labels")
+    assert result.case_ids == ("case_b", "case_a")
+    assert result.missing == ("case_b",)
+    rows = {(r["case"], r["region"]): r["dice"] for r in result.rows}
+    assert rows["case_a", "label_2"] == 1.0 and rows["case_b", "label_2"] == 0.0
