@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -125,3 +126,214 @@ def test_unknown_layout_message(tmp_path):
     (tmp_path / "empty" / "readme.json").write_text("{}")
     with pytest.raises(Vox2VoxError, match="cannot tell the dataset layout"):
         discover(tmp_path / "empty")
+
+
+# ---- real data in ../shared/data ----------------------------------------------------------------
+
+
+def _manifest_facts(shared_data: Path) -> dict[str, dict]:
+    """MANIFEST.tsv rows by relative path: on-disk shape, spacing, and label value counts."""
+    facts = {}
+    lines = (shared_data / "MANIFEST.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split("\t"), strict=True))
+        counts = None
+        if not row["values"].startswith("range"):
+            counts = {int(k): int(v) for k, v in (item.split(":") for item in row["values"].split())}
+        facts[row["path"]] = {
+            "shape": tuple(int(v) for v in row["shape"].split("x")),
+            "spacing": tuple(float(v) for v in row["spacing_mm"].split("x")),
+            "counts": counts,
+        }
+    return facts
+
+
+def _shared_manifests(shared: Path, out: Path) -> dict[str, tuple[Path, str | None, int]]:
+    """One manifest per shared folder, written into ``out``: name -> (csv, convention, channels)."""
+    brats18 = sorted(p for p in (shared / "brats2018-deepvoxnet2").iterdir() if p.is_dir())
+    brats15 = sorted(p for p in (shared / "brats2015-deepmedic").iterdir() if p.is_dir())
+    sarcoma = sorted(p for p in (shared / "ct-sarcoma").iterdir() if p.is_dir())
+    ts = shared / "ct-totalsegmentator"
+    cord = shared / "mri-spinalcord"
+    manifests = {
+        "brats2018": (write_manifest(out / "brats2018.csv", [
+            (p.name, {"flair": p / "FLAIR.nii.gz", "t1": p / "T1.nii.gz"}, p / "GT_W.nii.gz") for p in brats18
+        ]), "binary", 2),
+        "brats2015": (write_manifest(out / "brats2015.csv", [
+            (p.name, {"flair": p / "Flair_subtrMeanDivStd.nii.gz", "t1c": p / "T1c_subtrMeanDivStd.nii.gz"},
+             p / "OTMultiClass.nii.gz") for p in brats15
+        ], masks={p.name: p / "brainmask.nii.gz" for p in brats15}), "brats2015", 2),
+        "sarcoma": (write_manifest(out / "sarcoma.csv", [
+            (p.name, {"ct": p / "CT_image.nii.gz"}, p / "CT_mask.nii.gz") for p in sarcoma
+        ]), "binary", 1),
+        "totalseg-abdomen": (write_manifest(out / "ts_abdomen.csv", [
+            ("example_ct_sm", {"ct": ts / "example_ct" / "example_ct_sm.nii.gz"},
+             ts / "example_ct" / "example_seg_v2.nii.gz"),
+        ]), str(ts / "class_map_v2_total.json"), 1),
+        "totalseg-aorta": (write_manifest(out / "ts_aorta.csv", [
+            ("aorta", {"ct": ts / "aorta_case" / "ct_cropped.nii.gz"},
+             ts / "aorta_case" / "aorta_true_false_lumen.nii.gz"),
+        ]), None, 1),
+        "totalseg-dicom": (write_manifest(out / "ts_dicom.csv", [
+            ("dicom", {"ct": ts / "dicom_case" / "example_ct_dicom"},
+             ts / "dicom_case" / "example_seg_dicom.nii.gz"),
+        ]), str(ts / "class_map_v2_total.json"), 1),
+        "spinalcord": (write_manifest(out / "cord.csv", [
+            ("t1", {"mri": cord / "t1" / "t1w.nii.gz"}, cord / "t1" / "t1w_seg-manual.nii.gz"),
+            ("t2", {"mri": cord / "t2" / "t2.nii.gz"}, cord / "t2" / "t2_seg-manual.nii.gz"),
+        ]), "binary", 1),
+    }
+    return manifests
+
+
+# Which case of each manifest the fast test loads fully (BraTS volumes take ~1 s each to decode).
+_FAST_CASE = {"brats2018": 0, "brats2015": 0, "sarcoma": 1, "totalseg-abdomen": 0,
+              "totalseg-aorta": 0, "totalseg-dicom": 0, "spinalcord": 1}
+
+
+@pytest.mark.parametrize("name", list(_FAST_CASE))
+def test_every_shared_folder_loads_through_a_manifest(shared_data, tmp_path, name):
+    from vox2vox.preprocessing import undo_preprocessing
+
+    csv_path, convention, n_channels = _shared_manifests(shared_data, tmp_path)[name]
+    spec = discover(csv_path)
+    assert spec.layout == "manifest" and len(spec.channel_names) == n_channels
+    case = spec.cases[_FAST_CASE[name]]
+    conv = get_convention(convention) if convention else None
+    loaded = load_case(case, convention=conv, prep=PreprocessConfig(pad_multiple=16))
+    assert loaded.image.shape[0] == n_channels
+    assert all(n % 16 == 0 for n in loaded.image.shape[1:])
+    assert np.isfinite(loaded.image).all()
+
+    facts = _manifest_facts(shared_data)
+    label_key = str(case.label.relative_to(shared_data))
+    expected = facts[label_key]
+    geo = loaded.geometry
+    assert geo.source_shape == expected["shape"]
+    source_spacing = tuple(np.linalg.norm(geo.source_affine[:3, :3], axis=0))
+    assert source_spacing == pytest.approx(expected["spacing"], abs=5e-4)
+
+    # Undoing crop + pad gives back every label voxel: counts equal MANIFEST.tsv's.
+    classes = undo_preprocessing(loaded.label, loaded.record)
+    assert classes.shape == geo.shape
+    source = conv.to_source(classes) if conv else classes
+    if name == "brats2015":  # label 3 (non-enhancing) folds into 1
+        counts = dict(expected["counts"])
+        counts[1] += counts.pop(3)
+    else:
+        counts = expected["counts"]
+    values, n = np.unique(source, return_counts=True)
+    assert dict(zip(values.tolist(), n.tolist(), strict=True)) == counts
+
+
+def test_sarcoma_resampled_to_isotropic_with_ct_window(shared_data, tmp_path):
+    csv_path, _, _ = _shared_manifests(shared_data, tmp_path)["sarcoma"]
+    case = discover(csv_path).cases[0]
+    prep = PreprocessConfig(normalize="ct-window", ct_window=(-200, 300), target_spacing=(2.0, 2.0, 2.0),
+                            crop_foreground=False, pad_multiple=1)
+    loaded = load_case(case, convention=get_convention("binary"), prep=prep)
+    assert loaded.spacing == pytest.approx((2.0, 2.0, 2.0), rel=0.02)
+    assert 0.0 <= loaded.image.min() and loaded.image.max() <= 1.0
+    # STS_008: 141 x 137 x 51 voxels of 0.977 x 0.977 x 3.27 mm -> 2 mm voxels.
+    assert loaded.image.shape[1:] == (69, 67, 83)
+    assert loaded.label.sum() > 0
+
+
+def test_brats_layout_from_shared_cases(shared_data, tmp_path):
+    """A BraTS 2018-21 folder whose files are the shared cases under BraTS names (symlinks)."""
+    src = shared_data / "brats2015-deepmedic" / "brats_2013_pat0006_1"
+    case_dir = tmp_path / "BraTS" / "pat0006"
+    case_dir.mkdir(parents=True)
+    for name, file in {"flair": "Flair_subtrMeanDivStd", "t1ce": "T1c_subtrMeanDivStd",
+                       "t1": "T1c_subtrMeanDivStd", "t2": "Flair_subtrMeanDivStd",
+                       "seg": "OTMultiClass"}.items():
+        (case_dir / f"pat0006_{name}.nii.gz").symlink_to(src / f"{file}.nii.gz")
+    spec = discover(tmp_path / "BraTS")
+    assert spec.layout == "brats" and spec.cases[0].case_id == "pat0006"
+    # The 2015 file holds label 3, which the 2018-21 convention does not know: an error...
+    report = check_dataset(spec)
+    assert not report.ok and "label values [3] not in convention 'brats'" in report.format()
+    # ...and the 2015 convention accepts it.
+    assert check_dataset(spec, convention="brats2015").ok
+
+
+def _copy_case(shared_data: Path, out: Path) -> Path:
+    """A copied spinal-cord T1 case (small) as a one-case manifest folder."""
+    src = shared_data / "mri-spinalcord" / "t1"
+    out.mkdir(parents=True)
+    shutil.copy(src / "t1w.nii.gz", out / "t1w.nii.gz")
+    shutil.copy(src / "t1w_seg-manual.nii.gz", out / "seg.nii.gz")
+    shutil.copy(src / "t1w.nii.gz", out / "t1w_copy.nii.gz")
+    (out / "cases.csv").write_text("id,a,b,label\ncord,t1w.nii.gz,t1w_copy.nii.gz,seg.nii.gz\n")
+    return out / "cases.csv"
+
+
+def _plant(path: Path, change) -> None:
+    img = nib.load(str(path))
+    data, affine = change(np.asanyarray(img.dataobj).copy(), img.affine.copy())
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+def _nan(d, a):
+    d = d.astype(np.float32)
+    d[5, 5, 5] = np.nan
+    return d, a
+
+
+def _shift(d, a):
+    a[:3, 3] += 2.0
+    return d, a
+
+
+def _bad_label(d, a):
+    d[0, 0, 0] = 7
+    return d, a
+
+
+@pytest.mark.parametrize(
+    "file, change, expected",
+    [
+        ("t1w_copy.nii.gz", _nan, "t1w_copy.nii.gz: 1 NaN/Inf voxels"),
+        ("t1w_copy.nii.gz", lambda d, a: (d[:-1], a), "t1w_copy.nii.gz: shape (41, 76, 77) differs"),
+        ("seg.nii.gz", _shift, "seg.nii.gz: voxel-to-world affine differs"),
+        ("seg.nii.gz", _bad_label, "seg.nii.gz: label values [7] not in convention 'binary'"),
+        ("t1w_copy.nii.gz", lambda d, a: (np.zeros_like(d), a), "t1w_copy.nii.gz: empty image"),
+        ("t1w_copy.nii.gz", None, "t1w_copy.nii.gz: missing channel 'b'"),
+    ],
+)
+def test_planted_problems_are_reported(shared_data, tmp_path, file, change, expected):
+    manifest = _copy_case(shared_data, tmp_path / "copy")
+    clean = check_dataset(discover(manifest), convention="binary")
+    assert clean.ok, clean.format()
+    if change is None:
+        (manifest.parent / file).unlink()
+    else:
+        _plant(manifest.parent / file, change)
+    report = check_dataset(discover(manifest), convention="binary")
+    assert not report.ok
+    text = report.format()
+    assert expected in text, text
+    assert any(line.startswith("ERROR") and expected in line for line in text.splitlines())
+
+
+def test_dataset_cli_exits_2_on_planted_problem(shared_data, tmp_path, capsys):
+    from vox2vox.cli import main
+
+    manifest = _copy_case(shared_data, tmp_path / "copy")
+    assert main(["dataset", str(manifest), "--convention", "binary"]) == 0
+    _plant(manifest.parent / "seg.nii.gz", _bad_label)
+    assert main(["dataset", str(manifest), "--convention", "binary"]) == 2
+    assert "label values [7]" in capsys.readouterr().out
+
+
+def test_dicom_series_as_single_case(shared_data):
+    spec = discover(shared_data / "ct-totalsegmentator" / "dicom_case" / "example_ct_dicom")
+    assert spec.layout == "single" and spec.channel_names == ("image",)
+
+
+@pytest.mark.slow
+def test_check_every_shared_manifest(shared_data, tmp_path):
+    for name, (csv_path, convention, _) in _shared_manifests(shared_data, tmp_path).items():
+        report = check_dataset(discover(csv_path), convention=convention)
+        assert report.ok, f"{name}\n{report.format()}"

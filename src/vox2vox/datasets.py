@@ -9,7 +9,8 @@ never by sorted position, so one oddly named file cannot shift every pair):
   (channels on the 4th axis) + ``labelsTr/<id>.nii.gz``.
 - ``nnunet``: nnU-Net raw, ``imagesTr/<id>_0000.nii.gz`` (one file per channel) + ``labelsTr``
   + ``dataset.json``.
-- ``manifest``: a CSV with header ``id,<channel>,...,<channel>[,label]``; paths relative to the CSV.
+- ``manifest``: a CSV with header ``id,<channel>,...,<channel>[,mask][,label]``; paths relative to
+  the CSV; an optional ``mask`` (or ``brainmask``) column names a brain/body mask per case.
 - ``single``: one image file (or DICOM series folder): one case, channel ``image``, no label.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,11 +47,14 @@ class CaseFiles:
 
     Several channel names may point at the same 4D file (MSD): they are its volumes in order.
     Paths are what the layout expects; a missing file is reported by :func:`check_dataset`.
+    ``mask`` (optional) is a brain/body mask (> 0.5 inside): z-scoring and cropping use it
+    instead of the "differs from the background value" rule.
     """
 
     case_id: str
     channels: dict[str, Path]
     label: Path | None
+    mask: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -291,13 +296,20 @@ def _discover_manifest(path: Path) -> DatasetSpec:
         raise Vox2VoxError(
             f"{path}: first column must be 'id' (header id,<channel>,...,label), got {header[:1]}"
         )
-    has_label = header[-1].lower() in ("label", "seg", "mask")
-    channel_names = tuple(header[1:-1] if has_label else header[1:])
+    has_label = header[-1].lower() in ("label", "seg", "labels")
+    mask_column = next(
+        (i for i, h in enumerate(header) if i > 0 and h.lower() in ("mask", "brainmask", "brain_mask")),
+        None,
+    )
+    channel_names = tuple(
+        h for i, h in enumerate(header)
+        if 0 < i and i != mask_column and not (has_label and i == len(header) - 1)
+    )
     if not channel_names:
         raise Vox2VoxError(f"{path}: manifest names no image channel; add columns after 'id'")
     if len(set(channel_names)) != len(channel_names):
         raise Vox2VoxError(f"{path}: channel names repeat in the header {header}")
-    base = path.parent
+    base = path.parent.absolute()
     cases, seen = [], set()
     for line, row in enumerate(rows[1:], start=2):
         cells = [c.strip() for c in row]
@@ -309,10 +321,19 @@ def _discover_manifest(path: Path) -> DatasetSpec:
         if not case_id or case_id in seen:
             raise Vox2VoxError(f"{path}: line {line}: case id {case_id!r} is empty or repeated")
         seen.add(case_id)
-        channels = {n: base / c for n, c in zip(channel_names, cells[1 : 1 + len(channel_names)], strict=True)}
-        label = base / cells[-1] if has_label and cells[-1] else None
-        cases.append(CaseFiles(case_id, channels, label))
+        by_name = dict(zip(header, cells, strict=True))
+        if any(not by_name[n] for n in channel_names):
+            raise Vox2VoxError(f"{path}: line {line}: case {case_id} has an empty channel path")
+        channels = {n: _under(base, by_name[n]) for n in channel_names}
+        label = _under(base, cells[-1]) if has_label and cells[-1] else None
+        mask = _under(base, cells[mask_column]) if mask_column is not None and cells[mask_column] else None
+        cases.append(CaseFiles(case_id, channels, label, mask))
     return DatasetSpec(path, "manifest", channel_names, tuple(cases), "auto")
+
+
+def _under(base: Path, cell: str) -> Path:
+    """``cell`` relative to ``base`` (absolute paths stay), with ``..`` folded textually."""
+    return Path(os.path.normpath(base / Path(cell).expanduser()))
 
 
 def _discover_single(path: Path) -> DatasetSpec:
@@ -321,23 +342,28 @@ def _discover_single(path: Path) -> DatasetSpec:
 
 
 def write_manifest(
-    path: str | Path, cases: list[tuple[str, dict[str, str | Path], str | Path | None]]
+    path: str | Path,
+    cases: list[tuple[str, dict[str, str | Path], str | Path | None]],
+    *,
+    masks: dict[str, str | Path] | None = None,
 ) -> Path:
     """Write a manifest CSV (paths stored relative to the CSV where possible), atomically.
 
     ``cases``: ``(case_id, {channel: path}, label_path_or_None)``, channels in the same order for
-    every case.
+    every case; ``masks``: optional case id -> brain/body mask file (adds a ``mask`` column).
     """
     path = Path(path)
     if not cases:
         raise Vox2VoxError(f"{path}: no cases to write")
     names = list(cases[0][1])
     with_label = any(label is not None for _, _, label in cases)
-    lines = [",".join(["id", *names, *(["label"] if with_label else [])])]
+    lines = [",".join(["id", *names, *(["mask"] if masks else []), *(["label"] if with_label else [])])]
     for case_id, channels, label in cases:
         if list(channels) != names:
             raise Vox2VoxError(f"{path}: case {case_id} has channels {list(channels)}, not {names}")
         cells = [case_id, *(_relative(channels[n], path.parent) for n in names)]
+        if masks:
+            cells.append(_relative(masks[case_id], path.parent) if case_id in masks else "")
         if with_label:
             cells.append("" if label is None else _relative(label, path.parent))
         lines.append(",".join(cells))
@@ -346,8 +372,6 @@ def write_manifest(
 
 
 def _relative(target: str | Path, base: Path) -> str:
-    import os
-
     try:
         return os.path.relpath(Path(target).resolve(), base.resolve())
     except ValueError:  # another drive on Windows
@@ -363,6 +387,13 @@ def read_case(case: CaseFiles) -> tuple[np.ndarray, np.ndarray | None, Geometry]
     """Decode a case: canonical image ``(C, D, H, W)`` float32, raw label ``(D, H, W)`` or None,
     and the first channel's geometry. Every channel and the label must share one grid.
     """
+    image, label, _, geometry = _read_case_with_mask(case)
+    return image, label, geometry
+
+
+def _read_case_with_mask(
+    case: CaseFiles,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, Geometry]:
     volumes: list[np.ndarray] = []
     geometry: Geometry | None = None
     first_path: Path | None = None
@@ -390,7 +421,15 @@ def read_case(case: CaseFiles) -> tuple[np.ndarray, np.ndarray | None, Geometry]
             raise Vox2VoxError(f"{case.label}: label map must be 3D, got {data.shape[0]} volumes")
         _require_same_grid(geometry, geo, first_path, case.label)
         label = data[0]
-    return np.stack(volumes), label, geometry
+    mask = None
+    if case.mask is not None:
+        data, geo = read_channels(case.mask, nonfinite="zero")
+        _require_same_grid(geometry, geo, first_path, case.mask)
+        # Masks saved as float read as 0.99999997 inside: threshold, never compare with 1.
+        mask = data[0] > 0.5
+        if not mask.any():
+            raise Vox2VoxError(f"{case.mask}: mask is empty; fix it or drop the mask column")
+    return np.stack(volumes), label, mask, geometry
 
 
 def _require_same_grid(a: Geometry, b: Geometry, path_a: Path | None, path_b: Path) -> None:
@@ -433,14 +472,14 @@ def load_case(
         cached = _read_cache(*cache_files, case.case_id)
         if cached is not None:
             return cached
-    image, raw_label, geometry = read_case(case)
+    image, raw_label, mask, geometry = _read_case_with_mask(case)
     label = None
     if raw_label is not None:
         if convention is not None:
             label = convention.to_classes(raw_label, path=case.label)
         else:
             label = _as_class_indices(raw_label, case.label)
-    image, label, record = preprocess(image, label, spacing=geometry.spacing, config=prep)
+    image, label, record = preprocess(image, label, spacing=geometry.spacing, config=prep, mask=mask)
     loaded = LoadedCase(case.case_id, image, label, geometry, record)
     if cache_files is not None:
         _write_cache(loaded, *cache_files)
@@ -462,7 +501,7 @@ def _as_class_indices(label: np.ndarray, path: Path | None) -> np.ndarray:
 
 def _cache_key(case: CaseFiles, convention: LabelConvention | None, prep: PreprocessConfig) -> str:
     files = []
-    for file in [*case.channels.values(), *([case.label] if case.label else [])]:
+    for file in [*case.channels.values(), *(f for f in (case.label, case.mask) if f is not None)]:
         stat = Path(file).stat()
         files.append([str(Path(file).resolve()), stat.st_mtime_ns, stat.st_size])
     payload = {
@@ -622,20 +661,24 @@ def _check_case(case: CaseFiles, conv: LabelConvention | None, problems: list[Pr
         problems.append(Problem(severity, case.case_id, Path(file).name, message))
 
     reference: tuple[Geometry, Path] | None = None
-    seen: set[Path] = set()
+    groups: dict[Path, list[str]] = {}
     for name, file in case.channels.items():
-        file = Path(file)
-        if file in seen:
-            continue
-        seen.add(file)
+        groups.setdefault(Path(file), []).append(name)
+    for file, names in groups.items():
         if not file.exists():
-            add("error", file, f"missing channel '{name}'; add the file or fix the layout/manifest")
+            add("error", file, f"missing channel '{', '.join(names)}'; add the file or fix the layout/manifest")
             continue
         try:
             data, geo = read_channels(file, nonfinite="keep")
         except Vox2VoxError as err:
             add("error", file, _strip_path(str(err), file))
             continue
+        if data.shape[0] != len(names):
+            add(
+                "error", file,
+                f"holds {data.shape[0]} volume(s) but the dataset expects {len(names)} "
+                f"({', '.join(names)})",
+            )
         facts.channels += data.shape[0]
         if reference is None:
             reference = (geo, file)
@@ -659,6 +702,17 @@ def _check_case(case: CaseFiles, conv: LabelConvention | None, problems: list[Pr
                     if reference is not None:
                         _grid_problems(reference, geo, label_file, add)
                     _label_problems(data[0], label_file, conv, facts, add)
+    if case.mask is not None:
+        mask_file = Path(case.mask)
+        try:
+            data, geo = read_channels(mask_file, nonfinite="zero")
+        except Vox2VoxError as err:
+            add("error", mask_file, _strip_path(str(err), mask_file))
+        else:
+            if reference is not None:
+                _grid_problems(reference, geo, mask_file, add)
+            if not (data > 0.5).any():
+                add("error", mask_file, "mask is empty (no voxel > 0.5)")
     return facts
 
 

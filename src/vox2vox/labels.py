@@ -191,12 +191,17 @@ def get_convention(spec: str | Mapping | LabelConvention) -> LabelConvention:
         {"name": "tumour-vs-rest", "values": {"0": "background", "1": "tumour"},
          "extra_map": {"2": 1, "4": 1}, "regions": {"tumour": [1]}}
 
+    A string ending in ``.json`` names a file holding such a dict, a dataset.json (its ``labels``),
+    or a plain ``{"1": "spleen", ...}`` class map (TotalSegmentator); 0 is background if unnamed.
+
     ``values`` maps on-disk value -> class name (classes follow the order of increasing value);
     ``extra_map`` folds further on-disk values into one of ``values`` (here: merge all tumour labels).
     A dict ``{"labels": {"background": 0, ...}}`` as in MSD/nnU-Net dataset.json also works.
     """
     if isinstance(spec, LabelConvention):
         return spec
+    if isinstance(spec, str) and spec.strip().lower().endswith(".json"):
+        return _convention_from_file(Path(spec.strip()))
     if isinstance(spec, str):
         key = spec.strip().lower()
         if key not in CONVENTIONS:
@@ -246,3 +251,30 @@ def _pairs_from_dataset_json(labels: dict) -> list[tuple[int, str]]:
         else:
             pairs.append((int(value), str(key)))
     return sorted(pairs)
+
+
+def _convention_from_file(path: Path) -> LabelConvention:
+    """A convention from a JSON file: a custom dict, a dataset.json, or a value -> name class map."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise Vox2VoxError(f"{path}: label convention file not found; check the path") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise Vox2VoxError(f"{path}: not a readable JSON label map ({err})") from err
+    if not isinstance(data, dict):
+        raise Vox2VoxError(f"{path}: expected a JSON object mapping label values to names")
+    if "values" in data or "labels" in data:
+        spec = dict(data)
+    else:
+        spec = {"values": data}
+    values = dict(spec.get("values", {}))
+    if values and "0" not in values and 0 not in values:
+        values = {"0": "background", **values}
+        spec["values"] = values
+    spec.setdefault("name", path.stem)
+    try:
+        return get_convention(spec)
+    except Vox2VoxError as err:
+        raise Vox2VoxError(f"{path}: {err}") from err
