@@ -95,7 +95,8 @@ def test_fast_enough() -> None:
     _phantom(0, shape=(64, 64, 64))  # warm-up
     start = time.perf_counter()
     _phantom(1, shape=(64, 64, 64))
-    assert time.perf_counter() - start < 0.5
+    # ~0.09 s on an idle 2-core machine; the margin absorbs other jobs sharing the CPU.
+    assert time.perf_counter() - start < 1.0
 
 
 def test_rejects_bad_arguments() -> None:
