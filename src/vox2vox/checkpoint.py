@@ -100,7 +100,10 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise Vox2VoxError(f"{path}: not a readable safetensors checkpoint ({err})") from err
     if METADATA_KEY not in header:
         raise Vox2VoxError(f"{path}: safetensors file without vox2vox metadata; not a vox2vox checkpoint")
-    meta = json.loads(header[METADATA_KEY])
+    try:
+        meta = json.loads(header[METADATA_KEY])
+    except ValueError as err:
+        raise Vox2VoxError(f"{path}: corrupt vox2vox metadata in the checkpoint header ({err})") from err
     if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
         raise Vox2VoxError(f"{path}: unsupported checkpoint format {meta.get('format')} v{meta.get('format_version')}")
     generator = {k[len("generator.") :]: v for k, v in tensors.items() if k.startswith("generator.")}
@@ -137,17 +140,26 @@ _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar"}
 
 
 def _refuse_unsafe(path: Path) -> None:
-    """Refuse pickle-based files by name and by content, without unpickling anything."""
+    """Refuse pickle-based files by name and by content, without unpickling anything.
+
+    A safetensors file starts with an 8-byte little-endian header length followed by a JSON
+    header (``{``). That length's low byte may well be 0x80 (any header of 128 + 256 k bytes), so
+    the pickle markers are only checked on files that do not have this structure.
+    """
     if not path.is_file():
         raise Vox2VoxError(f"{path}: checkpoint not found")
     with path.open("rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    size = path.stat().st_size
+    looks_safetensors = (
+        len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
+    )
     # torch.save writes a zip (PK\x03\x04) or a raw pickle (protocol marker 0x80).
-    is_pickle = head[:2] == b"PK" or head[:1] == b"\x80" or path.suffix.lower() in _PICKLE_SUFFIXES
-    if is_pickle:
+    pickle_bytes = head[:2] == b"PK" or head[:1] == b"\x80"
+    if path.suffix.lower() in _PICKLE_SUFFIXES or (pickle_bytes and not looks_safetensors):
         raise Vox2VoxError(
             f"{path}: refusing a pickle-based checkpoint (it could run code when loaded); "
             "vox2vox loads only .safetensors checkpoints with vox2vox metadata"
         )
-    if len(head) < 8:
-        raise Vox2VoxError(f"{path}: file too short to be a safetensors checkpoint")
+    if not looks_safetensors:
+        raise Vox2VoxError(f"{path}: not a safetensors checkpoint (no safetensors header)")

@@ -28,14 +28,12 @@ def resolve_amp(choice: str, device: torch.device) -> AmpDtype:
 
     On CPU autocast brings no speed-up for 3D convolutions here, so ``auto`` means off.
     """
+    if choice not in ("auto", "bf16", "fp16", "off"):
+        raise Vox2VoxError(f"train.amp={choice!r}: choose auto, bf16, fp16 or off")
     if choice == "off" or device.type != "cuda":
-        if choice in ("bf16", "fp16") and device.type != "cuda":
-            return "off"
-        return "off" if choice in ("off", "auto") else choice  # type: ignore[return-value]
+        return "off"
     if choice == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if choice not in ("bf16", "fp16"):
-        raise Vox2VoxError(f"train.amp={choice!r}: choose auto, bf16, fp16 or off")
     return choice  # type: ignore[return-value]
 
 
