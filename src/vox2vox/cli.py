@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[common], help="score predictions against ground truth (BraTS rules)")
     p.add_argument("--pred", required=True, help="folder of predicted label maps")
     p.add_argument("--truth", required=True, help="dataset folder or manifest with labels, or a folder of label files")
-    p.add_argument("--regions", choices=("brats", "labels"), default="brats")
+    p.add_argument("--regions", choices=("brats", "labels"), default="brats",
+                   help="brats: WT/TC/ET from the label convention; labels: one region per label value")
+    p.add_argument("--convention", default=None,
+                   help="label convention of the truth (default: the dataset layout's, e.g. brats2023 for BraTS 2023)")
     p.add_argument("--out", default=None, help="per-case CSV (a summary JSON is written beside it)")
     return parser
 
@@ -151,10 +154,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from vox2vox.evaluation import evaluate_folder
 
-    result = evaluate_folder(args.pred, args.truth, regions=args.regions, out_csv=args.out)
+    result = evaluate_folder(args.pred, args.truth, regions=args.regions, convention=args.convention, out_csv=args.out)
     print(result.format_summary())
-    if args.out:
-        print(f"per-case scores: {args.out}")
     return 0
 
 

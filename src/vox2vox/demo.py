@@ -132,7 +132,8 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
         truth, _ = read_volume(case.label)
         pred, _ = read_volume(out / "predictions" / f"{case.case_id}.nii.gz")
         save_overlay(out / "figures" / f"{case.case_id}.png", flair, truth=truth, pred=pred,
-                     spacing=geometry.spacing, title=f"{case.case_id}: FLAIR, truth vs prediction")
+                     spacing=geometry.spacing, title=f"{case.case_id}: FLAIR, truth vs prediction",
+                     label_names={1: "necrotic core", 2: "oedema", 4: "enhancing"})
 
     summary = {
         "seconds": round(time.perf_counter() - t0, 1),
