@@ -337,3 +337,73 @@ def test_check_every_shared_manifest(shared_data, tmp_path):
     for name, (csv_path, convention, _) in _shared_manifests(shared_data, tmp_path).items():
         report = check_dataset(discover(csv_path), convention=convention)
         assert report.ok, f"{name}\n{report.format()}"
+
+
+def test_msd_layout_4d_channels(tmp_path):
+    root = tmp_path / "Task01_BrainTumour"
+    entries = []
+    for index, case_id in enumerate(["BRATS_001", "BRATS_002"]):
+        image, label = _phantom(index)
+        stack = np.stack([image + k for k in range(4)], axis=-1)  # MSD: channels on the 4th axis
+        _save(root / "imagesTr" / f"{case_id}.nii.gz", stack)
+        _save(root / "labelsTr" / f"{case_id}.nii.gz", np.where(label == 4, 3, label).astype(np.uint8))
+        entries.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
+    meta = {
+        "name": "BRATS", "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+        "training": entries, "test": [],
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    spec = discover(root)
+    assert spec.layout == "msd" and spec.channel_names == ("FLAIR", "T1w", "t1gd", "T2w")
+    assert spec.label_convention().source_values == (0, 1, 2, 3)
+    assert check_dataset(spec).ok
+    case = load_case(spec.cases[1], convention=spec.label_convention(), prep=PreprocessConfig(pad_multiple=1))
+    assert case.image.shape[0] == 4
+    # Channel k was written as image + k: after z-scoring each channel equals the first.
+    assert np.allclose(case.image[0], case.image[3], atol=1e-4)
+    assert discover(root / "dataset.json").layout == "msd"
+
+
+def test_nnunet_layout_pairs_channels_by_suffix(tmp_path):
+    root = tmp_path / "Dataset001_Test"
+    for index, case_id in enumerate(["case_a", "case_b"]):
+        image, label = _phantom(index)
+        for k in range(2):
+            _save(root / "imagesTr" / f"{case_id}_{k:04d}.nii.gz", image * (k + 1))
+        _save(root / "labelsTr" / f"{case_id}.nii.gz", (label > 0).astype(np.uint8))
+    meta = {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "lesion": 1},
+            "numTraining": 2, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    spec = discover(root)
+    assert spec.layout == "nnunet" and spec.channel_names == ("CT", "PET")
+    assert [c.case_id for c in spec.cases] == ["case_a", "case_b"]
+    assert spec.cases[1].channels["PET"].name == "case_b_0001.nii.gz"
+    assert spec.label_convention().class_names == ("background", "lesion")
+    (root / "imagesTr" / "case_b_0001.nii.gz").unlink()
+    report = check_dataset(spec)
+    assert not report.ok and "case_b_0001.nii.gz: missing channel 'PET'" in report.format()
+
+
+def test_cache_misses_when_file_or_config_changes(tmp_path):
+    root = _brats_folder(tmp_path / "b", ids=("p1",))
+    case = discover(root).cases[0]
+    cache = tmp_path / "cache"
+    conv = get_convention("brats")
+    load_case(case, convention=conv, prep=PreprocessConfig(cache_dir=str(cache)))
+    load_case(case, convention=conv, prep=PreprocessConfig(cache_dir=str(cache), pad_multiple=8))
+    assert len(list(cache.glob("*.npz"))) == 2
+    image, label = _phantom(5)
+    _save(root / "p1" / "p1_t1.nii.gz", image * 3)
+    load_case(case, convention=conv, prep=PreprocessConfig(cache_dir=str(cache)))
+    assert len(list(cache.glob("*.npz"))) == 3
+    assert len(list(cache.glob("*.json"))) == 3
+
+
+def test_unlabelled_single_image(tmp_path):
+    image, _ = _phantom(0)
+    _save(tmp_path / "scan.nii.gz", image)
+    spec = discover(tmp_path / "scan.nii.gz")
+    assert spec.layout == "single" and spec.cases[0].case_id == "scan" and spec.cases[0].label is None
+    case = load_case(spec.cases[0], convention=None, prep=PreprocessConfig())
+    assert case.label is None and case.image.shape[0] == 1

@@ -578,6 +578,7 @@ class DatasetReport:
     spec: DatasetSpec
     cases: list[CaseFacts] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    convention: str = "auto"
 
     @property
     def ok(self) -> bool:
@@ -589,7 +590,7 @@ class DatasetReport:
         lines = [
             f"dataset: {spec.root}",
             f"layout: {spec.layout}   channels: {', '.join(spec.channel_names)}   "
-            f"labels: {spec.convention}   cases: {len(spec.cases)}",
+            f"labels: {self.convention}   cases: {len(spec.cases)}",
             "",
         ]
         rows = [("case", "ch", "shape", "spacing (mm)", "orient", "label values: voxels")]
@@ -601,9 +602,7 @@ class DatasetReport:
                     "x".join(map(str, facts.shape)) if facts.shape else "-",
                     "x".join(f"{s:.3g}" for s in facts.spacing) if facts.spacing else "-",
                     facts.orientation or "-",
-                    " ".join(f"{v}:{n}" for v, n in facts.label_counts.items())
-                    if facts.label_counts is not None
-                    else "-",
+                    _format_counts(facts.label_counts),
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -622,6 +621,16 @@ class DatasetReport:
         return "\n".join(lines)
 
 
+def _format_counts(counts: dict[int, int] | None, *, limit: int = 8) -> str:
+    """``value:voxels`` pairs; long lists (TotalSegmentator has 100+) are cut with a total."""
+    if counts is None:
+        return "-"
+    items = [f"{v}:{n}" for v, n in counts.items()]
+    if len(items) > limit:
+        return " ".join(items[:limit]) + f" ... ({len(items)} values)"
+    return " ".join(items)
+
+
 def check_dataset(
     spec: DatasetSpec, *, convention: str | dict | LabelConvention | None = None
 ) -> DatasetReport:
@@ -633,7 +642,7 @@ def check_dataset(
     one, differing spacings across cases (warnings).
     """
     conv = get_convention(convention) if convention is not None else spec.label_convention()
-    report = DatasetReport(spec)
+    report = DatasetReport(spec, convention=conv.name if conv is not None else "auto")
     for case in spec.cases:
         report.cases.append(_check_case(case, conv, report.problems))
     labelled = sum(c.label is not None for c in spec.cases)
