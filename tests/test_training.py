@@ -1,0 +1,246 @@
+"""train_step's two half-steps, the accuracy gate, and fit: outputs, resume, refusal to overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vox2vox.training as training
+from vox2vox.checkpoint import load_checkpoint
+from vox2vox.config import Config
+from vox2vox.errors import Vox2VoxError
+from vox2vox.training import PatchDataset, build_state, fit, train_step
+
+N_CLASSES = 3
+
+
+def tiny_config(**sections) -> Config:
+    data = {
+        "generator": {"in_channels": 2, "n_classes": N_CLASSES, "base_filters": 4, "max_filters": 16, "depth": 3,
+                      "bottleneck_blocks": 1},
+        "discriminator": {"in_channels": 2, "n_classes": N_CLASSES, "base_filters": 4, "max_filters": 16,
+                          "n_strided": 2},
+        "loss": {"dice_weighting": "uniform"},
+        "train": {"patch_size": [16, 16, 16], "batch_size": 2, "epochs": 2, "seed": 7, "device": "cpu"},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return Config.from_dict(data)
+
+
+def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 2, 16, 16, 16, generator=g), torch.randint(0, N_CLASSES, (2, 16, 16, 16), generator=g)
+
+
+def params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_one_step_changes_both_networks():
+    config = tiny_config()
+    state = build_state(config)
+    g0, d0 = params(state.generator), params(state.discriminator)
+    out = train_step(state, *batch(), config)
+    assert not same(g0, params(state.generator))
+    assert not same(d0, params(state.discriminator))
+    assert {"loss_g", "loss_dice", "loss_adv", "loss_d", "d_acc", "d_updated"} <= set(out)
+    assert out["d_updated"] == 1.0 and state.step == 1
+    assert all(np.isfinite(v) for v in out.values())
+    assert out["loss_g"] == pytest.approx(out["loss_adv"] + config.loss.lambda_dice * out["loss_dice"], rel=1e-5)
+
+
+def test_generator_half_step_leaves_the_discriminator_unchanged():
+    config = tiny_config()
+    state = build_state(config)
+    train_step(state, *batch(1), config)  # a first step so that Adam has momentum in D
+    seen = {}
+    d_step = state.opt_d.step
+
+    def observed_d_step(*args, **kwargs):
+        result = d_step(*args, **kwargs)
+        seen["params"] = params(state.discriminator)
+        seen["grads"] = [p.grad.clone() for p in state.discriminator.parameters()]
+        seen["g_params"] = params(state.generator)
+        return result
+
+    state.opt_d.step = observed_d_step
+    train_step(state, *batch(2), config)
+    # D's weights and gradients after the whole step are those right after its own half-step:
+    # the G half-step neither moved D nor sent gradients into it; G moved after D's update.
+    assert same(seen["params"], params(state.discriminator))
+    assert same(seen["grads"], [p.grad for p in state.discriminator.parameters()])
+    assert not same(seen["g_params"], params(state.generator))
+    assert all(p.requires_grad for p in state.discriminator.parameters())
+
+
+def test_gated_discriminator_stays_unchanged_while_the_generator_learns(monkeypatch):
+    config = tiny_config(train={"d_accuracy_gate": 0.8})
+    state = build_state(config)
+    monkeypatch.setattr(training, "discriminator_accuracy", lambda real, fake: torch.tensor(0.9))
+    g0, d0 = params(state.generator), params(state.discriminator)
+    out = train_step(state, *batch(), config)
+    assert out["d_updated"] == 0.0 and out["d_acc"] == pytest.approx(0.9)
+    assert same(d0, params(state.discriminator))
+    assert not same(g0, params(state.generator))
+    assert "loss_adv" in out  # G still plays against the (frozen) D
+
+
+def test_accuracy_gate_with_a_confident_discriminator():
+    # Train D alone until it is right on more than 1% of patches, then gate at 1%: no update.
+    config = tiny_config(train={"d_accuracy_gate": 0.01})
+    state = build_state(config)
+    image, label = batch(3)
+    target = training.one_hot(label, N_CLASSES)
+    with torch.no_grad():
+        fake = state.generator(image)
+    opt = torch.optim.Adam(state.discriminator.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        training.lsgan_discriminator_loss(state.discriminator(image, target),
+                                          state.discriminator(image, fake)).backward()
+        opt.step()
+    d0 = params(state.discriminator)
+    out = train_step(state, image, label, config)
+    assert out["d_acc"] > 0.01
+    assert out["d_updated"] == 0.0
+    assert same(d0, params(state.discriminator))
+
+
+def test_gate_at_one_always_updates_the_discriminator(monkeypatch):
+    config = tiny_config(train={"d_accuracy_gate": 1.0})
+    state = build_state(config)
+    monkeypatch.setattr(training, "discriminator_accuracy", lambda real, fake: torch.tensor(1.0))
+    d0 = params(state.discriminator)
+    out = train_step(state, *batch(), config)
+    assert out["d_updated"] == 1.0
+    assert not same(d0, params(state.discriminator))
+
+
+def test_without_the_adversarial_part_the_discriminator_never_changes():
+    config = tiny_config(loss={"adversarial": False})
+    state = build_state(config)
+    g0, d0 = params(state.generator), params(state.discriminator)
+    for seed in range(2):
+        out = train_step(state, *batch(seed), config)
+        assert "loss_adv" not in out and "loss_d" not in out and "d_updated" not in out
+        assert out["loss_g"] == pytest.approx(config.loss.lambda_dice * out["loss_dice"])
+    assert same(d0, params(state.discriminator))
+    assert all(p.grad is None for p in state.discriminator.parameters())
+    assert not same(g0, params(state.generator))
+
+
+# ---- fit --------------------------------------------------------------------------------------
+def make_cases(n: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [
+        (rng.standard_normal((2, 24, 24, 24)).astype(np.float32), rng.integers(0, N_CLASSES, (24, 24, 24)))
+        for _ in range(n)
+    ]
+
+
+def sample_patch(image, label, size, rng, *, foreground_prob=0.5):
+    """A deterministic (given the rng) random crop."""
+    starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(label.shape, size, strict=True)]
+    window = tuple(slice(a, a + p) for a, p in zip(starts, size, strict=True))
+    return image[(slice(None), *window)], label[window]
+
+
+def augment(image, label, rng):
+    """Flip along a random axis half of the time (randomness from the rng only)."""
+    if rng.random() < 0.5:
+        axis = int(rng.integers(0, 3))
+        image, label = np.flip(image, axis + 1), np.flip(label, axis)
+    return image, label
+
+
+def fit_config(epochs: int) -> Config:
+    return tiny_config(train={"epochs": epochs, "batch_size": 2, "seed": 11}, loss={"dice_weighting": "fixed"})
+
+
+def run_fit(config, run_dir, **kw):
+    return fit(config, make_cases(), run_dir, sample_patch=sample_patch, augment=augment, progress=False, **kw)
+
+
+def test_patch_dataset_items_depend_only_on_seed_epoch_and_index():
+    kw = dict(patch_size=(16, 16, 16), seed=1, patches_per_case=2, sample_patch=sample_patch,
+              augment=augment, foreground_prob=0.5)
+    a = PatchDataset(make_cases(), epoch=0, **kw)
+    b = PatchDataset(make_cases(), epoch=0, **kw)
+    c = PatchDataset(make_cases(), epoch=1, **kw)
+    assert len(a) == 6
+    assert sorted(a.order.tolist()) == [0, 0, 1, 1, 2, 2]
+    for i in reversed(range(len(a))):  # access order does not matter
+        assert torch.equal(a[i][0], b[i][0]) and torch.equal(a[i][1], b[i][1])
+        assert a[i][0].shape == (2, 16, 16, 16) and a[i][1].dtype == torch.int64
+    assert any(not torch.equal(a[i][0], c[i][0]) for i in range(len(a)))
+
+
+def test_train_4_epochs_equals_train_2_then_resume_to_4(tmp_path):
+    straight = run_fit(fit_config(4), tmp_path / "straight")
+    first = run_fit(fit_config(2), tmp_path / "split")
+    assert first.epochs == 2
+    resumed = run_fit(fit_config(4), tmp_path / "split", resume=True)
+    assert (straight.epochs, straight.steps) == (resumed.epochs, resumed.steps) == (4, 8)
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.safetensors")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.safetensors")
+    for part in ("generator", "discriminator"):
+        sa, sb = getattr(a, part), getattr(b, part)
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), part
+    for name in ("generator", "discriminator"):
+        for idx, entry in a.optimizers[name]["state"].items():
+            for key, value in entry.items():
+                assert torch.equal(value, b.optimizers[name]["state"][idx][key])
+    # The metrics log of the resumed run reads as one run: epochs 1..4, identical losses.
+    rows_a = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows_b] == [1, 2, 3, 4]
+    assert [r["loss_g"] for r in rows_a] == [r["loss_g"] for r in rows_b]
+
+
+def test_a_run_writes_config_metrics_and_checkpoints(tmp_path):
+    scores = iter([0.2, 0.5])
+    run = tmp_path / "run"
+    result = run_fit(fit_config(2), run, validate=lambda g: {"val_dice": next(scores)},
+                     extra_state={"channels": ["a", "b"]})
+    assert (result.epochs, result.steps, result.best_epoch) == (2, 4, 2)
+    assert result.best_score == pytest.approx(0.5)
+
+    saved = Config.from_dict(json.loads((run / "config.json").read_text()))
+    assert saved.train.epochs == 2
+    # Fixed class weights were computed from the training labels and saved with the run.
+    assert saved.loss.class_weights is not None and len(saved.loss.class_weights) == N_CLASSES
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["val_dice"] for r in rows] == [0.2, 0.5]
+    assert all({"loss_g", "loss_dice", "loss_d", "step"} <= set(r) for r in rows)
+    last = load_checkpoint(run / "checkpoints" / "last.safetensors")
+    best = load_checkpoint(run / "checkpoints" / "best.safetensors")
+    assert (last.state["epoch"], last.state["step"]) == (2, 4)
+    assert best.state["best_epoch"] == 2 and best.state["channels"] == ["a", "b"]
+
+
+def test_a_finished_run_is_not_overwritten_and_resume_needs_a_run(tmp_path):
+    run = tmp_path / "run"
+    run_fit(fit_config(1), run)
+    before = (run / "checkpoints" / "last.safetensors").read_bytes()
+    with pytest.raises(Vox2VoxError, match="--resume"):
+        run_fit(fit_config(2), run)
+    assert (run / "checkpoints" / "last.safetensors").read_bytes() == before
+    with pytest.raises(Vox2VoxError, match="nothing to resume"):
+        run_fit(fit_config(2), tmp_path / "new", resume=True)
+    # A resume with different networks is refused.
+    other = tiny_config(generator={"base_filters": 8}, train={"epochs": 2})
+    with pytest.raises(Vox2VoxError, match="networks"):
+        run_fit(other, run, resume=True)
+    with pytest.raises(Vox2VoxError, match="no training cases"):
+        fit(fit_config(1), [], tmp_path / "empty", sample_patch=sample_patch, progress=False)
