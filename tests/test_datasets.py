@@ -437,3 +437,9 @@ def test_short_training_run_and_prediction_on_real_data(shared_data, tmp_path, n
         assert out.shape == source.shape
         assert np.allclose(out.affine, source.affine, atol=1e-5)
         assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1}
+
+
+def test_one_brats_case_folder_is_a_dataset_of_one(tmp_path):
+    root = _brats_folder(tmp_path / "b")
+    spec = discover(root / "BraTS20_Training_002")
+    assert spec.layout == "brats" and [c.case_id for c in spec.cases] == ["BraTS20_Training_002"]

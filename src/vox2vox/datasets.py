@@ -132,7 +132,7 @@ def _detect_layout(path: Path) -> str:
     csvs = sorted(path.glob("*.csv"))
     if len(csvs) == 1 and not any(p.is_dir() for p in path.iterdir()):
         return "manifest"
-    for child in sorted(p for p in path.iterdir() if p.is_dir()):
+    for child in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
         names = [f.name.lower() for f in child.iterdir()]
         if any(n.endswith(("_flair.nii.gz", "_flair.nii")) for n in names):
             return "brats"
@@ -162,7 +162,10 @@ def _discover_brats(root: Path, channels: dict[str, str], *, sep: str, layout: s
         raise Vox2VoxError(f"{root}: the {layout} layout needs a folder of case folders")
     anchors = ("seg", *channels)
     cases = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if _has_brats_files(root, channels, sep):
+        folders = [root]  # the path is one case folder, not a folder of cases
+    for folder in folders:
         files = {f.name: f for f in folder.iterdir() if f.name.lower().endswith(NIFTI_SUFFIXES)}
         ids: Counter[str] = Counter()
         for name in files:
@@ -188,6 +191,12 @@ def _discover_brats(root: Path, channels: dict[str, str], *, sep: str, layout: s
         cases=tuple(cases),
         convention="brats2023" if layout == "brats2023" else "brats",
     )
+
+
+def _has_brats_files(folder: Path, channels: dict[str, str], sep: str) -> bool:
+    """Whether ``folder`` itself holds BraTS channel files (``*<sep>flair.nii.gz`` or similar)."""
+    suffixes = tuple(f"{sep}{c}{ext}" for c in channels for ext in NIFTI_SUFFIXES)
+    return any(f.name.lower().endswith(suffixes) for f in folder.iterdir() if f.is_file())
 
 
 def _find_case_file(folder: Path, files: dict[str, Path], stem: str, ext: str) -> Path:
@@ -242,8 +251,10 @@ def _discover_msd(root: Path) -> DatasetSpec:
         raise Vox2VoxError(f"{meta_path}: no 'training' list; is this an MSD dataset.json?")
     cases = []
     for entry in entries:
-        image = root / str(entry["image"])
-        label = root / str(entry["label"]) if entry.get("label") else None
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise Vox2VoxError(f"{meta_path}: each 'training' entry needs an 'image' path")
+        image = _under(root, str(entry["image"]))
+        label = _under(root, str(entry["label"])) if entry.get("label") else None
         case_id = _strip_nifti(image.name)
         cases.append(CaseFiles(case_id, {name: image for name in channel_names}, label))
     convention, values = _convention_from_json(meta)
