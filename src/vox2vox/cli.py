@@ -52,12 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory or .safetensors checkpoint (repeat for an ensemble)")
     p.add_argument("--input", required=True, help="an image, a dataset folder or a manifest")
     p.add_argument("--output", required=True, help="folder for <case_id>.nii.gz label maps")
-    p.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations")
-    p.add_argument("--mode", choices=("auto", "whole", "sliding"), default="auto")
-    p.add_argument("--window", type=int, nargs=3, default=(128, 128, 128), metavar=("D", "H", "W"))
-    p.add_argument("--overlap", type=float, default=0.5)
+    p.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations (8x slower)")
+    p.add_argument("--mode", choices=("auto", "whole", "sliding"), default="auto",
+                   help="whole volume in one pass, or sliding windows for volumes too large for memory "
+                        "(auto: whole up to 256x256x192 voxels)")
+    p.add_argument("--window", type=int, nargs=3, default=(128, 128, 128), metavar=("D", "H", "W"),
+                   help="sliding-window size in voxels (default 128 128 128)")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="off",
+                   help="mixed precision on CUDA (auto: bf16 where supported); always off on CPU")
     p.add_argument("--layout", default="auto")
+    p.add_argument("--save-probabilities", nargs="?", const="npz", choices=("npz", "nifti"), default=None,
+                   help="also write class probabilities: npz (default; <id>.npz, key 'probabilities', "
+                        "axes (C, Z, Y, X) as nnU-Net writes) or nifti (<id>_probs.nii.gz, 4D on the input grid)")
+    p.add_argument("--min-et-voxels", type=int, default=0, metavar="N",
+                   help="relabel enhancing-tumour components under N voxels as necrotic core (BraTS; 0: off)")
+    p.add_argument("--largest-component", nargs="?", const="class", choices=("class", "region"), default=None,
+                   help="keep only the largest connected component of each class (default) or region")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", parents=[common], help="score predictions against ground truth (BraTS rules)")
     p.add_argument("--pred", required=True, help="folder of predicted label maps")
@@ -136,13 +149,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from vox2vox.device import resolve_device
+    from vox2vox.device import resolve_amp, resolve_device
     from vox2vox.inference import InferenceConfig, load_model, predict_dataset
+    from vox2vox.postprocessing import PostprocessConfig
 
     device = resolve_device(args.device)
     models = [load_model(m, device=device) for m in args.model]
-    config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap, tta_flips=args.tta)
-    report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout)
+    config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap,
+                             tta_flips=args.tta, amp=resolve_amp(args.amp, device))
+    post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=args.largest_component or "off")
+    report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout,
+                             postprocess=post, save_probabilities=args.save_probabilities,
+                             progress=not args.no_progress)
     print(f"wrote {len(report.written)} prediction(s) to {args.output}")
     for case_id, reason in report.failed.items():
         print(f"  failed: {case_id}: {reason}", file=sys.stderr)

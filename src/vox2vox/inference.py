@@ -2,7 +2,9 @@
 
 The generator is fully convolutional, so the default runs the whole (padded) volume in one pass,
 as the authors did on 160x192x128 crops; that computes every voxel once. Sliding-window inference
-with Gaussian blending (MONAI's ``sliding_window_inference``) is for volumes too large for memory.
+with Gaussian blending (MONAI's ``sliding_window_inference``) is for volumes too large for memory:
+with 128^3 windows at overlap 0.5 it computes each voxel about 4 times over (a 240x240x155 case
+needs 3x3x2 = 18 windows of 2.1 M voxels for 8.9 M voxels).
 
 Shapes: an image is ``(C, D, H, W)`` float32 (preprocessed); probabilities are
 ``(n_classes, D, H, W)`` float32 on the same grid.
@@ -25,32 +27,63 @@ from vox2vox.config import Config
 from vox2vox.device import AmpDtype, autocast
 from vox2vox.errors import Vox2VoxError
 from vox2vox.networks.generator import Generator
+from vox2vox.postprocessing import PostprocessConfig
 
 Mode = Literal["auto", "whole", "sliding"]
+ProbabilityFormat = Literal["npz", "nifti"]
+
+#: The 8 combinations of flips along the three spatial axes of a ``(B, C, D, H, W)`` tensor
+#: (the identity first), as nnU-Net's test-time mirroring.
+FLIP_AXES: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How to run the network over a volume."""
+    """How to run the network over a volume.
+
+    mode: ``whole`` runs the padded volume in one pass; ``sliding`` runs ``window``-sized crops
+        with Gaussian blending at ``overlap`` (fraction of the window, in [0, 1)); ``auto`` picks
+        ``whole`` up to ``max_whole_voxels`` voxels, else ``sliding``.
+    window: sliding-window size in voxels ``(D, H, W)``, rounded to the network's size multiple.
+    sw_batch_size: windows run together in one forward pass (more: faster on GPUs, more memory).
+    tta_flips: average the softmax over the 8 axis-flip combinations (8x the compute).
+    amp: ``bf16``/``fp16`` autocast on CUDA; ``off`` (float32) everywhere else.
+    channels_last: run convolutions in the channels-last 3D memory format (``torch.
+        channels_last_3d``); whether that is faster depends on the oneDNN/cuDNN build (measured in
+        ``benchmarks/predict.py``).
+    """
 
     mode: Mode = "auto"
     window: tuple[int, int, int] = (128, 128, 128)
     overlap: float = 0.5
     # 'auto' runs the whole volume when it has at most this many voxels, else sliding windows.
+    # A 256x256x192 whole pass of the paper-size generator peaks near 3.5 GiB on a CPU.
     max_whole_voxels: int = 256 * 256 * 192
+    sw_batch_size: int = 1
     tta_flips: bool = False
     amp: AmpDtype = "off"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
-            raise Vox2VoxError(f"overlap={self.overlap}: must be in [0, 1)")
+            raise Vox2VoxError(f"overlap={self.overlap}: must be in [0, 1); e.g. 0.5")
         if self.mode not in ("auto", "whole", "sliding"):
             raise Vox2VoxError(f"mode={self.mode!r}: choose auto, whole or sliding")
+        if len(self.window) != 3 or min(self.window) < 1:
+            raise Vox2VoxError(f"window={self.window}: give three positive sizes, e.g. 128 128 128")
+        if self.sw_batch_size < 1:
+            raise Vox2VoxError(f"sw_batch_size={self.sw_batch_size}: must be >= 1")
+        if self.amp not in ("off", "bf16", "fp16"):
+            raise Vox2VoxError(f"amp={self.amp!r}: choose off, bf16 or fp16")
 
 
 @dataclass
 class LoadedModel:
-    """A generator rebuilt from a checkpoint alone, with what prediction needs to know."""
+    """A generator rebuilt from a checkpoint alone, with what prediction needs to know.
+
+    ``state`` holds what training stored beside the weights: ``channels`` (input channel names in
+    order), ``convention`` (the label convention as JSON) and ``layout``.
+    """
 
     generator: Generator
     config: Config
@@ -63,7 +96,7 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
-    """Rebuild the generator from a run directory or a ``.safetensors`` checkpoint."""
+    """Rebuild the generator from a run directory or a ``.safetensors`` checkpoint (eval mode)."""
     ckpt_path = resolve_checkpoint(path, which="best")
     ckpt = load_checkpoint(ckpt_path)
     config = Config.from_dict(ckpt.config, source=str(ckpt_path))
@@ -71,7 +104,10 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
     try:
         generator.load_state_dict(ckpt.generator)
     except RuntimeError as err:
-        raise Vox2VoxError(f"{ckpt_path}: weights do not fit the generator its config describes ({err})") from err
+        raise Vox2VoxError(
+            f"{ckpt_path}: weights do not fit the generator its config describes ({err}); "
+            "use the checkpoint with the config it was trained with"
+        ) from err
     generator.to(device).eval()
     return LoadedModel(generator, config, ckpt.state, ckpt_path)
 
@@ -84,70 +120,92 @@ def predict_probabilities(
     config: InferenceConfig = InferenceConfig(),
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Softmax probabilities ``(n_classes, D, H, W)`` for one image ``(C, D, H, W)``.
+    """Softmax probabilities ``(n_classes, D, H, W)`` float32 for one image ``(C, D, H, W)``.
 
-    With several models (an ensemble) and/or flips, the softmax outputs are averaged.
+    With several models (an ensemble) and/or flips, the softmax outputs are averaged (the mean
+    over models of the mean over flips). A float32 numpy image on the CPU is used without a copy.
     """
     if not models:
-        raise Vox2VoxError("no model to predict with")
+        raise Vox2VoxError("no model to predict with; give at least one checkpoint")
     device = torch.device(device)
     x = torch.as_tensor(image, dtype=torch.float32)
     if x.ndim != 4:
         raise Vox2VoxError(f"image must be (C, D, H, W); got shape {tuple(x.shape)}")
     x = x.unsqueeze(0).to(device)
-    flips: list[tuple[int, ...]] = [()]
-    if config.tta_flips:
-        # All 7 non-trivial combinations of flips along the three spatial axes (as in nnU-Net).
-        flips += [(2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+    flips = FLIP_AXES if config.tta_flips else FLIP_AXES[:1]
     total: torch.Tensor | None = None
     for model in models:
         model.eval()
         for axes in flips:
-            xi = torch.flip(x, axes) if axes else x
-            probs = _run(model, xi, config, device)
-            probs = torch.flip(probs, axes) if axes else probs
-            total = probs if total is None else total.add_(probs)
+            probs = _run(model, torch.flip(x, axes) if axes else x, config, device)
+            if axes:
+                probs = torch.flip(probs, axes)
+            if total is None:
+                # Own the memory of the running sum: the first output may be a view into the
+                # padded network output, which would otherwise stay alive (and be written to).
+                total = probs if probs.is_contiguous() else probs.contiguous()
+            else:
+                total.add_(probs)
+            del probs
     assert total is not None
-    total /= len(models) * len(flips)
-    return total[0].float().cpu().numpy()
+    n = len(models) * len(flips)
+    if n > 1:
+        total.div_(n)
+    return total[0].cpu().numpy()
 
 
 def _run(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig, device: torch.device) -> torch.Tensor:
+    """One network evaluation of ``x`` ``(1, C, D, H, W)`` -> float32 ``(1, K, D, H, W)``."""
     mode = config.mode
     if mode == "auto":
         mode = "whole" if x[0, 0].numel() <= config.max_whole_voxels else "sliding"
     with autocast(device, config.amp):
         if mode == "whole":
-            return _whole(model, x)
+            return _whole(model, x, channels_last=config.channels_last)
         return _sliding(model, x, config)
 
 
-def _size_multiple(model: torch.nn.Module) -> int:
+def size_multiple(model: torch.nn.Module) -> int:
+    """Every spatial size the network takes must be a multiple of this (16 for depth 4)."""
     cfg = getattr(model, "config", None)
     return int(getattr(cfg, "size_multiple", 16))
 
 
-def _whole(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pad each axis up to the network's size multiple, run once, crop back."""
-    m = _size_multiple(model)
+def _forward(model: torch.nn.Module, x: torch.Tensor, *, channels_last: bool) -> torch.Tensor:
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    out = model(x)
+    # The generator's softmax is already float32 (also under autocast); .float() is then free.
+    return out.float()
+
+
+def _whole(model: torch.nn.Module, x: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+    """Pad each axis up to the network's size multiple (after the data), run once, crop back."""
+    m = size_multiple(model)
     spatial = x.shape[2:]
     pads = [(-s) % m for s in spatial]
-    # F.pad takes (W_lo, W_hi, H_lo, H_hi, D_lo, D_hi); pad after the data with background (0).
+    # F.pad takes (W_lo, W_hi, H_lo, H_hi, D_lo, D_hi); pad after the data with background (0,
+    # the value z-scored background has), so voxel (0, 0, 0) stays where it was.
     xp = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0])) if any(pads) else x
-    out = model(xp).float()
+    out = _forward(model, xp, channels_last=channels_last)
+    del xp
     return out[:, :, : spatial[0], : spatial[1], : spatial[2]]
 
 
 def _sliding(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig) -> torch.Tensor:
+    """MONAI sliding windows with Gaussian blending; windows rounded to the size multiple."""
     from monai.inferers import sliding_window_inference
 
-    m = _size_multiple(model)
-    window = tuple(max(m, (min(w, s + (-s) % m) // m) * m) for w, s in zip(config.window, x.shape[2:], strict=True))
+    m = size_multiple(model)
+    # Each window side: the requested size, at most the (rounded-up) volume size, a multiple of m.
+    window = tuple(
+        max(m, (min(w, s + (-s) % m) // m) * m) for w, s in zip(config.window, x.shape[2:], strict=True)
+    )
     return sliding_window_inference(
         x,
         roi_size=window,
-        sw_batch_size=1,
-        predictor=lambda t: model(t).float(),
+        sw_batch_size=config.sw_batch_size,
+        predictor=lambda t: _forward(model, t, channels_last=config.channels_last),
         overlap=config.overlap,
         mode="gaussian",
         padding_mode="constant",
@@ -158,10 +216,12 @@ def _sliding(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig) -
 # ---- predicting cases on disk -------------------------------------------------------------------
 @dataclass
 class PredictionReport:
-    """What :func:`predict_dataset` did: files written and cases that failed (id -> reason)."""
+    """What :func:`predict_dataset` did: label maps written, probability files written, and
+    cases that failed (case id -> one-line reason)."""
 
     written: dict[str, Path]
     failed: dict[str, str]
+    probabilities: dict[str, Path] = dataclasses.field(default_factory=dict)
 
 
 def predict_dataset(
@@ -172,53 +232,131 @@ def predict_dataset(
     config: InferenceConfig = InferenceConfig(),
     device: torch.device | str = "cpu",
     layout: str = "auto",
+    postprocess: PostprocessConfig | None = None,
+    save_probabilities: ProbabilityFormat | None = None,
     progress: bool = True,
 ) -> PredictionReport:
     """Predict every case under ``input_path`` and write ``<output_dir>/<case_id>.nii.gz``.
 
-    Each case is preprocessed as the models were trained, run (ensemble and flips averaged),
-    mapped back to the input's grid and orientation and written as integer labels in the
-    training data's convention (e.g. BraTS 4 for enhancing tumour). A case that fails is
-    reported and the others go on.
+    ``input_path``: one image file (or DICOM folder), a dataset folder in any layout
+    :func:`vox2vox.datasets.discover` knows, or a manifest. Each case is preprocessed as the models
+    were trained, run (ensemble and flips averaged), mapped back to the input's grid and
+    orientation (crop, resampling and reorientation undone) and written atomically as integer
+    labels in the training data's convention (e.g. BraTS 4 for enhancing tumour), with the first
+    channel's shape and affine. An existing file of the same name is replaced atomically.
+
+    ``postprocess``: optional clean-up of the label map (see :mod:`vox2vox.postprocessing`).
+    ``save_probabilities``: also write the averaged softmax on the input grid, float32:
+    ``"npz"`` -> ``<case_id>.npz`` as nnU-Net's ``--save_probabilities`` does (key
+    ``probabilities``, axes ``(C, Z, Y, X)`` = the reverse of the file's voxel axes, nnU-Net's
+    order for SimpleITK-read images; plus ``affine`` (4x4, the file's) and ``labels`` (the value
+    each channel stands for)); ``"nifti"`` -> ``<case_id>_probs.nii.gz``, 4D ``(X, Y, Z, C)``
+    on the input's grid, which any viewer overlays.
+
+    A case that fails (unreadable file, too little memory, ...) is reported in the result and,
+    with ``progress``, on stderr; the others go on.
     """
     import sys
 
     from tqdm import tqdm
 
     from vox2vox.datasets import CaseFiles, discover, load_case
-    from vox2vox.io import write_volume
     from vox2vox.labels import get_convention
-    from vox2vox.preprocessing import undo_preprocessing
 
     if not models:
-        raise Vox2VoxError("no model given")
+        raise Vox2VoxError("no model given; pass at least one checkpoint")
+    if save_probabilities not in (None, "npz", "nifti"):
+        raise Vox2VoxError(f"save_probabilities={save_probabilities!r}: choose npz or nifti")
     first = models[0]
     for other in models[1:]:
-        if other.config.preprocess != first.config.preprocess or other.state.get("convention") != first.state.get("convention"):
-            raise Vox2VoxError(f"{other.path}: ensemble members must share preprocessing and label convention with {first.path}")
+        if (
+            other.config.preprocess != first.config.preprocess
+            or other.state.get("convention") != first.state.get("convention")
+            or other.config.generator.n_classes != first.config.generator.n_classes
+        ):
+            raise Vox2VoxError(
+                f"{other.path}: ensemble members must share preprocessing, classes and label "
+                f"convention with {first.path}; ensemble models of one training setup"
+            )
+    if "convention" not in first.state:
+        raise Vox2VoxError(
+            f"{first.path}: checkpoint does not record its label convention; save it with "
+            "state={'convention': ..., 'channels': [...]} as training does"
+        )
     convention = get_convention(first.state["convention"])
     spec = discover(input_path, layout=layout)
     n_in = first.config.generator.in_channels
     if len(spec.channel_names) != n_in:
         raise Vox2VoxError(
             f"{input_path}: cases have {len(spec.channel_names)} channel(s) ({', '.join(spec.channel_names)}) "
-            f"but the model was trained on {n_in} ({', '.join(first.channels or [])})"
+            f"but the model was trained on {n_in} ({', '.join(first.channels or [])}); give cases "
+            "with the model's channels"
         )
+    postprocess = postprocess or PostprocessConfig()
     prep = dataclasses.replace(first.config.preprocess, cache_dir=None)
     output_dir = Path(output_dir)
     nets = [m.generator for m in models]
     report = PredictionReport({}, {})
-    for case in tqdm(spec.cases, desc="predicting", disable=not progress, file=sys.stderr):
+    for case in tqdm(spec.cases, desc="predicting", unit="case", disable=not progress, file=sys.stderr):
         try:
-            loaded = load_case(CaseFiles(case.case_id, case.channels, None), convention=None, prep=prep)
+            loaded = load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep)
             probs = predict_probabilities(nets, loaded.image, config=config, device=device)
-            # Back to the input grid as probabilities (linear where it was resampled), then argmax.
-            classes = undo_preprocessing(probs, loaded.record, order=1).argmax(0)
-            target = output_dir / f"{case.case_id}.nii.gz"
-            write_volume(convention.to_source(classes), loaded.geometry, target)
-            report.written[case.case_id] = target
-        except Vox2VoxError as err:
-            report.failed[case.case_id] = str(err)
+            loaded.image = np.empty(0, np.float32)  # free the preprocessed image before writing
+            written = _write_case(
+                probs, loaded, output_dir, convention=convention, postprocess=postprocess,
+                save_probabilities=save_probabilities,
+            )
+            report.written[case.case_id] = written[0]
+            if written[1] is not None:
+                report.probabilities[case.case_id] = written[1]
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # one bad case must not stop the others (issue 4)
+            reason = str(err) if isinstance(err, Vox2VoxError) else f"{type(err).__name__}: {err}"
+            report.failed[case.case_id] = reason
             if progress:
-                tqdm.write(f"{case.case_id}: failed: {err}", file=sys.stderr)
+                tqdm.write(f"{case.case_id}: failed: {reason}", file=sys.stderr)
     return report
+
+
+def _write_case(
+    probs: np.ndarray,
+    loaded: Any,
+    output_dir: Path,
+    *,
+    convention: Any,
+    postprocess: PostprocessConfig,
+    save_probabilities: ProbabilityFormat | None,
+) -> tuple[Path, Path | None]:
+    """Undo preprocessing, argmax, post-process and write one case's files atomically."""
+    from vox2vox.atomic import atomic_path
+    from vox2vox.io import to_source_orientation, write_volume
+    from vox2vox.postprocessing import postprocess as apply_postprocess
+    from vox2vox.preprocessing import undo_preprocessing
+
+    # Back to the input grid as probabilities (linear where it was resampled), then argmax:
+    # interpolating probabilities, not labels, keeps boundaries smooth under resampling.
+    probs = undo_preprocessing(probs, loaded.record, order=1)
+    labels = convention.to_source(probs.argmax(0))
+    if postprocess.active:
+        labels = apply_postprocess(labels, config=postprocess, convention=convention)
+    target = output_dir / f"{loaded.case_id}.nii.gz"
+    write_volume(labels, loaded.geometry, target)
+    if save_probabilities is None:
+        return target, None
+    # (C, X, Y, Z) canonical -> (X, Y, Z, C) in the file's own voxel order.
+    on_disk = np.moveaxis(probs.astype(np.float32, copy=False), 0, -1)
+    if save_probabilities == "nifti":
+        prob_path = output_dir / f"{loaded.case_id}_probs.nii.gz"
+        write_volume(on_disk, loaded.geometry, prob_path, dtype=np.float32)
+        return target, prob_path
+    prob_path = output_dir / f"{loaded.case_id}.npz"
+    source = to_source_orientation(on_disk, loaded.geometry)
+    with atomic_path(prob_path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(
+            handle,
+            probabilities=np.ascontiguousarray(source.transpose(3, 2, 1, 0)),
+            affine=np.asarray(loaded.geometry.source_affine, dtype=np.float64),
+            labels=np.asarray(convention.source_values, dtype=np.int64),
+        )
+    return target, prob_path

@@ -282,6 +282,9 @@ def write_volume(
 ) -> None:
     """Write a canonical ``(X, Y, Z)`` array as NIfTI on the file's original grid, atomically.
 
+    A 4D ``(X, Y, Z, C)`` array (e.g. per-class probabilities) is written as a 4D NIfTI with
+    the ``C`` volumes on the 4th axis.
+
     ``array`` must have ``geometry.shape``; it is reoriented back to the source orientation and
     stored with ``geometry.source_affine`` (as both qform and sform), so it overlays its input
     exactly. ``dtype`` sets the on-disk type (default: the array's own; int64 labels are stored as
@@ -291,8 +294,8 @@ def write_volume(
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
         raise Vox2VoxError(f"{path}: output must be NIfTI; name it .nii or .nii.gz")
     array = np.asarray(array)
-    if array.ndim != 3:
-        raise Vox2VoxError(f"{path}: can only write 3D volumes, got shape {array.shape}")
+    if array.ndim not in (3, 4):
+        raise Vox2VoxError(f"{path}: can only write 3D volumes or 4D (X, Y, Z, C), got shape {array.shape}")
     out = to_source_orientation(array, geometry)
     if dtype is not None:
         out = out.astype(dtype)
