@@ -12,6 +12,10 @@ never by sorted position, so one oddly named file cannot shift every pair):
 - ``manifest``: a CSV with header ``id,<channel>,...,<channel>[,mask][,label]``; paths relative to
   the CSV; an optional ``mask`` (or ``brainmask``) column names a brain/body mask per case.
 - ``single``: one image file (or DICOM series folder): one case, channel ``image``, no label.
+- ``hdf5``: the earlier PyTorch Vox2Vox's folder of HDF5 pairs ``<id>.im`` / ``<id>.seg`` (also
+  with an ``.h5``/``.hdf5`` suffix), array in dataset ``data``; channel ``image``, labels used as
+  class indices. Manifest cells may name a dataset of any HDF5 file as ``file.h5:dataset``
+  (geometry rules: :mod:`vox2vox.hdf5`).
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ import numpy as np
 
 from vox2vox.atomic import atomic_path, atomic_write_text
 from vox2vox.errors import Vox2VoxError
+from vox2vox.hdf5 import LEGACY_IMAGE_SUFFIX, LEGACY_LABEL_SUFFIX, file_of, legacy_stem
 from vox2vox.io import NIFTI_SUFFIXES, Geometry, format_of, read_channels
 from vox2vox.labels import LabelConvention, get_convention
 from vox2vox.preprocessing import LoadedCase, PreprocessConfig, preprocess
 
-LAYOUTS = ("brats", "brats2023", "msd", "nnunet", "manifest", "single")
+LAYOUTS = ("brats", "brats2023", "msd", "nnunet", "manifest", "single", "hdf5")
 CACHE_VERSION = 1
 
 #: channel suffix -> channel name, in the order channels are stacked (METHOD.md: T1, T1ce, T2, FLAIR).
@@ -107,6 +112,7 @@ def discover(path: str | Path, *, layout: str = "auto") -> DatasetSpec:
         "nnunet": _discover_nnunet,
         "manifest": _discover_manifest,
         "single": _discover_single,
+        "hdf5": _discover_hdf5_pairs,
     }
     spec = finders[layout](path)
     if not spec.cases:
@@ -122,7 +128,7 @@ def _detect_layout(path: Path) -> str:
             return "manifest"
         if name == "dataset.json":
             return _json_layout(path.parent)
-        if format_of(path) in ("nifti", "sitk"):
+        if format_of(path) in ("nifti", "sitk", "hdf5"):
             return "single"
         raise Vox2VoxError(
             f"{path}: not a dataset; give a folder, a manifest .csv, a dataset.json or an image"
@@ -138,6 +144,8 @@ def _detect_layout(path: Path) -> str:
             return "brats"
         if any(n.endswith(("-t2f.nii.gz", "-t2f.nii")) for n in names):
             return "brats2023"
+    if any(legacy_stem(f.name, LEGACY_IMAGE_SUFFIX) for f in path.iterdir() if f.is_file()):
+        return "hdf5"
     if any(f.is_file() and not f.name.lower().endswith((".json", ".txt", ".csv")) for f in path.iterdir()):
         # A folder of files without volume suffixes: most likely a DICOM series.
         if not any(f.name.lower().endswith(NIFTI_SUFFIXES) for f in path.iterdir()):
@@ -347,6 +355,21 @@ def _under(base: Path, cell: str) -> Path:
     return Path(os.path.normpath(base / Path(cell).expanduser()))
 
 
+def _discover_hdf5_pairs(root: Path) -> DatasetSpec:
+    """The earlier implementation's folder: ``<id>.im`` images paired with ``<id>.seg`` labels by id."""
+    if not root.is_dir():
+        raise Vox2VoxError(f"{root}: the hdf5 layout needs a folder of <id>.im / <id>.seg files")
+    images: dict[str, Path] = {}
+    labels: dict[str, Path] = {}
+    for file in sorted(p for p in root.iterdir() if p.is_file()):
+        if (stem := legacy_stem(file.name, LEGACY_IMAGE_SUFFIX)) is not None:
+            images.setdefault(stem, file)
+        elif (stem := legacy_stem(file.name, LEGACY_LABEL_SUFFIX)) is not None:
+            labels.setdefault(stem, file)
+    cases = tuple(CaseFiles(case_id, {"image": path}, labels.get(case_id)) for case_id, path in images.items())
+    return DatasetSpec(root, "hdf5", ("image",), cases, "auto")
+
+
 def _discover_single(path: Path) -> DatasetSpec:
     case_id = _strip_nifti(path.name).split(".")[0] if path.is_file() else path.name
     return DatasetSpec(path, "single", ("image",), (CaseFiles(case_id, {"image": path}, None),), "auto")
@@ -513,7 +536,7 @@ def _as_class_indices(label: np.ndarray, path: Path | None) -> np.ndarray:
 def _cache_key(case: CaseFiles, convention: LabelConvention | None, prep: PreprocessConfig) -> str:
     files = []
     for file in [*case.channels.values(), *(f for f in (case.label, case.mask) if f is not None)]:
-        stat = Path(file).stat()
+        stat = file_of(file).stat()
         files.append([str(Path(file).resolve()), stat.st_mtime_ns, stat.st_size])
     payload = {
         "version": CACHE_VERSION,
@@ -685,7 +708,7 @@ def _check_case(case: CaseFiles, conv: LabelConvention | None, problems: list[Pr
     for name, file in case.channels.items():
         groups.setdefault(Path(file), []).append(name)
     for file, names in groups.items():
-        if not file.exists():
+        if not file_of(file).exists():
             add("error", file, f"missing channel '{', '.join(names)}'; add the file or fix the layout/manifest")
             continue
         try:
@@ -708,7 +731,7 @@ def _check_case(case: CaseFiles, conv: LabelConvention | None, problems: list[Pr
         _value_problems(data, file, add)
     if case.label is not None:
         label_file = Path(case.label)
-        if not label_file.exists():
+        if not file_of(label_file).exists():
             add("error", label_file, "label file missing; add it or drop the label entry")
         else:
             try:

@@ -83,8 +83,13 @@ class Geometry:
         )
 
 
-def format_of(path: str | Path) -> Literal["nifti", "sitk", "dicom"] | None:
-    """The reader a path needs, from its name (a folder is taken to be a DICOM series)."""
+def format_of(path: str | Path) -> Literal["nifti", "sitk", "dicom", "hdf5"] | None:
+    """The reader a path needs, from its name (a folder is taken to be a DICOM series;
+    ``.h5``/``.hdf5``, ``file.h5:dataset`` and the earlier ``.im``/``.seg`` files are HDF5)."""
+    from vox2vox.hdf5 import is_hdf5_address
+
+    if is_hdf5_address(path):
+        return "hdf5"
     path = Path(path)
     name = path.name.lower()
     if path.is_dir():
@@ -98,7 +103,9 @@ def format_of(path: str | Path) -> Literal["nifti", "sitk", "dicom"] | None:
 
 def is_volume_path(path: str | Path) -> bool:
     """Whether ``path`` is named like a volume file this module reads."""
-    return format_of(path) in ("nifti", "sitk") and Path(path).is_file()
+    from vox2vox.hdf5 import file_of
+
+    return format_of(path) in ("nifti", "sitk", "hdf5") and file_of(path).is_file()
 
 
 def read_volume(
@@ -128,9 +135,15 @@ def read_channels(
 ) -> tuple[np.ndarray, Geometry]:
     """Read a 3D or 4D volume as channel-first ``(C, X, Y, Z)`` in canonical orientation.
 
-    A 4D NIfTI (MSD style) puts channels on its 4th axis; a 3D file gives ``C = 1``.
+    A 4D NIfTI (MSD style) puts channels on its 4th axis; a 3D file gives ``C = 1``. HDF5
+    volumes are read by :func:`vox2vox.hdf5.read_hdf5` (geometry from attributes, else 1 mm).
     """
     path = Path(path)
+    if format_of(path) == "hdf5":
+        from vox2vox.hdf5 import read_hdf5
+
+        data, affine = read_hdf5(path)
+        return _to_canonical(_check_values(data, path, nonfinite), affine)
     if not path.exists():
         raise Vox2VoxError(f"{path}: file not found; check the path or the dataset layout")
     kind = format_of(path)
