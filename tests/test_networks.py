@@ -127,3 +127,17 @@ def test_discriminator_rejects_too_small_patches_and_mismatched_sizes():
         disc(torch.randn(1, 4, 16, 16, 16), torch.rand(1, 4, 16, 16, 16))
     with pytest.raises(Vox2VoxError, match="differ in size"):
         disc(torch.randn(1, 4, 32, 32, 32), torch.rand(1, 4, 32, 32, 24))
+
+
+@pytest.mark.parametrize(("kernel_size", "n_strided"), [(3, 3), (3, 2), (2, 2), (5, 1), (4, 2)])
+def test_discriminator_minimum_size_is_exact_for_any_kernel(kernel_size, n_strided):
+    # With odd kernels a normalised layer could shrink to 1^3 (instance norm then fails) while the
+    # score map is still non-empty: min_input_size accounts for that.
+    config = DiscriminatorConfig(base_filters=2, max_filters=8, kernel_size=kernel_size, n_strided=n_strided)
+    disc = Discriminator(config)
+    m = config.min_input_size()
+    for size in (m, m + 3):
+        out = disc(torch.randn(1, 4, size, size, size), torch.rand(1, 4, size, size, size))
+        assert out.shape[2:] == (config.output_size(size),) * 3
+    with pytest.raises(Vox2VoxError, match=f"at least {m} voxels"):
+        disc(torch.randn(1, 4, m - 1, m - 1, m - 1), torch.rand(1, 4, m - 1, m - 1, m - 1))

@@ -102,7 +102,7 @@ def test_accuracy_gate_with_a_confident_discriminator():
     with torch.no_grad():
         fake = state.generator(image)
     opt = torch.optim.Adam(state.discriminator.parameters(), lr=1e-2)
-    for _ in range(30):
+    for _ in range(15):
         opt.zero_grad()
         training.lsgan_discriminator_loss(state.discriminator(image, target),
                                           state.discriminator(image, fake)).backward()

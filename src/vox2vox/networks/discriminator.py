@@ -47,17 +47,37 @@ class DiscriminatorConfig:
 
     def output_size(self, size: int) -> int:
         """Spatial size of the score map for an input of ``size`` voxels along one axis."""
+        return self._sizes(size)[-1]
+
+    def _sizes(self, size: int) -> list[int]:
+        """Sizes after each layer along one axis: the strided ones, then the two stride-1 ones."""
         k = self.kernel_size
         pad = (k - 1) // 2
+        sizes = []
         for _ in range(self.n_strided):
             size = (size + 2 * pad - k) // 2 + 1
+            sizes.append(size)
         for _ in range(2):
             size = size + 2 * 1 - k + 1
-        return size
+            sizes.append(size)
+        return sizes
+
+    def fits(self, size: int) -> bool:
+        """Whether an input of ``size`` voxels per axis gives a score map and normalisable layers.
+
+        Normalisation (strided layers after the first, and the first stride-1 layer) needs more
+        than one voxel to compute statistics; with odd kernels the map can shrink to 1^3 there
+        while the score map is still non-empty.
+        """
+        sizes = self._sizes(size)
+        if min(sizes) < 1:
+            return False
+        normed = sizes[1 : self.n_strided] + [sizes[self.n_strided]]
+        return self.norm == "none" or min(normed) >= 2
 
     def min_input_size(self) -> int:
         size = 1
-        while self.output_size(size) < 1:
+        while not self.fits(size):
             size += 1
         return size
 
@@ -104,7 +124,7 @@ class Discriminator(nn.Module):
                 f"image {tuple(image.shape[2:])} and segmentation {tuple(segmentation.shape[2:])} differ in size"
             )
         smallest = min(image.shape[2:])
-        if cfg.output_size(smallest) < 1:
+        if not cfg.fits(smallest):
             raise Vox2VoxError(
                 f"patch size {tuple(image.shape[2:])} is too small for the discriminator "
                 f"({cfg.n_strided} stride-2 layers need at least {cfg.min_input_size()} voxels per axis)"
