@@ -8,6 +8,10 @@ validation loss, a defect of the predecessors).
 Reproducibility: every random draw of epoch ``e`` comes from seeds derived from ``(seed, e)``
 (patch positions and augmentation per sample index, dropout per epoch), so a run resumed from the
 checkpoint written after epoch ``e`` continues exactly as the uninterrupted run would have.
+
+Data parallelism: under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs on every rank; the
+plumbing (process group, per-rank batches, DDP wrapping, rank-0-only writes, global reductions)
+lives in :mod:`vox2vox.distributed`, whose module docstring says what equals a single-process run.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vox2vox import distributed
 from vox2vox.atomic import atomic_write_text
 from vox2vox.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
 from vox2vox.config import Config
@@ -36,7 +41,6 @@ from vox2vox.errors import Vox2VoxError
 from vox2vox.losses import (
     discriminator_accuracy,
     fixed_class_weights,
-    generalized_dice_loss,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
     one_hot,
@@ -79,6 +83,8 @@ def build_state(config: Config, *, device: torch.device | None = None) -> TrainS
     amp = resolve_amp(config.train.amp, device)
     torch.manual_seed(config.train.seed)
     generator, discriminator = build_networks(config)
+    if config.train.activation_checkpointing:
+        enable_activation_checkpointing(generator)
     generator.to(device)
     discriminator.to(device)
     betas = (config.optim.beta1, config.optim.beta2)
@@ -87,6 +93,23 @@ def build_state(config: Config, *, device: torch.device | None = None) -> TrainS
     weights = config.loss.class_weights
     class_weights = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
     return TrainState(generator, discriminator, opt_g, opt_d, make_grad_scaler(device, amp), device, amp, class_weights)
+
+
+def enable_activation_checkpointing(generator: Generator) -> Generator:
+    """Recompute each encoder, bottleneck and decoder block in backward instead of storing its activations.
+
+    Only each block's input stays in memory; the block runs a second time in backward (about a
+    third more compute). The state dict is unchanged (the blocks' ``forward`` is wrapped in place),
+    and dropout masks are replayed exactly (``torch.utils.checkpoint`` restores the RNG state).
+    """
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+
+    for blocks in (generator.encoder, generator.bottleneck, generator.decoder):
+        for block in blocks:
+            block.forward = partial(checkpoint, block.forward, use_reentrant=False)  # type: ignore[method-assign]
+    return generator
 
 
 # ---- one step -----------------------------------------------------------------------------------
@@ -125,7 +148,8 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
         out.update(loss_d=loss_d.item(), d_acc=accuracy.item(), d_updated=float(update_d))
 
     # 3. Generator half-step with D frozen: adversarial term + lambda * generalized Dice.
-    loss_dice = generalized_dice_loss(
+    # The GDL is a ratio of sums over the whole (global) batch: under DDP its sums span all ranks.
+    loss_dice = distributed.batch_dice_loss(
         target, fake, weighting=loss_cfg.dice_weighting, class_weights=state.class_weights, eps=loss_cfg.eps
     )
     loss_g = loss_cfg.lambda_dice * loss_dice
@@ -145,7 +169,8 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     state.scaler.update()
     state.step += 1
     out.update(loss_g=loss_g.item(), loss_dice=loss_dice.item())
-    return out
+    # Logged values are means over the global batch (each rank saw an equal share).
+    return distributed.mean_over_ranks(out)
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -247,8 +272,13 @@ def fit(
     log_path = run_dir / "metrics.jsonl"
     if not train_cases:
         raise Vox2VoxError("no training cases: the dataset needs at least one labelled case")
+    # Join the torchrun job if there is one (world size 1 otherwise); rank 0 alone writes.
+    ctx = distributed.setup(config.train.device)
+    progress = progress and ctx.is_main
+    distributed.per_rank_batch(config.train.batch_size, ctx.world_size)
 
-    # Resolve the config (class weights from the training labels) and the starting state.
+    # Resolve the config (class weights from the training labels) and the starting state; under
+    # DDP every rank loads the same checkpoint.
     if resume:
         last = ckpt_dir / "last.safetensors"
         if not last.is_file():
@@ -259,7 +289,7 @@ def fit(
             raise Vox2VoxError(f"{last}: the networks in this config differ from the run's; resume with the run's config")
         # The run's class weights were computed from its training labels: keep them.
         config = config.replace(loss=_replace(config.loss, class_weights=saved.loss.class_weights))
-        state = build_state(config)
+        state = build_state(config, device=ctx.device)
         _load_into(state, ckpt)
     else:
         if (ckpt_dir / "last.safetensors").exists():
@@ -268,61 +298,80 @@ def fit(
             if config.loss.dice_weighting == "fixed" and config.loss.class_weights is None:
                 weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
                 config = config.replace(loss=_replace(config.loss, class_weights=weights))
-        state = build_state(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
-    atomic_write_text(run_dir / "versions.json", json.dumps(software_versions(), indent=2) + "\n")
+        state = build_state(config, device=ctx.device)
+    state.generator = distributed.wrap(state.generator, ctx)
+    state.discriminator = distributed.wrap(state.discriminator, ctx)
     history = _read_log(log_path, upto_epoch=state.epoch)
-    _write_log(log_path, history)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
+        atomic_write_text(run_dir / "versions.json", json.dumps(software_versions(), indent=2) + "\n")
+        _write_log(log_path, history)
+    distributed.barrier()
 
     interrupted = _InterruptFlag()
     with interrupted:
         for epoch in range(state.epoch, config.train.epochs):
             # Train: one random augmented patch per case (times patches_per_case), seeded by epoch.
-            torch.manual_seed(derive_seed(config.train.seed, epoch, 1))
-            loader = _loader(config, train_cases, epoch, sample_patch, augment)
+            torch.manual_seed(distributed.rank_seed(derive_seed(config.train.seed, epoch, 1)))
+            loader = _loader(config, train_cases, epoch, sample_patch, augment, ctx=ctx)
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
             n = 0
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False,
                        disable=not progress, file=sys.stderr)
             for image, label in bar:
-                step_out = train_step(state, image.to(state.device), label.to(state.device), config)
+                non_blocking = state.device.type == "cuda"  # pinned host memory copies asynchronously
+                step_out = train_step(state, image.to(state.device, non_blocking=non_blocking),
+                                      label.to(state.device, non_blocking=non_blocking), config)
+                distributed.write_checksums(state.step, [state.generator, state.discriminator])
                 for k, v in step_out.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
                 bar.set_postfix(loss_g=f"{step_out['loss_g']:.3f}")
-                if interrupted.flag:
+                if distributed.any_rank(interrupted.flag):
+                    interrupted.flag = True
                     break
             if interrupted.flag:
-                _save(state, config, ckpt_dir / "last.safetensors", extra_state)
+                if ctx.is_main:
+                    _save(state, config, ckpt_dir / "last.safetensors", extra_state)
+                distributed.barrier()
                 raise KeyboardInterrupt
             state.epoch = epoch + 1
             row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0}
             row.update({k: v / max(n, 1) for k, v in sums.items()})
 
-            # Validate on whole, un-augmented cases and keep the best generator by Dice.
+            # Validate on whole, un-augmented cases (rank 0; the others wait) and keep the best by Dice.
             if validate is not None and (state.epoch % config.train.val_every == 0 or state.epoch == config.train.epochs):
-                scores = validate(_unwrap(state.generator))
+                scores = distributed.on_main(lambda: validate(_unwrap(state.generator)))
                 row.update(scores)
                 if scores.get("val_dice", -math.inf) > state.best_score:
                     state.best_score, state.best_epoch = scores["val_dice"], state.epoch
-                    _save(state, config, ckpt_dir / "best.safetensors", extra_state)
+                    if ctx.is_main:
+                        _save(state, config, ckpt_dir / "best.safetensors", extra_state)
 
-            # Log and checkpoint (the last checkpoint is the resume point).
+            # Log and checkpoint on rank 0 (the last checkpoint is the resume point).
             history.append(row)
-            _write_log(log_path, history)
-            if progress:
-                tqdm.write(_format_row(row, config.train.epochs), file=sys.stderr)
-            if state.epoch % config.train.checkpoint_every == 0 or state.epoch == config.train.epochs:
-                _save(state, config, ckpt_dir / "last.safetensors", extra_state)
-    if validate is None:
+            if ctx.is_main:
+                _write_log(log_path, history)
+                if progress:
+                    tqdm.write(_format_row(row, config.train.epochs), file=sys.stderr)
+                if state.epoch % config.train.checkpoint_every == 0 or state.epoch == config.train.epochs:
+                    _save(state, config, ckpt_dir / "last.safetensors", extra_state)
+    if validate is None and ctx.is_main:
         _save(state, config, ckpt_dir / "best.safetensors", extra_state)
+    # No rank returns (and perhaps starts reading the run) before rank 0 has written it.
+    distributed.barrier()
     return FitResult(run_dir, state.epoch, state.step, state.best_score, state.best_epoch, history)
 
 
 def _loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch: PatchSampler,
-            augment: Augment | None) -> DataLoader:
+            augment: Augment | None, *, ctx: distributed.DistContext | None = None) -> DataLoader:
+    """This rank's batches of epoch ``epoch``: its share of every global batch, loaded by workers.
+
+    Worker processes run sampling and augmentation beside the GPU (cases are preprocessed and in
+    memory already, see ``preprocess.cache_dir``); pinned memory lets host-to-GPU copies overlap.
+    """
     dataset = PatchDataset(
         cases,
         patch_size=config.train.patch_size,
@@ -333,15 +382,18 @@ def _loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch
         augment=augment if config.augment.p_untouched < 1.0 else None,
         foreground_prob=config.train.foreground_prob,
     )
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
     workers = config.train.num_workers
     return DataLoader(
         dataset,
-        batch_size=config.train.batch_size,
-        shuffle=False,  # the dataset's order is already a seeded permutation
+        # The dataset's order is already a seeded permutation; the sampler only splits it by rank.
+        batch_sampler=distributed.RankBatchSampler(len(dataset), config.train.batch_size, rank=rank, world=world),
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
+        # A new loader per epoch (its dataset is seeded by the epoch), so workers cannot persist;
+        # fork start-up is cheap next to an epoch, and prefetching keeps batches queued meanwhile.
         persistent_workers=False,
-        prefetch_factor=2 if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
     )
 
 
@@ -466,6 +518,9 @@ def train_on_dataset(config: Config, run_dir: str | Path, *, resume: bool = Fals
 
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
+    # Under torchrun every rank loads the cases; rank 0 alone writes and shows progress.
+    ctx = distributed.setup(config.train.device)
+    progress = progress and ctx.is_main
     spec = discover(config.data.path, layout=config.data.layout)
     labelled = [c for c in spec.cases if c.label is not None]
     if not labelled:
@@ -482,8 +537,9 @@ def train_on_dataset(config: Config, run_dir: str | Path, *, resume: bool = Fals
     train_ids, val_ids = split_cases(list(cases), val_fraction=config.data.val_fraction,
                                      val_cases=config.data.val_cases, seed=config.train.seed)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "split.json", json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "split.json", json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
 
     # The networks take the data's channel and class counts.
     n_channels, n_classes = len(spec.channel_names), convention.n_classes
