@@ -80,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", default=None,
                    help="label convention of the truth (default: the dataset layout's, e.g. brats2023 for BraTS 2023)")
     p.add_argument("--out", default=None, help="per-case CSV (a summary JSON is written beside it)")
+    p = sub.add_parser("report", parents=[common], help="one self-contained HTML report of a run, demo or evaluation")
+    p.add_argument("folder", help="a run directory, a demo output folder, or a folder holding an evaluation CSV")
+    p.add_argument("--out", default=None, help="HTML file (default: <folder>/report.html)")
+
+    p = sub.add_parser("render", parents=[common], help="3D PNG of label maps (needs the render extra: pyvista)")
+    p.add_argument("labels", metavar="CASE_OR_LABEL_FILE",
+                   help="a label file (drawn as the prediction) or one case folder (its label map is drawn)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--image", default=None, help="image of the case: its outline is drawn around the labels")
+    p.add_argument("--truth", default=None, help="ground-truth label file, drawn beside from the same camera")
     return parser
 
 
@@ -177,6 +187,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from vox2vox.report import write_report
+
+    print(f"report: {write_report(args.folder, args.out)}")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from vox2vox.render import render_files
+
+    print(f"rendered: {render_files(args.out, args.labels, image=args.image, truth=args.truth)}")
+    return 0
+
+
 def _json_str(value: str) -> str:
     import json
 
@@ -189,6 +213,8 @@ _COMMANDS = {
     "train": _train,
     "predict": _predict,
     "evaluate": _evaluate,
+    "report": _report,
+    "render": _render,
 }
 
 
