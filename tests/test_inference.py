@@ -1,0 +1,223 @@
+"""Inference: whole vs sliding window, flips, ensembles; predicting a dataset folder on disk."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from vox2vox.checkpoint import Checkpoint, save_checkpoint
+from vox2vox.config import Config
+from vox2vox.errors import Vox2VoxError
+from vox2vox.inference import (
+    FLIP_AXES,
+    InferenceConfig,
+    load_model,
+    predict_dataset,
+    predict_probabilities,
+)
+from vox2vox.labels import get_convention
+from vox2vox.networks.generator import Generator, GeneratorConfig
+from vox2vox.postprocessing import PostprocessConfig
+
+
+def make_generator(seed: int = 0, **overrides) -> Generator:
+    torch.manual_seed(seed)
+    cfg = dict(in_channels=2, n_classes=3, base_filters=4, max_filters=8, depth=2, bottleneck_blocks=1,
+               dropout=0.0, norm="none")
+    cfg.update(overrides)
+    return Generator(GeneratorConfig(**cfg)).eval()
+
+
+def image(shape=(2, 40, 40, 24), seed=1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def test_whole_volume_equals_one_forward_pass_and_pads_after_the_data():
+    net = make_generator()
+    x = image((2, 30, 33, 20))  # not multiples of 4: padded to 32x36x20, then cropped
+    probs = predict_probabilities([net], x, config=InferenceConfig(mode="whole"))
+    assert probs.shape == (3, 30, 33, 20) and probs.dtype == np.float32
+    padded = torch.nn.functional.pad(torch.from_numpy(x)[None], (0, 0, 0, 3, 0, 2))
+    with torch.inference_mode():
+        expected = net(padded)[0, :, :30, :33, :20].numpy()
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+
+
+def test_sliding_equals_whole_where_theory_says_it_must():
+    # Kernel 2, stride 2 down and up, no bottleneck: each output voxel depends only on its aligned
+    # 4^3 block of input (2 ** depth), so windows whose corners lie on multiples of 4 compute
+    # exactly what the whole pass computes, and any blend of equal values is that value.
+    net = make_generator(kernel_size=2, bottleneck_blocks=0)
+    x = image((2, 40, 40, 24))  # windows of 16 at overlap 0.5 start at 0, 8, 16, 24 (40 - 16)
+    whole = predict_probabilities([net], x, config=InferenceConfig(mode="whole"))
+    sliding = predict_probabilities([net], x, config=InferenceConfig(mode="sliding", window=(16, 16, 16), overlap=0.5))
+    np.testing.assert_allclose(sliding, whole, rtol=0, atol=1e-5)
+
+
+def test_sliding_approximates_whole_for_a_wide_receptive_field():
+    # Kernel 4 and a bottleneck: voxels near a window's inner border see zeros instead of their
+    # neighbours, so windows differ from the whole pass there; Gaussian blending weights window
+    # centres, so the blend stays close. No exact bound: a loose tolerance on the mean and a
+    # looser one on the worst voxel, and the class decisions almost all agree.
+    net = make_generator(kernel_size=4, bottleneck_blocks=1)
+    x = image((2, 48, 48, 32))
+    whole = predict_probabilities([net], x, config=InferenceConfig(mode="whole"))
+    sliding = predict_probabilities([net], x, config=InferenceConfig(mode="sliding", window=(32, 32, 32), overlap=0.5))
+    diff = np.abs(sliding - whole)
+    assert diff.mean() < 0.02
+    assert diff.max() < 0.5
+    assert (sliding.argmax(0) == whole.argmax(0)).mean() > 0.95
+
+
+def test_flip_tta_is_the_mean_of_the_manual_flips():
+    net = make_generator(kernel_size=4)
+    x = image((2, 16, 20, 12))
+    tta = predict_probabilities([net], x, config=InferenceConfig(mode="whole", tta_flips=True))
+    t = torch.from_numpy(x)[None]
+    outs = []
+    with torch.inference_mode():
+        for axes in FLIP_AXES:
+            xi = torch.flip(t, axes) if axes else t
+            yi = net(xi)
+            outs.append((torch.flip(yi, axes) if axes else yi)[0].numpy())
+    assert len(outs) == 8
+    np.testing.assert_allclose(tta, np.mean(outs, axis=0), rtol=0, atol=1e-6)
+    # Flips matter for this network (otherwise the test would prove nothing).
+    plain = predict_probabilities([net], x, config=InferenceConfig(mode="whole"))
+    assert np.abs(plain - tta).max() > 1e-3
+
+
+def test_ensemble_of_identical_models_equals_one_model_and_of_two_is_their_mean():
+    a, b = make_generator(seed=0), make_generator(seed=0)
+    c = make_generator(seed=5)
+    x = image((2, 16, 16, 16))
+    one = predict_probabilities([a], x, config=InferenceConfig(mode="whole"))
+    np.testing.assert_array_equal(predict_probabilities([a, b], x, config=InferenceConfig(mode="whole")), one)
+    other = predict_probabilities([c], x, config=InferenceConfig(mode="whole"))
+    mixed = predict_probabilities([a, c], x, config=InferenceConfig(mode="whole"))
+    np.testing.assert_allclose(mixed, (one + other) / 2, rtol=0, atol=1e-6)
+
+
+def test_channels_last_gives_the_same_probabilities():
+    net = make_generator(kernel_size=4)
+    x = image((2, 16, 16, 16))
+    plain = predict_probabilities([net], x, config=InferenceConfig(mode="whole"))
+    cl = predict_probabilities([net], x, config=InferenceConfig(mode="whole", channels_last=True))
+    np.testing.assert_allclose(cl, plain, rtol=0, atol=1e-5)
+
+
+def test_auto_mode_switches_to_sliding_above_the_voxel_budget():
+    net = make_generator(kernel_size=2, bottleneck_blocks=0)
+    x = image((2, 24, 24, 24))
+    small_budget = InferenceConfig(mode="auto", max_whole_voxels=1000, window=(8, 8, 8), overlap=0.5)
+    np.testing.assert_allclose(
+        predict_probabilities([net], x, config=small_budget),
+        predict_probabilities([net], x, config=InferenceConfig(mode="whole")),
+        atol=1e-5,
+    )
+
+
+def test_bad_inputs_and_options_are_one_line_errors():
+    net = make_generator()
+    with pytest.raises(Vox2VoxError, match=r"\(C, D, H, W\)"):
+        predict_probabilities([net], np.zeros((8, 8, 8), np.float32))
+    with pytest.raises(Vox2VoxError, match="no model"):
+        predict_probabilities([], image())
+    with pytest.raises(Vox2VoxError, match="overlap"):
+        InferenceConfig(overlap=1.0)
+    with pytest.raises(Vox2VoxError, match="amp"):
+        InferenceConfig(amp="fp8")  # type: ignore[arg-type]
+
+
+# ---- predicting a dataset on disk -------------------------------------------------------------
+
+def save_tiny_checkpoint(path, *, in_channels=1, n_classes=2, convention="binary", channels=("image",), seed=0):
+    """A random-weight checkpoint with the state keys prediction needs (as training writes them)."""
+    config = Config().with_overrides([
+        f"generator.in_channels={in_channels}", f"generator.n_classes={n_classes}",
+        "generator.base_filters=4", "generator.max_filters=8", "generator.depth=2",
+        "generator.bottleneck_blocks=1", "generator.norm=\"none\"", "generator.dropout=0.0",
+        "preprocess.pad_multiple=4",
+    ])
+    torch.manual_seed(seed)
+    generator = Generator(config.generator)
+    state = {"channels": list(channels), "layout": "single", "convention": get_convention(convention).to_json()}
+    save_checkpoint(path, Checkpoint(config=config.to_dict(), generator=generator.state_dict(), state=state))
+    return path
+
+
+def write_manifest_folder(root, n=3, shape=(14, 12, 10)):
+    rng = np.random.default_rng(0)
+    lines = ["id,image"]
+    for i in range(n):
+        data = rng.normal(100, 20, size=shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.2, 2.0, 1.0])), root / f"c{i}.nii.gz")
+        lines.append(f"c{i},c{i}.nii.gz")
+    (root / "cases.csv").write_text("\n".join(lines) + "\n")
+    return root / "cases.csv"
+
+
+def test_failing_case_is_reported_and_the_others_go_on(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "m.safetensors")
+    manifest = write_manifest_folder(tmp_path)
+    (tmp_path / "c1.nii.gz").write_bytes(b"not a nifti file at all")
+    out = tmp_path / "pred"
+    report = predict_dataset([load_model(ckpt)], manifest, out, progress=False)
+    assert sorted(report.written) == ["c0", "c2"]
+    assert list(report.failed) == ["c1"] and "c1.nii.gz" in report.failed["c1"]
+    assert sorted(p.name for p in out.iterdir()) == ["c0.nii.gz", "c2.nii.gz"]  # no temporary left
+
+
+def test_existing_outputs_are_replaced_atomically_and_probabilities_saved(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "m.safetensors")
+    manifest = write_manifest_folder(tmp_path, n=1)
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "c0.nii.gz").write_bytes(b"old junk")
+    model = load_model(ckpt)
+    report = predict_dataset([model], manifest, out, progress=False, save_probabilities="npz")
+    labels = nib.load(out / "c0.nii.gz")
+    assert labels.shape == (14, 12, 10) and np.issubdtype(labels.get_data_dtype(), np.integer)
+    with np.load(report.probabilities["c0"]) as npz:
+        probs = npz["probabilities"]
+        np.testing.assert_allclose(npz["affine"], labels.affine)
+        assert list(npz["labels"]) == [0, 1]
+    # nnU-Net order: (C, Z, Y, X), the reverse of the NIfTI voxel axes.
+    assert probs.shape == (2, 10, 12, 14) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(0).transpose(2, 1, 0), np.asarray(labels.dataobj))
+
+    report = predict_dataset([model], manifest, out, progress=False, save_probabilities="nifti")
+    probs_img = nib.load(report.probabilities["c0"])
+    assert probs_img.shape == (14, 12, 10, 2) and probs_img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(probs_img.affine, labels.affine)
+    np.testing.assert_allclose(np.asarray(probs_img.dataobj), probs.transpose(3, 2, 1, 0), atol=1e-6)
+    assert sorted(p.name for p in out.iterdir()) == ["c0.nii.gz", "c0.npz", "c0_probs.nii.gz"]
+
+
+def test_postprocessing_is_applied_to_written_labels(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "m.safetensors")
+    manifest = write_manifest_folder(tmp_path, n=1)
+    model = load_model(ckpt)
+    plain = predict_dataset([model], manifest, tmp_path / "a", progress=False)
+    largest = predict_dataset([model], manifest, tmp_path / "b", progress=False,
+                              postprocess=PostprocessConfig(largest_component="class"))
+    a = np.asarray(nib.load(plain.written["c0"]).dataobj)
+    b = np.asarray(nib.load(largest.written["c0"]).dataobj)
+    # Post-processing only removes foreground, leaving one component.
+    assert np.all(b <= a)
+    from scipy import ndimage
+
+    assert ndimage.label(b == 1, structure=np.ones((3, 3, 3)))[1] <= 1
+
+
+def test_ensemble_members_must_agree(tmp_path):
+    one = load_model(save_tiny_checkpoint(tmp_path / "a.safetensors"))
+    other = load_model(save_tiny_checkpoint(tmp_path / "b.safetensors", n_classes=3,
+                                            convention={"values": {"0": "bg", "1": "a", "2": "b"}}))
+    manifest = write_manifest_folder(tmp_path, n=1)
+    with pytest.raises(Vox2VoxError, match="ensemble"):
+        predict_dataset([one, other], manifest, tmp_path / "p", progress=False)
