@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="dataset folder (BraTS, BraTS 2023, MSD, nnU-Net raw), manifest .csv or image")
     p.add_argument("--layout", default="auto")
     p.add_argument("--convention", default=None, help="label convention (brats, brats2015, brats2023, binary, ...)")
+    p.add_argument("--label-name", default=None, metavar="NAME",
+                   help="folders layout: the label file's name in every case folder (e.g. OTMultiClass)")
+    p.add_argument("--channels", default=None, metavar="A,B",
+                   help="image channels to use, in this order (folders layout: file names)")
+    p.add_argument("--write-manifest", default=None, metavar="FILE.csv",
+                   help="also write the cases found as a manifest CSV, to edit and use as PATH")
 
     p = sub.add_parser("train", parents=[common], help="train Vox2Vox on a dataset")
     p.add_argument("--data", help="dataset folder or manifest (overrides data.path)")
@@ -122,9 +128,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _dataset(args: argparse.Namespace) -> int:
-    from vox2vox.datasets import check_dataset, discover
+    from vox2vox.datasets import check_dataset, discover, write_spec_manifest
 
-    spec = discover(args.path, layout=args.layout)
+    channels = tuple(c.strip() for c in args.channels.split(",") if c.strip()) if args.channels else None
+    spec = discover(args.path, layout=args.layout, label_name=args.label_name, channel_names=channels)
+    if args.write_manifest:
+        # Written before checking: a dataset with problems is exactly the one worth editing.
+        print(f"manifest: {write_spec_manifest(spec, args.write_manifest)}")
     report = check_dataset(spec, convention=args.convention)
     print(report.format())
     return 0 if report.ok else 2

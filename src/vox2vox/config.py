@@ -37,6 +37,8 @@ class DataConfig:
     convention: str | None = None  # label convention; None = the layout's default
     val_fraction: float = 0.2
     val_cases: int | None = None  # overrides val_fraction when set
+    label_name: str | None = None  # folders layout: the label file's name in each case folder
+    channels: tuple[str, ...] | None = None  # image channels to use, in order; None = all found
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:

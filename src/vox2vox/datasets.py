@@ -11,6 +11,11 @@ never by sorted position, so one oddly named file cannot shift every pair):
   + ``dataset.json``.
 - ``manifest``: a CSV with header ``id,<channel>,...,<channel>[,mask][,label]``; paths relative to
   the CSV; an optional ``mask`` (or ``brainmask``) column names a brain/body mask per case.
+- ``folders``: one subfolder per case whose volume files share names across cases
+  (``<root>/<id>/{FLAIR,T1,GT_W}.nii.gz``): channels are the shared names that are not
+  label-like, the label is the one label-like name (``seg``, ``label``, ``mask``, ``GT``, ``OT``...),
+  a brain/body mask (``brainmask``...) becomes the case's ``mask``; ``label_name`` and
+  ``channel_names`` settle ambiguous folders. A folder holding one such case is a dataset of one.
 - ``single``: one image file (or DICOM series folder): one case, channel ``image``, no label.
 - ``hdf5``: the earlier PyTorch Vox2Vox's folder of HDF5 pairs ``<id>.im`` / ``<id>.seg`` (also
   with an ``.h5``/``.hdf5`` suffix), array in dataset ``data``; channel ``image``, labels used as
@@ -21,6 +26,7 @@ never by sorted position, so one oddly named file cannot shift every pair):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,11 +40,11 @@ import numpy as np
 from vox2vox.atomic import atomic_path, atomic_write_text
 from vox2vox.errors import Vox2VoxError
 from vox2vox.hdf5 import LEGACY_IMAGE_SUFFIX, LEGACY_LABEL_SUFFIX, file_of, legacy_stem
-from vox2vox.io import NIFTI_SUFFIXES, Geometry, format_of, read_channels
+from vox2vox.io import NIFTI_SUFFIXES, SITK_SUFFIXES, Geometry, format_of, read_channels
 from vox2vox.labels import LabelConvention, get_convention
 from vox2vox.preprocessing import LoadedCase, PreprocessConfig, preprocess
 
-LAYOUTS = ("brats", "brats2023", "msd", "nnunet", "manifest", "single", "hdf5")
+LAYOUTS = ("brats", "brats2023", "msd", "nnunet", "folders", "manifest", "single", "hdf5")
 CACHE_VERSION = 1
 
 #: channel suffix -> channel name, in the order channels are stacked (METHOD.md: T1, T1ce, T2, FLAIR).
@@ -92,9 +98,20 @@ class DatasetSpec:
 # --------------------------------------------------------------------------------------------
 
 
-def discover(path: str | Path, *, layout: str = "auto") -> DatasetSpec:
+def discover(
+    path: str | Path,
+    *,
+    layout: str = "auto",
+    label_name: str | None = None,
+    channel_names: tuple[str, ...] | list[str] | None = None,
+) -> DatasetSpec:
     """Find the cases under ``path`` (a folder in a known layout, a manifest CSV, a dataset.json,
     or a single image file / DICOM folder). ``layout`` names one of :data:`LAYOUTS` or ``auto``.
+
+    ``label_name`` (folders layout only) names the label file of every case folder (file name,
+    with or without extension, case-insensitive) when several look like labels.
+    ``channel_names`` picks image channels in this order: file names in the folders layout,
+    channel names (a subset, reordered) in any other layout except MSD's 4D files.
     """
     path = Path(path)
     if not path.exists():
@@ -105,6 +122,16 @@ def discover(path: str | Path, *, layout: str = "auto") -> DatasetSpec:
         layout = _detect_layout(path)
     if path.is_file() and path.name == "dataset.json" and layout in ("msd", "nnunet"):
         path = path.parent
+    if label_name is not None and layout != "folders":
+        raise Vox2VoxError(
+            f"{path}: --label-name applies to the folders layout only (this is {layout}); "
+            "edit the manifest's label column instead"
+        )
+    if layout == "folders":
+        spec = _discover_folders(path, label_name=label_name, channel_names=channel_names)
+        if not spec.cases:
+            raise Vox2VoxError(f"{path}: no case folders with volume files found; check the folder")
+        return spec
     finders = {
         "brats": lambda p: _discover_brats(p, _BRATS_CHANNELS, sep="_", layout="brats"),
         "brats2023": lambda p: _discover_brats(p, _BRATS2023_CHANNELS, sep="-", layout="brats2023"),
@@ -117,7 +144,32 @@ def discover(path: str | Path, *, layout: str = "auto") -> DatasetSpec:
     spec = finders[layout](path)
     if not spec.cases:
         raise Vox2VoxError(f"{path}: no cases found in {layout} layout; check the folder")
+    if channel_names:
+        spec = _select_channels(spec, tuple(channel_names))
     return spec
+
+
+def _select_channels(spec: DatasetSpec, names: tuple[str, ...]) -> DatasetSpec:
+    """Keep only the channels ``names`` (in that order) of every case."""
+    unknown = [n for n in names if n not in spec.channel_names]
+    if unknown:
+        raise Vox2VoxError(
+            f"{spec.root}: channel(s) {', '.join(unknown)} not in this {spec.layout} dataset; "
+            f"it has {', '.join(spec.channel_names)}"
+        )
+    if len(set(names)) != len(names):
+        raise Vox2VoxError(f"{spec.root}: channels {', '.join(names)} repeat a name")
+    files = [p for c in spec.cases for p in c.channels.values()]
+    if len(set(files)) < len(files) and names != spec.channel_names:
+        # A 4D file is read whole, in its own volume order: a subset or new order would mislabel.
+        raise Vox2VoxError(
+            f"{spec.root}: channels share 4D files in the {spec.layout} layout; they cannot be "
+            "chosen or reordered"
+        )
+    cases = tuple(
+        dataclasses.replace(c, channels={n: c.channels[n] for n in names}) for c in spec.cases
+    )
+    return dataclasses.replace(spec, channel_names=names, cases=cases)
 
 
 def _detect_layout(path: Path) -> str:
@@ -146,10 +198,12 @@ def _detect_layout(path: Path) -> str:
             return "brats2023"
     if any(legacy_stem(f.name, LEGACY_IMAGE_SUFFIX) for f in path.iterdir() if f.is_file()):
         return "hdf5"
-    if any(f.is_file() and not f.name.lower().endswith((".json", ".txt", ".csv")) for f in path.iterdir()):
-        # A folder of files without volume suffixes: most likely a DICOM series.
-        if not any(f.name.lower().endswith(NIFTI_SUFFIXES) for f in path.iterdir()):
-            return "single"
+    if _case_folders(path) or _is_one_case_folder(path):
+        return "folders"
+    # Only a folder that really holds DICOM files is a series: asking GDCM about any other
+    # folder prints "No Series were found" warnings and yields an empty case.
+    if _holds_dicom(path) and not any(f.name.lower().endswith(NIFTI_SUFFIXES) for f in path.iterdir()):
+        return "single"
     raise Vox2VoxError(
         f"{path}: cannot tell the dataset layout; write a manifest CSV "
         "(id,<channel>,...,label with paths relative to it) or pass --layout"
@@ -375,6 +429,200 @@ def _discover_single(path: Path) -> DatasetSpec:
     return DatasetSpec(path, "single", ("image",), (CaseFiles(case_id, {"image": path}, None),), "auto")
 
 
+# ---- the folders layout: one subfolder per case, the same file names in each ------------------
+
+#: Whole words (after splitting on separators and camelCase) that mark a label file.
+_LABEL_WORDS = frozenset(
+    {"seg", "segmentation", "label", "labels", "labelmap", "mask", "gt", "truth", "groundtruth", "ot",
+     "annotation", "annotations"}
+)
+#: Separator-free spellings of a brain/body mask (``brainmask``, ``T1_brain_mask``, ``mask_brain``).
+_BODY_MASK_WORDS = ("brainmask", "maskbrain", "bodymask", "maskbody", "headmask", "maskhead")
+_VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *SITK_SUFFIXES)
+
+
+def _volume_stem(name: str) -> str | None:
+    """The name without its volume suffix, or None when ``name`` is not a volume file."""
+    lower = name.lower()
+    if name.startswith("."):
+        return None
+    for suffix in sorted(_VOLUME_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _volume_files(folder: Path) -> dict[str, Path]:
+    """Volume files directly in ``folder``: lower-case stem -> path (text, licences... ignored)."""
+    found: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        stem = _volume_stem(file.name)
+        if stem is None or not file.is_file():
+            continue
+        if stem.lower() in found:
+            raise Vox2VoxError(
+                f"{file}: {found[stem.lower()].name} has the same name; keep one of the two"
+            )
+        found[stem.lower()] = file
+    return found
+
+
+def _case_folders(root: Path) -> list[Path]:
+    """Subfolders of ``root`` that hold at least one volume file (the candidate cases)."""
+    return [
+        p for p in sorted(root.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and any(_volume_stem(f.name) for f in p.iterdir())
+    ]
+
+
+def _is_one_case_folder(folder: Path) -> bool:
+    """Whether ``folder`` itself looks like one case: image files plus exactly one label file."""
+    stems = [_volume_stem(f.name) for f in folder.iterdir() if f.is_file()]
+    stems = [s for s in stems if s is not None]
+    labels = [s for s in stems if _is_label_like(s) and not _is_body_mask(s)]
+    return len(labels) == 1 and any(not _is_label_like(s) for s in stems)
+
+
+def _words(stem: str) -> tuple[list[str], list[str]]:
+    """(separator-delimited parts, camelCase words), lower-cased: ``OTMultiClass`` -> ot, multi, class."""
+    parts = [p for p in re.split(r"[^A-Za-z0-9]+", stem) if p]
+    words = [w for p in parts for w in re.findall(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+", p)]
+    return [p.lower() for p in parts], [w.lower() for w in words]
+
+
+def _is_label_like(stem: str) -> bool:
+    """Whether a file stem names a label map or mask (``GT_W``, ``OTMultiClass``, ``CT_mask``, ``x_seg``)."""
+    parts, words = _words(stem)
+    return any(w in _LABEL_WORDS for w in (*parts, *words)) or any(p.endswith(("mask", "seg")) for p in parts)
+
+
+def _is_body_mask(stem: str) -> bool:
+    """Whether a label-like stem is a brain/body mask (used for normalisation, not as the target)."""
+    joined = re.sub(r"[^a-z]", "", stem.lower())
+    return any(m in joined for m in _BODY_MASK_WORDS)
+
+
+def _match_name(wanted: str, names: dict[str, str]) -> str | None:
+    """The key of ``names`` (lower stem -> display name) that ``wanted`` means, with or without suffix."""
+    key = (_volume_stem(wanted) or wanted).lower()
+    return key if key in names else None
+
+
+def _discover_folders(
+    root: Path, *, label_name: str | None, channel_names: tuple[str, ...] | list[str] | None
+) -> DatasetSpec:
+    """One subfolder per case (id = folder name), volume files named alike in every case.
+
+    Names present in more than half of the case folders make up the dataset (one case missing
+    a file is then reported by :func:`check_dataset`, instead of dropping a channel for all).
+    """
+    if not root.is_dir():
+        raise Vox2VoxError(f"{root}: the folders layout needs a folder of case folders")
+    folders = _case_folders(root)
+    if not folders and any(_volume_stem(f.name) for f in root.iterdir() if f.is_file()):
+        folders = [root]  # the path is one case folder, not a folder of cases
+    if not folders:
+        raise Vox2VoxError(f"{root}: no subfolder holds volume files (.nii.gz, .nrrd, .mha...)")
+    files = {folder: _volume_files(folder) for folder in folders}
+    counts = Counter(key for found in files.values() for key in found)
+    # Display names keep the files' own spelling (``FLAIR``, ``OTMultiClass``).
+    example = {key: path for found in reversed(list(files.values())) for key, path in found.items()}
+    names = {
+        key: _volume_stem(example[key].name) or key
+        for key in sorted(counts, key=str.lower) if counts[key] * 2 > len(folders)
+    }
+    if not names:
+        listing = "; ".join(
+            f"{f.name}/: {', '.join(p.name for p in list(files[f].values())[:4])}" for f in folders[:3]
+        )
+        raise Vox2VoxError(
+            f"{root}: {len(folders)} subfolders hold volumes but share no file name ({listing}); "
+            "this is not one-folder-per-case data: write a manifest CSV (id,<channel>,...,label)"
+        )
+    label_key, mask_key = _folder_label_and_mask(root, names, label_name)
+    channel_keys = _folder_channels(root, names, channel_names, exclude={label_key, mask_key})
+    cases = []
+    for folder in folders:
+        found = files[folder]
+        channels = {names[k]: found.get(k, folder / example[k].name) for k in channel_keys}
+        label = found.get(label_key) if label_key else None
+        mask = found.get(mask_key) if mask_key else None
+        cases.append(CaseFiles(folder.name, channels, label, mask))
+    return DatasetSpec(root, "folders", tuple(names[k] for k in channel_keys), tuple(cases), "auto")
+
+
+def _folder_label_and_mask(
+    root: Path, names: dict[str, str], label_name: str | None
+) -> tuple[str | None, str | None]:
+    """Keys of the label file and the brain/body mask among the shared ``names`` (either may be None)."""
+    if label_name is not None:
+        label_key = _match_name(label_name, names)
+        if label_key is None:
+            raise Vox2VoxError(
+                f"{root}: --label-name {label_name!r} matches no file shared by the case folders "
+                f"({', '.join(names.values())})"
+            )
+    else:
+        candidates = [k for k in names if _is_label_like(names[k]) and not _is_body_mask(names[k])]
+        if len(candidates) > 1:
+            raise Vox2VoxError(
+                f"{root}: several files look like the label ({', '.join(names[k] for k in candidates)}); "
+                "pass --label-name NAME, or write a manifest (--write-manifest FILE.csv) and edit it"
+            )
+        label_key = candidates[0] if candidates else None
+    # A brain mask beside a tumour label is for normalisation (DeepMedic's brainmask); with two
+    # masks neither is chosen rather than guessing.
+    masks = [k for k in names if k != label_key and _is_label_like(names[k]) and _is_body_mask(names[k])]
+    return label_key, masks[0] if len(masks) == 1 else None
+
+
+def _folder_channels(
+    root: Path, names: dict[str, str], channel_names: tuple[str, ...] | list[str] | None, *, exclude: set
+) -> list[str]:
+    """Keys of the image channels: the ones asked for, in order, else every non-label name."""
+    if not channel_names:
+        keys = [k for k in names if not _is_label_like(names[k]) and k not in exclude]
+        if not keys:
+            raise Vox2VoxError(
+                f"{root}: the case folders share only label-like files ({', '.join(names.values())}); "
+                "pass --channels NAME,... or write a manifest"
+            )
+        return keys
+    keys = []
+    for wanted in channel_names:
+        key = _match_name(wanted, names)
+        if key is None or key in exclude:
+            why = "is the label or mask" if key in exclude and key is not None else "matches no shared file"
+            raise Vox2VoxError(
+                f"{root}: channel {wanted!r} {why}; the case folders share {', '.join(names.values())}"
+            )
+        if key in keys:
+            raise Vox2VoxError(f"{root}: channel {wanted!r} is named twice in --channels")
+        keys.append(key)
+    return keys
+
+
+def _holds_dicom(folder: Path, *, limit: int = 20) -> bool:
+    """Whether ``folder`` holds DICOM files: a ``.dcm`` name or ``DICM`` at byte 128 (checks a few files)."""
+    checked = 0
+    for file in sorted(folder.iterdir()):
+        if not file.is_file():
+            continue
+        if file.name.lower().endswith(".dcm"):
+            return True
+        try:
+            with file.open("rb") as handle:
+                handle.seek(128)
+                if handle.read(4) == b"DICM":
+                    return True
+        except OSError:
+            pass
+        checked += 1
+        if checked >= limit:
+            break
+    return False
+
+
 def write_manifest(
     path: str | Path,
     cases: list[tuple[str, dict[str, str | Path], str | Path | None]],
@@ -403,6 +651,30 @@ def write_manifest(
         lines.append(",".join(cells))
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def write_spec_manifest(spec: DatasetSpec, path: str | Path) -> Path:
+    """Write the cases :func:`discover` found as a manifest CSV that discovers to the same cases.
+
+    A starting point to edit by hand (drop a case, rename a channel, fix a path). 4D files
+    holding several channels (MSD) cannot be expressed as one path per channel column.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(".csv"):
+        raise Vox2VoxError(f"{path}: a manifest must be a .csv file")
+    files = [p for c in spec.cases for p in c.channels.values()]
+    if len(set(files)) < len(files):
+        raise Vox2VoxError(
+            f"{path}: {spec.root} stores several channels in one 4D file ({spec.layout}); a manifest "
+            "needs one file per channel"
+        )
+    reserved = {"id", "case", "case_id", "subject", "label", "seg", "labels", "mask", "brainmask", "brain_mask"}
+    clash = [n for n in spec.channel_names if n.lower() in reserved]
+    if clash:
+        raise Vox2VoxError(f"{path}: channel name(s) {', '.join(clash)} are manifest column names; pass --channels")
+    cases = [(c.case_id, dict(c.channels), c.label) for c in spec.cases]
+    masks = {c.case_id: c.mask for c in spec.cases if c.mask is not None}
+    return write_manifest(path, cases, masks=masks or None)
 
 
 def _relative(target: str | Path, base: Path) -> str:
@@ -624,7 +896,8 @@ class DatasetReport:
         lines = [
             f"dataset: {spec.root}",
             f"layout: {spec.layout}   channels: {', '.join(spec.channel_names)}   "
-            f"labels: {self.convention}   cases: {len(spec.cases)}",
+            f"labels: {self.convention}   cases: {len(spec.cases)}"
+            + (f"   masks: {n_masks}" if (n_masks := sum(c.mask is not None for c in spec.cases)) else ""),
             "",
         ]
         rows = [("case", "ch", "shape", "spacing (mm)", "orient", "label values: voxels")]

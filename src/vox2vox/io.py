@@ -204,7 +204,14 @@ def _read_sitk(path: Path, *, series: bool) -> tuple[np.ndarray, np.ndarray]:
     try:
         if series:
             reader = sitk.ImageSeriesReader()
-            series_ids = reader.GetGDCMSeriesIDs(str(path))
+            # GDCM prints "No Series were found" on stderr for a folder without DICOM; the
+            # error below says it once, in our words.
+            shown = sitk.ProcessObject_GetGlobalWarningDisplay()
+            sitk.ProcessObject_SetGlobalWarningDisplay(False)
+            try:
+                series_ids = reader.GetGDCMSeriesIDs(str(path))
+            finally:
+                sitk.ProcessObject_SetGlobalWarningDisplay(shown)
             if not series_ids:
                 raise Vox2VoxError(
                     f"{path}: folder holds no DICOM series; point at a folder of DICOM slices"

@@ -521,7 +521,8 @@ def train_on_dataset(config: Config, run_dir: str | Path, *, resume: bool = Fals
     # Under torchrun every rank loads the cases; rank 0 alone writes and shows progress.
     ctx = distributed.setup(config.train.device)
     progress = progress and ctx.is_main
-    spec = discover(config.data.path, layout=config.data.layout)
+    spec = discover(config.data.path, layout=config.data.layout, label_name=config.data.label_name,
+                    channel_names=config.data.channels)
     labelled = [c for c in spec.cases if c.label is not None]
     if not labelled:
         raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
