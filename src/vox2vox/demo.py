@@ -121,7 +121,7 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
                                  out_csv=out / "evaluation.csv")
 
     # 5. Figures: training curves and a tri-planar overlay per test case.
-    say("[5/5] drawing figures")
+    say("[5/5] drawing figures and the HTML report")
     from vox2vox.plots import save_overlay, save_training_curves
 
     history = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line]
@@ -135,6 +135,9 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
                      spacing=geometry.spacing, title=f"{case.case_id}: FLAIR, truth vs prediction",
                      label_names={1: "necrotic core", 2: "oedema", 4: "enhancing"})
 
+    from vox2vox.report import write_report
+
+    report = write_report(out)
     summary = {
         "seconds": round(time.perf_counter() - t0, 1),
         "epochs": result.epochs,
@@ -146,6 +149,7 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
             "predictions": str(out / "predictions"),
             "evaluation": str(out / "evaluation.csv"),
             "figures": str(out / "figures"),
+            "report": str(report),
         },
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -157,4 +161,5 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
         print(f"  predictions:  {out / 'predictions'}")
         print(f"  scores:       {out / 'evaluation.csv'}")
         print(f"  figures:      {out / 'figures'}")
+        print(f"  report:       {report}  (open in a browser)")
     return summary
