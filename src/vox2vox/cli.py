@@ -96,6 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--image", default=None, help="image of the case: its outline is drawn around the labels")
     p.add_argument("--truth", default=None, help="ground-truth label file, drawn beside from the same camera")
+
+    p = sub.add_parser("cv", parents=[common], help="K-fold cross-validation: one run per fold, folds predict as an ensemble")
+    p.add_argument("--data", help="dataset folder or manifest (overrides data.path)")
+    p.add_argument("--folds", type=int, required=True, metavar="K", help="number of folds (the paper: 10)")
+    p.add_argument("--fold", type=int, default=None, metavar="I",
+                   help="train only fold I (0-based), e.g. one fold per job of a scheduler array")
+    p.add_argument("--out", required=True, help="cross-validation directory (folds.json, fold_<i>/ runs)")
+    p.add_argument("--config", help="config file (.json or .toml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=50 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the fold runs from their last checkpoints")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides train.device)")
+
+    p = sub.add_parser("plan", parents=[common], help="estimate the memory a config needs per GPU, before training")
+    p.add_argument("--config", help="config file (.json or .toml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.patch_size=[128,128,128] (repeatable)")
+    p.add_argument("--world-size", type=int, default=1, help="processes the global batch is split over (default 1)")
+    p.add_argument("--amp", choices=("bf16", "fp16", "off"), default=None,
+                   help="precision to plan for (default: train.amp, 'auto' counted as bf16)")
     return parser
 
 
@@ -211,6 +231,35 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cv(args: argparse.Namespace) -> int:
+    from vox2vox.config import Config, load_config
+    from vox2vox.crossval import run_cross_validation
+
+    config = load_config(args.config) if args.config else Config()
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={_json_str(args.data)}")
+    if args.device:
+        overrides.append(f"train.device={_json_str(args.device)}")
+    config = config.with_overrides(overrides)
+    results = run_cross_validation(config, args.out, folds=args.folds, fold=args.fold, resume=args.resume)
+    for i, result in results.items():
+        best = f"{result.best_score:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else "n/a"
+        print(f"fold {i}: {result.epochs} epochs; best validation Dice {best}")
+    print(f"cross-validation directory: {args.out} (predict with --model {args.out} for the fold ensemble)")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from vox2vox.config import Config, load_config
+    from vox2vox.planning import estimate_memory
+
+    config = load_config(args.config) if args.config else Config()
+    config = config.with_overrides(list(args.overrides))
+    print(estimate_memory(config, world_size=args.world_size, amp=args.amp).format())
+    return 0
+
+
 def _json_str(value: str) -> str:
     import json
 
@@ -223,6 +272,8 @@ _COMMANDS = {
     "train": _train,
     "predict": _predict,
     "evaluate": _evaluate,
+    "cv": _cv,
+    "plan": _plan,
     "report": _report,
     "render": _render,
 }

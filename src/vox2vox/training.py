@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vox2vox import distributed
-from vox2vox.atomic import atomic_write_text
+from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
 from vox2vox.config import Config
 from vox2vox.device import AmpDtype, autocast, make_grad_scaler, resolve_amp, resolve_device
@@ -303,7 +303,7 @@ def fit(
     state.discriminator = distributed.wrap(state.discriminator, ctx)
     history = _read_log(log_path, upto_epoch=state.epoch)
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_folder(run_dir)
         atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
         atomic_write_text(run_dir / "versions.json", json.dumps(software_versions(), indent=2) + "\n")
         _write_log(log_path, history)
@@ -505,12 +505,20 @@ def split_cases(case_ids: Sequence[str], *, val_fraction: float, val_cases: int 
     return train, val
 
 
-def train_on_dataset(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> FitResult:
+def train_on_dataset(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    split: tuple[Sequence[str], Sequence[str]] | None = None,
+) -> FitResult:
     """Discover, check, load and split ``config.data.path``, then :func:`fit` with validation by Dice.
 
     Channel count and class count come from the data (they override the config's networks), the
     split is saved as ``split.json``, and checkpoints record the channel names, label convention
-    and preprocessing so that ``predict`` needs nothing but the checkpoint.
+    and preprocessing so that ``predict`` needs nothing but the checkpoint. ``split`` gives the
+    (train ids, validation ids) explicitly (cross-validation folds) instead of :func:`split_cases`.
     """
     from vox2vox.augmentation import Augmenter, sample_patch
     from vox2vox.datasets import discover, load_case
@@ -535,11 +543,17 @@ def train_on_dataset(config: Config, run_dir: str | Path, *, resume: bool = Fals
     if convention is None:
         top = max(int(c.label.max()) for c in cases.values())
         convention = get_convention({"name": "classes", "values": {str(v): f"class_{v}" for v in range(top + 1)}})
-    train_ids, val_ids = split_cases(list(cases), val_fraction=config.data.val_fraction,
-                                     val_cases=config.data.val_cases, seed=config.train.seed)
+    if split is None:
+        train_ids, val_ids = split_cases(list(cases), val_fraction=config.data.val_fraction,
+                                         val_cases=config.data.val_cases, seed=config.train.seed)
+    else:
+        train_ids, val_ids = sorted(split[0]), sorted(split[1])
+        unknown = sorted(set(train_ids + val_ids) - set(cases))
+        if unknown:
+            raise Vox2VoxError(f"{config.data.path}: the split names cases the data does not hold: {', '.join(unknown[:5])}")
     run_dir = Path(run_dir)
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_folder(run_dir)
         atomic_write_text(run_dir / "split.json", json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
 
     # The networks take the data's channel and class counts.
