@@ -173,7 +173,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(vox2vox.atomic, "_write", failing_write)
-    with pytest.raises(OSError):
+    with pytest.raises(Vox2VoxError, match="No space left on device"):
         save_checkpoint(path, new)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.safetensors"]
@@ -189,6 +189,6 @@ def test_a_failed_rename_leaves_no_temporary_file(tmp_path, monkeypatch):
         raise OSError(5, "I/O error")
 
     monkeypatch.setattr(vox2vox.atomic.os, "replace", failing_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(Vox2VoxError, match="I/O error"):
         save_checkpoint(path, ckpt)
     assert os.listdir(tmp_path) == []

@@ -7,6 +7,7 @@ file, because ``os.replace`` is atomic within one filesystem.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -24,11 +25,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     removed and the target is left as it was.
     """
     target = Path(target)
-    folder = target.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise Vox2VoxError(f"{folder}: cannot create output folder ({err.strerror})") from err
+    folder = ensure_folder(target.parent)
     suffix = "".join(target.suffixes[-2:]) if target.suffixes else ""
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{suffix}", dir=folder)
@@ -40,10 +37,24 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(err, OSError):  # a full disk, a quota, a file-size limit: the user's to fix
+            raise _write_error(target, err) from err
         raise
+
+
+def ensure_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` (and its parents) for output; a user error if that is impossible."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise Vox2VoxError(
+            f"{folder}: cannot create output folder ({err.strerror or err}); choose a writable folder"
+        ) from err
+    return folder
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
@@ -61,17 +72,27 @@ def _write(tmp: Path, data: bytes, target: str | os.PathLike[str]) -> None:
     try:
         tmp.write_bytes(data)
     except OSError as err:
-        raise Vox2VoxError(f"{target}: write failed ({err.strerror}); is the disk full?") from err
+        raise _write_error(target, err) from err
+
+
+_SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _write_error(target: str | os.PathLike[str], err: OSError) -> Vox2VoxError:
+    hint = "free some space or write elsewhere" if err.errno in _SPACE_ERRORS else "check the output folder"
+    return Vox2VoxError(f"{target}: write failed ({err.strerror or err}); {hint}")
 
 
 def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
+    """Flush the file's data to disk; a failure here (ENOSPC, EIO) means the data may be lost.
+
+    Filesystems that cannot fsync (EINVAL, ENOTSUP) are accepted as they are.
+    """
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(fd)

@@ -141,8 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from vox2vox.atomic import ensure_folder
     from vox2vox.demo import run_demo
 
+    ensure_folder(args.out)  # before any progress line, so an unwritable --out is one error line
     run_demo(Path(args.out), size=args.size, seed=args.seed, device=args.device)
     return 0
 
@@ -157,7 +159,14 @@ def _dataset(args: argparse.Namespace) -> int:
         print(f"manifest: {write_spec_manifest(spec, args.write_manifest)}")
     report = check_dataset(spec, convention=args.convention)
     print(report.format())
-    return 0 if report.ok else 2
+    if report.ok:
+        return 0
+    # The table above lists every problem; stderr gets the one line the exit status promises.
+    errors = [p for p in report.problems if p.severity == "error"]
+    first = errors[0]
+    print(f"vox2vox dataset: error: {spec.root}: {len(errors)} error(s); first: {first.case_id}: "
+          f"{first.file}: {first.message}", file=sys.stderr)
+    return 2
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -166,7 +175,10 @@ def _train(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else None
     if args.config:
-        config = load_config(args.config)
+        try:
+            config = load_config(args.config)
+        except Vox2VoxError as err:  # a value check names the key; the user also needs the file
+            raise err if str(err).startswith(str(args.config)) else Vox2VoxError(f"{args.config}: {err}") from err
     elif args.resume and out is not None and (out / "config.json").is_file():
         config = load_config(out / "config.json")
     else:
