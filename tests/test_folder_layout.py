@@ -182,3 +182,21 @@ def test_folder_without_dicom_is_not_read_as_a_series(tmp_path, capfd):
     with pytest.raises(Vox2VoxError, match="cannot tell the dataset layout"):
         discover(folder)
     assert "GDCM" not in capfd.readouterr().err
+
+
+def test_train_takes_label_name_and_channels_from_config(tmp_path):
+    import json
+
+    root = _case_folders(tmp_path / "data", ("T1", "T2", "tumour_seg", "organ_mask"))
+    run = tmp_path / "run"
+    tiny = [
+        "--set", "generator.base_filters=4", "--set", "generator.depth=3", "--set", "generator.bottleneck_blocks=1",
+        "--set", "discriminator.base_filters=4", "--set", "train.patch_size=[32,32,32]",
+        "--set", "train.batch_size=1", "--set", "train.epochs=1", "--set", "data.val_cases=0",
+    ]
+    args = ["train", "--data", str(root), "--out", str(run), "--device", "cpu", *tiny]
+    assert main([*args, "--set", 'data.channels=["T2"]']) == 2  # two label candidates: refused
+    assert main([*args, "--set", "data.label_name=tumour_seg", "--set", 'data.channels=["T2"]']) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data"]["label_name"] == "tumour_seg" and saved["data"]["channels"] == ["T2"]
+    assert saved["generator"]["in_channels"] == 1  # one channel chosen of the two found
