@@ -13,6 +13,8 @@ from vox2vox.errors import Vox2VoxError
 from vox2vox.inference import (
     FLIP_AXES,
     InferenceConfig,
+    PhaseTransposedConv3d,
+    fast_inference_model,
     load_model,
     predict_dataset,
     predict_probabilities,
@@ -221,3 +223,23 @@ def test_ensemble_members_must_agree(tmp_path):
     manifest = write_manifest_folder(tmp_path, n=1)
     with pytest.raises(Vox2VoxError, match="ensemble"):
         predict_dataset([one, other], manifest, tmp_path / "p", progress=False)
+
+
+def test_fast_layers_match_the_transposed_convs_and_leave_the_model_alone():
+    net = make_generator(kernel_size=4)
+    fast = fast_inference_model(net)
+    assert isinstance(fast.head, PhaseTransposedConv3d) and isinstance(net.head, torch.nn.ConvTranspose3d)
+    assert fast.encoder is net.encoder  # shared, not copied
+    x = torch.from_numpy(image((2, 16, 12, 8)))[None]
+    with torch.inference_mode():
+        np.testing.assert_allclose(fast(x).numpy(), net(x).numpy(), rtol=0, atol=1e-6)
+        deconv = torch.nn.ConvTranspose3d(5, 3, 4, 2, 1)
+        np.testing.assert_allclose(PhaseTransposedConv3d(deconv)(x[:, :1].expand(1, 5, -1, -1, -1)).numpy(),
+                                   deconv(x[:, :1].expand(1, 5, -1, -1, -1)).numpy(), rtol=0, atol=1e-5)
+    assert fast_inference_model(net) is fast  # cached
+    with torch.no_grad():
+        net.head.weight.mul_(2.0)  # as an optimiser step would: the cache must notice
+    assert fast_inference_model(net) is not fast
+    plain = predict_probabilities([net], image((2, 16, 12, 8)), config=InferenceConfig(mode="whole", fast_layers=False))
+    quick = predict_probabilities([net], image((2, 16, 12, 8)), config=InferenceConfig(mode="whole"))
+    np.testing.assert_allclose(quick, plain, rtol=0, atol=1e-6)
