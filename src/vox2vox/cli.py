@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", default=None,
                    help="label convention of the truth (default: the dataset layout's, e.g. brats2023 for BraTS 2023)")
     p.add_argument("--out", default=None, help="per-case CSV (a summary JSON is written beside it)")
+
     p = sub.add_parser("report", parents=[common], help="one self-contained HTML report of a run, demo or evaluation")
     p.add_argument("folder", help="a run directory, a demo output folder, or a folder holding an evaluation CSV")
     p.add_argument("--out", default=None, help="HTML file (default: <folder>/report.html)")
@@ -194,6 +195,10 @@ def _train(args: argparse.Namespace) -> int:
     if out is None:
         out = Path("runs") / Path(config.data.path).name.replace(".csv", "")
     result = train_on_dataset(config, out, resume=args.resume)
+    from vox2vox.distributed import is_main
+
+    if not is_main():  # under torchrun, rank 0 alone reports
+        return 0
     best = f"{result.best_score:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else "n/a (no validation cases)"
     print(f"trained {result.epochs} epochs ({result.steps} steps); best validation Dice {best}")
     print(f"run directory: {out}")
@@ -201,12 +206,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from vox2vox.crossval import expand_model_paths
     from vox2vox.device import resolve_amp, resolve_device
     from vox2vox.inference import InferenceConfig, load_model, predict_dataset
     from vox2vox.postprocessing import PostprocessConfig
 
     device = resolve_device(args.device)
-    models = [load_model(m, device=device) for m in args.model]
+    models = [load_model(m, device=device) for m in expand_model_paths(args.model)]
     config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap,
                              tta_flips=args.tta, amp=resolve_amp(args.amp, device))
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=args.largest_component or "off")
@@ -226,6 +232,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_folder(args.pred, args.truth, regions=args.regions, convention=args.convention, out_csv=args.out)
     print(result.format_summary())
+    if args.out:
+        from vox2vox.report import write_report
+
+        csv = Path(args.out)
+        report = write_report(csv.parent, csv.with_name(f"{csv.stem}_report.html"), truth=args.truth, predictions=args.pred)
+        print(f"Report: {report}")
     return 0
 
 
