@@ -53,7 +53,7 @@ def test_sliding_equals_whole_where_theory_says_it_must():
     # 4^3 block of input (2 ** depth), so windows whose corners lie on multiples of 4 compute
     # exactly what the whole pass computes, and any blend of equal values is that value.
     net = make_generator(kernel_size=2, bottleneck_blocks=0)
-    x = image((2, 40, 40, 24))  # windows of 16 at overlap 0.5 start at 0, 8, 16, 24 (40 - 16)
+    x = image((2, 32, 24, 16))  # windows of 16 at overlap 0.5 start at 0, 8, 16 (32 - 16) and 0, 8
     whole = predict_probabilities([net], x, config=InferenceConfig(mode="whole"))
     sliding = predict_probabilities([net], x, config=InferenceConfig(mode="sliding", window=(16, 16, 16), overlap=0.5))
     np.testing.assert_allclose(sliding, whole, rtol=0, atol=1e-5)
@@ -113,7 +113,7 @@ def test_channels_last_gives_the_same_probabilities():
 
 def test_auto_mode_switches_to_sliding_above_the_voxel_budget():
     net = make_generator(kernel_size=2, bottleneck_blocks=0)
-    x = image((2, 24, 24, 24))
+    x = image((2, 16, 16, 16))
     small_budget = InferenceConfig(mode="auto", max_whole_voxels=1000, window=(8, 8, 8), overlap=0.5)
     np.testing.assert_allclose(
         predict_probabilities([net], x, config=small_budget),
