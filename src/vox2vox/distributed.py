@@ -263,34 +263,12 @@ def batch_dice_loss(
     per-class sums (intersection, denominator, and the class counts Sudre weighting needs) are
     all-reduced first, so the loss and its gradient are those of the full batch.
     """
-    from vox2vox.losses import generalized_dice_loss
+    from vox2vox.losses import dice_loss_from_sums, dice_sums
 
-    if not is_distributed():
-        return generalized_dice_loss(target, probs, weighting=weighting,  # type: ignore[arg-type]
-                                     class_weights=class_weights, eps=eps)
-    if target.shape != probs.shape:
-        raise Vox2VoxError(f"dice loss: target {tuple(target.shape)} and prediction {tuple(probs.shape)} differ")
-    target, probs = target.float(), probs.float()
-    dims = [0, *range(2, target.ndim)]
-    local = torch.stack([(target * probs).sum(dims), (target + probs).sum(dims), target.sum(dims)])
-    intersection, denominator, counts = _AllReduceSum.apply(local)
-    # The same weightings and formula as losses.generalized_dice_loss, on the global sums.
-    if weighting == "fixed":
-        if class_weights is None:
-            raise Vox2VoxError("dice loss: weighting 'fixed' needs class_weights (compute them from the training labels)")
-        w = class_weights.to(probs.device, torch.float32)
-    elif weighting == "sudre":
-        counts = counts.detach()
-        w = 1.0 / counts.clamp_min(1.0).square()
-        present = counts > 0
-        if present.any():
-            w = torch.where(present, w, w[present].max())
-        w = w * (w.numel() / w.sum())
-    elif weighting == "uniform":
-        w = torch.ones_like(intersection)
-    else:
-        raise Vox2VoxError(f"dice loss: unknown weighting {weighting!r}")
-    return 1.0 - 2.0 * (w * intersection).sum() / ((w * denominator).sum() + eps)
+    sums = dice_sums(target, probs)
+    if is_distributed():
+        sums = _AllReduceSum.apply(sums)
+    return dice_loss_from_sums(sums, weighting=weighting, class_weights=class_weights, eps=eps)  # type: ignore[arg-type]
 
 
 def write_checksums(step: int, modules: Sequence[torch.nn.Module]) -> None:

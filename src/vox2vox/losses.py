@@ -72,18 +72,37 @@ def generalized_dice_loss(
     rescaled to mean 1 so that ``eps`` stays negligible),
     ``uniform`` uses w_c = 1.
     """
+    return dice_loss_from_sums(dice_sums(target, probs), weighting=weighting, class_weights=class_weights, eps=eps)
+
+
+def dice_sums(target: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Per-class sums over batch and space: a ``(3, C)`` stack of sum(y p), sum(y + p), sum(y).
+
+    Sums add up across batch shards, so data-parallel training can all-reduce them and get the
+    loss of the whole batch (see ``distributed.batch_dice_loss``).
+    """
     if target.shape != probs.shape:
         raise Vox2VoxError(f"dice loss: target {tuple(target.shape)} and prediction {tuple(probs.shape)} differ")
     target, probs = target.float(), probs.float()
     dims = [0, *range(2, target.ndim)]
-    intersection = (target * probs).sum(dims)
-    denominator = (target + probs).sum(dims)
+    return torch.stack([(target * probs).sum(dims), (target + probs).sum(dims), target.sum(dims)])
+
+
+def dice_loss_from_sums(
+    sums: torch.Tensor,
+    *,
+    weighting: DiceWeighting,
+    class_weights: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """The generalized Dice loss from :func:`dice_sums` (see :func:`generalized_dice_loss`)."""
+    intersection, denominator, counts = sums
     if weighting == "fixed":
         if class_weights is None:
             raise Vox2VoxError("dice loss: weighting 'fixed' needs class_weights (compute them from the training labels)")
-        w = class_weights.to(probs.device, torch.float32)
+        w = class_weights.to(sums.device, torch.float32)
     elif weighting == "sudre":
-        counts = target.sum(dims)
+        counts = counts.detach()
         w = 1.0 / counts.clamp_min(1.0).square()
         present = counts > 0
         if present.any():
