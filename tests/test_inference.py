@@ -243,3 +243,12 @@ def test_fast_layers_match_the_transposed_convs_and_leave_the_model_alone():
     plain = predict_probabilities([net], image((2, 16, 12, 8)), config=InferenceConfig(mode="whole", fast_layers=False))
     quick = predict_probabilities([net], image((2, 16, 12, 8)), config=InferenceConfig(mode="whole"))
     np.testing.assert_allclose(quick, plain, rtol=0, atol=1e-6)
+
+
+def test_postprocessing_the_convention_cannot_do_is_refused_before_any_case(tmp_path):
+    model = load_model(save_tiny_checkpoint(tmp_path / "m.safetensors"))  # binary: no ET region
+    manifest = write_manifest_folder(tmp_path, n=1)
+    with pytest.raises(Vox2VoxError, match="ET"):
+        predict_dataset([model], manifest, tmp_path / "p", progress=False,
+                        postprocess=PostprocessConfig(min_et_voxels=10))
+    assert not (tmp_path / "p").exists()

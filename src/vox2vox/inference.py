@@ -29,7 +29,7 @@ from vox2vox.config import Config
 from vox2vox.device import AmpDtype, autocast
 from vox2vox.errors import Vox2VoxError
 from vox2vox.networks.generator import Generator
-from vox2vox.postprocessing import PostprocessConfig
+from vox2vox.postprocessing import PostprocessConfig, check_postprocess
 
 Mode = Literal["auto", "whole", "sliding"]
 ProbabilityFormat = Literal["npz", "nifti"]
@@ -391,6 +391,8 @@ def predict_dataset(
             "with the model's channels"
         )
     postprocess = postprocess or PostprocessConfig()
+    # Check post-processing against the convention once, not once per case.
+    check_postprocess(postprocess, convention)
     prep = dataclasses.replace(first.config.preprocess, cache_dir=None)
     output_dir = Path(output_dir)
     nets = [m.generator for m in models]

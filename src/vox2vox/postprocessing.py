@@ -153,6 +153,16 @@ def keep_largest_component(
     return out
 
 
+def check_postprocess(config: PostprocessConfig, convention: LabelConvention) -> None:
+    """Raise :class:`Vox2VoxError` if ``config`` asks for something ``convention`` cannot do."""
+    if config.min_et_voxels > 0:
+        enhancing_and_core_values(convention)
+    if config.largest_component == "region" and not convention.regions:
+        raise Vox2VoxError(
+            f"label convention {convention.name!r}: defines no regions; use --largest-component class"
+        )
+
+
 def postprocess(
     labels: np.ndarray, *, config: PostprocessConfig, convention: LabelConvention
 ) -> np.ndarray:
@@ -161,6 +171,7 @@ def postprocess(
     Order: the largest component first (a stray blob is removed outright rather than turned into
     necrosis), then small enhancing tumour -> necrotic core.
     """
+    check_postprocess(config, convention)
     out = np.asarray(labels)
     if config.largest_component != "off":
         background = convention.source_values[0]
@@ -168,11 +179,6 @@ def postprocess(
             groups = {name: (value,) for name, value in
                       zip(convention.class_names[1:], convention.source_values[1:], strict=True)}
         else:
-            if not convention.regions:
-                raise Vox2VoxError(
-                    f"label convention {convention.name!r}: defines no regions; use "
-                    "--largest-component class"
-                )
             groups = dict(convention.regions)
         out = keep_largest_component(out, groups=groups, background=background,
                                      connectivity=config.connectivity)
