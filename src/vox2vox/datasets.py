@@ -131,7 +131,7 @@ def discover(
         spec = _discover_folders(path, label_name=label_name, channel_names=channel_names)
         if not spec.cases:
             raise Vox2VoxError(f"{path}: no case folders with volume files found; check the folder")
-        return spec
+        return _check_case_ids(spec)
     finders = {
         "brats": lambda p: _discover_brats(p, _BRATS_CHANNELS, sep="_", layout="brats"),
         "brats2023": lambda p: _discover_brats(p, _BRATS2023_CHANNELS, sep="-", layout="brats2023"),
@@ -146,6 +146,27 @@ def discover(
         raise Vox2VoxError(f"{path}: no cases found in {layout} layout; check the folder")
     if channel_names:
         spec = _select_channels(spec, tuple(channel_names))
+    return _check_case_ids(spec)
+
+
+#: Case ids become output file names (``<id>.nii.gz``): no folder separators, no control
+#: characters, no leading dot (``.``/``..`` or hidden and temporary names).
+_UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]|^\.")
+
+
+def check_case_id(case_id: str, *, where: str | Path) -> str:
+    """``case_id`` if it is safe as a file name inside an output folder, else a user error."""
+    if not case_id or _UNSAFE_ID.search(case_id):
+        raise Vox2VoxError(
+            f"{where}: case id {case_id!r} cannot be used as a file name (no '/', '\\', leading '.' "
+            "or control characters); rename the case"
+        )
+    return case_id
+
+
+def _check_case_ids(spec: DatasetSpec) -> DatasetSpec:
+    for case in spec.cases:
+        check_case_id(case.case_id, where=spec.root)
     return spec
 
 
