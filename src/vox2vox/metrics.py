@@ -15,11 +15,14 @@ interpolation, the maximum of the two directions).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+
+from vox2vox.errors import Vox2VoxError
 
 #: HD95 (mm) when exactly one of truth and prediction is empty: the diagonal of a
 #: 240 x 240 x 155 mm BraTS volume, as the BraTS toolkit scores it.
@@ -39,6 +42,10 @@ METRICS: tuple[str, ...] = (
 )
 
 Regions = Mapping[str, Sequence[int]] | Literal["labels"]
+
+
+class MetricInputError(Vox2VoxError, ValueError):
+    """Masks of different shapes, a bad spacing or region: the project's error (and a ValueError)."""
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -152,12 +159,12 @@ def score_case(
     pred_labels = np.asarray(pred_labels)
     true_labels = np.asarray(true_labels)
     if pred_labels.shape != true_labels.shape:
-        raise ValueError(
+        raise MetricInputError(
             f"prediction shape {pred_labels.shape} differs from truth shape {true_labels.shape}"
         )
     if isinstance(regions, str):
         if regions != "labels":
-            raise ValueError(f"regions must be a mapping or 'labels', got {regions!r}")
+            raise MetricInputError(f"regions must be a mapping or 'labels', got {regions!r}")
         regions = label_regions(np.union1d(np.unique(pred_labels), np.unique(true_labels)))
     return {
         name: score_masks(
@@ -173,14 +180,14 @@ def _as_masks(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarr
     pred = np.asarray(pred, dtype=bool)
     truth = np.asarray(truth, dtype=bool)
     if pred.shape != truth.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+        raise MetricInputError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
     return pred, truth
 
 
 def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
     spacing_t = tuple(float(s) for s in spacing)
-    if len(spacing_t) != ndim or any(not s > 0 for s in spacing_t):
-        raise ValueError(f"spacing must be {ndim} positive sizes in mm, got {tuple(spacing)}")
+    if len(spacing_t) != ndim or any(not 0 < s < math.inf for s in spacing_t):
+        raise MetricInputError(f"spacing must be {ndim} positive sizes in mm, got {tuple(spacing)}")
     return spacing_t
 
 
