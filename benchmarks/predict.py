@@ -11,6 +11,8 @@ counts what torch's CPU allocator and oneDNN take outside Python's view, never m
   The first pass is reported apart ("cold": oneDNN builds its kernels), then the median of
   ``--repeats`` further passes ("warm").
 - ``whole-cl``: the same in the channels-last 3D memory format.
+- ``whole-bf16``: the same under bfloat16 autocast on the CPU (fast where the CPU has
+  avx512_bf16 or AMX; not in the default set).
 - ``sliding``: the same case and network through MONAI's ``sliding_window_inference`` (128^3
   windows, overlap 0.5, Gaussian blending): the baseline.
 - ``ct``: a 512x512x300 one-channel CT (two classes) by sliding window. All 196 windows go
@@ -110,7 +112,8 @@ def _child(kind: str, repeats: int, ct_network_windows: int) -> dict:
     net = Generator(GeneratorConfig()).eval()
     image = torch.randn(4, *BRATS_SHAPE).numpy()
     mode = "sliding" if kind == "sliding" else "whole"
-    config = InferenceConfig(mode=mode, window=(128, 128, 128), overlap=0.5, channels_last=kind == "whole-cl")
+    config = InferenceConfig(mode=mode, window=(128, 128, 128), overlap=0.5, channels_last=kind == "whole-cl",
+                             amp="bf16" if kind == "whole-bf16" else "off")
     if kind == "whole-cl":
         net = net.to(memory_format=torch.channels_last_3d)
     t = time.perf_counter()
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="warm whole-volume passes after the cold one")
     parser.add_argument("--only", default="whole,whole-cl,sliding,ct",
-                        help="comma-separated subset of whole, whole-cl, sliding, ct")
+                        help="comma-separated subset of whole, whole-cl, whole-bf16, sliding, ct")
     parser.add_argument("--ct-network-windows", type=int, default=2,
                         help="CT windows that run the network (the rest reuse its output)")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the children (0: torch's default)")
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{kind}: cold {r['cold_seconds']:.1f} s{warm_text} ({best / floor:.2f}x floor); "
               f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
     if "sliding" in results:
-        for kind in ("whole", "whole-cl"):
+        for kind in ("whole", "whole-cl", "whole-bf16"):
             if kind in results:
                 w = results[kind]["warm_seconds"] or results[kind]["cold_seconds"]
                 print(f"sliding / {kind}: {results['sliding']['cold_seconds'] / w:.2f}x")

@@ -252,3 +252,16 @@ def test_postprocessing_the_convention_cannot_do_is_refused_before_any_case(tmp_
         predict_dataset([model], manifest, tmp_path / "p", progress=False,
                         postprocess=PostprocessConfig(min_et_voxels=10))
     assert not (tmp_path / "p").exists()
+
+
+def test_bf16_on_the_cpu_is_close_to_float32_and_fp16_is_refused():
+    net = make_generator(kernel_size=4)
+    x = image((2, 16, 16, 16))
+    fp32 = predict_probabilities([net], x, config=InferenceConfig(mode="whole"))
+    bf16 = predict_probabilities([net], x, config=InferenceConfig(mode="whole", amp="bf16"))
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(bf16.sum(0), 1.0, atol=1e-5)  # the softmax stays float32
+    assert np.abs(bf16 - fp32).mean() < 0.02
+    assert (bf16.argmax(0) == fp32.argmax(0)).mean() > 0.9
+    with pytest.raises(Vox2VoxError, match="fp16"):
+        predict_probabilities([net], x, config=InferenceConfig(mode="whole", amp="fp16"))

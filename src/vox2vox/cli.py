@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="off",
-                   help="mixed precision on CUDA (auto: bf16 where supported); always off on CPU")
+                   help="mixed precision: on CUDA bf16/fp16 (auto: bf16 where supported); on a CPU "
+                        "bf16 only (~1.5-2x faster with avx512_bf16/AMX, probabilities within ~1e-2)")
     p.add_argument("--layout", default="auto")
     p.add_argument("--save-probabilities", nargs="?", const="npz", choices=("npz", "nifti"), default=None,
                    help="also write class probabilities: npz (default; <id>.npz, key 'probabilities', "
@@ -214,7 +215,9 @@ def _predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = [load_model(m, device=device) for m in expand_model_paths(args.model)]
     config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap,
-                             tta_flips=args.tta, amp=resolve_amp(args.amp, device))
+                             tta_flips=args.tta,
+                             # bf16 is worth it on CPUs too (oneDNN); resolve_amp covers CUDA.
+                             amp="bf16" if device.type == "cpu" and args.amp == "bf16" else resolve_amp(args.amp, device))
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=args.largest_component or "off")
     report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout,
                              postprocess=post, save_probabilities=args.save_probabilities,
