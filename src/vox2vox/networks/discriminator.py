@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vox2vox.errors import Vox2VoxError
-from vox2vox.networks.generator import NormKind, init_he_normal, make_norm
+from vox2vox.networks.generator import Conv3d, NormKind, init_he_normal, make_norm
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Discriminator(nn.Module):
         cin = config.in_channels + config.n_classes
         for i in range(config.n_strided):
             cout = min(config.base_filters * 2**i, config.max_filters)
-            layers += [nn.Conv3d(cin, cout, k, stride=2, padding=(k - 1) // 2)]
+            layers += [Conv3d(cin, cout, k, stride=2, padding=(k - 1) // 2)]
             if i > 0:
                 layers.append(make_norm(config.norm, cout, config.norm_eps))
             layers.append(nn.LeakyReLU(config.negative_slope, inplace=True))
@@ -104,10 +104,10 @@ class Discriminator(nn.Module):
         # after ZeroPadding), shrinking the map by k - 3 per layer: 16^3 -> 15^3 -> 14^3 for k=4.
         cout = min(config.base_filters * 2**config.n_strided, config.max_filters)
         layers += [
-            nn.Conv3d(cin, cout, k, stride=1, padding=1),
+            Conv3d(cin, cout, k, stride=1, padding=1),
             make_norm(config.norm, cout, config.norm_eps),
             nn.LeakyReLU(config.negative_slope, inplace=True),
-            nn.Conv3d(cout, 1, k, stride=1, padding=1),
+            Conv3d(cout, 1, k, stride=1, padding=1),
         ]
         self.net = nn.Sequential(*layers)
         init_he_normal(self)

@@ -70,12 +70,50 @@ def _check_positive(cfg: object, *names: str) -> None:
 
 
 def make_norm(kind: NormKind, channels: int, eps: float) -> nn.Module:
-    """Normalisation layer; instance norm is affine (Keras InstanceNormalization has scale/shift)."""
+    """Normalisation layer; instance norm is affine (Keras InstanceNormalization has scale/shift).
+
+    Instance norm is computed as ``GroupNorm`` with one channel per group: the same function
+    (per sample and channel over the spatial axes, then a per-channel scale and shift) with the
+    same parameter names (``weight``, ``bias``), but PyTorch's CPU group-norm kernel avoids
+    ``InstanceNorm3d``'s reshape to a (1, B*C, ...) batch norm and its repeated parameters;
+    measured faster for every shape in this network (benchmarks/RESULTS.md).
+    """
     if kind == "instance":
-        return nn.InstanceNorm3d(channels, eps=eps, affine=True)
+        return nn.GroupNorm(channels, channels, eps=eps, affine=True)
     if kind == "batch":
         return nn.BatchNorm3d(channels, eps=eps)
     return nn.Identity()
+
+
+# oneDNN's channels-first 3D convolution is slow on the CPU, backward above all, when one side has
+# only a few channels (the generator's first and last layers, the discriminator's first); in the
+# channels-last layout the same layers ran 3-7x faster (benchmarks/RESULTS.md), while the wide
+# inner layers are faster channels-first. So only these layers switch layout, inside forward.
+FEW_CHANNELS = 16
+
+
+def _wants_channels_last(x: torch.Tensor, cin: int, cout: int) -> bool:
+    return x.device.type == "cpu" and x.ndim == 5 and min(cin, cout) < FEW_CHANNELS
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and state dict) that runs channels-last on the CPU when it
+    has fewer than ``FEW_CHANNELS`` input or output channels; output in the default layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _wants_channels_last(x, self.in_channels, self.out_channels):
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
+
+
+class ConvTranspose3d(nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` with the same layout rule as :class:`Conv3d`."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if not _wants_channels_last(x, self.in_channels, self.out_channels):
+            return super().forward(x, output_size)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        return super().forward(x, output_size).contiguous()
 
 
 def same_padding(kernel_size: int, stride: int) -> tuple[int, int]:
@@ -94,7 +132,7 @@ class DownBlock(nn.Module):
         super().__init__()
         before, after = same_padding(cfg.kernel_size, 2)
         self.pad = nn.ConstantPad3d((before, after) * 3, 0.0) if before != after else nn.Identity()
-        self.conv = nn.Conv3d(cin, cout, cfg.kernel_size, stride=2, padding=before if before == after else 0)
+        self.conv = Conv3d(cin, cout, cfg.kernel_size, stride=2, padding=before if before == after else 0)
         self.norm = make_norm(cfg.norm, cout, cfg.norm_eps) if norm else nn.Identity()
         self.act = nn.LeakyReLU(cfg.negative_slope, inplace=True)
         self.drop = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
@@ -111,7 +149,7 @@ class BottleneckBlock(nn.Module):
         before, after = same_padding(cfg.kernel_size, 1)
         # F.pad order is (W_before, W_after, H_before, H_after, D_before, D_after).
         self.pad = nn.ConstantPad3d((before, after) * 3, 0.0)
-        self.conv = nn.Conv3d(cin, cout, cfg.kernel_size, stride=1)
+        self.conv = Conv3d(cin, cout, cfg.kernel_size, stride=1)
         self.norm = make_norm(cfg.norm, cout, cfg.norm_eps)
         self.act = nn.LeakyReLU(cfg.negative_slope)
 
@@ -134,11 +172,11 @@ class UpBlock(nn.Module):
         return self.drop(torch.cat([self.act(self.norm(self.up(x))), skip], dim=1))
 
 
-def transposed_conv(cin: int, cout: int, kernel_size: int) -> nn.ConvTranspose3d:
+def transposed_conv(cin: int, cout: int, kernel_size: int) -> ConvTranspose3d:
     """Stride-2 transposed conv that exactly doubles each spatial size for any kernel >= 2."""
     # out = (n - 1) * 2 - 2 * p + k + op must equal 2n, so 2p - op = k - 2.
     padding, output_padding = ((kernel_size - 2) // 2, 0) if kernel_size % 2 == 0 else ((kernel_size - 1) // 2, 1)
-    return nn.ConvTranspose3d(cin, cout, kernel_size, stride=2, padding=padding, output_padding=output_padding)
+    return ConvTranspose3d(cin, cout, kernel_size, stride=2, padding=padding, output_padding=output_padding)
 
 
 class Generator(nn.Module):
@@ -223,7 +261,7 @@ def init_he_normal(module: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, a=0.0, mode=mode, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.InstanceNorm3d | nn.BatchNorm3d) and m.affine:
+        elif isinstance(m, nn.GroupNorm | nn.InstanceNorm3d | nn.BatchNorm3d) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
