@@ -80,7 +80,7 @@ def test_patch_size_must_be_a_multiple_of_2_to_depth():
 
 def test_patch_too_small_for_the_discriminator():
     with pytest.raises(Vox2VoxError, match=r"train\.patch_size.*discriminator"):
-        Config.from_dict({"train": {"patch_size": [16, 16, 16]}})
+        Config.from_dict({"train": {"patch_size": [16, 16, 16]}, "generator": {"depth": 3}})
     # Without the adversarial part the discriminator does not constrain the patch.
     Config.from_dict({"train": {"patch_size": [32, 32, 32]}, "loss": {"adversarial": False}})
 
@@ -177,3 +177,20 @@ def test_set_overrides_parse_json_values():
 def test_bad_overrides_name_the_key(override, fragment):
     with pytest.raises(Vox2VoxError, match=fragment.replace(".", r"\.")):
         Config().with_overrides([override])
+
+
+def test_checkpoint_configs_from_other_versions_drop_unknown_keys():
+    from vox2vox.config import Config
+
+    data = Config().to_dict()
+    data["augment"]["enabled"] = True  # a key an older version wrote
+    with pytest.raises(Vox2VoxError, match="'augment.enabled'"):
+        Config.from_dict(data)
+    assert Config.from_dict(data, ignore_unknown=True) == Config()
+
+
+def test_patch_too_small_for_the_generator_depth_is_a_config_error():
+    from vox2vox.config import Config
+
+    with pytest.raises(Vox2VoxError, match="deepest feature map"):
+        Config().with_overrides(["train.patch_size=[16,16,16]", "loss.adversarial=false"])

@@ -124,6 +124,13 @@ class Config:
                 f"train.patch_size={list(self.train.patch_size)}: each size must be a multiple of "
                 f"2^generator.depth = {m} (e.g. {m}, {2 * m}, {4 * m})"
             )
+        deepest = [s // m for s in self.train.patch_size]
+        if self.generator.norm != "none" and deepest[0] * deepest[1] * deepest[2] < 2:
+            raise Vox2VoxError(
+                f"train.patch_size={list(self.train.patch_size)}: too small for generator.depth="
+                f"{self.generator.depth}; normalisation needs a deepest feature map of more than one voxel "
+                f"(e.g. a patch of {2 * m} per axis)"
+            )
         smallest = self.discriminator.min_input_size()
         if self.loss.adversarial and min(self.train.patch_size) < smallest:
             raise Vox2VoxError(
@@ -139,8 +146,10 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Config:
-        return _build(cls, data, prefix="", source=source)
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config", ignore_unknown: bool = False) -> Config:
+        """Build and validate a config. ``ignore_unknown`` drops keys this version does not know
+        (for configs saved inside checkpoints by other versions); user files stay strict."""
+        return _build(cls, data, prefix="", source=source, ignore_unknown=ignore_unknown)
 
     def replace(self, **sections: Any) -> Config:
         return dataclasses.replace(self, **sections)
@@ -195,31 +204,34 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, *, prefix: str, source: str) -> Any:
+def _build(cls: type, data: Any, *, prefix: str, source: str, ignore_unknown: bool = False) -> Any:
     where = prefix.rstrip(".") or "top level"
     if not isinstance(data, dict):
         raise Vox2VoxError(f"{source}: {where} must be a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
-    if unknown:
+    if unknown and ignore_unknown:
+        data = {k: v for k, v in data.items() if k in fields}
+    elif unknown:
         raise Vox2VoxError(
-            f"{source}: unknown key {prefix}{unknown[0]!r}; known keys{' in ' + where if prefix else ''}: "
+            f"{source}: unknown key {(prefix + unknown[0])!r}; known keys{' in ' + where if prefix else ''}: "
             f"{', '.join(fields)}"
         )
-    kwargs = {name: _coerce(hints[name], value, key=f"{prefix}{name}", source=source) for name, value in data.items()}
+    kwargs = {name: _coerce(hints[name], value, key=f"{prefix}{name}", source=source, ignore_unknown=ignore_unknown)
+              for name, value in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as err:
         raise Vox2VoxError(f"{source}: {where}: {err}") from err
 
 
-def _coerce(hint: Any, value: Any, *, key: str, source: str) -> Any:
+def _coerce(hint: Any, value: Any, *, key: str, source: str, ignore_unknown: bool = False) -> Any:
     """Check ``value`` against a type hint, converting lists to tuples and ints to floats."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, prefix=f"{key}.", source=source)
+        return _build(hint, value, prefix=f"{key}.", source=source, ignore_unknown=ignore_unknown)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -106,7 +106,7 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
     """Rebuild the generator from a run directory or a ``.safetensors`` checkpoint (eval mode)."""
     ckpt_path = resolve_checkpoint(path, which="best")
     ckpt = load_checkpoint(ckpt_path)
-    config = Config.from_dict(ckpt.config, source=str(ckpt_path))
+    config = Config.from_dict(ckpt.config, source=str(ckpt_path), ignore_unknown=True)
     generator = Generator(config.generator)
     try:
         generator.load_state_dict(ckpt.generator)

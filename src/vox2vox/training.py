@@ -16,6 +16,7 @@ lives in :mod:`vox2vox.distributed`, whose module docstring says what equals a s
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import math
@@ -71,6 +72,11 @@ class TrainState:
     step: int = 0  # completed train steps
     best_score: float = -math.inf
     best_epoch: int = -1
+    # After a Ctrl-C mid-epoch: batches of epoch ``epoch`` already trained, their summed step
+    # metrics, and the torch RNG state to continue from, so a resume skips exactly those batches.
+    batches_done: int = 0
+    partial_sums: dict[str, float] = dataclasses.field(default_factory=dict)
+    rng_state: torch.Tensor | None = None
 
 
 def build_networks(config: Config) -> tuple[Generator, Discriminator]:
@@ -189,7 +195,8 @@ def _global_mean(value: torch.Tensor) -> torch.Tensor:
 # ---- the data the loop sees ---------------------------------------------------------------------
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (numpy's SeedSequence mixing; stable across platforms)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32).astype(np.uint64) @ [1 << 31, 1])
+    hi, lo = (int(v) for v in np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32))
+    return ((hi & 0x7FFFFFFF) << 32) | lo
 
 
 class PatchDataset(Dataset):
@@ -284,7 +291,7 @@ def fit(
         if not last.is_file():
             raise Vox2VoxError(f"{run_dir}: nothing to resume (no checkpoints/last.safetensors)")
         ckpt = load_checkpoint(last)
-        saved = Config.from_dict(ckpt.config, source=str(last))
+        saved = Config.from_dict(ckpt.config, source=str(last), ignore_unknown=True)
         if (saved.generator, saved.discriminator) != (config.generator, config.discriminator):
             raise Vox2VoxError(f"{last}: the networks in this config differ from the run's; resume with the run's config")
         # The run's class weights were computed from its training labels: keep them.
@@ -314,10 +321,12 @@ def fit(
         for epoch in range(state.epoch, config.train.epochs):
             # Train: one random augmented patch per case (times patches_per_case), seeded by epoch.
             torch.manual_seed(distributed.rank_seed(derive_seed(config.train.seed, epoch, 1)))
-            loader = _loader(config, train_cases, epoch, sample_patch, augment, ctx=ctx)
+            skip, sums = state.batches_done, dict(state.partial_sums)
+            if skip and state.rng_state is not None:  # continue an epoch cut short by Ctrl-C
+                torch.set_rng_state(state.rng_state)
+            loader = _loader(config, train_cases, epoch, sample_patch, augment, ctx=ctx, skip_batches=skip)
             t0 = time.perf_counter()
-            sums: dict[str, float] = {}
-            n = 0
+            n = skip
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False,
                        disable=not progress, file=sys.stderr)
             for image, label in bar:
@@ -333,11 +342,12 @@ def fit(
                     interrupted.flag = True
                     break
             if interrupted.flag:
+                state.batches_done, state.partial_sums, state.rng_state = n, sums, torch.get_rng_state()
                 if ctx.is_main:
                     _save(state, config, ckpt_dir / "last.safetensors", extra_state)
                 distributed.barrier()
                 raise KeyboardInterrupt
-            state.epoch = epoch + 1
+            state.epoch, state.batches_done, state.partial_sums, state.rng_state = epoch + 1, 0, {}, None
             row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0}
             row.update({k: v / max(n, 1) for k, v in sums.items()})
 
@@ -366,7 +376,8 @@ def fit(
 
 
 def _loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch: PatchSampler,
-            augment: Augment | None, *, ctx: distributed.DistContext | None = None) -> DataLoader:
+            augment: Augment | None, *, ctx: distributed.DistContext | None = None,
+            skip_batches: int = 0) -> DataLoader:
     """This rank's batches of epoch ``epoch``: its share of every global batch, loaded by workers.
 
     Worker processes run sampling and augmentation beside the GPU (cases are preprocessed and in
@@ -387,13 +398,18 @@ def _loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch
     return DataLoader(
         dataset,
         # The dataset's order is already a seeded permutation; the sampler only splits it by rank.
-        batch_sampler=distributed.RankBatchSampler(len(dataset), config.train.batch_size, rank=rank, world=world),
+        # ``skip_batches`` drops batches an interrupted run already trained on.
+        batch_sampler=list(distributed.RankBatchSampler(len(dataset), config.train.batch_size, rank=rank,
+                                                        world=world))[skip_batches:],
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         # A new loader per epoch (its dataset is seeded by the epoch), so workers cannot persist;
         # fork start-up is cheap next to an epoch, and prefetching keeps batches queued meanwhile.
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
+        # Its own generator: the loader draws a worker base seed per iterator, which must not
+        # shift the global RNG that dropout uses (a resumed epoch restores that RNG exactly).
+        generator=torch.Generator().manual_seed(derive_seed(config.train.seed, epoch, 2)),
     )
 
 
@@ -419,6 +435,9 @@ def _save(state: TrainState, config: Config, path: Path, extra_state: dict[str, 
             "best_score": state.best_score if math.isfinite(state.best_score) else None,
             "best_epoch": state.best_epoch,
             "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
+            "batches_done": state.batches_done,
+            "partial_sums": state.partial_sums,
+            "rng_state": base64.b64encode(state.rng_state.numpy().tobytes()).decode() if state.rng_state is not None else None,
             **(extra_state or {}),
         },
     )
@@ -437,6 +456,10 @@ def _load_into(state: TrainState, ckpt: Checkpoint) -> None:
     best = ckpt.state.get("best_score")
     state.best_score = -math.inf if best is None else float(best)
     state.best_epoch = int(ckpt.state.get("best_epoch", -1))
+    state.batches_done = int(ckpt.state.get("batches_done", 0))
+    state.partial_sums = dict(ckpt.state.get("partial_sums") or {})
+    rng = ckpt.state.get("rng_state")
+    state.rng_state = torch.frombuffer(bytearray(base64.b64decode(rng)), dtype=torch.uint8) if rng else None
 
 
 def _to_device(osd: dict[str, Any], device: torch.device) -> dict[str, Any]:
