@@ -13,7 +13,7 @@ import pytest
 from vox2vox.cli import main
 from vox2vox.synthetic import write_brats_folder
 
-COMMANDS = ("demo", "dataset", "train", "predict", "evaluate")
+COMMANDS = ("demo", "dataset", "train", "predict", "evaluate", "report", "render", "cv", "plan")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -109,3 +109,4 @@ def test_predict_rejects_wrong_channel_count(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "channel" in err and str(single) in err
     assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
+

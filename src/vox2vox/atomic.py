@@ -36,6 +36,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)
+        # mkstemp creates 0600 files; give outputs the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException as err:
         with contextlib.suppress(OSError):
@@ -43,6 +45,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         if isinstance(err, OSError):  # a full disk, a quota, a file-size limit: the user's to fix
             raise _write_error(target, err) from err
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def ensure_folder(folder: str | os.PathLike[str]) -> Path:
