@@ -257,8 +257,10 @@ def _truth_cases(truth: Path) -> tuple[dict[str, Path], LabelConvention | None]:
         raise Vox2VoxError(
             f"{truth}: no case has a label file; give the ground-truth dataset or a folder of labels"
         )
+    from vox2vox.hdf5 import file_of
+
     for case_id, path in cases.items():
-        if not path.exists():
+        if not file_of(path).exists():  # ``labels.h5:seg`` lives in ``labels.h5``
             raise Vox2VoxError(f"{path}: label file of case {case_id} not found; check the dataset")
     try:
         convention = spec.label_convention()
