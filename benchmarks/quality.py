@@ -287,7 +287,7 @@ def load_trained(method: str, fold_dir: Path) -> torch.nn.Module:
 
         meta = json.loads((fold_dir / "unet.json").read_text())
         model = SoftmaxUNet(int(meta["width"]))
-        model.net.load_state_dict(load_file(str(fold_dir / "unet.safetensors")))
+        model.load_state_dict(load_file(str(fold_dir / "unet.safetensors")))
         return model.eval()
     return load_model(fold_dir / "checkpoints" / "last.safetensors").generator
 
