@@ -410,7 +410,7 @@ def test_bad_manifest(tmp_path, capsys, model, problem, command):
 
 # ---- configuration --------------------------------------------------------------------------------
 CONFIG_PROBLEMS = {
-    "unknown-key": ({"train": {"epochz": 3}}, "'epochz'"),
+    "unknown-key": ({"train": {"epochz": 3}}, "'train.epochz'"),
     "unknown-section": ({"trainer": {"epochs": 3}}, "'trainer'"),
     "wrong-type": ({"train": {"epochs": "many"}}, "train.epochs='many': expected an integer"),
     "bool-for-int": ({"train": {"batch_size": True}}, "train.batch_size=True"),
