@@ -200,3 +200,7 @@ def test_train_takes_label_name_and_channels_from_config(tmp_path):
     saved = json.loads((run / "config.json").read_text())
     assert saved["data"]["label_name"] == "tumour_seg" and saved["data"]["channels"] == ["T2"]
     assert saved["generator"]["in_channels"] == 1  # one channel chosen of the two found
+    # predict picks the same channel (by name) and the same label file out of the same folders.
+    assert main(["predict", "--model", str(run), "--input", str(root), "--output", str(tmp_path / "pred"),
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == len([p for p in root.iterdir() if p.is_dir()])

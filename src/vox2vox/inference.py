@@ -326,6 +326,26 @@ class PredictionReport:
     probabilities: dict[str, Path] = dataclasses.field(default_factory=dict)
 
 
+def _discover_like_training(model: LoadedModel, input_path: str | Path, layout: str) -> Any:
+    """Find the cases to predict, choosing channels (and a case-folder label) as in training."""
+    from vox2vox.datasets import discover
+
+    label_name = model.config.data.label_name
+    try:
+        # A 'folders' dataset may need the label name training used to tell label from channels.
+        spec = discover(input_path, layout=layout, label_name=label_name) if label_name else None
+    except Vox2VoxError:
+        spec = None
+    if spec is None:
+        spec = discover(input_path, layout=layout)
+    trained = tuple(model.channels or ())
+    if trained and set(trained) <= set(spec.channel_names) and trained != spec.channel_names:
+        # The training channels by name, when the input orders them differently or has extras.
+        spec = discover(input_path, layout=layout, channel_names=trained,
+                        **({"label_name": label_name} if spec.layout == "folders" and label_name else {}))
+    return spec
+
+
 def predict_dataset(
     models: Sequence[LoadedModel],
     input_path: str | Path,
@@ -362,7 +382,7 @@ def predict_dataset(
 
     from tqdm import tqdm
 
-    from vox2vox.datasets import CaseFiles, discover, load_case
+    from vox2vox.datasets import CaseFiles, load_case
     from vox2vox.labels import get_convention
 
     if not models:
@@ -386,7 +406,7 @@ def predict_dataset(
             "state={'convention': ..., 'channels': [...]} as training does"
         )
     convention = get_convention(first.state["convention"])
-    spec = discover(input_path, layout=layout)
+    spec = _discover_like_training(first, input_path, layout)
     n_in = first.config.generator.in_channels
     if len(spec.channel_names) != n_in:
         raise Vox2VoxError(
