@@ -20,7 +20,9 @@ scored per source); the sarcoma CTs are another. The task is binary (tumour vs r
 2018 cases carry only whole-tumour masks.
 
 Budget: ``--minutes`` is the training wall time of one method over all folds (``minutes / folds``
-per fold); loading, prediction and scoring come on top and are recorded. The Vox2Vox runs stop
+per fold); loading, prediction and scoring come on top and are recorded. On a shared machine
+equal wall time is not equal compute: ``--max-steps N`` also stops every fold after N optimisation
+steps (Vox2Vox rounds up to whole epochs), so methods can be compared at equal work. The Vox2Vox runs stop
 at the deadline as on Ctrl-C (``fit`` finishes the current step and saves ``last``); the last
 weights are scored (no checkpoint selection on held-out cases, which would leak).
 
@@ -166,18 +168,22 @@ class Settings:
     batch: int
     lr_unet: float
     seed: int
+    max_steps: int | None = None  # per fold; None: the deadline alone stops training
 
 
-def vox2vox_config(study: Study, settings: Settings, *, adversarial: bool) -> Config:
+def vox2vox_config(study: Study, settings: Settings, *, adversarial: bool, n_train: int = 1) -> Config:
     w = settings.width
+    epochs = 100000
+    if settings.max_steps is not None:  # fit runs whole epochs of ceil(n_train / batch) steps
+        epochs = max(1, -(-settings.max_steps // -(-n_train // settings.batch)))
     nets = {"in_channels": 1, "n_classes": 2, "base_filters": w, "max_filters": 8 * w}
     return Config.from_dict({
         "preprocess": study.preprocess.to_json(),
         "generator": nets,
         "discriminator": nets,
         "loss": {"adversarial": adversarial},
-        # Epochs are effectively unbounded: the deadline stops the run.
-        "train": {"epochs": 100000, "batch_size": settings.batch, "patch_size": list(study.patch),
+        # Epochs are effectively unbounded unless --max-steps: the deadline stops the run.
+        "train": {"epochs": epochs, "batch_size": settings.batch, "patch_size": list(study.patch),
                   "checkpoint_every": 100000, "seed": settings.seed, "device": "cpu", "amp": "off"},
     })
 
@@ -204,7 +210,7 @@ class Deadline:
 
 def train_vox2vox(study: Study, settings: Settings, cases: list[Any], run_dir: Path, seconds: float,
                   *, adversarial: bool, convention: Any) -> dict[str, Any]:
-    config = vox2vox_config(study, settings, adversarial=adversarial)
+    config = vox2vox_config(study, settings, adversarial=adversarial, n_train=len(cases))
     extra = {"channels": [study.channel], "layout": "manifest", "convention": convention.to_json()}
     t0 = time.perf_counter()
     try:
@@ -252,12 +258,13 @@ def train_unet(study: Study, settings: Settings, cases: list[Any], run_dir: Path
     deadline.start = time.perf_counter()
     steps = epoch = 0
     losses: list[float] = []
-    while not deadline.passed():
+    limit = settings.max_steps if settings.max_steps is not None else float("inf")
+    while not deadline.passed() and steps < limit:
         data = PatchDataset(train, patch_size=study.patch, seed=settings.seed, epoch=epoch, patches_per_case=1,
                             sample_patch=sample_patch, augment=augment, foreground_prob=0.5)
         order = list(range(len(data)))
         for i in range(0, len(order), settings.batch):
-            if deadline.passed():
+            if deadline.passed() or steps >= limit:
                 break
             items = [data[j] for j in order[i:i + settings.batch]]
             image = torch.stack([x for x, _ in items])
@@ -338,7 +345,8 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     study = make_study(study_name, out / "cache", args.patch)
     convention = tumour_convention(study.region)
     spec = discover(manifest)
-    settings = Settings(width=args.width, batch=args.batch, lr_unet=args.lr_unet, seed=args.seed)
+    settings = Settings(width=args.width, batch=args.batch, lr_unet=args.lr_unet, seed=args.seed,
+                        max_steps=args.max_steps)
 
     t0 = time.perf_counter()
     cases = {c.case_id: load_case(c, convention=convention, prep=study.preprocess) for c in spec.cases}
@@ -352,7 +360,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         "study": study_name, "method": args.method, "machine": machine(), "command": sys.argv,
         "settings": {"width": settings.width, "batch": settings.batch, "patch": list(study.patch),
                      "preprocess": study.preprocess.to_json(), "region": study.region,
-                     "lr_unet": settings.lr_unet, "seed": settings.seed,
+                     "lr_unet": settings.lr_unet, "seed": settings.seed, "max_steps": settings.max_steps,
                      "minutes_total": args.minutes, "seconds_per_fold": seconds, "folds": args.folds},
         "shapes_preprocessed": {cid: list(c.image.shape[1:]) for cid, c in cases.items()},
         "load_seconds": load_seconds, "folds": [], "per_case": {},
@@ -428,6 +436,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--lr-unet", type=float, default=1e-3, help="Adam learning rate of the MONAI U-Net")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="also stop each fold after this many optimisation steps (equal work per method "
+                        "on a shared machine, where equal wall time is not equal compute)")
     p.add_argument("--evaluate-only", metavar="MODEL_DIR", help="score saved models (OUT/<method>) on --data")
     return p.parse_args(argv)
 
