@@ -7,13 +7,18 @@ and the problem; ``--debug`` adds the traceback), 1 for an internal error, 130 o
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vox2vox import __version__
 from vox2vox.errors import Vox2VoxError
+
+if TYPE_CHECKING:
+    from vox2vox.config import Config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,26 +176,32 @@ def _dataset(args: argparse.Namespace) -> int:
     return 2
 
 
-def _train(args: argparse.Namespace) -> int:
+def _config_from_args(args: argparse.Namespace, *, saved: Path | None = None) -> Config:
+    """``--config`` (else ``saved``, else defaults) with ``--set``, ``--data`` and ``--device`` applied."""
     from vox2vox.config import Config, load_config
-    from vox2vox.training import train_on_dataset
 
-    out = Path(args.out) if args.out else None
-    if args.config:
+    if getattr(args, "config", None):
         try:
             config = load_config(args.config)
         except Vox2VoxError as err:  # a value check names the key; the user also needs the file
             raise err if str(err).startswith(str(args.config)) else Vox2VoxError(f"{args.config}: {err}") from err
-    elif args.resume and out is not None and (out / "config.json").is_file():
-        config = load_config(out / "config.json")
+    elif saved is not None and saved.is_file():
+        config = load_config(saved)
     else:
         config = Config()
     overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={_json_str(args.data)}")
-    if args.device:
-        overrides.append(f"train.device={_json_str(args.device)}")
-    config = config.with_overrides(overrides)
+    if getattr(args, "data", None):
+        overrides.append(f"data.path={json.dumps(args.data)}")
+    if getattr(args, "device", None):
+        overrides.append(f"train.device={json.dumps(args.device)}")
+    return config.with_overrides(overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vox2vox.training import train_on_dataset
+
+    out = Path(args.out) if args.out else None
+    config = _config_from_args(args, saved=out / "config.json" if args.resume and out is not None else None)
     if not config.data.path:
         raise Vox2VoxError("train: no data; pass --data PATH")
     if out is None:
@@ -259,16 +270,9 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _cv(args: argparse.Namespace) -> int:
-    from vox2vox.config import Config, load_config
     from vox2vox.crossval import run_cross_validation
 
-    config = load_config(args.config) if args.config else Config()
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={_json_str(args.data)}")
-    if args.device:
-        overrides.append(f"train.device={_json_str(args.device)}")
-    config = config.with_overrides(overrides)
+    config = _config_from_args(args)
     results = run_cross_validation(config, args.out, folds=args.folds, fold=args.fold, resume=args.resume)
     for i, result in results.items():
         best = f"{result.best_score:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else "n/a"
@@ -278,19 +282,11 @@ def _cv(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from vox2vox.config import Config, load_config
     from vox2vox.planning import estimate_memory
 
-    config = load_config(args.config) if args.config else Config()
-    config = config.with_overrides(list(args.overrides))
+    config = _config_from_args(args)
     print(estimate_memory(config, world_size=args.world_size, amp=args.amp).format())
     return 0
-
-
-def _json_str(value: str) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 _COMMANDS = {
