@@ -93,7 +93,8 @@ class LabelConvention:
                     f"{where}label map has non-integer values; it looks like an image, not a "
                     f"label map (convention {self.name!r})"
                 )
-            label = rounded.astype(np.int64)
+            # Values beyond int64 cannot be cast; they are unknown labels anyway (clip for the report).
+            label = np.clip(rounded, -1, np.iinfo(np.int32).max).astype(np.int64)
         elif label.dtype.kind not in "iub":
             raise Vox2VoxError(f"{where}label map has dtype {label.dtype}; expected integers")
         label = label.astype(np.int64, copy=False)
