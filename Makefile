@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The demo's folder is its own output: a rerun replaces it.
 demo: $(STAMP)
+	rm -rf vox2vox-demo
 	$(BIN)/vox2vox demo --out vox2vox-demo
 
+# Debian packages some tests need (headless Chromium, OpenGL for off-screen 3D renders).
 test: $(STAMP)
+	bash .ci/system-deps
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
