@@ -118,10 +118,12 @@ def test_safetensors_with_foreign_metadata_are_refused(tmp_path, metadata, words
 
 @pytest.mark.parametrize(
     "case_id",
-    ["../../escaped", "../escaped", "sub/escaped", "/tmp/escaped-abs", "..", ".hidden", "a\\b", "tab\there"],
+    ["../../escaped", "../escaped", "sub/escaped", "{tmp}/escaped-abs", "..", ".hidden", "a\\b", "tab\there"],
 )
 @pytest.mark.parametrize("command", ["predict", "train", "dataset", "evaluate"])
 def test_case_ids_that_are_not_file_names_are_refused(tmp_path, capsys, case_id, command):
+    # An absolute id points into this test's own folder, so a failure cannot touch anything else.
+    case_id = case_id.replace("{tmp}", str(tmp_path))
     work = tmp_path / "deep" / "er"
     manifest = make_manifest(work / "data")
     manifest.write_text(manifest.read_text().replace("case_000,", f'"{case_id}",'))
@@ -138,7 +140,7 @@ def test_case_ids_that_are_not_file_names_are_refused(tmp_path, capsys, case_id,
     assert "cannot be used as a file name" in line
     after = sorted(p for p in tmp_path.rglob("*") if p != tmp_path / "m.safetensors")
     assert after == before  # nothing written anywhere (inside or outside the output folder)
-    assert not Path("/tmp/escaped-abs.nii.gz").exists()
+    assert not (tmp_path / "escaped-abs.nii.gz").exists()
 
 
 def test_manifest_paths_through_dotdot_and_symlinks_are_read_but_never_written(tmp_path, capsys):
