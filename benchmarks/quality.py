@@ -169,6 +169,7 @@ class Settings:
     lr_unet: float
     seed: int
     max_steps: int | None = None  # per fold; None: the deadline alone stops training
+    overrides: tuple[str, ...] = ()  # --set section.key=value for the Vox2Vox / Dice-only config
 
 
 def vox2vox_config(study: Study, settings: Settings, *, adversarial: bool, n_train: int = 1) -> Config:
@@ -185,7 +186,7 @@ def vox2vox_config(study: Study, settings: Settings, *, adversarial: bool, n_tra
         # Epochs are effectively unbounded unless --max-steps: the deadline stops the run.
         "train": {"epochs": epochs, "batch_size": settings.batch, "patch_size": list(study.patch),
                   "checkpoint_every": 100000, "seed": settings.seed, "device": "cpu", "amp": "off"},
-    })
+    }).with_overrides(list(settings.overrides))
 
 
 class Deadline:
@@ -346,7 +347,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     convention = tumour_convention(study.region)
     spec = discover(manifest)
     settings = Settings(width=args.width, batch=args.batch, lr_unet=args.lr_unet, seed=args.seed,
-                        max_steps=args.max_steps)
+                        max_steps=args.max_steps, overrides=tuple(args.overrides))
 
     t0 = time.perf_counter()
     cases = {c.case_id: load_case(c, convention=convention, prep=study.preprocess) for c in spec.cases}
@@ -361,6 +362,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"width": settings.width, "batch": settings.batch, "patch": list(study.patch),
                      "preprocess": study.preprocess.to_json(), "region": study.region,
                      "lr_unet": settings.lr_unet, "seed": settings.seed, "max_steps": settings.max_steps,
+                     "overrides": list(settings.overrides),
                      "minutes_total": args.minutes, "seconds_per_fold": seconds, "folds": args.folds},
         "shapes_preprocessed": {cid: list(c.image.shape[1:]) for cid, c in cases.items()},
         "load_seconds": load_seconds, "folds": [], "per_case": {},
@@ -436,6 +438,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--lr-unet", type=float, default=1e-3, help="Adam learning rate of the MONAI U-Net")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the Vox2Vox/Dice-only config, e.g. --set optim.lr_g=0.001")
     p.add_argument("--max-steps", type=int, default=None,
                    help="also stop each fold after this many optimisation steps (equal work per method "
                         "on a shared machine, where equal wall time is not equal compute)")
