@@ -143,15 +143,16 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
             real_scores = D(image, target)
             fake_scores = D(image, fake.detach())
         loss_d = lsgan_discriminator_loss(real_scores, fake_scores)
-        accuracy = _global_mean(discriminator_accuracy(real_scores.detach(), fake_scores.detach()))
+        accuracy = distributed.mean_over_ranks(
+            {"d_acc": discriminator_accuracy(real_scores.detach(), fake_scores.detach()).item()})["d_acc"]
         # The accuracy gate (a 3D-GAN balancing trick) is decided on the all-reduced accuracy so
         # every rank takes the same branch under DDP.
-        update_d = gate is None or accuracy.item() <= gate
+        update_d = gate is None or accuracy <= gate
         if update_d:
             state.opt_d.zero_grad(set_to_none=True)
             state.scaler.scale(loss_d).backward()
             state.scaler.step(state.opt_d)
-        out.update(loss_d=loss_d.item(), d_acc=accuracy.item(), d_updated=float(update_d))
+        out.update(loss_d=loss_d.item(), d_acc=accuracy, d_updated=float(update_d))
 
     # 3. Generator half-step with D frozen: adversarial term + lambda * generalized Dice.
     # The GDL is a ratio of sums over the whole (global) batch: under DDP its sums span all ranks.
@@ -182,14 +183,6 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The bare network inside a DistributedDataParallel wrapper (G's half-step needs no D sync)."""
     return module.module if hasattr(module, "module") else module
-
-
-def _global_mean(value: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-        value /= torch.distributed.get_world_size()
-    return value
 
 
 # ---- the data the loop sees ---------------------------------------------------------------------

@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from vox2vox.errors import Vox2VoxError
-from vox2vox.networks.generator import Conv3d, NormKind, init_he_normal, make_norm
+from vox2vox.networks.generator import (
+    Conv3d,
+    NormKind,
+    check_positive_ints,
+    init_he_normal,
+    make_norm,
+)
 
 
 @dataclass(frozen=True)
@@ -38,10 +44,8 @@ class DiscriminatorConfig:
     norm_eps: float = 1e-3
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "n_classes", "base_filters", "max_filters", "n_strided", "kernel_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise Vox2VoxError(f"discriminator.{name}={value!r}: must be a positive integer")
+        check_positive_ints(self, "discriminator", "in_channels", "n_classes", "base_filters", "max_filters",
+                            "n_strided", "kernel_size")
         if not 0.0 <= self.dropout < 1.0:
             raise Vox2VoxError(f"discriminator.dropout={self.dropout}: must be in [0, 1)")
 

@@ -41,7 +41,7 @@ class GeneratorConfig:
     norm_eps: float = 1e-3
 
     def __post_init__(self) -> None:
-        _check_positive(self, "in_channels", "n_classes", "base_filters", "max_filters", "kernel_size")
+        check_positive_ints(self, "generator", "in_channels", "n_classes", "base_filters", "max_filters", "kernel_size")
         if not 2 <= self.depth <= 7:
             raise Vox2VoxError(f"generator.depth={self.depth}: must be between 2 and 7")
         if self.bottleneck_blocks < 0:
@@ -62,11 +62,12 @@ class GeneratorConfig:
         return [min(self.base_filters * 2**i, self.max_filters) for i in range(self.depth)]
 
 
-def _check_positive(cfg: object, *names: str) -> None:
+def check_positive_ints(cfg: object, section: str, *names: str) -> None:
+    """Raise a config error naming ``section.name`` for any field that is not a positive integer."""
     for name in names:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise Vox2VoxError(f"generator.{name}={value!r}: must be a positive integer")
+            raise Vox2VoxError(f"{section}.{name}={value!r}: must be a positive integer")
 
 
 def make_norm(kind: NormKind, channels: int, eps: float) -> nn.Module:
