@@ -15,6 +15,10 @@ For one configuration (patch size, width, memory format) this prints one JSON li
   runs every configuration in its own process;
 - the 1-minute load average before and after (the CPU may be shared).
 
+``--malloc default`` leaves glibc's allocator as it is; the default, ``tuned``, first calls
+``vox2vox.device.tune_cpu_allocator`` as ``fit`` and prediction do (freed activation memory is
+reused instead of being unmapped and page-faulted back every step).
+
 ``--format channels_last`` converts both networks and the input batch to
 ``torch.channels_last_3d`` from outside the library (a layout experiment); ``--format default``
 uses the library as it is.
@@ -40,6 +44,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vox2vox.config import Config
+from vox2vox.device import tune_cpu_allocator
 from vox2vox.losses import generalized_dice_loss, one_hot
 from vox2vox.networks.generator import count_parameters
 from vox2vox.training import build_state, train_step
@@ -89,6 +94,8 @@ def timed(fn, steps: int) -> tuple[list[float], list[float], float]:
 
 
 def run_one(args: argparse.Namespace) -> dict:
+    # "tuned": what fit() and predict do (vox2vox.device.tune_cpu_allocator); "default": glibc as is.
+    allocator_tuned = tune_cpu_allocator() if args.malloc == "tuned" else False
     torch.manual_seed(0)
     config = make_config(args.size, args.width)
     state = build_state(config, device=torch.device("cpu"))
@@ -102,6 +109,7 @@ def run_one(args: argparse.Namespace) -> dict:
         image = image.contiguous(memory_format=fmt)
     load_before = os.getloadavg()[0]
     result = {"size": args.size, "width": args.width, "format": args.format, "threads": torch.get_num_threads(),
+              "malloc": args.malloc, "allocator_tuned": allocator_tuned,
               "params_g_m": count_parameters(state.generator) / 1e6,
               "params_d_m": count_parameters(state.discriminator) / 1e6}
 
@@ -138,6 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=64, help="base filters of G and D (paper: 64)")
     p.add_argument("--format", choices=["default", "channels_last"], default="default")
     p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                   help="tuned: keep freed memory in the process as training does; default: glibc as is")
     p.add_argument("--skip-step", action="store_true", help="time only the generator's forward+backward")
     p.add_argument("--skip-generator", action="store_true", help="time only the whole train step")
     p.add_argument("--matrix", action="store_true", help="every --sizes x format, each in its own process")
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes:
         for fmt in args.formats:
             cmd = [sys.executable, __file__, "--size", str(size), "--width", str(args.width), "--format", fmt,
-                   "--steps", str(args.steps)]
+                   "--steps", str(args.steps), "--malloc", args.malloc]
             cmd += ["--skip-step"] if args.skip_step else []
             cmd += ["--skip-generator"] if args.skip_generator else []
             subprocess.run(cmd, check=False)

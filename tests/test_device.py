@@ -80,3 +80,45 @@ def test_autocast_bf16_on_cpu_lowers_matmul_precision():
 def test_grad_scaler_only_for_fp16():
     assert not make_grad_scaler(torch.device("cpu"), "off").is_enabled()
     assert not make_grad_scaler(torch.device("cpu"), "bf16").is_enabled()
+
+
+def _allocator_probe(env_value: str | None) -> list[str]:
+    """In a fresh process: whether tuning applied (twice), and the page faults of re-allocating
+    and filling 256 MB just freed (a reused block faults nothing; a fresh mapping faults it all)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "VOX2VOX_MALLOC"}
+    if env_value is not None:
+        env["VOX2VOX_MALLOC"] = env_value
+    code = (
+        "import resource, torch\n"
+        "from vox2vox.device import tune_cpu_allocator as t\n"
+        "a = t()\n"
+        "x = torch.ones(64, 2**20); del x\n"
+        "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "y = torch.zeros(60, 2**20)  # a little smaller: fits the freed block whatever its alignment\n"
+        "faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0\n"
+        "print(a, t(), float(y.sum()), faults)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+pages_256mb = 256 * 2**20 // 4096
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_tuned_allocator_reuses_freed_memory_instead_of_faulting_it_back():
+    applied, again, total, faults = _allocator_probe(None)
+    assert applied == again == "True"
+    assert total == "0.0"  # a reused block is not kernel-zeroed: torch.zeros must still zero it
+    assert int(faults) < pages_256mb // 10
+
+
+def test_allocator_tuning_can_be_switched_off():
+    applied, again, total, faults = _allocator_probe("default")
+    assert applied == again == "False" and total == "0.0"
+    if __import__("platform").libc_ver()[0] == "glibc":
+        assert int(faults) > pages_256mb // 2  # glibc unmapped the block; the new one faults in

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import platform
 from typing import Literal
 
 import torch
@@ -48,3 +51,36 @@ def autocast(device: torch.device, amp: AmpDtype) -> contextlib.AbstractContextM
 def make_grad_scaler(device: torch.device, amp: AmpDtype) -> torch.amp.GradScaler:
     """fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (scaler disabled)."""
     return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
+
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_allocator_tuned: bool | None = None
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed host memory in the process instead of handing it back to the OS (glibc only).
+
+    glibc serves every large request (the activations and weight gradients of a 3D network are
+    tens to hundreds of MB) with a fresh ``mmap`` and gives it back with ``munmap`` on free, so each
+    training step page-faults and zero-fills the same gigabytes again: on the paper-size generator
+    at 64^3 that kernel time was a third of the step (benchmarks/RESULTS.md, "allocator"). With
+    ``mmap`` off and trimming off, freed blocks are reused; the cost is that the process keeps its
+    peak heap (RSS ~20% higher at the end of a step). Called by training, prediction and the CLI;
+    idempotent; a no-op off glibc or when ``VOX2VOX_MALLOC=default``. Returns whether it applied.
+    """
+    global _allocator_tuned
+    if _allocator_tuned is not None:
+        return _allocator_tuned
+    _allocator_tuned = False
+    if os.environ.get("VOX2VOX_MALLOC", "").lower() == "default" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success; the trim threshold is an int, so "never" is INT_MAX bytes.
+    _allocator_tuned = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _allocator_tuned

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from vox2vox.checkpoint import load_checkpoint, resolve_checkpoint
 from vox2vox.config import Config
-from vox2vox.device import AmpDtype, autocast
+from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.networks.generator import Generator
 from vox2vox.postprocessing import PostprocessConfig, check_postprocess
@@ -141,6 +141,7 @@ def predict_probabilities(
     if x.ndim != 4:
         raise Vox2VoxError(f"image must be (C, D, H, W); got shape {tuple(x.shape)}")
     x = x.unsqueeze(0).to(device)
+    tune_cpu_allocator()
     flips = FLIP_AXES if config.tta_flips else FLIP_AXES[:1]
     total: torch.Tensor | None = None
     for model in models:
