@@ -16,8 +16,10 @@ script recognises the file names of each source and writes a manifest into ``--o
 - ``ct-sarcoma``: ``CT_image.nii.gz`` (HU) + ``CT_mask.nii.gz`` (tumour 0/1).
 
 All BraTS sources are one study (input FLAIR, target whole tumour; both sources are pooled and
-scored per source); the sarcoma CTs are another. The task is binary (tumour vs rest) because the
-2018 cases carry only whole-tumour masks.
+scored per source); the sarcoma CTs are another. The default task is binary (tumour vs rest)
+because the 2018 cases carry only whole-tumour masks. ``--task brats-regions`` is the BraTS task
+where the labels allow it (``brats2015-deepmedic`` only): FLAIR + T1c in, the four BraTS classes
+out (2015 label 3 folded into 1), scored on WT, TC and ET.
 
 Budget: ``--minutes`` is the training wall time of one method over all folds (``minutes / folds``
 per fold); loading, prediction and scoring come on top and are recorded. On a shared machine
@@ -30,6 +32,8 @@ Commands::
 
     python benchmarks/quality.py --data ../shared/data/brats2018-deepvoxnet2 \\
         --data ../shared/data/brats2015-deepmedic --minutes 8 --folds 2 --method vox2vox --out OUT
+    python benchmarks/quality.py --data ../shared/data/brats2015-deepmedic --task brats-regions \\
+        --minutes 8 --folds 2 --method vox2vox --out OUT3
     python benchmarks/quality.py --evaluate-only OUT/vox2vox --data OTHER_FOLDER --out OUT2
 """
 
@@ -77,12 +81,14 @@ class Source:
     image: str
     label: str
     mask: str | None = None
+    t1c: str | None = None  # the contrast-enhanced T1, where the source has it (regions task)
+    multiclass: bool = False  # labels carry the BraTS tumour sub-regions, not only the whole tumour
 
 
 SOURCES = (
     Source("brats2018-deepvoxnet2", "brats", "FLAIR.nii.gz", "GT_W.nii.gz"),
     Source("brats2015-deepmedic", "brats", "Flair_subtrMeanDivStd.nii.gz", "OTMultiClass.nii.gz",
-           "brainmask.nii.gz"),
+           "brainmask.nii.gz", t1c="T1c_subtrMeanDivStd.nii.gz", multiclass=True),
     Source("ct-sarcoma", "ct", "CT_image.nii.gz", "CT_mask.nii.gz"),
 )
 
@@ -92,13 +98,17 @@ class Study:
     """Per-study choices (recorded in the results): channel, labels, preprocessing, patch."""
 
     name: str
-    channel: str
-    region: str
+    channels: tuple[str, ...]
+    convention: Any  # vox2vox.labels.LabelConvention; its regions are what is scored
     preprocess: PreprocessConfig
     patch: tuple[int, int, int]
 
+    @property
+    def regions(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.convention.regions)
 
-def make_study(name: str, cache_dir: Path, patch: int = 48) -> Study:
+
+def make_study(name: str, cache_dir: Path, patch: int = 48, task: str = "tumour") -> Study:
     # Both studies resample to 2 mm isotropic: BraTS brains (about 140x170x140 mm after the
     # foreground crop) become about 70x85x70 voxels, so one 48^3 patch (the default) sees about a third of a hemisphere
     # and a whole volume is one cheap forward pass. The sarcoma CTs (0.98 x 0.98 x 3.27 mm) become
@@ -106,13 +116,16 @@ def make_study(name: str, cache_dir: Path, patch: int = 48) -> Study:
     spacing = (2.0, 2.0, 2.0)
     if name == "brats":
         prep = PreprocessConfig(normalize="zscore-nonzero", target_spacing=spacing, cache_dir=str(cache_dir))
-        return Study("brats", "flair", "WT", prep, (patch,) * 3)
+        if task == "brats-regions":
+            # Enhancing tumour is defined on the contrast-enhanced T1: it needs that channel.
+            return Study("brats", ("flair", "t1c"), get_convention("brats2015"), prep, (patch,) * 3)
+        return Study("brats", ("flair",), tumour_convention("WT"), prep, (patch,) * 3)
     # Soft-tissue window [-200, 300] HU: sarcomas (about 20-60 HU, enhancing parts higher) sit
     # between fat (-100) and bone; a [-1000, 1000] window would spend most of the [0, 1] range on
     # air and bone, which carry no tumour contrast. Scaled linearly to [0, 1].
     prep = PreprocessConfig(normalize="ct-window", ct_window=(-200.0, 300.0), target_spacing=spacing,
                             cache_dir=str(cache_dir))
-    return Study("ct", "ct", "tumour", prep, (patch,) * 3)
+    return Study("ct", ("ct",), tumour_convention("tumour"), prep, (patch,) * 3)
 
 
 def tumour_convention(region: str) -> Any:
@@ -121,8 +134,11 @@ def tumour_convention(region: str) -> Any:
                            "extra_map": {"2": 1, "3": 1, "4": 1}, "regions": {region: [1]}})
 
 
-def build_manifest(data: list[str], out: Path) -> tuple[Path, str, dict[str, str]]:
+def build_manifest(data: list[str], out: Path, task: str = "tumour") -> tuple[Path, str, dict[str, str]]:
     """Write ``out/manifest.csv`` for the case folders under each ``data`` path.
+
+    ``task="brats-regions"`` takes FLAIR and T1c from sources whose labels hold the sub-regions
+    and refuses any other source.
 
     Returns the manifest, the study name, and case id -> source name. Case ids are
     ``<source>__<folder>`` so that cases of different sources never collide.
@@ -139,8 +155,14 @@ def build_manifest(data: list[str], out: Path) -> tuple[Path, str, dict[str, str
                 continue
             studies.add(source.study)
             case_id = f"{source.name}__{folder.name}"
-            channel = "flair" if source.study == "brats" else "ct"
-            rows.append((case_id, {channel: folder / source.image}, folder / source.label))
+            if task == "brats-regions":
+                if not (source.multiclass and source.t1c):
+                    raise Vox2VoxError(f"{folder}: {source.name} labels carry only the whole tumour; "
+                                       "--task brats-regions needs sub-region labels and a T1c image")
+                channels = {"flair": folder / source.image, "t1c": folder / source.t1c}
+            else:
+                channels = {"flair" if source.study == "brats" else "ct": folder / source.image}
+            rows.append((case_id, channels, folder / source.label))
             if source.mask:
                 masks[case_id] = folder / source.mask
             source_of[case_id] = source.name
@@ -177,7 +199,8 @@ def vox2vox_config(study: Study, settings: Settings, *, adversarial: bool, n_tra
     epochs = 100000
     if settings.max_steps is not None:  # fit runs whole epochs of ceil(n_train / batch) steps
         epochs = max(1, -(-settings.max_steps // -(-n_train // settings.batch)))
-    nets = {"in_channels": 1, "n_classes": 2, "base_filters": w, "max_filters": 8 * w}
+    nets = {"in_channels": len(study.channels), "n_classes": study.convention.n_classes, "base_filters": w,
+            "max_filters": 8 * w}
     return Config.from_dict({
         "preprocess": study.preprocess.to_json(),
         "generator": nets,
@@ -212,7 +235,7 @@ class Deadline:
 def train_vox2vox(study: Study, settings: Settings, cases: list[Any], run_dir: Path, seconds: float,
                   *, adversarial: bool, convention: Any) -> dict[str, Any]:
     config = vox2vox_config(study, settings, adversarial=adversarial, n_train=len(cases))
-    extra = {"channels": [study.channel], "layout": "manifest", "convention": convention.to_json()}
+    extra = {"channels": list(study.channels), "layout": "manifest", "convention": convention.to_json()}
     t0 = time.perf_counter()
     try:
         with Deadline(seconds):
@@ -231,11 +254,11 @@ def train_vox2vox(study: Study, settings: Settings, cases: list[Any], run_dir: P
 class SoftmaxUNet(torch.nn.Module):
     """A MONAI U-Net whose forward returns probabilities, as ``predict_probabilities`` expects."""
 
-    def __init__(self, width: int, *, size_multiple: int = 16) -> None:
+    def __init__(self, width: int, *, in_channels: int = 1, n_classes: int = 2, size_multiple: int = 16) -> None:
         super().__init__()
         from monai.networks.nets import UNet
 
-        self.net = UNet(spatial_dims=3, in_channels=1, out_channels=2,
+        self.net = UNet(spatial_dims=3, in_channels=in_channels, out_channels=n_classes,
                         channels=tuple(width * 2**i for i in range(5)), strides=(2, 2, 2, 2),
                         num_res_units=2, norm="instance")
         self.config = argparse.Namespace(size_multiple=size_multiple)
@@ -250,7 +273,7 @@ def train_unet(study: Study, settings: Settings, cases: list[Any], run_dir: Path
     from monai.losses import DiceCELoss
 
     torch.manual_seed(settings.seed)
-    model = SoftmaxUNet(settings.width)
+    model = SoftmaxUNet(settings.width, in_channels=len(study.channels), n_classes=study.convention.n_classes)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr_unet)
     augment = Augmenter(Config().augment)
@@ -282,7 +305,9 @@ def train_unet(study: Study, settings: Settings, cases: list[Any], run_dir: Path
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(run_dir / "unet.safetensors"))
-    atomic_write_text(run_dir / "unet.json", json.dumps({"width": settings.width, "steps": steps}) + "\n")
+    atomic_write_text(run_dir / "unet.json", json.dumps({
+        "width": settings.width, "in_channels": len(study.channels), "n_classes": study.convention.n_classes,
+        "steps": steps}) + "\n")
     return {"model": model, "checkpoint": str(run_dir / "unet.safetensors"),
             "train_seconds": time.perf_counter() - deadline.start, "steps": steps, "epochs": epoch,
             "final_loss_mean_last10": float(np.mean(losses[-10:])) if losses else None,
@@ -294,35 +319,49 @@ def load_trained(method: str, fold_dir: Path) -> torch.nn.Module:
         from safetensors.torch import load_file
 
         meta = json.loads((fold_dir / "unet.json").read_text())
-        model = SoftmaxUNet(int(meta["width"]))
+        model = SoftmaxUNet(int(meta["width"]), in_channels=int(meta.get("in_channels", 1)),
+                            n_classes=int(meta.get("n_classes", 2)))
         model.load_state_dict(load_file(str(fold_dir / "unet.safetensors")))
         return model.eval()
     return load_model(fold_dir / "checkpoints" / "last.safetensors").generator
 
 
 # ---- scoring ---------------------------------------------------------------------------------------
-def score(models: list[torch.nn.Module], case: Any, files: Any, convention: Any, region: str) -> dict[str, float]:
-    """Dice and HD95 (mm) of the (ensemble) prediction on the case's original grid."""
+def score(models: list[torch.nn.Module], case: Any, files: Any, study: Study) -> dict[str, dict[str, float]]:
+    """Per region: Dice and HD95 (mm) of the (ensemble) prediction on the case's original grid."""
     probs = predict_probabilities(models, case.image, config=InferenceConfig(mode="whole"))
-    pred = undo_preprocessing(probs.argmax(0), case.record, order=0) > 0
+    pred = study.convention.to_source(undo_preprocessing(probs.argmax(0), case.record, order=0))
     _, raw_label, geometry = read_case(files)
-    truth = convention.to_classes(raw_label) > 0
-    return {"dice": dice(pred, truth), "hd95": hd95(pred, truth, spacing=geometry.spacing),
-            "vol_true_voxels": int(truth.sum()), "vol_pred_voxels": int(pred.sum())}
+    truth = study.convention.to_source(study.convention.to_classes(raw_label))
+    out = {}
+    for region, values in study.regions.items():
+        p, t = np.isin(pred, values), np.isin(truth, values)
+        out[region] = {"dice": dice(p, t), "hd95": hd95(p, t, spacing=geometry.spacing),
+                       "vol_true_voxels": int(t.sum()), "vol_pred_voxels": int(p.sum())}
+    return out
 
 
-def summarise(per_case: dict[str, dict[str, float]], source_of: dict[str, str]) -> dict[str, Any]:
+def summarise(per_case: dict[str, dict[str, dict[str, float]]], source_of: dict[str, str]) -> dict[str, Any]:
+    """``{group: {region: {metric: {mean, std, median, n}}}}``; groups: all cases, then each source."""
     out: dict[str, Any] = {}
     groups = {"all": list(per_case)}
     for cid in per_case:
         groups.setdefault(source_of.get(cid, "?"), []).append(cid)
     for name, ids in groups.items():
         out[name] = {}
-        for metric in ("dice", "hd95"):
-            values = [per_case[c][metric] for c in ids]
-            out[name][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
-                                 "median": float(np.median(values)), "n": len(values)}
+        for region in per_case[ids[0]]:
+            out[name][region] = {}
+            for metric in ("dice", "hd95"):
+                values = [per_case[c][region][metric] for c in ids]
+                out[name][region][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
+                                             "median": float(np.median(values)), "n": len(values)}
     return out
+
+
+def fold_means(fold_scores: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    regions = next(iter(fold_scores.values()))
+    return {r: {m: float(np.mean([s[r][m] for s in fold_scores.values()])) for m in ("dice", "hd95")}
+            for r in regions}
 
 
 def load_average() -> float:
@@ -342,9 +381,9 @@ def machine() -> dict[str, Any]:
 # ---- the two commands --------------------------------------------------------------------------------
 def run_study(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
-    manifest, study_name, source_of = build_manifest(args.data, out)
-    study = make_study(study_name, out / "cache", args.patch)
-    convention = tumour_convention(study.region)
+    manifest, study_name, source_of = build_manifest(args.data, out, args.task)
+    study = make_study(study_name, out / "cache", args.patch, args.task)
+    convention = study.convention
     spec = discover(manifest)
     settings = Settings(width=args.width, batch=args.batch, lr_unet=args.lr_unet, seed=args.seed,
                         max_steps=args.max_steps, overrides=tuple(args.overrides))
@@ -360,7 +399,8 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "study": study_name, "method": args.method, "machine": machine(), "command": sys.argv,
         "settings": {"width": settings.width, "batch": settings.batch, "patch": list(study.patch),
-                     "preprocess": study.preprocess.to_json(), "region": study.region,
+                     "preprocess": study.preprocess.to_json(), "task": args.task,
+                     "channels": list(study.channels), "convention": convention.to_json(),
                      "lr_unet": settings.lr_unet, "seed": settings.seed, "max_steps": settings.max_steps,
                      "overrides": list(settings.overrides),
                      "minutes_total": args.minutes, "seconds_per_fold": seconds, "folds": args.folds},
@@ -379,26 +419,26 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
                                  adversarial=args.method == "vox2vox", convention=convention)
         model = info.pop("model")
         t1 = time.perf_counter()
-        fold_scores = {c: score([model], cases[c], files[c], convention, study.region) for c in fold["val"]}
+        fold_scores = {c: score([model], cases[c], files[c], study) for c in fold["val"]}
         per_case.update(fold_scores)
         row = {"fold": i, "train": fold["train"], "val": fold["val"], **info,
                "score_seconds": time.perf_counter() - t1, "load_avg_before": load_before,
-               "load_avg_after": load_average(), "per_case": fold_scores,
-               "dice_mean": float(np.mean([s["dice"] for s in fold_scores.values()])),
-               "hd95_mean": float(np.mean([s["hd95"] for s in fold_scores.values()]))}
+               "load_avg_after": load_average(), "per_case": fold_scores, "means": fold_means(fold_scores)}
         results["folds"].append(row)
-        print(f"[{args.method}] fold {i}: dice {row['dice_mean']:.3f} hd95 {row['hd95_mean']:.1f} mm "
-              f"({info['train_seconds']:.0f} s training, load {load_before:.1f}->{row['load_avg_after']:.1f})",
-              flush=True)
+        scores = ", ".join(f"{r} dice {m['dice']:.3f} hd95 {m['hd95']:.1f} mm" for r, m in row["means"].items())
+        print(f"[{args.method}] fold {i}: {scores} ({info['train_seconds']:.0f} s training, "
+              f"load {load_before:.1f}->{row['load_avg_after']:.1f})", flush=True)
     results["per_case"] = per_case
     results["summary_over_cases"] = summarise(per_case, source_of)
-    fold_dice = [f["dice_mean"] for f in results["folds"]]
-    fold_hd = [f["hd95_mean"] for f in results["folds"]]
-    results["summary_over_folds"] = {
-        "dice_mean": float(np.mean(fold_dice)), "dice_std": float(np.std(fold_dice)),
-        "hd95_mean": float(np.mean(fold_hd)), "hd95_std": float(np.std(fold_hd))}
+    results["summary_over_folds"] = {}
+    for region in study.regions:
+        fold_dice = [f["means"][region]["dice"] for f in results["folds"]]
+        fold_hd = [f["means"][region]["hd95"] for f in results["folds"]]
+        results["summary_over_folds"][region] = {
+            "dice_mean": float(np.mean(fold_dice)), "dice_std": float(np.std(fold_dice)),
+            "hd95_mean": float(np.mean(fold_hd)), "hd95_std": float(np.std(fold_hd))}
     atomic_write_text(method_dir / "study.json", json.dumps(
-        {"study": study_name, "method": args.method, "region": study.region, "folds": args.folds}, indent=2) + "\n")
+        {"study": study_name, "task": args.task, "method": args.method, "folds": args.folds}, indent=2) + "\n")
     atomic_write_text(out / f"results_{args.method}.json", json.dumps(results, indent=2) + "\n")
     return results
 
@@ -408,17 +448,19 @@ def evaluate_only(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = Path(args.evaluate_only)
     meta = json.loads((model_dir / "study.json").read_text())
     out = Path(args.out)
-    manifest, study_name, source_of = build_manifest(args.data, out)
+    task = meta.get("task", "tumour")
+    manifest, study_name, source_of = build_manifest(args.data, out, task)
     if study_name != meta["study"]:
         raise Vox2VoxError(f"{model_dir}: trained for the {meta['study']} study, the data is {study_name}")
-    study = make_study(study_name, out / "cache")
-    convention = tumour_convention(study.region)
+    study = make_study(study_name, out / "cache", task=task)
+    convention = study.convention
     models = [load_trained(meta["method"], model_dir / f"fold_{i}") for i in range(meta["folds"])]
     per_case = {}
     for c in discover(manifest).cases:
         case = load_case(c, convention=convention, prep=study.preprocess)
-        per_case[c.case_id] = score(models, case, c, convention, study.region)
-        print(f"{c.case_id}: dice {per_case[c.case_id]['dice']:.3f} hd95 {per_case[c.case_id]['hd95']:.1f}", flush=True)
+        per_case[c.case_id] = score(models, case, c, study)
+        print(f"{c.case_id}: " + ", ".join(f"{r} dice {m['dice']:.3f} hd95 {m['hd95']:.1f}"
+                                           for r, m in per_case[c.case_id].items()), flush=True)
     results = {"model_dir": str(model_dir), "method": meta["method"], "ensemble_of": len(models),
                "machine": machine(), "command": sys.argv, "per_case": per_case,
                "summary_over_cases": summarise(per_case, source_of)}
@@ -431,6 +473,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", action="append", required=True, help="folder of case folders (repeatable)")
     p.add_argument("--out", required=True, help="output folder (manifest, cache, models, results JSON)")
     p.add_argument("--method", choices=METHODS, default="vox2vox")
+    p.add_argument("--task", choices=["tumour", "brats-regions"], default="tumour",
+                   help="tumour: whole tumour / CT tumour vs rest; brats-regions: FLAIR+T1c -> BraTS classes, "
+                        "scored on WT/TC/ET (sources with sub-region labels only)")
     p.add_argument("--minutes", type=float, default=8.0, help="training wall time of the method, all folds")
     p.add_argument("--folds", type=int, default=2)
     p.add_argument("--width", type=int, default=8, help="first-layer filters (G, D and the U-Net)")
@@ -455,8 +500,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     summary = result["summary_over_cases"]["all"]
-    print(json.dumps({"dice": summary["dice"], "hd95": summary["hd95"],
-                      **({"folds": result["summary_over_folds"]} if "summary_over_folds" in result else {})}))
+    print(json.dumps({"over_cases": summary,
+                      **({"over_folds": result["summary_over_folds"]} if "summary_over_folds" in result else {})}))
 
 
 if __name__ == "__main__":
