@@ -65,10 +65,12 @@ from vox2vox.inference import InferenceConfig, load_model, predict_probabilities
 from vox2vox.labels import get_convention
 from vox2vox.metrics import dice, hd95
 from vox2vox.networks.generator import count_parameters
+from vox2vox.postprocessing import PostprocessConfig, postprocess
 from vox2vox.preprocessing import PreprocessConfig, undo_preprocessing
 from vox2vox.training import PatchDataset, fit
 
 METHODS = ("vox2vox", "dice-only", "monai-unet")
+METRICS = ("dice", "hd95", "dice_lcc", "hd95_lcc")
 
 
 # ---- the sources and the two studies -------------------------------------------------------------
@@ -328,15 +330,22 @@ def load_trained(method: str, fold_dir: Path) -> torch.nn.Module:
 
 # ---- scoring ---------------------------------------------------------------------------------------
 def score(models: list[torch.nn.Module], case: Any, files: Any, study: Study) -> dict[str, dict[str, float]]:
-    """Per region: Dice and HD95 (mm) of the (ensemble) prediction on the case's original grid."""
+    """Per region: Dice and HD95 (mm) of the (ensemble) prediction on the case's original grid.
+
+    ``*_lcc`` keys score the same prediction after keeping the largest connected component of each
+    region (``vox2vox predict --largest-component region``), the usual clean-up for one tumour per
+    case: it shows how much of the HD95 comes from stray blobs far from the tumour.
+    """
     probs = predict_probabilities(models, case.image, config=InferenceConfig(mode="whole"))
     pred = study.convention.to_source(undo_preprocessing(probs.argmax(0), case.record, order=0))
+    pred_lcc = postprocess(pred, config=PostprocessConfig(largest_component="region"), convention=study.convention)
     _, raw_label, geometry = read_case(files)
     truth = study.convention.to_source(study.convention.to_classes(raw_label))
     out = {}
     for region, values in study.regions.items():
-        p, t = np.isin(pred, values), np.isin(truth, values)
+        p, t, q = np.isin(pred, values), np.isin(truth, values), np.isin(pred_lcc, values)
         out[region] = {"dice": dice(p, t), "hd95": hd95(p, t, spacing=geometry.spacing),
+                       "dice_lcc": dice(q, t), "hd95_lcc": hd95(q, t, spacing=geometry.spacing),
                        "vol_true_voxels": int(t.sum()), "vol_pred_voxels": int(p.sum())}
     return out
 
@@ -351,7 +360,7 @@ def summarise(per_case: dict[str, dict[str, dict[str, float]]], source_of: dict[
         out[name] = {}
         for region in per_case[ids[0]]:
             out[name][region] = {}
-            for metric in ("dice", "hd95"):
+            for metric in METRICS:
                 values = [per_case[c][region][metric] for c in ids]
                 out[name][region][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
                                              "median": float(np.median(values)), "n": len(values)}
@@ -360,7 +369,7 @@ def summarise(per_case: dict[str, dict[str, dict[str, float]]], source_of: dict[
 
 def fold_means(fold_scores: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     regions = next(iter(fold_scores.values()))
-    return {r: {m: float(np.mean([s[r][m] for s in fold_scores.values()])) for m in ("dice", "hd95")}
+    return {r: {m: float(np.mean([s[r][m] for s in fold_scores.values()])) for m in METRICS}
             for r in regions}
 
 
@@ -432,11 +441,11 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     results["summary_over_cases"] = summarise(per_case, source_of)
     results["summary_over_folds"] = {}
     for region in study.regions:
-        fold_dice = [f["means"][region]["dice"] for f in results["folds"]]
-        fold_hd = [f["means"][region]["hd95"] for f in results["folds"]]
-        results["summary_over_folds"][region] = {
-            "dice_mean": float(np.mean(fold_dice)), "dice_std": float(np.std(fold_dice)),
-            "hd95_mean": float(np.mean(fold_hd)), "hd95_std": float(np.std(fold_hd))}
+        results["summary_over_folds"][region] = {}
+        for metric in METRICS:
+            values = [f["means"][region][metric] for f in results["folds"]]
+            results["summary_over_folds"][region][f"{metric}_mean"] = float(np.mean(values))
+            results["summary_over_folds"][region][f"{metric}_std"] = float(np.std(values))
     atomic_write_text(method_dir / "study.json", json.dumps(
         {"study": study_name, "task": args.task, "method": args.method, "folds": args.folds}, indent=2) + "\n")
     atomic_write_text(out / f"results_{args.method}.json", json.dumps(results, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Device choice and mixed precision: CUDA when present (bf16, or fp16 with loss scaling), else CPU."""
+"""Device choice, mixed precision (CUDA: bf16, or fp16 with loss scaling; else CPU) and the host allocator."""
 
 from __future__ import annotations
 
