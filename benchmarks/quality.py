@@ -24,7 +24,9 @@ out (2015 label 3 folded into 1), scored on WT, TC and ET.
 Budget: ``--minutes`` is the training wall time of one method over all folds (``minutes / folds``
 per fold); loading, prediction and scoring come on top and are recorded. On a shared machine
 equal wall time is not equal compute: ``--max-steps N`` also stops every fold after N optimisation
-steps (Vox2Vox rounds up to whole epochs), so methods can be compared at equal work. The Vox2Vox runs stop
+steps (Vox2Vox rounds up to whole epochs), so methods can be compared at equal work. The
+fairest equal-time comparison runs the methods side by side with one thread each
+(``OMP_NUM_THREADS=1``): then each gets the same share of the same CPU whatever else runs. The Vox2Vox runs stop
 at the deadline as on Ctrl-C (``fit`` finishes the current step and saves ``last``); the last
 weights are scored (no checkpoint selection on held-out cases, which would leak).
 
