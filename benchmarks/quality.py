@@ -65,6 +65,7 @@ from vox2vox.datasets import discover, load_case, read_case, write_manifest
 from vox2vox.errors import Vox2VoxError
 from vox2vox.inference import InferenceConfig, load_model, predict_probabilities
 from vox2vox.labels import get_convention
+from vox2vox.losses import generalized_dice_loss, one_hot
 from vox2vox.metrics import dice, hd95
 from vox2vox.networks.generator import count_parameters
 from vox2vox.postprocessing import PostprocessConfig, postprocess
@@ -195,6 +196,7 @@ class Settings:
     lr_unet: float
     seed: int
     max_steps: int | None = None  # per fold; None: the deadline alone stops training
+    unet_loss: str = "dicece"  # the U-Net's loss: MONAI DiceCE, or the generator's uniform GDL (a diagnostic)
     overrides: tuple[str, ...] = ()  # --set section.key=value for the Vox2Vox / Dice-only config
 
 
@@ -277,8 +279,16 @@ def train_unet(study: Study, settings: Settings, cases: list[Any], run_dir: Path
     from monai.losses import DiceCELoss
 
     torch.manual_seed(settings.seed)
-    model = SoftmaxUNet(settings.width, in_channels=len(study.channels), n_classes=study.convention.n_classes)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    n_classes = study.convention.n_classes
+    model = SoftmaxUNet(settings.width, in_channels=len(study.channels), n_classes=n_classes)
+    if settings.unet_loss == "gdl":
+        # The Vox2Vox generator's Dice term (uniform weights) on the U-Net: separates the loss's
+        # effect from the architecture's.
+        def loss_fn(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+            return generalized_dice_loss(one_hot(label[:, 0], n_classes), torch.softmax(logits, 1),
+                                         weighting="uniform")
+    else:
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr_unet)
     augment = Augmenter(Config().augment)
     train = [(c.image, c.label) for c in cases]
@@ -302,7 +312,7 @@ def train_unet(study: Study, settings: Settings, cases: list[Any], run_dir: Path
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             steps += 1
         epoch += 1
     from safetensors.torch import save_file
@@ -397,7 +407,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     convention = study.convention
     spec = discover(manifest)
     settings = Settings(width=args.width, batch=args.batch, lr_unet=args.lr_unet, seed=args.seed,
-                        max_steps=args.max_steps, overrides=tuple(args.overrides))
+                        max_steps=args.max_steps, overrides=tuple(args.overrides), unet_loss=args.unet_loss)
 
     t0 = time.perf_counter()
     cases = {c.case_id: load_case(c, convention=convention, prep=study.preprocess) for c in spec.cases}
@@ -412,7 +422,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"width": settings.width, "batch": settings.batch, "patch": list(study.patch),
                      "preprocess": study.preprocess.to_json(), "task": args.task,
                      "channels": list(study.channels), "convention": convention.to_json(),
-                     "lr_unet": settings.lr_unet, "seed": settings.seed, "max_steps": settings.max_steps,
+                     "lr_unet": settings.lr_unet, "unet_loss": settings.unet_loss, "seed": settings.seed, "max_steps": settings.max_steps,
                      "overrides": list(settings.overrides),
                      "minutes_total": args.minutes, "seconds_per_fold": seconds, "folds": args.folds},
         "shapes_preprocessed": {cid: list(c.image.shape[1:]) for cid, c in cases.items()},
@@ -493,6 +503,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=48, help="cubic training patch (multiple of 16)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--lr-unet", type=float, default=1e-3, help="Adam learning rate of the MONAI U-Net")
+    p.add_argument("--unet-loss", choices=["dicece", "gdl"], default="dicece",
+                   help="the MONAI U-Net's loss: Dice+CE (the peer as users train it) or the generator's "
+                        "uniform generalised Dice loss (to separate loss from architecture)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the Vox2Vox/Dice-only config, e.g. --set optim.lr_g=0.001")
