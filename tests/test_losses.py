@@ -158,3 +158,23 @@ def test_gdl_sudre_eps_is_negligible_at_realistic_volume_sizes():
     without = generalized_dice_loss(target, probs, weighting="sudre", eps=0.0)
     assert with_eps.item() == pytest.approx(without.item(), rel=1e-4)
     assert generalized_dice_loss(target, target, weighting="sudre").item() < 1e-6
+
+
+def test_cross_entropy_from_probs_matches_torch_on_logits():
+    from vox2vox.losses import cross_entropy_from_probs
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, 6, generator=g)
+    label = torch.randint(0, 3, (2, 4, 5, 6), generator=g)
+    ours = cross_entropy_from_probs(one_hot(label, 3), torch.softmax(logits, 1))
+    assert torch.allclose(ours, torch.nn.functional.cross_entropy(logits, label), atol=1e-5)
+    # A confidently wrong voxel is bounded by the floor, not infinite.
+    wrong = cross_entropy_from_probs(one_hot(torch.zeros(1, 1, 1, 1), 2), torch.tensor([0.0, 1.0]).view(1, 2, 1, 1, 1))
+    assert torch.isfinite(wrong) and wrong > 15
+
+
+def test_loss_config_cross_entropy_weight():
+    with pytest.raises(Vox2VoxError, match="lambda_ce"):
+        LossConfig(lambda_ce=-0.5)
+    # Cross-entropy alone is a valid objective for the generator.
+    assert LossConfig(adversarial=False, lambda_dice=0.0, lambda_ce=1.0).lambda_ce == 1.0

@@ -273,3 +273,24 @@ def test_resume_after_ctrl_c_mid_epoch_matches_an_uninterrupted_run(tmp_path, mo
     assert all(torch.equal(a.discriminator[k], b.discriminator[k]) for k in a.discriminator)
     # The log of the interrupted epoch averages all of its steps, as the uninterrupted run's does.
     assert [r["loss_g"] for r in straight.history] == [r["loss_g"] for r in resumed.history]
+
+
+def test_train_step_adds_the_weighted_cross_entropy_to_the_generator_loss():
+    from vox2vox.losses import cross_entropy_from_probs, generalized_dice_loss, one_hot
+
+    config = tiny_config(loss={"adversarial": False, "lambda_dice": 5.0, "lambda_ce": 2.0},
+                         generator={"dropout": 0.0})
+    state = build_state(config, device=torch.device("cpu"))
+    image, label = batch()
+    with torch.no_grad():
+        state.generator.train()
+        probs = state.generator(image)
+        target = one_hot(label, N_CLASSES)
+        dice = float(generalized_dice_loss(target, probs, weighting="uniform"))
+        ce = float(cross_entropy_from_probs(target, probs))
+    out = train_step(state, image, label, config)
+    assert out["loss_ce"] == pytest.approx(ce, rel=1e-5)
+    assert out["loss_g"] == pytest.approx(5.0 * dice + 2.0 * ce, rel=1e-5)
+    # Without the term the step neither computes nor logs it (the paper's objective).
+    plain = tiny_config(loss={"adversarial": False})
+    assert "loss_ce" not in train_step(build_state(plain, device=torch.device("cpu")), image, label, plain)

@@ -47,6 +47,7 @@ from vox2vox.device import (
 )
 from vox2vox.errors import Vox2VoxError
 from vox2vox.losses import (
+    cross_entropy_from_probs,
     discriminator_accuracy,
     fixed_class_weights,
     lsgan_discriminator_loss,
@@ -167,6 +168,11 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
         target, fake, weighting=loss_cfg.dice_weighting, class_weights=state.class_weights, eps=loss_cfg.eps
     )
     loss_g = loss_cfg.lambda_dice * loss_dice
+    if loss_cfg.lambda_ce > 0:
+        # A per-voxel mean: under DDP, averaging the ranks' gradients gives the global batch's.
+        loss_ce = cross_entropy_from_probs(target, fake)
+        loss_g = loss_g + loss_cfg.lambda_ce * loss_ce
+        out["loss_ce"] = loss_ce.item()
     if loss_cfg.adversarial:
         frozen = _unwrap(D)
         frozen.requires_grad_(False)
