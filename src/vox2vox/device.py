@@ -65,10 +65,11 @@ def tune_cpu_allocator() -> bool:
     glibc serves every large request (the activations and weight gradients of a 3D network are
     tens to hundreds of MB) with a fresh ``mmap`` and gives it back with ``munmap`` on free, so each
     training step page-faults and zero-fills the same gigabytes again: on the paper-size generator
-    at 64^3 that kernel time was a third of the step (benchmarks/RESULTS.md, "allocator"). With
-    ``mmap`` off and trimming off, freed blocks are reused; the cost is that the process keeps its
-    peak heap (RSS ~20% higher at the end of a step). Called by training, prediction and the CLI;
-    idempotent; a no-op off glibc or when ``VOX2VOX_MALLOC=default``. Returns whether it applied.
+    at 64^3 that kernel time was a third of the step (benchmarks/RESULTS.md, "the host
+    allocator"). With ``mmap`` off and trimming off, freed blocks are reused; the cost is that the
+    process keeps its peak heap (peak RSS +0.6-0.8 GiB for the paper-size model). Called by
+    ``fit``, ``train_on_dataset`` and ``predict_probabilities``; idempotent; a no-op off glibc or
+    when ``VOX2VOX_MALLOC=default``. Returns whether it applied.
     """
     global _allocator_tuned
     if _allocator_tuned is not None:
