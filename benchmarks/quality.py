@@ -239,9 +239,9 @@ class Deadline:
 
 
 def train_vox2vox(study: Study, settings: Settings, cases: list[Any], run_dir: Path, seconds: float,
-                  *, adversarial: bool, convention: Any) -> dict[str, Any]:
+                  *, adversarial: bool) -> dict[str, Any]:
     config = vox2vox_config(study, settings, adversarial=adversarial, n_train=len(cases))
-    extra = {"channels": list(study.channels), "layout": "manifest", "convention": convention.to_json()}
+    extra = {"channels": list(study.channels), "layout": "manifest", "convention": study.convention.to_json()}
     t0 = time.perf_counter()
     try:
         with Deadline(seconds):
@@ -404,13 +404,12 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     manifest, study_name, source_of = build_manifest(args.data, out, args.task)
     study = make_study(study_name, out / "cache", args.patch, args.task)
-    convention = study.convention
     spec = discover(manifest)
     settings = Settings(width=args.width, batch=args.batch, lr_unet=args.lr_unet, seed=args.seed,
                         max_steps=args.max_steps, overrides=tuple(args.overrides), unet_loss=args.unet_loss)
 
     t0 = time.perf_counter()
-    cases = {c.case_id: load_case(c, convention=convention, prep=study.preprocess) for c in spec.cases}
+    cases = {c.case_id: load_case(c, convention=study.convention, prep=study.preprocess) for c in spec.cases}
     files = {c.case_id: c for c in spec.cases}
     load_seconds = time.perf_counter() - t0
     folds = kfold_splits(list(cases), args.folds, seed=args.seed)
@@ -421,7 +420,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
         "study": study_name, "method": args.method, "machine": machine(), "command": sys.argv,
         "settings": {"width": settings.width, "batch": settings.batch, "patch": list(study.patch),
                      "preprocess": study.preprocess.to_json(), "task": args.task,
-                     "channels": list(study.channels), "convention": convention.to_json(),
+                     "channels": list(study.channels), "convention": study.convention.to_json(),
                      "lr_unet": settings.lr_unet, "unet_loss": settings.unet_loss, "seed": settings.seed, "max_steps": settings.max_steps,
                      "overrides": list(settings.overrides),
                      "minutes_total": args.minutes, "seconds_per_fold": seconds, "folds": args.folds},
@@ -437,7 +436,7 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
             info = train_unet(study, settings, train, fold_dir, seconds)
         else:
             info = train_vox2vox(study, settings, train, fold_dir, seconds,
-                                 adversarial=args.method == "vox2vox", convention=convention)
+                                 adversarial=args.method == "vox2vox")
         model = info.pop("model")
         t1 = time.perf_counter()
         fold_scores = {c: score([model], cases[c], files[c], study) for c in fold["val"]}
@@ -474,11 +473,10 @@ def evaluate_only(args: argparse.Namespace) -> dict[str, Any]:
     if study_name != meta["study"]:
         raise Vox2VoxError(f"{model_dir}: trained for the {meta['study']} study, the data is {study_name}")
     study = make_study(study_name, out / "cache", task=task)
-    convention = study.convention
     models = [load_trained(meta["method"], model_dir / f"fold_{i}") for i in range(meta["folds"])]
     per_case = {}
     for c in discover(manifest).cases:
-        case = load_case(c, convention=convention, prep=study.preprocess)
+        case = load_case(c, convention=study.convention, prep=study.preprocess)
         per_case[c.case_id] = score(models, case, c, study)
         print(f"{c.case_id}: " + ", ".join(f"{r} dice {m['dice']:.3f} hd95 {m['hd95']:.1f}"
                                            for r, m in per_case[c.case_id].items()), flush=True)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -85,10 +89,6 @@ def test_grad_scaler_only_for_fp16():
 def _allocator_probe(env_value: str | None) -> list[str]:
     """In a fresh process: whether tuning applied (twice), and the page faults of re-allocating
     and filling 256 MB just freed (a reused block faults nothing; a fresh mapping faults it all)."""
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "VOX2VOX_MALLOC"}
     if env_value is not None:
         env["VOX2VOX_MALLOC"] = env_value
@@ -109,7 +109,7 @@ def _allocator_probe(env_value: str | None) -> list[str]:
 pages_256mb = 256 * 2**20 // 4096
 
 
-@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_tuned_allocator_reuses_freed_memory_instead_of_faulting_it_back():
     applied, again, total, faults = _allocator_probe(None)
     assert applied == again == "True"
@@ -120,5 +120,5 @@ def test_tuned_allocator_reuses_freed_memory_instead_of_faulting_it_back():
 def test_allocator_tuning_can_be_switched_off():
     applied, again, total, faults = _allocator_probe("default")
     assert applied == again == "False" and total == "0.0"
-    if __import__("platform").libc_ver()[0] == "glibc":
+    if platform.libc_ver()[0] == "glibc":
         assert int(faults) > pages_256mb // 2  # glibc unmapped the block; the new one faults in
