@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from vox2vox.datasets import CaseFiles, discover, load_case, write_manifest
-from vox2vox.labels import get_convention
-from vox2vox.preprocessing import PreprocessConfig
+from vox2vox.data.datasets import CaseFiles, discover, load_case, write_manifest
+from vox2vox.data.labels import get_convention
+from vox2vox.data.preprocessing import PreprocessConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

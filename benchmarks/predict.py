@@ -6,7 +6,7 @@ Measurements (each in its own subprocess, so peak resident memory, ``ru_maxrss``
 counts what torch's CPU allocator and oneDNN take outside Python's view, never mixes):
 
 - ``whole``: one 240x240x155 four-channel case (BraTS size) through
-  :func:`vox2vox.inference.predict_probabilities` in one pass (padded to 240x240x160), the default
+  :func:`vox2vox.infer.inference.predict_probabilities` in one pass (padded to 240x240x160), the default
   generator (~150 M parameters, random He-normal weights: speed does not depend on the values).
   The first pass is reported apart ("cold": oneDNN builds its kernels), then the median of
   ``--repeats`` further passes ("warm").
@@ -51,8 +51,8 @@ def _child(kind: str, repeats: int, ct_network_windows: int) -> dict:
     """One measurement inside a fresh process; returns seconds and peak RSS."""
     import torch
 
-    from vox2vox.inference import InferenceConfig, predict_probabilities
-    from vox2vox.networks.generator import Generator, GeneratorConfig
+    from vox2vox.infer.inference import InferenceConfig, predict_probabilities
+    from vox2vox.model.generator import Generator, GeneratorConfig
 
     torch.manual_seed(0)
     if kind == "matmul":

@@ -2,7 +2,7 @@
 
 Case-level k-fold cross-validation inside the given cases, each method trained for the same
 wall-clock budget, scored on the held-out cases of every fold on their ORIGINAL grid (Dice and
-HD95 in mm, BraTS empty-mask rules, ``vox2vox.metrics``). Everything but the MONAI U-Net's training
+HD95 in mm, BraTS empty-mask rules, ``vox2vox.report.metrics``). Everything but the MONAI U-Net's training
 loop is the library: ``datasets.write_manifest``/``discover``/``load_case`` (preprocessing and its
 undo), ``augmentation.sample_patch``/``Augmenter``, ``training.fit`` (Vox2Vox and Dice-only),
 ``inference.predict_probabilities`` and ``metrics``.
@@ -58,19 +58,19 @@ import numpy as np
 import torch
 
 from vox2vox.atomic import atomic_write_text
-from vox2vox.augmentation import Augmenter, sample_patch
 from vox2vox.config import Config
-from vox2vox.crossval import kfold_splits
-from vox2vox.datasets import discover, load_case, read_case, write_manifest
+from vox2vox.data.augmentation import Augmenter, sample_patch
+from vox2vox.data.datasets import discover, load_case, read_case, write_manifest
+from vox2vox.data.labels import get_convention
+from vox2vox.data.preprocessing import PreprocessConfig, undo_preprocessing
 from vox2vox.errors import Vox2VoxError
-from vox2vox.inference import InferenceConfig, load_model, predict_probabilities
-from vox2vox.labels import get_convention
-from vox2vox.losses import generalized_dice_loss, one_hot
-from vox2vox.metrics import dice, hd95
-from vox2vox.networks.generator import count_parameters
-from vox2vox.postprocessing import PostprocessConfig, postprocess
-from vox2vox.preprocessing import PreprocessConfig, undo_preprocessing
-from vox2vox.training import PatchDataset, fit
+from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
+from vox2vox.infer.postprocessing import PostprocessConfig, postprocess
+from vox2vox.model.generator import count_parameters
+from vox2vox.model.losses import generalized_dice_loss, one_hot
+from vox2vox.report.metrics import dice, hd95
+from vox2vox.train.crossval import kfold_splits
+from vox2vox.train.training import PatchDataset, fit
 
 METHODS = ("vox2vox", "dice-only", "monai-unet")
 METRICS = ("dice", "hd95", "dice_lcc", "hd95_lcc")
@@ -104,7 +104,7 @@ class Study:
 
     name: str
     channels: tuple[str, ...]
-    convention: Any  # vox2vox.labels.LabelConvention; its regions are what is scored
+    convention: Any  # vox2vox.data.labels.LabelConvention; its regions are what is scored
     preprocess: PreprocessConfig
     patch: tuple[int, int, int]
 

@@ -2,7 +2,7 @@
 
 For one configuration (patch size, width, memory format) this prints one JSON line with:
 
-- ``step_s``: seconds of a whole ``vox2vox.training.train_step`` (fake once, D half-step on the
+- ``step_s``: seconds of a whole ``vox2vox.train.training.train_step`` (fake once, D half-step on the
   real and the detached fake pair, G half-step through the frozen D), batch 1, 4 channels,
   4 classes; median of ``--steps`` after a warm-up step;
 - ``g_fwd_bwd_s``: seconds of the generator's forward plus backward alone (G(x), generalized Dice
@@ -45,9 +45,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vox2vox.config import Config
 from vox2vox.device import tune_cpu_allocator
-from vox2vox.losses import generalized_dice_loss, one_hot
-from vox2vox.networks.generator import count_parameters
-from vox2vox.training import build_state, train_step
+from vox2vox.model.generator import count_parameters
+from vox2vox.model.losses import generalized_dice_loss, one_hot
+from vox2vox.train.training import build_state, train_step
 
 IN_CHANNELS, N_CLASSES = 4, 4
 

@@ -1,7 +1,7 @@
 """Time Vox2Vox training steps: median seconds per step, peak memory, achieved FLOP rate.
 
 Builds the generator and discriminator (4 channels, 4 classes) at the given patch size and base
-width, feeds random data through ``vox2vox.training.train_step`` (D half-step then G half-step, as
+width, feeds random data through ``vox2vox.train.training.train_step`` (D half-step then G half-step, as
 in training), and prints:
 
 - the median wall time of a whole step (both half-steps) over ``--steps`` steps after warm-up,
@@ -31,8 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vox2vox.config import Config
 from vox2vox.device import resolve_amp, resolve_device
-from vox2vox.networks.generator import count_parameters
-from vox2vox.training import build_networks, build_state, train_step
+from vox2vox.model.generator import count_parameters
+from vox2vox.train.training import build_networks, build_state, train_step
 
 IN_CHANNELS = 4
 N_CLASSES = 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vox2vox.augmentation import AugmentConfig, Augmenter, sample_patch
+from vox2vox.data.augmentation import AugmentConfig, Augmenter, sample_patch
 from vox2vox.errors import Vox2VoxError
 
 ALL_ON = AugmentConfig(p_untouched=0, p_flip=1, p_intensity=1, p_rotate=1, p_scale=1, p_elastic=1)

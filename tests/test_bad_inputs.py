@@ -20,11 +20,11 @@ import pytest
 import torch
 
 import vox2vox.atomic
-from vox2vox.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.cli import main
 from vox2vox.config import Config
-from vox2vox.labels import get_convention
-from vox2vox.networks.generator import Generator
+from vox2vox.data.labels import get_convention
+from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
+from vox2vox.model.generator import Generator
 
 SHAPE = (16, 16, 16)
 TINY = [

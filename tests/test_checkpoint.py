@@ -9,12 +9,17 @@ import pytest
 import torch
 
 import vox2vox.atomic
-from vox2vox.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from vox2vox.config import Config
 from vox2vox.errors import Vox2VoxError
-from vox2vox.inference import load_model
-from vox2vox.networks.discriminator import Discriminator
-from vox2vox.networks.generator import Generator
+from vox2vox.infer.inference import load_model
+from vox2vox.model.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from vox2vox.model.discriminator import Discriminator
+from vox2vox.model.generator import Generator
 
 
 def tiny_config() -> Config:

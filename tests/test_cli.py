@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vox2vox.cli import main
-from vox2vox.synthetic import write_brats_folder
+from vox2vox.data.synthetic import write_brats_folder
 
 COMMANDS = ("demo", "dataset", "train", "predict", "evaluate", "report", "render", "cv", "plan")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from test_bad_inputs import make_manifest
-from vox2vox.checkpoint import load_checkpoint, resolve_checkpoint
+from vox2vox.model.checkpoint import load_checkpoint, resolve_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from vox2vox.cli import main
-from vox2vox.crossval import expand_model_paths, kfold_splits, prepare_folds
-from vox2vox.datasets import discover, load_case
+from vox2vox.data.datasets import discover, load_case
+from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
-from vox2vox.inference import load_model, predict_dataset, predict_probabilities
-from vox2vox.synthetic import write_brats_folder
+from vox2vox.infer.inference import load_model, predict_dataset, predict_probabilities
+from vox2vox.train.crossval import expand_model_paths, kfold_splits, prepare_folds
 
 TINY = [
     "--set", "generator.base_filters=4", "--set", "generator.depth=3", "--set", "generator.bottleneck_blocks=1",

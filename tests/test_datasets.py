@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from vox2vox.datasets import check_dataset, discover, load_case, write_manifest
+from vox2vox.data.datasets import check_dataset, discover, load_case, write_manifest
+from vox2vox.data.labels import get_convention
+from vox2vox.data.preprocessing import PreprocessConfig
 from vox2vox.errors import Vox2VoxError
-from vox2vox.labels import get_convention
-from vox2vox.preprocessing import PreprocessConfig
 
 AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS like BraTS
 SHAPE = (12, 14, 10)
@@ -96,7 +96,7 @@ def test_cache_skips_decoding(tmp_path, monkeypatch):
     spec = discover(root)
     prep = PreprocessConfig(cache_dir=str(tmp_path / "cache"))
     first = load_case(spec.cases[0], convention=get_convention("brats"), prep=prep)
-    import vox2vox.datasets as ds
+    import vox2vox.data.datasets as ds
 
     def fail(*args, **kwargs):
         raise AssertionError("decoded again")
@@ -194,7 +194,7 @@ _FAST_CASE = {"brats2018": 0, "brats2015": 0, "sarcoma": 1, "totalseg-abdomen": 
 
 @pytest.mark.parametrize("name", list(_FAST_CASE))
 def test_every_shared_folder_loads_through_a_manifest(shared_data, tmp_path, name):
-    from vox2vox.preprocessing import undo_preprocessing
+    from vox2vox.data.preprocessing import undo_preprocessing
 
     csv_path, convention, n_channels = _shared_manifests(shared_data, tmp_path)[name]
     spec = discover(csv_path)

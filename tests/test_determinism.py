@@ -75,7 +75,7 @@ def test_seed_and_versions_are_recorded_in_the_run(runs):
     assert versions["python"] == platform.python_version()
     assert {"monai", "nibabel", "safetensors"} <= set(versions)
     # The checkpoint carries them too, so a copied checkpoint alone says how it was made.
-    from vox2vox.checkpoint import load_checkpoint
+    from vox2vox.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run / "checkpoints" / "last.safetensors")
     assert ckpt.config["train"]["seed"] == 5 and ckpt.state["versions"]["torch"] == torch.__version__

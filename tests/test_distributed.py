@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from vox2vox import distributed
-from vox2vox.checkpoint import load_checkpoint
 from vox2vox.cli import main
+from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
-from vox2vox.networks.discriminator import Discriminator
-from vox2vox.networks.generator import Generator
-from vox2vox.synthetic import write_brats_folder
+from vox2vox.model.checkpoint import load_checkpoint
+from vox2vox.model.discriminator import Discriminator
+from vox2vox.model.generator import Generator
+from vox2vox.train import distributed
 
-# Tiny networks; dropout off because masks are drawn per rank (see vox2vox.distributed); the
+# Tiny networks; dropout off because masks are drawn per rank (see vox2vox.train.distributed); the
 # accuracy gate on so that the gated (possibly skipped) D step runs under DDP too.
 TINY = [
     "--set", "generator.base_filters=4", "--set", "generator.depth=3", "--set", "generator.bottleneck_blocks=1",

@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
-from vox2vox.evaluation import CSV_COLUMNS, evaluate_folder
-from vox2vox.metrics import HD95_ONE_EMPTY_MM
-from vox2vox.synthetic import write_brats_folder
+from vox2vox.report.evaluation import CSV_COLUMNS, evaluate_folder
+from vox2vox.report.metrics import HD95_ONE_EMPTY_MM
 
 ANISO = np.diag([0.5, 1.0, 3.0, 1.0])
 

@@ -13,11 +13,18 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from vox2vox.data.io import read_volume, write_volume
+from vox2vox.data.labels import CONVENTIONS, get_convention
+from vox2vox.data.preprocessing import PreprocessConfig, preprocess, undo_preprocessing
 from vox2vox.errors import Vox2VoxError
-from vox2vox.io import read_volume, write_volume
-from vox2vox.labels import CONVENTIONS, get_convention
-from vox2vox.metrics import HD95_ONE_EMPTY_MM, dice, hd95, sensitivity, specificity, volume_ml
-from vox2vox.preprocessing import PreprocessConfig, preprocess, undo_preprocessing
+from vox2vox.report.metrics import (
+    HD95_ONE_EMPTY_MM,
+    dice,
+    hd95,
+    sensitivity,
+    specificity,
+    volume_ml,
+)
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 DTYPES = [np.uint8, np.int16, np.float32, np.float64, np.bool_]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from vox2vox.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.config import Config
+from vox2vox.data.labels import get_convention
 from vox2vox.errors import Vox2VoxError
-from vox2vox.inference import (
+from vox2vox.infer.inference import (
     FLIP_AXES,
     InferenceConfig,
     PhaseTransposedConv3d,
@@ -19,9 +19,9 @@ from vox2vox.inference import (
     predict_dataset,
     predict_probabilities,
 )
-from vox2vox.labels import get_convention
-from vox2vox.networks.generator import Generator, GeneratorConfig
-from vox2vox.postprocessing import PostprocessConfig
+from vox2vox.infer.postprocessing import PostprocessConfig
+from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
+from vox2vox.model.generator import Generator, GeneratorConfig
 
 
 def make_generator(seed: int = 0, **overrides) -> Generator:

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from vox2vox.data.io import read_channels, read_volume, write_volume
 from vox2vox.errors import Vox2VoxError
-from vox2vox.io import read_channels, read_volume, write_volume
 
 
 def _lps_affine(spacing=(1.0, 2.0, 3.0)) -> np.ndarray:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vox2vox.data.io import read_volume
+from vox2vox.data.labels import get_convention
 from vox2vox.errors import Vox2VoxError
-from vox2vox.io import read_volume
-from vox2vox.labels import get_convention
 
 
 def test_brats_maps_4_to_class_3_and_back():

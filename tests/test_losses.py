@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vox2vox.errors import Vox2VoxError
-from vox2vox.losses import (
+from vox2vox.model.losses import (
     LossConfig,
     discriminator_accuracy,
     fixed_class_weights,
@@ -161,7 +161,7 @@ def test_gdl_sudre_eps_is_negligible_at_realistic_volume_sizes():
 
 
 def test_cross_entropy_from_probs_matches_torch_on_logits():
-    from vox2vox.losses import cross_entropy_from_probs
+    from vox2vox.model.losses import cross_entropy_from_probs
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 4, 5, 6, generator=g)

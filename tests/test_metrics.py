@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from vox2vox.metrics import (
+from vox2vox.report.metrics import (
     BRATS_REGIONS,
     HD95_ONE_EMPTY_MM,
     METRICS,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vox2vox.errors import Vox2VoxError
-from vox2vox.networks.discriminator import Discriminator, DiscriminatorConfig
-from vox2vox.networks.generator import Generator, GeneratorConfig, count_parameters
+from vox2vox.model.discriminator import Discriminator, DiscriminatorConfig
+from vox2vox.model.generator import Generator, GeneratorConfig, count_parameters
 
 
 def tiny_generator(**kw) -> Generator:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vox2vox.plots import overlay_centre, save_overlay, save_training_curves
-from vox2vox.synthetic import make_phantom
+from vox2vox.data.synthetic import make_phantom
+from vox2vox.report.plots import overlay_centre, save_overlay, save_training_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vox2vox.data.labels import get_convention
 from vox2vox.errors import Vox2VoxError
-from vox2vox.labels import get_convention
-from vox2vox.postprocessing import (
+from vox2vox.infer.postprocessing import (
     PostprocessConfig,
     enhancing_and_core_values,
     keep_largest_component,

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from vox2vox.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.cli import main
 from vox2vox.config import Config
-from vox2vox.inference import LoadedModel, load_model, predict_dataset
-from vox2vox.labels import get_convention
-from vox2vox.networks.generator import Generator
+from vox2vox.data.labels import get_convention
+from vox2vox.infer.inference import LoadedModel, load_model, predict_dataset
+from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
+from vox2vox.model.generator import Generator
 
 SPINE_T2 = Path("mri-spinalcord") / "t2" / "t2.nii.gz"
 

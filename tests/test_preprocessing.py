@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vox2vox.data.preprocessing import (
+    PreprocessConfig,
+    background_value,
+    preprocess,
+    undo_preprocessing,
+)
 from vox2vox.errors import Vox2VoxError
-from vox2vox.preprocessing import PreprocessConfig, background_value, preprocess, undo_preprocessing
 
 
 def _phantom(shape=(20, 24, 18), background=0.0) -> tuple[np.ndarray, np.ndarray]:

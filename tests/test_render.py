@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from vox2vox.cli import main
+from vox2vox.data.synthetic import make_phantom, write_brats_folder
 from vox2vox.errors import Vox2VoxError
-from vox2vox.synthetic import make_phantom, write_brats_folder
 
 pytest.importorskip("pyvista", reason="pyvista is in the test extra: pip install -e '.[test]'")
 
 # The smallest off-screen render, in a child process: a VTK without any OpenGL context can abort
 # the interpreter, which must not take the test session with it.
 _PROBE = """
-from vox2vox.render import require_pyvista
+from vox2vox.report.render import require_pyvista
 pv = require_pyvista()
 p = pv.Plotter(off_screen=True, window_size=(64, 64))
 p.add_mesh(pv.Sphere())
@@ -47,7 +47,7 @@ def _coloured(pixels: np.ndarray) -> np.ndarray:
 def test_render_prediction_and_truth_side_by_side(offscreen, tmp_path):
     from matplotlib.image import imread
 
-    from vox2vox.render import render_labels
+    from vox2vox.report.render import render_labels
 
     image, truth = make_phantom(shape=(40, 40, 40), rng=np.random.default_rng(0))
     pred = truth.copy()
@@ -80,7 +80,7 @@ def test_cli_render_case_folder_and_label_file(offscreen, tmp_path, capsys):
 
 
 def test_missing_pyvista_says_how_to_install(monkeypatch):
-    from vox2vox import render
+    from vox2vox.report import render
 
     monkeypatch.setitem(sys.modules, "pyvista", None)
     with pytest.raises(Vox2VoxError, match=r"pip install 'vox2vox\[render\]'"):

@@ -13,7 +13,7 @@ import pytest
 
 from vox2vox.cli import main
 from vox2vox.demo import run_demo
-from vox2vox.report import find_inputs, write_report
+from vox2vox.report.report import find_inputs, write_report
 
 # Injected into a copy of the report: collects script errors and failed resources from the start,
 # then, once everything has loaded, writes what the page shows into the DOM for --dump-dom.

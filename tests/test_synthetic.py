@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from vox2vox.synthetic import CHANNELS, make_phantom, write_brats_folder
+from vox2vox.data.synthetic import CHANNELS, make_phantom, write_brats_folder
 
 SMALL = (32, 32, 32)
 

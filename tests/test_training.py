@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import vox2vox.training as training
-from vox2vox.checkpoint import load_checkpoint
+import vox2vox.train.training as training
 from vox2vox.config import Config
 from vox2vox.errors import Vox2VoxError
-from vox2vox.training import PatchDataset, build_state, fit, train_step
+from vox2vox.model.checkpoint import load_checkpoint
+from vox2vox.train.training import PatchDataset, build_state, fit, train_step
 
 N_CLASSES = 3
 
@@ -276,7 +276,7 @@ def test_resume_after_ctrl_c_mid_epoch_matches_an_uninterrupted_run(tmp_path, mo
 
 
 def test_train_step_adds_the_weighted_cross_entropy_to_the_generator_loss():
-    from vox2vox.losses import cross_entropy_from_probs, generalized_dice_loss, one_hot
+    from vox2vox.model.losses import cross_entropy_from_probs, generalized_dice_loss, one_hot
 
     config = tiny_config(loss={"adversarial": False, "lambda_dice": 5.0, "lambda_ce": 2.0},
                          generator={"dropout": 0.0})

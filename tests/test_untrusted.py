@@ -21,8 +21,8 @@ from test_bad_inputs import (
     make_model,
     save_nifti,
 )
-from vox2vox.checkpoint import load_checkpoint
 from vox2vox.errors import Vox2VoxError
+from vox2vox.model.checkpoint import load_checkpoint
 
 
 class _CreatesFile:

@@ -157,7 +157,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _dataset(args: argparse.Namespace) -> int:
-    from vox2vox.datasets import check_dataset, discover, write_spec_manifest
+    from vox2vox.data.datasets import check_dataset, discover, write_spec_manifest
 
     channels = tuple(c.strip() for c in args.channels.split(",") if c.strip()) if args.channels else None
     spec = discover(args.path, layout=args.layout, label_name=args.label_name, channel_names=channels)
@@ -198,7 +198,7 @@ def _config_from_args(args: argparse.Namespace, *, saved: Path | None = None) ->
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vox2vox.training import train_on_dataset
+    from vox2vox.train.training import train_on_dataset
 
     out = Path(args.out) if args.out else None
     config = _config_from_args(args, saved=out / "config.json" if args.resume and out is not None else None)
@@ -207,7 +207,7 @@ def _train(args: argparse.Namespace) -> int:
     if out is None:
         out = Path("runs") / Path(config.data.path).name.replace(".csv", "")
     result = train_on_dataset(config, out, resume=args.resume)
-    from vox2vox.distributed import is_main
+    from vox2vox.train.distributed import is_main
 
     if not is_main():  # under torchrun, rank 0 alone reports
         return 0
@@ -218,10 +218,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from vox2vox.crossval import expand_model_paths
     from vox2vox.device import resolve_amp, resolve_device
-    from vox2vox.inference import InferenceConfig, load_model, predict_dataset
-    from vox2vox.postprocessing import PostprocessConfig
+    from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
+    from vox2vox.infer.postprocessing import PostprocessConfig
+    from vox2vox.train.crossval import expand_model_paths
 
     device = resolve_device(args.device)
     models = [load_model(m, device=device) for m in expand_model_paths(args.model)]
@@ -242,12 +242,12 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from vox2vox.evaluation import evaluate_folder
+    from vox2vox.report.evaluation import evaluate_folder
 
     result = evaluate_folder(args.pred, args.truth, regions=args.regions, convention=args.convention, out_csv=args.out)
     print(result.format_summary())
     if args.out:
-        from vox2vox.report import write_report
+        from vox2vox.report.report import write_report
 
         csv = Path(args.out)
         report = write_report(csv.parent, csv.with_name(f"{csv.stem}_report.html"), truth=args.truth, predictions=args.pred)
@@ -256,21 +256,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from vox2vox.report import write_report
+    from vox2vox.report.report import write_report
 
     print(f"report: {write_report(args.folder, args.out)}")
     return 0
 
 
 def _render(args: argparse.Namespace) -> int:
-    from vox2vox.render import render_files
+    from vox2vox.report.render import render_files
 
     print(f"rendered: {render_files(args.out, args.labels, image=args.image, truth=args.truth)}")
     return 0
 
 
 def _cv(args: argparse.Namespace) -> int:
-    from vox2vox.crossval import run_cross_validation
+    from vox2vox.train.crossval import run_cross_validation
 
     config = _config_from_args(args)
     results = run_cross_validation(config, args.out, folds=args.folds, fold=args.fold, resume=args.resume)
@@ -282,7 +282,7 @@ def _cv(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from vox2vox.planning import estimate_memory
+    from vox2vox.train.planning import estimate_memory
 
     config = _config_from_args(args)
     print(estimate_memory(config, world_size=args.world_size, amp=args.amp).format())

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vox2vox.augmentation import AugmentConfig
+from vox2vox.data.augmentation import AugmentConfig
+from vox2vox.data.preprocessing import PreprocessConfig
 from vox2vox.errors import Vox2VoxError
-from vox2vox.losses import LossConfig
-from vox2vox.networks.discriminator import DiscriminatorConfig
-from vox2vox.networks.generator import GeneratorConfig
-from vox2vox.preprocessing import PreprocessConfig
+from vox2vox.model.discriminator import DiscriminatorConfig
+from vox2vox.model.generator import GeneratorConfig
+from vox2vox.model.losses import LossConfig
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 AmpChoice = Literal["auto", "bf16", "fp16", "off"]
@@ -84,7 +84,7 @@ class TrainConfig:
     amp: AmpChoice = "auto"
     num_workers: int = 0
     # Recompute generator blocks in backward instead of storing their activations (less memory,
-    # about a third more compute); see vox2vox.training.enable_activation_checkpointing.
+    # about a third more compute); see vox2vox.train.training.enable_activation_checkpointing.
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:

@@ -79,12 +79,12 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
              progress: bool = True) -> dict:
     """Run the demo into ``out`` and return its summary (also written to ``out/summary.json``)."""
     from vox2vox.atomic import atomic_write_text
-    from vox2vox.datasets import discover
-    from vox2vox.evaluation import evaluate_folder
-    from vox2vox.inference import InferenceConfig, load_model, predict_dataset
-    from vox2vox.io import read_volume
-    from vox2vox.synthetic import write_brats_folder
-    from vox2vox.training import train_on_dataset
+    from vox2vox.data.datasets import discover
+    from vox2vox.data.io import read_volume
+    from vox2vox.data.synthetic import write_brats_folder
+    from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
+    from vox2vox.report.evaluation import evaluate_folder
+    from vox2vox.train.training import train_on_dataset
 
     plan = PLANS[size]
     out = Path(out)
@@ -122,7 +122,7 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
 
     # 5. Figures: training curves and a tri-planar overlay per test case.
     say("[5/5] drawing figures and the HTML report")
-    from vox2vox.plots import save_overlay, save_training_curves
+    from vox2vox.report.plots import save_overlay, save_training_curves
 
     history = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line]
     save_training_curves(out / "figures" / "training_curves.png", history)
@@ -135,7 +135,7 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
                      spacing=geometry.spacing, title=f"{case.case_id}: FLAIR, truth vs prediction",
                      label_names={1: "necrotic core", 2: "oedema", 4: "enhancing"})
 
-    from vox2vox.report import write_report
+    from vox2vox.report.report import write_report
 
     report = write_report(out)
     summary = {

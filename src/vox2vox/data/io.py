@@ -86,7 +86,7 @@ class Geometry:
 def format_of(path: str | Path) -> Literal["nifti", "sitk", "dicom", "hdf5"] | None:
     """The reader a path needs, from its name (a folder is taken to be a DICOM series;
     ``.h5``/``.hdf5``, ``file.h5:dataset`` and the earlier ``.im``/``.seg`` files are HDF5)."""
-    from vox2vox.hdf5 import is_hdf5_address
+    from vox2vox.data.hdf5 import is_hdf5_address
 
     if is_hdf5_address(path):
         return "hdf5"
@@ -103,7 +103,7 @@ def format_of(path: str | Path) -> Literal["nifti", "sitk", "dicom", "hdf5"] | N
 
 def is_volume_path(path: str | Path) -> bool:
     """Whether ``path`` is named like a volume file this module reads."""
-    from vox2vox.hdf5 import file_of
+    from vox2vox.data.hdf5 import file_of
 
     return format_of(path) in ("nifti", "sitk", "hdf5") and file_of(path).is_file()
 
@@ -136,11 +136,11 @@ def read_channels(
     """Read a 3D or 4D volume as channel-first ``(C, X, Y, Z)`` in canonical orientation.
 
     A 4D NIfTI (MSD style) puts channels on its 4th axis; a 3D file gives ``C = 1``. HDF5
-    volumes are read by :func:`vox2vox.hdf5.read_hdf5` (geometry from attributes, else 1 mm).
+    volumes are read by :func:`vox2vox.data.hdf5.read_hdf5` (geometry from attributes, else 1 mm).
     """
     path = Path(path)
     if format_of(path) == "hdf5":
-        from vox2vox.hdf5 import read_hdf5
+        from vox2vox.data.hdf5 import read_hdf5
 
         data, affine = read_hdf5(path)
         return _to_canonical(_check_values(data, path, nonfinite), affine)

@@ -20,7 +20,7 @@ never by sorted position, so one oddly named file cannot shift every pair):
 - ``hdf5``: the earlier PyTorch Vox2Vox's folder of HDF5 pairs ``<id>.im`` / ``<id>.seg`` (also
   with an ``.h5``/``.hdf5`` suffix), array in dataset ``data``; channel ``image``, labels used as
   class indices. Manifest cells may name a dataset of any HDF5 file as ``file.h5:dataset``
-  (geometry rules: :mod:`vox2vox.hdf5`).
+  (geometry rules: :mod:`vox2vox.data.hdf5`).
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from vox2vox.atomic import atomic_path, atomic_write_text
+from vox2vox.data.hdf5 import LEGACY_IMAGE_SUFFIX, LEGACY_LABEL_SUFFIX, file_of, legacy_stem
+from vox2vox.data.io import NIFTI_SUFFIXES, SITK_SUFFIXES, Geometry, format_of, read_channels
+from vox2vox.data.labels import LabelConvention, get_convention
+from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig, preprocess
 from vox2vox.errors import Vox2VoxError
-from vox2vox.hdf5 import LEGACY_IMAGE_SUFFIX, LEGACY_LABEL_SUFFIX, file_of, legacy_stem
-from vox2vox.io import NIFTI_SUFFIXES, SITK_SUFFIXES, Geometry, format_of, read_channels
-from vox2vox.labels import LabelConvention, get_convention
-from vox2vox.preprocessing import LoadedCase, PreprocessConfig, preprocess
 
 LAYOUTS = ("brats", "brats2023", "msd", "nnunet", "folders", "manifest", "single", "hdf5")
 CACHE_VERSION = 1

@@ -5,7 +5,7 @@ display: VTK picks an off-screen OpenGL context (EGL or OSMesa) when no X displa
 Prediction and ground truth are drawn side by side from one shared camera, so differences in
 shape are differences in the segmentations, not in the view.
 
-Array convention as in :mod:`vox2vox.plots`: volumes ``(X, Y, Z)`` in canonical RAS+ order with
+Array convention as in :mod:`vox2vox.report.plots`: volumes ``(X, Y, Z)`` in canonical RAS+ order with
 ``spacing`` in mm along those axes; surfaces are placed in mm, so anisotropic volumes keep their
 proportions.
 """
@@ -62,7 +62,7 @@ def render_labels(
         out: PNG path (written atomically).
         pred, truth: integer label maps ``(X, Y, Z)`` of one shape; at least one must be given.
             Each non-zero value becomes one surface (marching cubes at the class boundary), in
-            the colours of :mod:`vox2vox.plots` overlays.
+            the colours of :mod:`vox2vox.report.plots` overlays.
         image: intensity volume of the same shape: its thresholded foreground (Otsu) is drawn as
             a translucent outline of the anatomy. Without it the outline is the box around all
             labelled voxels, padded by 10 %.
@@ -74,7 +74,9 @@ def render_labels(
     Returns the PNG path. Raises Vox2VoxError for missing pyvista or mismatched shapes.
     """
     pv = require_pyvista()
-    from vox2vox.plots import _colours_for  # one colour table for 2D overlays and 3D surfaces
+    from vox2vox.report.plots import (
+        _colours_for,  # one colour table for 2D overlays and 3D surfaces
+    )
 
     panels = [(name, np.asarray(lab)) for name, lab in zip(titles, (pred, truth), strict=True) if lab is not None]
     if not panels:
@@ -205,13 +207,13 @@ def render_files(
     """``vox2vox render``: read the files and call :func:`render_labels`.
 
     ``labels`` is a label file (drawn as the prediction; ``truth`` adds the ground truth beside
-    it) or one case (a case folder or single-case dataset that :func:`vox2vox.datasets.discover`
+    it) or one case (a case folder or single-case dataset that :func:`vox2vox.data.datasets.discover`
     reads): its label map is drawn as the ground truth, and its FLAIR (else first) channel gives
     the anatomy unless ``image`` is given. Every file must lie on one grid.
     """
-    from vox2vox.datasets import discover
-    from vox2vox.evaluation import _read_labels
-    from vox2vox.io import read_channels
+    from vox2vox.data.datasets import discover
+    from vox2vox.data.io import read_channels
+    from vox2vox.report.evaluation import _read_labels
 
     labels = Path(labels)
     pred_path: Path | None = labels

@@ -11,7 +11,7 @@ checkpoint written after epoch ``e`` continues exactly as the uninterrupted run 
 
 Data parallelism: under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs on every rank; the
 plumbing (process group, per-rank batches, DDP wrapping, rank-0-only writes, global reductions)
-lives in :mod:`vox2vox.distributed`, whose module docstring says what equals a single-process run.
+lives in :mod:`vox2vox.train.distributed`, whose module docstring says what equals a single-process run.
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vox2vox import distributed
 from vox2vox.atomic import atomic_write_text, ensure_folder
-from vox2vox.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
 from vox2vox.config import Config
 from vox2vox.device import (
     AmpDtype,
@@ -46,7 +44,10 @@ from vox2vox.device import (
     tune_cpu_allocator,
 )
 from vox2vox.errors import Vox2VoxError
-from vox2vox.losses import (
+from vox2vox.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
+from vox2vox.model.discriminator import Discriminator
+from vox2vox.model.generator import Generator
+from vox2vox.model.losses import (
     cross_entropy_from_probs,
     discriminator_accuracy,
     fixed_class_weights,
@@ -54,8 +55,7 @@ from vox2vox.losses import (
     lsgan_generator_loss,
     one_hot,
 )
-from vox2vox.networks.discriminator import Discriminator
-from vox2vox.networks.generator import Generator
+from vox2vox.train import distributed
 
 # A training case as the loop needs it: image (C, D, H, W) float32, label (D, H, W) class indices.
 TrainCase = tuple[np.ndarray, np.ndarray]
@@ -550,9 +550,9 @@ def train_on_dataset(
     and preprocessing so that ``predict`` needs nothing but the checkpoint. ``split`` gives the
     (train ids, validation ids) explicitly (cross-validation folds) instead of :func:`split_cases`.
     """
-    from vox2vox.augmentation import Augmenter, sample_patch
-    from vox2vox.datasets import discover, load_case
-    from vox2vox.labels import get_convention
+    from vox2vox.data.augmentation import Augmenter, sample_patch
+    from vox2vox.data.datasets import discover, load_case
+    from vox2vox.data.labels import get_convention
 
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
@@ -618,8 +618,8 @@ def make_validator(val_cases: Sequence[Any], convention: Any, config: Config) ->
     Regions are the convention's (BraTS: WT, TC, ET) or one per foreground class; the score per
     case follows the BraTS rule for empty masks (both empty: Dice 1).
     """
-    from vox2vox.inference import InferenceConfig, predict_probabilities
-    from vox2vox.metrics import dice
+    from vox2vox.infer.inference import InferenceConfig, predict_probabilities
+    from vox2vox.report.metrics import dice
 
     infer = InferenceConfig(mode="auto", window=config.train.patch_size, overlap=0.25)
 

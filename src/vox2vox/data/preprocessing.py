@@ -26,8 +26,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from vox2vox.data.io import Geometry
 from vox2vox.errors import Vox2VoxError
-from vox2vox.io import Geometry
 
 Normalize = Literal["zscore-nonzero", "zscore", "ct-window", "none"]
 RECORD_VERSION = 1

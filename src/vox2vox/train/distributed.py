@@ -259,11 +259,11 @@ def batch_dice_loss(
     """The generalized Dice loss over the *global* batch, identical on every rank.
 
     ``target`` (one-hot) and ``probs`` (softmax) are this rank's ``(b, C, D, H, W)`` share. In a
-    single process this is :func:`vox2vox.losses.generalized_dice_loss` itself. Under DDP the
+    single process this is :func:`vox2vox.model.losses.generalized_dice_loss` itself. Under DDP the
     per-class sums (intersection, denominator, and the class counts Sudre weighting needs) are
     all-reduced first, so the loss and its gradient are those of the full batch.
     """
-    from vox2vox.losses import dice_loss_from_sums, dice_sums
+    from vox2vox.model.losses import dice_loss_from_sums, dice_sums
 
     sums = dice_sums(target, probs)
     if is_distributed():

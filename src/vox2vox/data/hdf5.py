@@ -88,7 +88,7 @@ def read_hdf5(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read an HDF5 volume as ``(X, Y, Z, C)`` plus its 4x4 voxel-to-world affine (mm, RAS+).
 
     ``path`` is an address as described in the module docstring. The layout matches what the
-    NIfTI reader returns, so :mod:`vox2vox.io` reorients and checks values the same way.
+    NIfTI reader returns, so :mod:`vox2vox.data.io` reorients and checks values the same way.
 
     Raises:
         Vox2VoxError: h5py missing, file missing or not HDF5, dataset missing, not 3D/4D, or

@@ -4,11 +4,11 @@ Every image is a PNG embedded as a base64 ``data:`` URI and the CSS is inline; t
 nothing from the network and runs no script. Sections appear when their inputs exist:
 
 - run configuration (``config.json``), split sizes (``split.json``), training curves
-  (``metrics.jsonl`` through :func:`vox2vox.plots.save_training_curves`);
+  (``metrics.jsonl`` through :func:`vox2vox.report.plots.save_training_curves`);
 - evaluation: summary per region (``<stem>_summary.json``), box plots of Dice and HD95 per
   region, the per-case table (the evaluation CSV);
 - the best and worst cases by mean Dice as tri-planar overlays, ground truth and prediction
-  (:func:`vox2vox.plots.save_overlay`), when both the predictions and the truth are found;
+  (:func:`vox2vox.report.plots.save_overlay`), when both the predictions and the truth are found;
 - software versions (``versions.json``).
 
 Folders understood by :func:`find_inputs`: a demo output (``run/``, ``predictions/``,
@@ -38,8 +38,8 @@ from vox2vox.atomic import atomic_write_text
 from vox2vox.errors import Vox2VoxError
 
 if TYPE_CHECKING:
-    from vox2vox.datasets import CaseFiles
-    from vox2vox.io import Geometry
+    from vox2vox.data.datasets import CaseFiles
+    from vox2vox.data.io import Geometry
 
 _EVAL_COLUMNS = ("case", "region", "dice", "hd95")
 # Shown in the per-case table and summary (volumes stay in the CSV).
@@ -187,7 +187,7 @@ def _overview(inputs: ReportInputs, rows: Sequence[Mapping[str, str]]) -> str:
 
 
 def _training_section(run_dir: Path) -> str:
-    from vox2vox.plots import save_training_curves
+    from vox2vox.report.plots import save_training_curves
 
     parts = ["<section><h2>Training</h2>"]
     history = _read_jsonl(run_dir / "metrics.jsonl")
@@ -324,10 +324,10 @@ def _save_box_plots(path: Path, rows: Sequence[Mapping[str, str]], regions: Sequ
 
 
 def _case_overlay(inputs: ReportInputs, case_id: str, title: str) -> str:
-    from vox2vox.datasets import discover
-    from vox2vox.evaluation import _index_predictions
-    from vox2vox.io import read_volume
-    from vox2vox.plots import save_overlay
+    from vox2vox.data.datasets import discover
+    from vox2vox.data.io import read_volume
+    from vox2vox.report.evaluation import _index_predictions
+    from vox2vox.report.plots import save_overlay
 
     assert inputs.truth is not None and inputs.predictions is not None
     spec = discover(inputs.truth)
@@ -351,7 +351,7 @@ def _case_overlay(inputs: ReportInputs, case_id: str, title: str) -> str:
 
 def _channel_volume(case: CaseFiles, channel: str) -> tuple[np.ndarray, Geometry]:
     """One channel of a case as ``(X, Y, Z)``, also when several channels share a 4D file (MSD)."""
-    from vox2vox.io import read_channels
+    from vox2vox.data.io import read_channels
 
     data, geometry = read_channels(case.channels[channel], nonfinite="zero")
     index = [n for n, p in case.channels.items() if p == case.channels[channel]].index(channel)

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vox2vox.checkpoint import load_checkpoint, resolve_checkpoint
 from vox2vox.config import Config
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
-from vox2vox.networks.generator import Generator
-from vox2vox.postprocessing import PostprocessConfig, check_postprocess
+from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
+from vox2vox.model.checkpoint import load_checkpoint, resolve_checkpoint
+from vox2vox.model.generator import Generator
 
 Mode = Literal["auto", "whole", "sliding"]
 ProbabilityFormat = Literal["npz", "nifti"]
@@ -329,7 +329,7 @@ class PredictionReport:
 
 def _discover_like_training(model: LoadedModel, input_path: str | Path, layout: str) -> Any:
     """Find the cases to predict, choosing channels (and a case-folder label) as in training."""
-    from vox2vox.datasets import discover
+    from vox2vox.data.datasets import discover
 
     label_name = model.config.data.label_name
     try:
@@ -362,13 +362,13 @@ def predict_dataset(
     """Predict every case under ``input_path`` and write ``<output_dir>/<case_id>.nii.gz``.
 
     ``input_path``: one image file (or DICOM folder), a dataset folder in any layout
-    :func:`vox2vox.datasets.discover` knows, or a manifest. Each case is preprocessed as the models
+    :func:`vox2vox.data.datasets.discover` knows, or a manifest. Each case is preprocessed as the models
     were trained, run (ensemble and flips averaged), mapped back to the input's grid and
     orientation (crop, resampling and reorientation undone) and written atomically as integer
     labels in the training data's convention (e.g. BraTS 4 for enhancing tumour), with the first
     channel's shape and affine. An existing file of the same name is replaced atomically.
 
-    ``postprocess``: optional clean-up of the label map (see :mod:`vox2vox.postprocessing`).
+    ``postprocess``: optional clean-up of the label map (see :mod:`vox2vox.infer.postprocessing`).
     ``save_probabilities``: also write the averaged softmax on the input grid, float32:
     ``"npz"`` -> ``<case_id>.npz`` as nnU-Net's ``--save_probabilities`` does (key
     ``probabilities``, axes ``(C, Z, Y, X)`` = the reverse of the file's voxel axes, nnU-Net's
@@ -383,8 +383,8 @@ def predict_dataset(
 
     from tqdm import tqdm
 
-    from vox2vox.datasets import CaseFiles, load_case
-    from vox2vox.labels import get_convention
+    from vox2vox.data.datasets import CaseFiles, load_case
+    from vox2vox.data.labels import get_convention
 
     if not models:
         raise Vox2VoxError("no model given; pass at least one checkpoint")
@@ -455,10 +455,10 @@ def _write_case(
 ) -> tuple[Path, Path | None]:
     """Undo preprocessing, argmax, post-process and write one case's files atomically."""
     from vox2vox.atomic import atomic_path
-    from vox2vox.datasets import check_case_id
-    from vox2vox.io import to_source_orientation, write_volume
-    from vox2vox.postprocessing import postprocess as apply_postprocess
-    from vox2vox.preprocessing import undo_preprocessing
+    from vox2vox.data.datasets import check_case_id
+    from vox2vox.data.io import to_source_orientation, write_volume
+    from vox2vox.data.preprocessing import undo_preprocessing
+    from vox2vox.infer.postprocessing import postprocess as apply_postprocess
 
     # Back to the input grid as probabilities (linear where it was resampled), then argmax:
     # interpolating probabilities, not labels, keeps boundaries smooth under resampling.

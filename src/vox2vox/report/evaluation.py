@@ -1,13 +1,13 @@
 """Score a folder of predicted label maps against the ground truth, as BraTS does.
 
 ``evaluate_folder`` pairs predictions with truth cases BY CASE ID (never by list position),
-scores every case and region with :mod:`vox2vox.metrics` (missing predictions count as empty
+scores every case and region with :mod:`vox2vox.report.metrics` (missing predictions count as empty
 predictions, so they score Dice 0 / HD95 373.13 where the truth has tumour), and writes a per-case
 CSV plus a JSON summary (mean, std, median, quartiles per region and metric).
 
 Predictions for case ``<id>`` are looked up in ``pred_dir`` as ``<id>.nii.gz``, ``<id>.nii``,
 ``<id>_seg.nii.gz``, ``<id>-seg.nii.gz`` or ``<id>/<id>_seg.nii.gz`` (first match wins). The truth is
-any dataset :func:`vox2vox.datasets.discover` reads whose cases have labels, or a plain folder of
+any dataset :func:`vox2vox.data.datasets.discover` reads whose cases have labels, or a plain folder of
 label files ``<id>.nii.gz`` / ``<id>_seg.nii.gz``.
 """
 
@@ -27,11 +27,11 @@ import numpy as np
 
 from vox2vox.atomic import atomic_write_text
 from vox2vox.errors import Vox2VoxError
-from vox2vox.metrics import BRATS_REGIONS, METRICS, label_regions, score_masks
+from vox2vox.report.metrics import BRATS_REGIONS, METRICS, label_regions, score_masks
 
 if TYPE_CHECKING:
-    from vox2vox.io import Geometry
-    from vox2vox.labels import LabelConvention
+    from vox2vox.data.io import Geometry
+    from vox2vox.data.labels import LabelConvention
 
 #: CSV columns, in order: one row per case and region.
 CSV_COLUMNS: tuple[str, ...] = ("case", "region", *METRICS, "missing_prediction")
@@ -126,14 +126,14 @@ def evaluate_folder(
     Args:
         pred_dir: folder of predicted label maps (source label values, e.g. BraTS 0/1/2/4), on
             the same grid (shape and affine) as the truth.
-        truth: a dataset folder or manifest with labels (see :func:`vox2vox.datasets.discover`),
+        truth: a dataset folder or manifest with labels (see :func:`vox2vox.data.datasets.discover`),
             or a folder of label files named by case id.
         regions: ``"brats"``: the label convention's regions (WT/TC/ET; from ``convention``, else
             the dataset's own convention, else BraTS 2018-21 values); ``"labels"``: one region per
             non-zero label value found in any truth or prediction; or an explicit mapping
             ``{name: label values}``.
         convention: a label convention name (``"brats2023"``), custom dict or
-            ``vox2vox.labels.LabelConvention`` whose regions to use with ``regions="brats"``.
+            ``vox2vox.data.labels.LabelConvention`` whose regions to use with ``regions="brats"``.
         out_csv: where to write the per-case CSV; the summary goes beside it as
             ``<stem>_summary.json``. Nothing is written when None.
 
@@ -239,7 +239,7 @@ def write_result(result: EvaluationResult, out_csv: str | os.PathLike[str]) -> E
 
 def _truth_cases(truth: Path) -> tuple[dict[str, Path], LabelConvention | None]:
     """Case id -> label file, and the dataset's label convention when the layout names one."""
-    from vox2vox.datasets import discover
+    from vox2vox.data.datasets import discover
 
     if not truth.exists():
         raise Vox2VoxError(f"{truth}: ground truth not found; give a dataset folder, manifest or label folder")
@@ -257,7 +257,7 @@ def _truth_cases(truth: Path) -> tuple[dict[str, Path], LabelConvention | None]:
         raise Vox2VoxError(
             f"{truth}: no case has a label file; give the ground-truth dataset or a folder of labels"
         )
-    from vox2vox.hdf5 import file_of
+    from vox2vox.data.hdf5 import file_of
 
     for case_id, path in cases.items():
         if not file_of(path).exists():  # ``labels.h5:seg`` lives in ``labels.h5``
@@ -331,7 +331,7 @@ def _case_id_of(name: str) -> str | None:
 
 def _read_labels(path: Path) -> tuple[np.ndarray, Geometry]:
     """Read a label map in canonical orientation as int32; non-integer values are an error."""
-    from vox2vox.io import read_volume
+    from vox2vox.data.io import read_volume
 
     data, geometry = read_volume(path)
     if np.issubdtype(data.dtype, np.integer):
@@ -367,7 +367,7 @@ def _resolve_regions(
     if regions != "brats":
         raise Vox2VoxError(f"regions {regions!r} is unknown; use brats or labels")
     if convention is not None:
-        from vox2vox.labels import get_convention
+        from vox2vox.data.labels import get_convention
 
         chosen = get_convention(convention)
     else:

@@ -4,7 +4,7 @@ matplotlib is imported lazily and drawn through its object API on an Agg canvas 
 global state, no display needed), so importing this module is free and it works on servers.
 
 Array convention: volumes are ``(X, Y, Z)`` in the canonical RAS+ orientation that
-:func:`vox2vox.io.read_volume` returns (any 3D array works; the view names then refer to its
+:func:`vox2vox.data.io.read_volume` returns (any 3D array works; the view names then refer to its
 axes 2, 1, 0). Axial = a slice at fixed Z, coronal = fixed Y, sagittal = fixed X. Slices are drawn
 with the first remaining axis horizontal and the second vertical (origin at the bottom), with
 pixel aspect ratio from ``spacing`` so anisotropic volumes are not squashed.

@@ -25,8 +25,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from vox2vox.data.labels import LabelConvention
 from vox2vox.errors import Vox2VoxError
-from vox2vox.labels import LabelConvention
 
 Connectivity = Literal[6, 26]
 ComponentScope = Literal["component", "total"]

@@ -1,0 +1,1 @@
+"""infer subpackage (see ARCHITECTURE.md)."""
