@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING
 from vox2vox import __version__
 from vox2vox.errors import Vox2VoxError
 
+# Each command imports the library it calls inside its handler (the one deliberate exception to
+# imports at module top): the library pulls in torch and MONAI (several seconds), which
+# `vox2vox --help`, `--version` and argument errors should not wait for.
+
 if TYPE_CHECKING:
     from vox2vox.config import Config
 

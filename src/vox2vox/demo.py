@@ -14,8 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from vox2vox.atomic import atomic_write_text
 from vox2vox.config import Config
+from vox2vox.data.datasets import discover
+from vox2vox.data.io import read_volume
+from vox2vox.data.synthetic import write_brats_folder
+from vox2vox.device import resolve_device
 from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
+from vox2vox.report.evaluation import evaluate_folder
+from vox2vox.report.plots import save_overlay, save_training_curves
+from vox2vox.report.report import write_report
+from vox2vox.train.training import train_on_dataset
 
 DemoSize = Literal["small", "tiny"]
 
@@ -78,14 +88,6 @@ PLANS: dict[str, DemoPlan] = {
 def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str = "auto",
              progress: bool = True) -> dict:
     """Run the demo into ``out`` and return its summary (also written to ``out/summary.json``)."""
-    from vox2vox.atomic import atomic_write_text
-    from vox2vox.data.datasets import discover
-    from vox2vox.data.io import read_volume
-    from vox2vox.data.synthetic import write_brats_folder
-    from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
-    from vox2vox.report.evaluation import evaluate_folder
-    from vox2vox.train.training import train_on_dataset
-
     plan = PLANS[size]
     out = Path(out)
     if (out / "run" / "checkpoints").exists():
@@ -108,7 +110,6 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
     # 3. Predict the held-out phantoms with the best checkpoint.
     say("[3/5] predicting the held-out phantoms")
     model = load_model(out / "run", device="cpu" if device == "auto" else device)
-    from vox2vox.device import resolve_device
 
     dev = resolve_device(device)
     model.generator.to(dev)
@@ -122,7 +123,6 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
 
     # 5. Figures: training curves and a tri-planar overlay per test case.
     say("[5/5] drawing figures and the HTML report")
-    from vox2vox.report.plots import save_overlay, save_training_curves
 
     history = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line]
     save_training_curves(out / "figures" / "training_curves.png", history)
@@ -134,8 +134,6 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
         save_overlay(out / "figures" / f"{case.case_id}.png", flair, truth=truth, pred=pred,
                      spacing=geometry.spacing, title=f"{case.case_id}: FLAIR, truth vs prediction",
                      label_names={1: "necrotic core", 2: "oedema", 4: "enhancing"})
-
-    from vox2vox.report.report import write_report
 
     report = write_report(out)
     summary = {

@@ -147,7 +147,7 @@ def write_hdf5(
 
 def _require_h5py(path: Path) -> Any:
     try:
-        import h5py
+        import h5py  # lazy: the optional [hdf5] extra
     except ImportError as err:
         raise Vox2VoxError(f"{path}: reading HDF5 needs h5py; {_INSTALL_HINT}") from err
     return h5py

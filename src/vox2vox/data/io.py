@@ -20,9 +20,11 @@ from typing import Literal
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 from nibabel import orientations as ornt
 
 from vox2vox.atomic import atomic_path
+from vox2vox.data.hdf5 import file_of, is_hdf5_address, read_hdf5
 from vox2vox.errors import Vox2VoxError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -86,8 +88,6 @@ class Geometry:
 def format_of(path: str | Path) -> Literal["nifti", "sitk", "dicom", "hdf5"] | None:
     """The reader a path needs, from its name (a folder is taken to be a DICOM series;
     ``.h5``/``.hdf5``, ``file.h5:dataset`` and the earlier ``.im``/``.seg`` files are HDF5)."""
-    from vox2vox.data.hdf5 import is_hdf5_address
-
     if is_hdf5_address(path):
         return "hdf5"
     path = Path(path)
@@ -103,8 +103,6 @@ def format_of(path: str | Path) -> Literal["nifti", "sitk", "dicom", "hdf5"] | N
 
 def is_volume_path(path: str | Path) -> bool:
     """Whether ``path`` is named like a volume file this module reads."""
-    from vox2vox.data.hdf5 import file_of
-
     return format_of(path) in ("nifti", "sitk", "hdf5") and file_of(path).is_file()
 
 
@@ -140,8 +138,6 @@ def read_channels(
     """
     path = Path(path)
     if format_of(path) == "hdf5":
-        from vox2vox.data.hdf5 import read_hdf5
-
         data, affine = read_hdf5(path)
         return _to_canonical(_check_values(data, path, nonfinite), affine)
     if not path.exists():
@@ -199,8 +195,6 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_sitk(path: Path, *, series: bool) -> tuple[np.ndarray, np.ndarray]:
     """Decode a file (or DICOM series folder) with SimpleITK into ``(X, Y, Z, C)`` + RAS affine."""
-    import SimpleITK as sitk
-
     try:
         if series:
             reader = sitk.ImageSeriesReader()

@@ -8,6 +8,7 @@ user's data came in (METHOD.md: "mapped back 3 -> 4 when saving").
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,8 +257,6 @@ def _pairs_from_dataset_json(labels: dict) -> list[tuple[int, str]]:
 
 def _convention_from_file(path: Path) -> LabelConvention:
     """A convention from a JSON file: a custom dict, a dataset.json, or a value -> name class map."""
-    import json
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:

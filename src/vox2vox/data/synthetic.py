@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
@@ -154,8 +155,6 @@ def write_brats_folder(
     Returns:
         the case ids in order, ``<prefix>_000``, ``<prefix>_001``, ...
     """
-    import nibabel as nib
-
     if n_cases < 0:
         raise ValueError(f"n_cases must be >= 0, got {n_cases}")
     root = Path(root)

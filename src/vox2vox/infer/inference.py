@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,11 +24,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from vox2vox.atomic import atomic_path
 from vox2vox.config import Config
+from vox2vox.data.datasets import CaseFiles, check_case_id, discover, load_case
+from vox2vox.data.io import to_source_orientation, write_volume
+from vox2vox.data.labels import get_convention
+from vox2vox.data.preprocessing import undo_preprocessing
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
+from vox2vox.infer.postprocessing import postprocess as apply_postprocess
 from vox2vox.model.checkpoint import load_checkpoint, resolve_checkpoint
 from vox2vox.model.generator import Generator
 
@@ -297,6 +305,7 @@ def _whole(model: torch.nn.Module, x: torch.Tensor, *, channels_last: bool = Fal
 
 def _sliding(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig) -> torch.Tensor:
     """MONAI sliding windows with Gaussian blending; windows rounded to the size multiple."""
+    # Lazy: MONAI takes seconds to import and only sliding-window prediction needs it.
     from monai.inferers import sliding_window_inference
 
     m = size_multiple(model)
@@ -329,8 +338,6 @@ class PredictionReport:
 
 def _discover_like_training(model: LoadedModel, input_path: str | Path, layout: str) -> Any:
     """Find the cases to predict, choosing channels (and a case-folder label) as in training."""
-    from vox2vox.data.datasets import discover
-
     label_name = model.config.data.label_name
     try:
         # A 'folders' dataset may need the label name training used to tell label from channels.
@@ -379,13 +386,6 @@ def predict_dataset(
     A case that fails (unreadable file, too little memory, ...) is reported in the result and,
     with ``progress``, on stderr; the others go on.
     """
-    import sys
-
-    from tqdm import tqdm
-
-    from vox2vox.data.datasets import CaseFiles, load_case
-    from vox2vox.data.labels import get_convention
-
     if not models:
         raise Vox2VoxError("no model given; pass at least one checkpoint")
     if save_probabilities not in (None, "npz", "nifti"):
@@ -454,12 +454,6 @@ def _write_case(
     save_probabilities: ProbabilityFormat | None,
 ) -> tuple[Path, Path | None]:
     """Undo preprocessing, argmax, post-process and write one case's files atomically."""
-    from vox2vox.atomic import atomic_path
-    from vox2vox.data.datasets import check_case_id
-    from vox2vox.data.io import to_source_orientation, write_volume
-    from vox2vox.data.preprocessing import undo_preprocessing
-    from vox2vox.infer.postprocessing import postprocess as apply_postprocess
-
     # Back to the input grid as probabilities (linear where it was resampled), then argmax:
     # interpolating probabilities, not labels, keeps boundaries smooth under resampling.
     probs = undo_preprocessing(probs, loaded.record, order=1)

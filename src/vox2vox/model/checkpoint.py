@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel
 import numpy as np
 import safetensors
 import torch
@@ -43,8 +44,7 @@ class Checkpoint:
 
 
 def software_versions() -> dict[str, str]:
-    import monai
-    import nibabel
+    import monai  # lazy: MONAI takes seconds to import and only its version string is needed here
 
     return {
         "python": platform.python_version(),

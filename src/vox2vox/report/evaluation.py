@@ -21,17 +21,17 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from vox2vox.atomic import atomic_write_text
+from vox2vox.data.datasets import discover
+from vox2vox.data.hdf5 import file_of
+from vox2vox.data.io import Geometry, read_volume
+from vox2vox.data.labels import LabelConvention, get_convention
 from vox2vox.errors import Vox2VoxError
 from vox2vox.report.metrics import BRATS_REGIONS, METRICS, label_regions, score_masks
-
-if TYPE_CHECKING:
-    from vox2vox.data.io import Geometry
-    from vox2vox.data.labels import LabelConvention
 
 #: CSV columns, in order: one row per case and region.
 CSV_COLUMNS: tuple[str, ...] = ("case", "region", *METRICS, "missing_prediction")
@@ -239,8 +239,6 @@ def write_result(result: EvaluationResult, out_csv: str | os.PathLike[str]) -> E
 
 def _truth_cases(truth: Path) -> tuple[dict[str, Path], LabelConvention | None]:
     """Case id -> label file, and the dataset's label convention when the layout names one."""
-    from vox2vox.data.datasets import discover
-
     if not truth.exists():
         raise Vox2VoxError(f"{truth}: ground truth not found; give a dataset folder, manifest or label folder")
     label_folder = _label_folder(truth) if truth.is_dir() else {}
@@ -257,7 +255,6 @@ def _truth_cases(truth: Path) -> tuple[dict[str, Path], LabelConvention | None]:
         raise Vox2VoxError(
             f"{truth}: no case has a label file; give the ground-truth dataset or a folder of labels"
         )
-    from vox2vox.data.hdf5 import file_of
 
     for case_id, path in cases.items():
         if not file_of(path).exists():  # ``labels.h5:seg`` lives in ``labels.h5``
@@ -331,8 +328,6 @@ def _case_id_of(name: str) -> str | None:
 
 def _read_labels(path: Path) -> tuple[np.ndarray, Geometry]:
     """Read a label map in canonical orientation as int32; non-integer values are an error."""
-    from vox2vox.data.io import read_volume
-
     data, geometry = read_volume(path)
     if np.issubdtype(data.dtype, np.integer):
         return data.astype(np.int32, copy=False), geometry
@@ -367,8 +362,6 @@ def _resolve_regions(
     if regions != "brats":
         raise Vox2VoxError(f"regions {regions!r} is unknown; use brats or labels")
     if convention is not None:
-        from vox2vox.data.labels import get_convention
-
         chosen = get_convention(convention)
     else:
         chosen = dataset_convention

@@ -67,6 +67,8 @@ def hd95(pred: np.ndarray, truth: np.ndarray, *, spacing: Sequence[float]) -> fl
     Returns:
         0 when both are empty, :data:`HD95_ONE_EMPTY_MM` when exactly one is empty.
     """
+    # Lazy: torch and MONAI take seconds to import and only HD95 needs them, so Dice-only scoring
+    # (and everything importing this module for it) stays light.
     import torch
     from monai.metrics import compute_hausdorff_distance
 

@@ -78,6 +78,7 @@ def save_overlay(
     One row per given label map (``ground truth``, ``prediction``), or a single image row when
     both are None; columns are the three views, all through :func:`overlay_centre`.
     """
+    # Lazy: matplotlib takes about a second to import and only figure writing needs it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
@@ -143,6 +144,7 @@ def save_training_curves(path: str | os.PathLike[str], metrics_log: Sequence[Map
     region); panels without data are left out. The x axis is the epoch when each row has its
     own epoch, else the step, else the row number.
     """
+    # Lazy: matplotlib takes about a second to import and only figure writing needs it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

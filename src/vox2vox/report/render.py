@@ -20,7 +20,11 @@ from typing import Any
 import numpy as np
 
 from vox2vox.atomic import atomic_path
+from vox2vox.data.datasets import discover
+from vox2vox.data.io import read_channels
 from vox2vox.errors import Vox2VoxError
+from vox2vox.report.evaluation import _read_labels
+from vox2vox.report.plots import _colours_for  # one colour table for 2D overlays and 3D surfaces
 
 _INSTALL_HINT = "pip install 'vox2vox[render]'"
 _OUTLINE_OPACITY = 0.12
@@ -34,7 +38,7 @@ _VIEW_DIRECTION = (-1.0, -1.6, 0.9)
 def require_pyvista() -> Any:
     """Import pyvista for off-screen use, or say how to install it."""
     try:
-        import pyvista
+        import pyvista  # lazy: the optional [render] extra (VTK), and slow to import
     except ImportError as err:
         raise Vox2VoxError(f"3D rendering needs pyvista (VTK); {_INSTALL_HINT}") from err
     if not os.environ.get("DISPLAY") and not os.environ.get("VTK_DEFAULT_OPENGL_WINDOW"):
@@ -74,9 +78,6 @@ def render_labels(
     Returns the PNG path. Raises Vox2VoxError for missing pyvista or mismatched shapes.
     """
     pv = require_pyvista()
-    from vox2vox.report.plots import (
-        _colours_for,  # one colour table for 2D overlays and 3D surfaces
-    )
 
     panels = [(name, np.asarray(lab)) for name, lab in zip(titles, (pred, truth), strict=True) if lab is not None]
     if not panels:
@@ -211,10 +212,6 @@ def render_files(
     reads): its label map is drawn as the ground truth, and its FLAIR (else first) channel gives
     the anatomy unless ``image`` is given. Every file must lie on one grid.
     """
-    from vox2vox.data.datasets import discover
-    from vox2vox.data.io import read_channels
-    from vox2vox.report.evaluation import _read_labels
-
     labels = Path(labels)
     pred_path: Path | None = labels
     truth_path = Path(truth) if truth is not None else None

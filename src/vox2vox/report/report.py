@@ -30,16 +30,16 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vox2vox import __version__
 from vox2vox.atomic import atomic_write_text
+from vox2vox.data.datasets import CaseFiles, discover
+from vox2vox.data.io import Geometry, read_channels, read_volume
 from vox2vox.errors import Vox2VoxError
-
-if TYPE_CHECKING:
-    from vox2vox.data.datasets import CaseFiles
-    from vox2vox.data.io import Geometry
+from vox2vox.report.evaluation import _index_predictions
+from vox2vox.report.plots import save_overlay, save_training_curves
 
 _EVAL_COLUMNS = ("case", "region", "dice", "hd95")
 # Shown in the per-case table and summary (volumes stay in the CSV).
@@ -187,8 +187,6 @@ def _overview(inputs: ReportInputs, rows: Sequence[Mapping[str, str]]) -> str:
 
 
 def _training_section(run_dir: Path) -> str:
-    from vox2vox.report.plots import save_training_curves
-
     parts = ["<section><h2>Training</h2>"]
     history = _read_jsonl(run_dir / "metrics.jsonl")
     if history:
@@ -277,8 +275,6 @@ def _cases_section(inputs: ReportInputs, rows: Sequence[Mapping[str, str]]) -> s
 def _versions_section(run_dir: Path | None) -> str:
     versions = _read_json(run_dir / "versions.json") if run_dir is not None else None
     if not isinstance(versions, dict):
-        from vox2vox import __version__
-
         versions = {"vox2vox": __version__}
         note = "<p>versions.json not found; the version of vox2vox writing this report:</p>"
     else:
@@ -301,6 +297,7 @@ def _figure(draw, alt: str) -> str:
 
 
 def _save_box_plots(path: Path, rows: Sequence[Mapping[str, str]], regions: Sequence[str]) -> None:
+    # Lazy: matplotlib takes about a second to import and only figure writing needs it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -324,11 +321,6 @@ def _save_box_plots(path: Path, rows: Sequence[Mapping[str, str]], regions: Sequ
 
 
 def _case_overlay(inputs: ReportInputs, case_id: str, title: str) -> str:
-    from vox2vox.data.datasets import discover
-    from vox2vox.data.io import read_volume
-    from vox2vox.report.evaluation import _index_predictions
-    from vox2vox.report.plots import save_overlay
-
     assert inputs.truth is not None and inputs.predictions is not None
     spec = discover(inputs.truth)
     case = next((c for c in spec.cases if c.case_id == case_id), None)
@@ -351,8 +343,6 @@ def _case_overlay(inputs: ReportInputs, case_id: str, title: str) -> str:
 
 def _channel_volume(case: CaseFiles, channel: str) -> tuple[np.ndarray, Geometry]:
     """One channel of a case as ``(X, Y, Z)``, also when several channels share a 4D file (MSD)."""
-    from vox2vox.data.io import read_channels
-
     data, geometry = read_channels(case.channels[channel], nonfinite="zero")
     index = [n for n, p in case.channels.items() if p == case.channels[channel]].index(channel)
     return data[index], geometry

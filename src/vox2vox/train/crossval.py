@@ -24,6 +24,7 @@ import numpy as np
 
 from vox2vox.atomic import atomic_write_text
 from vox2vox.config import Config
+from vox2vox.data.datasets import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.train import distributed
 from vox2vox.train.training import FitResult, train_on_dataset
@@ -90,8 +91,6 @@ def run_cross_validation(
     Each fold is an ordinary run in ``cv_dir/fold_<i>`` that validates on its held-out cases.
     Returns the fit result per trained fold and rewrites ``cv_summary.json``.
     """
-    from vox2vox.data.datasets import discover
-
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
     if fold is not None and not 0 <= fold < folds:

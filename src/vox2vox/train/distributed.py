@@ -39,7 +39,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from vox2vox.device import resolve_device
 from vox2vox.errors import Vox2VoxError
+from vox2vox.model.losses import dice_loss_from_sums, dice_sums
 
 T = TypeVar("T")
 
@@ -90,8 +92,6 @@ def setup(device_choice: str = "auto") -> DistContext:
     (the ``env://`` rendezvous). NCCL is used on CUDA (one GPU per local rank), gloo on CPU.
     Without ``WORLD_SIZE`` > 1 this returns a single-process context on the configured device.
     """
-    from vox2vox.device import resolve_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(0, 1, 0, resolve_device(device_choice))
@@ -263,8 +263,6 @@ def batch_dice_loss(
     per-class sums (intersection, denominator, and the class counts Sudre weighting needs) are
     all-reduced first, so the loss and its gradient are those of the full batch.
     """
-    from vox2vox.model.losses import dice_loss_from_sums, dice_sums
-
     sums = dice_sums(target, probs)
     if is_distributed():
         sums = _AllReduceSum.apply(sums)

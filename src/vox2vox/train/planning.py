@@ -32,6 +32,7 @@ from vox2vox.config import Config
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.discriminator import Discriminator
 from vox2vox.model.generator import Generator
+from vox2vox.train.distributed import per_rank_batch
 
 _FLOAT32 = 4
 _ADAM_STATE_BYTES = 4 * _FLOAT32  # weight, gradient, exp_avg, exp_avg_sq
@@ -87,8 +88,6 @@ def estimate_memory(config: Config, *, world_size: int = 1, amp: str | None = No
     ``amp`` is ``bf16``/``fp16``/``off`` (default: ``train.amp``, with ``auto`` planned as a GPU
     would run it, i.e. half precision); ``activation_checkpointing`` defaults to the config's.
     """
-    from vox2vox.train.distributed import per_rank_batch
-
     if world_size < 1:
         raise Vox2VoxError(f"--world-size {world_size}: must be >= 1")
     batch = per_rank_batch(config.train.batch_size, world_size)

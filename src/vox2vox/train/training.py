@@ -25,16 +25,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
+from vox2vox.data.augmentation import Augmenter, sample_patch
+from vox2vox.data.datasets import discover, load_case
+from vox2vox.data.labels import get_convention
 from vox2vox.device import (
     AmpDtype,
     autocast,
@@ -44,6 +49,7 @@ from vox2vox.device import (
     tune_cpu_allocator,
 )
 from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.inference import InferenceConfig, predict_probabilities
 from vox2vox.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
 from vox2vox.model.discriminator import Discriminator
 from vox2vox.model.generator import Generator
@@ -55,6 +61,7 @@ from vox2vox.model.losses import (
     lsgan_generator_loss,
     one_hot,
 )
+from vox2vox.report.metrics import dice
 from vox2vox.train import distributed
 
 # A training case as the loop needs it: image (C, D, H, W) float32, label (D, H, W) class indices.
@@ -116,10 +123,6 @@ def enable_activation_checkpointing(generator: Generator) -> Generator:
     third more compute). The state dict is unchanged (the blocks' ``forward`` is wrapped in place),
     and dropout masks are replayed exactly (``torch.utils.checkpoint`` restores the RNG state).
     """
-    from functools import partial
-
-    from torch.utils.checkpoint import checkpoint
-
     for blocks in (generator.encoder, generator.bottleneck, generator.decoder):
         for block in blocks:
             block.forward = partial(checkpoint, block.forward, use_reentrant=False)  # type: ignore[method-assign]
@@ -550,10 +553,6 @@ def train_on_dataset(
     and preprocessing so that ``predict`` needs nothing but the checkpoint. ``split`` gives the
     (train ids, validation ids) explicitly (cross-validation folds) instead of :func:`split_cases`.
     """
-    from vox2vox.data.augmentation import Augmenter, sample_patch
-    from vox2vox.data.datasets import discover, load_case
-    from vox2vox.data.labels import get_convention
-
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
     # Under torchrun every rank loads the cases; rank 0 alone writes and shows progress.
@@ -618,9 +617,6 @@ def make_validator(val_cases: Sequence[Any], convention: Any, config: Config) ->
     Regions are the convention's (BraTS: WT, TC, ET) or one per foreground class; the score per
     case follows the BraTS rule for empty masks (both empty: Dice 1).
     """
-    from vox2vox.infer.inference import InferenceConfig, predict_probabilities
-    from vox2vox.report.metrics import dice
-
     infer = InferenceConfig(mode="auto", window=config.train.patch_size, overlap=0.25)
 
     def validate(generator: torch.nn.Module) -> dict[str, float]:
