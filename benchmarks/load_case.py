@@ -16,8 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from vox2vox.data.datasets import CaseFiles, discover, load_case, write_manifest
+from vox2vox.data.cases import CaseFiles
 from vox2vox.data.labels import get_convention
+from vox2vox.data.layouts import discover
+from vox2vox.data.loading import load_case
+from vox2vox.data.manifest import write_manifest
 from vox2vox.data.preprocessing import PreprocessConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -60,8 +60,10 @@ import torch
 from vox2vox.atomic import atomic_write_text
 from vox2vox.config import Config
 from vox2vox.data.augmentation import Augmenter, sample_patch
-from vox2vox.data.datasets import discover, load_case, read_case, write_manifest
 from vox2vox.data.labels import get_convention
+from vox2vox.data.layouts import discover
+from vox2vox.data.loading import load_case, read_case
+from vox2vox.data.manifest import write_manifest
 from vox2vox.data.preprocessing import PreprocessConfig, undo_preprocessing
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vox2vox.cli import main
-from vox2vox.data.datasets import discover, load_case
+from vox2vox.data.layouts import discover
+from vox2vox.data.loading import load_case
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import load_model, predict_dataset, predict_probabilities

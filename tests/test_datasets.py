@@ -10,8 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from vox2vox.data.datasets import check_dataset, discover, load_case, write_manifest
+from vox2vox.data.checking import check_dataset
 from vox2vox.data.labels import get_convention
+from vox2vox.data.layouts import discover
+from vox2vox.data.loading import load_case
+from vox2vox.data.manifest import write_manifest
 from vox2vox.data.preprocessing import PreprocessConfig
 from vox2vox.errors import Vox2VoxError
 
@@ -96,7 +99,7 @@ def test_cache_skips_decoding(tmp_path, monkeypatch):
     spec = discover(root)
     prep = PreprocessConfig(cache_dir=str(tmp_path / "cache"))
     first = load_case(spec.cases[0], convention=get_convention("brats"), prep=prep)
-    import vox2vox.data.datasets as ds
+    import vox2vox.data.loading as ds
 
     def fail(*args, **kwargs):
         raise AssertionError("decoded again")

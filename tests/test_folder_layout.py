@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from vox2vox.cli import main
-from vox2vox.data.datasets import discover, load_case, read_case, write_spec_manifest
 from vox2vox.data.labels import get_convention
+from vox2vox.data.layouts import discover
+from vox2vox.data.loading import load_case, read_case
+from vox2vox.data.manifest import write_spec_manifest
 from vox2vox.data.preprocessing import PreprocessConfig
 from vox2vox.errors import Vox2VoxError
 
@@ -148,7 +150,7 @@ def test_brain_mask_beside_label_becomes_the_mask(tmp_path):
 
 
 def test_case_missing_a_channel_is_reported_not_dropped(tmp_path):
-    from vox2vox.data.datasets import check_dataset
+    from vox2vox.data.checking import check_dataset
 
     root = _case_folders(tmp_path / "data", ("t1", "t2", "label"))
     (root / "p02" / "t2.nii.gz").unlink()

@@ -12,9 +12,11 @@ import pytest
 h5py = pytest.importorskip("h5py", reason="h5py is in the test extra: pip install -e '.[test]'")
 
 from vox2vox.cli import main  # noqa: E402
-from vox2vox.data.datasets import check_dataset, discover, load_case  # noqa: E402
+from vox2vox.data.checking import check_dataset  # noqa: E402
 from vox2vox.data.hdf5 import file_of, is_hdf5_address, split_address, write_hdf5  # noqa: E402
 from vox2vox.data.io import format_of, read_channels, read_volume  # noqa: E402
+from vox2vox.data.layouts import discover  # noqa: E402
+from vox2vox.data.loading import load_case  # noqa: E402
 from vox2vox.data.preprocessing import PreprocessConfig  # noqa: E402
 from vox2vox.data.synthetic import make_phantom  # noqa: E402
 from vox2vox.errors import Vox2VoxError  # noqa: E402

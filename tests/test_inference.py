@@ -13,13 +13,13 @@ from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import (
     FLIP_AXES,
     InferenceConfig,
-    PhaseTransposedConv3d,
     fast_inference_model,
     load_model,
     predict_dataset,
     predict_probabilities,
 )
 from vox2vox.infer.postprocessing import PostprocessConfig
+from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.model.generator import Generator, GeneratorConfig
 

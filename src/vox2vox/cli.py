@@ -161,7 +161,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _dataset(args: argparse.Namespace) -> int:
-    from vox2vox.data.datasets import check_dataset, discover, write_spec_manifest
+    from vox2vox.data.checking import check_dataset
+    from vox2vox.data.layouts import discover
+    from vox2vox.data.manifest import write_spec_manifest
 
     channels = tuple(c.strip() for c in args.channels.split(",") if c.strip()) if args.channels else None
     spec = discover(args.path, layout=args.layout, label_name=args.label_name, channel_names=channels)

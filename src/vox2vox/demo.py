@@ -16,8 +16,8 @@ from typing import Literal
 
 from vox2vox.atomic import atomic_write_text
 from vox2vox.config import Config
-from vox2vox.data.datasets import discover
 from vox2vox.data.io import read_volume
+from vox2vox.data.layouts import discover
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.device import resolve_device
 from vox2vox.errors import Vox2VoxError

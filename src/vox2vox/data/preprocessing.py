@@ -44,7 +44,7 @@ class PreprocessConfig:
     crop_foreground: crop to the foreground bounding box (union over channels).
     target_spacing: resample to this voxel size in mm along the canonical axes; None keeps it.
     pad_multiple: spatial dims are padded up to a multiple of this (1 disables padding).
-    cache_dir: folder for preprocessed cases (see ``datasets.load_case``); None disables the cache.
+    cache_dir: folder for preprocessed cases (see ``loading.load_case``); None disables the cache.
     """
 
     normalize: Normalize = "zscore-nonzero"

@@ -28,14 +28,17 @@ from tqdm import tqdm
 
 from vox2vox.atomic import atomic_path
 from vox2vox.config import Config
-from vox2vox.data.datasets import CaseFiles, check_case_id, discover, load_case
+from vox2vox.data.cases import CaseFiles, check_case_id
 from vox2vox.data.io import to_source_orientation, write_volume
 from vox2vox.data.labels import get_convention
+from vox2vox.data.layouts import discover
+from vox2vox.data.loading import load_case
 from vox2vox.data.preprocessing import undo_preprocessing
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.postprocessing import postprocess as apply_postprocess
+from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import load_checkpoint, resolve_checkpoint
 from vox2vox.model.generator import Generator
 
@@ -190,62 +193,6 @@ def size_multiple(model: torch.nn.Module) -> int:
     return int(getattr(cfg, "size_multiple", 16))
 
 
-class PhaseTransposedConv3d(torch.nn.Module):
-    """A ``ConvTranspose3d(kernel 4, stride 2, padding 1)`` computed as one ordinary convolution.
-
-    Each output voxel ``2m + r`` (parity ``r`` per axis) sums input voxels ``m - 1, m`` (r = 0,
-    kernel taps 3, 1) or ``m, m + 1`` (r = 1, taps 2, 0). So a stride-1 kernel-2 convolution
-    with padding 1 to ``8 * out_channels`` channels (one group per parity triple) computes every
-    output voxel, and an interleave puts them in place. Same FLOPs (plus the one-voxel border);
-    the point is speed: oneDNN's transposed convolution vectorises over output channels and is
-    slow for the generator's 4-class head (measured 1.3-2x faster on this CPU; no gain for the
-    wide decoder stages, which keep the original layer).
-
-    Shapes: input ``(B, C_in, D, H, W)`` -> output ``(B, C_out, 2D, 2H, 2W)``, as the original.
-    """
-
-    _TAPS = ((3, 1), (2, 0))  # kernel index for (parity r, tap t)
-
-    def __init__(self, deconv: torch.nn.ConvTranspose3d):
-        super().__init__()
-        w = deconv.weight.detach()  # (C_in, C_out, 4, 4, 4)
-        self.out_channels = int(w.shape[1])
-        taps = torch.tensor(self._TAPS, device=w.device)
-        groups = []
-        for r0 in range(2):
-            for r1 in range(2):
-                for r2 in range(2):
-                    sub = w[:, :, taps[r0]][:, :, :, taps[r1]][:, :, :, :, taps[r2]]
-                    groups.append(sub.transpose(0, 1))  # (C_out, C_in, 2, 2, 2)
-        self.register_buffer("weight", torch.cat(groups).contiguous(), persistent=False)
-        bias = None if deconv.bias is None else deconv.bias.detach().repeat(8)
-        self.register_buffer("bias", bias, persistent=False)
-
-    @staticmethod
-    def eligible(module: torch.nn.Module) -> bool:
-        """A plain 4/2/1 transposed conv with few output channels (where the rewrite pays)."""
-        return (
-            isinstance(module, torch.nn.ConvTranspose3d)
-            and module.kernel_size == (4, 4, 4) and module.stride == (2, 2, 2)
-            and module.padding == (1, 1, 1) and module.output_padding == (0, 0, 0)
-            and module.dilation == (1, 1, 1) and module.groups == 1
-            and module.out_channels < 16
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv3d(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype), padding=1)
-        n0, n1, n2 = x.shape[2:]
-        c = self.out_channels
-        out = y.new_empty((x.shape[0], c, 2 * n0, 2 * n1, 2 * n2))
-        group = 0
-        for r0 in range(2):
-            for r1 in range(2):
-                for r2 in range(2):
-                    out[:, :, r0::2, r1::2, r2::2] = y[:, group * c : (group + 1) * c, r0 : r0 + n0, r1 : r1 + n1, r2 : r2 + n2]
-                    group += 1
-        return out
-
-
 # model -> (weight versions it was built from, the model with fast layers); weak so a model
 # that goes out of use is not kept alive by this cache.
 _FAST_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -369,7 +316,7 @@ def predict_dataset(
     """Predict every case under ``input_path`` and write ``<output_dir>/<case_id>.nii.gz``.
 
     ``input_path``: one image file (or DICOM folder), a dataset folder in any layout
-    :func:`vox2vox.data.datasets.discover` knows, or a manifest. Each case is preprocessed as the models
+    :func:`vox2vox.data.layouts.discover` knows, or a manifest. Each case is preprocessed as the models
     were trained, run (ensemble and flips averaged), mapped back to the input's grid and
     orientation (crop, resampling and reorientation undone) and written atomically as integer
     labels in the training data's convention (e.g. BraTS 4 for enhancing tumour), with the first

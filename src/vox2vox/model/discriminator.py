@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vox2vox.errors import Vox2VoxError
-from vox2vox.model.generator import (
+from vox2vox.model.blocks import (
     Conv3d,
     NormKind,
     check_positive_ints,

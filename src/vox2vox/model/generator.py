@@ -14,14 +14,20 @@ output ``(B, n_classes, D, H, W)`` probabilities (or logits with ``return_logits
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from vox2vox.errors import Vox2VoxError
-
-NormKind = Literal["instance", "batch", "none"]
+from vox2vox.model.blocks import (
+    Conv3d,
+    ConvTranspose3d,
+    NormKind,
+    check_positive_ints,
+    init_he_normal,
+    make_norm,
+    same_padding,
+)
 
 
 @dataclass(frozen=True)
@@ -60,70 +66,6 @@ class GeneratorConfig:
 
     def encoder_filters(self) -> list[int]:
         return [min(self.base_filters * 2**i, self.max_filters) for i in range(self.depth)]
-
-
-def check_positive_ints(cfg: object, section: str, *names: str) -> None:
-    """Raise a config error naming ``section.name`` for any field that is not a positive integer."""
-    for name in names:
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise Vox2VoxError(f"{section}.{name}={value!r}: must be a positive integer")
-
-
-def make_norm(kind: NormKind, channels: int, eps: float) -> nn.Module:
-    """Normalisation layer; instance norm is affine (Keras InstanceNormalization has scale/shift).
-
-    Instance norm is computed as ``GroupNorm`` with one channel per group: the same function
-    (per sample and channel over the spatial axes, then a per-channel scale and shift) with the
-    same parameter names (``weight``, ``bias``), but PyTorch's CPU group-norm kernel avoids
-    ``InstanceNorm3d``'s reshape to a (1, B*C, ...) batch norm and its repeated parameters;
-    measured faster for every shape in this network (benchmarks/RESULTS.md).
-    """
-    if kind == "instance":
-        return nn.GroupNorm(channels, channels, eps=eps, affine=True)
-    if kind == "batch":
-        return nn.BatchNorm3d(channels, eps=eps)
-    return nn.Identity()
-
-
-# oneDNN's channels-first 3D convolution is slow on the CPU, backward above all, when one side has
-# only a few channels (the generator's first and last layers, the discriminator's first); in the
-# channels-last layout the same layers ran 3-7x faster (benchmarks/RESULTS.md), while the wide
-# inner layers are faster channels-first. So only these layers switch layout, inside forward.
-FEW_CHANNELS = 16
-
-
-def _wants_channels_last(x: torch.Tensor, cin: int, cout: int) -> bool:
-    return x.device.type == "cpu" and x.ndim == 5 and min(cin, cout) < FEW_CHANNELS
-
-
-class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` (same parameters and state dict) that runs channels-last on the CPU when it
-    has fewer than ``FEW_CHANNELS`` input or output channels; output in the default layout."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _wants_channels_last(x, self.in_channels, self.out_channels):
-            return super().forward(x)
-        return super().forward(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
-
-
-class ConvTranspose3d(nn.ConvTranspose3d):
-    """``nn.ConvTranspose3d`` with the same layout rule as :class:`Conv3d`."""
-
-    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if not _wants_channels_last(x, self.in_channels, self.out_channels):
-            return super().forward(x, output_size)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        return super().forward(x, output_size).contiguous()
-
-
-def same_padding(kernel_size: int, stride: int) -> tuple[int, int]:
-    """Keras 'same' padding (before, after) for a conv whose input is divisible by the stride.
-
-    Keras pads ``k - s`` in total with the extra voxel after, e.g. (1, 2) for k=4, s=1.
-    """
-    total = max(kernel_size - stride, 0)
-    return total // 2, total - total // 2
 
 
 class DownBlock(nn.Module):
@@ -249,22 +191,6 @@ class Generator(nn.Module):
             return logits
         # Softmax in float32: under fp16 autocast small class probabilities would underflow.
         return torch.softmax(logits.float(), dim=1)
-
-
-def init_he_normal(module: nn.Module) -> None:
-    """He-normal weights (as the authors' Keras code), zero biases, unit norm scales."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv3d | nn.ConvTranspose3d):
-            # Keras he_normal is a truncated normal with std sqrt(2 / fan_in); fan_in for a
-            # transposed conv in PyTorch's layout is weight.size(0) * k^3, which
-            # kaiming_normal_(mode="fan_in") computes from dim 1, so pick the mode that matches.
-            mode = "fan_out" if isinstance(m, nn.ConvTranspose3d) else "fan_in"
-            nn.init.kaiming_normal_(m.weight, a=0.0, mode=mode, nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.GroupNorm | nn.InstanceNorm3d | nn.BatchNorm3d) and m.affine:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -7,7 +7,7 @@ CSV plus a JSON summary (mean, std, median, quartiles per region and metric).
 
 Predictions for case ``<id>`` are looked up in ``pred_dir`` as ``<id>.nii.gz``, ``<id>.nii``,
 ``<id>_seg.nii.gz``, ``<id>-seg.nii.gz`` or ``<id>/<id>_seg.nii.gz`` (first match wins). The truth is
-any dataset :func:`vox2vox.data.datasets.discover` reads whose cases have labels, or a plain folder of
+any dataset :func:`vox2vox.data.layouts.discover` reads whose cases have labels, or a plain folder of
 label files ``<id>.nii.gz`` / ``<id>_seg.nii.gz``.
 """
 
@@ -26,10 +26,10 @@ from typing import Literal
 import numpy as np
 
 from vox2vox.atomic import atomic_write_text
-from vox2vox.data.datasets import discover
 from vox2vox.data.hdf5 import file_of
 from vox2vox.data.io import Geometry, read_volume
 from vox2vox.data.labels import LabelConvention, get_convention
+from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.report.metrics import BRATS_REGIONS, METRICS, label_regions, score_masks
 
@@ -126,7 +126,7 @@ def evaluate_folder(
     Args:
         pred_dir: folder of predicted label maps (source label values, e.g. BraTS 0/1/2/4), on
             the same grid (shape and affine) as the truth.
-        truth: a dataset folder or manifest with labels (see :func:`vox2vox.data.datasets.discover`),
+        truth: a dataset folder or manifest with labels (see :func:`vox2vox.data.layouts.discover`),
             or a folder of label files named by case id.
         regions: ``"brats"``: the label convention's regions (WT/TC/ET; from ``convention``, else
             the dataset's own convention, else BraTS 2018-21 values); ``"labels"``: one region per

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from vox2vox.atomic import atomic_path
-from vox2vox.data.datasets import discover
 from vox2vox.data.io import read_channels
+from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.report.evaluation import _read_labels
 from vox2vox.report.plots import _colours_for  # one colour table for 2D overlays and 3D surfaces
@@ -208,7 +208,7 @@ def render_files(
     """``vox2vox render``: read the files and call :func:`render_labels`.
 
     ``labels`` is a label file (drawn as the prediction; ``truth`` adds the ground truth beside
-    it) or one case (a case folder or single-case dataset that :func:`vox2vox.data.datasets.discover`
+    it) or one case (a case folder or single-case dataset that :func:`vox2vox.data.layouts.discover`
     reads): its label map is drawn as the ground truth, and its FLAIR (else first) channel gives
     the anatomy unless ``image`` is given. Every file must lie on one grid.
     """

@@ -35,8 +35,9 @@ import numpy as np
 
 from vox2vox import __version__
 from vox2vox.atomic import atomic_write_text
-from vox2vox.data.datasets import CaseFiles, discover
+from vox2vox.data.cases import CaseFiles
 from vox2vox.data.io import Geometry, read_channels, read_volume
+from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.report.evaluation import _index_predictions
 from vox2vox.report.plots import save_overlay, save_training_curves

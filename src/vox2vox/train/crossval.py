@@ -24,7 +24,7 @@ import numpy as np
 
 from vox2vox.atomic import atomic_write_text
 from vox2vox.config import Config
-from vox2vox.data.datasets import discover
+from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.train import distributed
 from vox2vox.train.training import FitResult, train_on_dataset

@@ -38,8 +38,9 @@ from tqdm import tqdm
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
 from vox2vox.data.augmentation import Augmenter, sample_patch
-from vox2vox.data.datasets import discover, load_case
 from vox2vox.data.labels import get_convention
+from vox2vox.data.layouts import discover
+from vox2vox.data.loading import load_case
 from vox2vox.device import (
     AmpDtype,
     autocast,

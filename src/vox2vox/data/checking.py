@@ -1,0 +1,248 @@
+"""``vox2vox dataset``'s check: read every case fully and list facts and every problem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vox2vox.data.cases import CaseFiles, DatasetSpec
+from vox2vox.data.hdf5 import file_of
+from vox2vox.data.io import Geometry, read_channels
+from vox2vox.data.labels import LabelConvention, get_convention
+from vox2vox.data.loading import same_affine
+from vox2vox.errors import Vox2VoxError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding. ``severity`` "error" breaks training; "warning" deserves a look."""
+
+    severity: str
+    case_id: str
+    file: str
+    message: str
+
+    def format(self) -> str:
+        return f"{self.severity.upper():7s} {self.case_id}: {self.file}: {self.message}"
+
+
+@dataclass
+class CaseFacts:
+    """What was read for one case (for the table)."""
+
+    case_id: str
+    shape: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    orientation: str | None = None
+    channels: int = 0
+    label_counts: dict[int, int] | None = None
+
+
+@dataclass
+class DatasetReport:
+    """Per-case facts and every problem; :meth:`format` renders both as text."""
+
+    spec: DatasetSpec
+    cases: list[CaseFacts] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    convention: str = "auto"
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem would break training (warnings allowed)."""
+        return not any(p.severity == "error" for p in self.problems)
+
+    def format(self) -> str:
+        spec = self.spec
+        lines = [
+            f"dataset: {spec.root}",
+            f"layout: {spec.layout}   channels: {', '.join(spec.channel_names)}   "
+            f"labels: {self.convention}   cases: {len(spec.cases)}"
+            + (f"   masks: {n_masks}" if (n_masks := sum(c.mask is not None for c in spec.cases)) else ""),
+            "",
+        ]
+        rows = [("case", "ch", "shape", "spacing (mm)", "orient", "label values: voxels")]
+        for facts in self.cases:
+            rows.append(
+                (
+                    facts.case_id,
+                    str(facts.channels),
+                    "x".join(map(str, facts.shape)) if facts.shape else "-",
+                    "x".join(f"{s:.3g}" for s in facts.spacing) if facts.spacing else "-",
+                    facts.orientation or "-",
+                    _format_counts(facts.label_counts),
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for index, row in enumerate(rows):
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+            if index == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append("")
+        errors = sum(p.severity == "error" for p in self.problems)
+        warnings = len(self.problems) - errors
+        if self.problems:
+            lines.append(f"problems: {errors} error(s), {warnings} warning(s)")
+            lines.extend(p.format() for p in self.problems)
+        else:
+            lines.append("problems: none")
+        return "\n".join(lines)
+
+
+def _format_counts(counts: dict[int, int] | None, *, limit: int = 8) -> str:
+    """``value:voxels`` pairs; long lists (TotalSegmentator has 100+) are cut with a total."""
+    if counts is None:
+        return "-"
+    items = [f"{v}:{n}" for v, n in counts.items()]
+    if len(items) > limit:
+        return " ".join(items[:limit]) + f" ... ({len(items)} values)"
+    return " ".join(items)
+
+
+def check_dataset(
+    spec: DatasetSpec, *, convention: str | dict | LabelConvention | None = None
+) -> DatasetReport:
+    """Read every case fully and report facts and problems.
+
+    Problems: missing files, unreadable files, channel/label shape or affine mismatch, label values
+    outside the convention (``convention`` overrides the layout's), NaN/Inf voxels, empty
+    (constant) image channels (errors); empty label maps, cases without a label while others have
+    one, differing spacings across cases (warnings).
+    """
+    conv = get_convention(convention) if convention is not None else spec.label_convention()
+    report = DatasetReport(spec, convention=conv.name if conv is not None else "auto")
+    for case in spec.cases:
+        report.cases.append(_check_case(case, conv, report.problems))
+    labelled = sum(c.label is not None for c in spec.cases)
+    if 0 < labelled < len(spec.cases):
+        for case in spec.cases:
+            if case.label is None:
+                report.problems.append(
+                    Problem("warning", case.case_id, "-", "no label file while other cases have one")
+                )
+    spacings = {tuple(round(s, 3) for s in f.spacing) for f in report.cases if f.spacing}
+    if len(spacings) > 1:
+        report.problems.append(
+            Problem(
+                "warning", "*", str(spec.root),
+                f"{len(spacings)} different voxel spacings; consider preprocessing.target_spacing",
+            )
+        )
+    return report
+
+
+def _check_case(case: CaseFiles, conv: LabelConvention | None, problems: list[Problem]) -> CaseFacts:
+    facts = CaseFacts(case.case_id)
+
+    def add(severity: str, file: Path | str, message: str) -> None:
+        problems.append(Problem(severity, case.case_id, Path(file).name, message))
+
+    reference: tuple[Geometry, Path] | None = None
+    groups: dict[Path, list[str]] = {}
+    for name, file in case.channels.items():
+        groups.setdefault(Path(file), []).append(name)
+    for file, names in groups.items():
+        if not file_of(file).exists():
+            add("error", file, f"missing channel '{', '.join(names)}'; add the file or fix the layout/manifest")
+            continue
+        try:
+            data, geo = read_channels(file, nonfinite="keep")
+        except Vox2VoxError as err:
+            add("error", file, _strip_path(str(err), file))
+            continue
+        if data.shape[0] != len(names):
+            add(
+                "error", file,
+                f"holds {data.shape[0]} volume(s) but the dataset expects {len(names)} "
+                f"({', '.join(names)})",
+            )
+        facts.channels += data.shape[0]
+        if reference is None:
+            reference = (geo, file)
+            facts.shape, facts.spacing, facts.orientation = geo.shape, geo.spacing, geo.orientation
+        else:
+            _grid_problems(reference, geo, file, add)
+        _value_problems(data, file, add)
+    if case.label is not None:
+        label_file = Path(case.label)
+        if not file_of(label_file).exists():
+            add("error", label_file, "label file missing; add it or drop the label entry")
+        else:
+            try:
+                data, geo = read_channels(label_file, nonfinite="keep")
+            except Vox2VoxError as err:
+                add("error", label_file, _strip_path(str(err), label_file))
+            else:
+                if data.shape[0] != 1:
+                    add("error", label_file, f"label map has {data.shape[0]} volumes; expected 3D")
+                else:
+                    if reference is not None:
+                        _grid_problems(reference, geo, label_file, add)
+                    _label_problems(data[0], label_file, conv, facts, add)
+    if case.mask is not None:
+        mask_file = Path(case.mask)
+        try:
+            data, geo = read_channels(mask_file, nonfinite="zero")
+        except Vox2VoxError as err:
+            add("error", mask_file, _strip_path(str(err), mask_file))
+        else:
+            if reference is not None:
+                _grid_problems(reference, geo, mask_file, add)
+            if not (data > 0.5).any():
+                add("error", mask_file, "mask is empty (no voxel > 0.5)")
+    return facts
+
+
+def _strip_path(message: str, file: Path) -> str:
+    prefix = f"{file}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _grid_problems(reference: tuple[Geometry, Path], geo: Geometry, file: Path, add) -> None:
+    ref, ref_file = reference
+    if ref.shape != geo.shape:
+        add("error", file, f"shape {geo.shape} differs from {ref_file.name} {ref.shape}")
+    elif not same_affine(ref.affine, geo.affine):
+        add(
+            "error", file,
+            f"voxel-to-world affine differs from {ref_file.name} (spacing {geo.spacing} vs "
+            f"{ref.spacing}); register or resample to one grid",
+        )
+
+
+def _value_problems(data: np.ndarray, file: Path, add) -> None:
+    if data.dtype.kind == "f":
+        n_bad = int(np.count_nonzero(~np.isfinite(data)))
+        if n_bad:
+            add("error", file, f"{n_bad} NaN/Inf voxels; fix the file (or zero them)")
+    for index, volume in enumerate(data):
+        finite = volume[np.isfinite(volume)] if volume.dtype.kind == "f" else volume
+        if finite.size == 0 or finite.min() == finite.max():
+            where = f" (volume {index})" if data.shape[0] > 1 else ""
+            add("error", file, f"empty image{where}: every voxel is the same value")
+
+
+def _label_problems(label: np.ndarray, file: Path, conv: LabelConvention | None, facts: CaseFacts, add) -> None:
+    if label.dtype.kind == "f":
+        if not np.all(np.isfinite(label)):
+            add("error", file, "label map has NaN/Inf voxels")
+            return
+        rounded = np.rint(label)
+        if not np.allclose(label, rounded, atol=1e-4):
+            add("error", file, "label map has non-integer values; is it an image?")
+            return
+        label = rounded.astype(np.int64)
+    values, counts = np.unique(label, return_counts=True)
+    facts.label_counts = {int(v): int(n) for v, n in zip(values, counts, strict=True)}
+    if conv is not None:
+        unknown = sorted(set(facts.label_counts) - set(conv.accepted_values))
+        if unknown:
+            add(
+                "error", file,
+                f"label values {unknown} not in convention {conv.name!r} "
+                f"(accepts {list(conv.accepted_values)}); choose another label convention",
+            )
+    if len(values) == 1:
+        add("warning", file, f"label map is empty (only value {int(values[0])})")

@@ -1,0 +1,182 @@
+"""Load one case: read its channels (checked to share one grid), map labels, preprocess, cache.
+
+The cache stores each preprocessed case as ``<key>.npz`` (arrays) plus ``<key>.json`` (geometry
+and preprocessing record); nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from vox2vox.atomic import atomic_path, atomic_write_text
+from vox2vox.data.cases import CaseFiles
+from vox2vox.data.hdf5 import file_of
+from vox2vox.data.io import Geometry, read_channels
+from vox2vox.data.labels import LabelConvention
+from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig, preprocess
+from vox2vox.errors import Vox2VoxError
+
+CACHE_VERSION = 1
+
+
+def read_case(case: CaseFiles) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+    """Decode a case: canonical image ``(C, D, H, W)`` float32, raw label ``(D, H, W)`` or None,
+    and the first channel's geometry. Every channel and the label must share one grid.
+    """
+    image, label, _, geometry = _read_case_with_mask(case)
+    return image, label, geometry
+
+
+def _read_case_with_mask(
+    case: CaseFiles,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, Geometry]:
+    volumes: list[np.ndarray] = []
+    geometry: Geometry | None = None
+    first_path: Path | None = None
+    # Several channel names may share one 4D file (MSD); read each file once, in channel order.
+    groups: dict[Path, list[str]] = {}
+    for name, file in case.channels.items():
+        groups.setdefault(Path(file), []).append(name)
+    for file, names in groups.items():
+        data, geo = read_channels(file)
+        if data.shape[0] != len(names):
+            raise Vox2VoxError(
+                f"{file}: holds {data.shape[0]} volume(s), the dataset expects {len(names)} "
+                f"({', '.join(names)}); check dataset.json 'modality'"
+            )
+        if geometry is None:
+            geometry, first_path = geo, file
+        else:
+            _require_same_grid(geometry, geo, first_path, file)
+        volumes.extend(np.asarray(v, dtype=np.float32) for v in data)
+    assert geometry is not None
+    label = None
+    if case.label is not None:
+        data, geo = read_channels(case.label)
+        if data.shape[0] != 1:
+            raise Vox2VoxError(f"{case.label}: label map must be 3D, got {data.shape[0]} volumes")
+        _require_same_grid(geometry, geo, first_path, case.label)
+        label = data[0]
+    mask = None
+    if case.mask is not None:
+        data, geo = read_channels(case.mask, nonfinite="zero")
+        _require_same_grid(geometry, geo, first_path, case.mask)
+        # Masks saved as float read as 0.99999997 inside: threshold, never compare with 1.
+        mask = data[0] > 0.5
+        if not mask.any():
+            raise Vox2VoxError(f"{case.mask}: mask is empty; fix it or drop the mask column")
+    return np.stack(volumes), label, mask, geometry
+
+
+def _require_same_grid(a: Geometry, b: Geometry, path_a: Path | None, path_b: Path) -> None:
+    if a.shape != b.shape:
+        raise Vox2VoxError(
+            f"{path_b}: shape {b.shape} differs from {Path(path_a).name} {a.shape}; "
+            "channels and label must share one voxel grid (resample/register first)"
+        )
+    if not same_affine(a.affine, b.affine):
+        raise Vox2VoxError(
+            f"{path_b}: voxel-to-world affine differs from {Path(path_a).name}; channels and "
+            "label must share one grid (check orientation/origin)"
+        )
+
+
+def same_affine(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same grid within 1e-3 of a voxel in direction and 0.01 mm in origin (float headers drift)."""
+    return bool(np.allclose(a[:3, :3], b[:3, :3], atol=1e-3) and np.allclose(a[:3, 3], b[:3, 3], atol=1e-2))
+
+
+def load_case(
+    case: CaseFiles,
+    *,
+    convention: LabelConvention | None,
+    prep: PreprocessConfig,
+) -> LoadedCase:
+    """Read and preprocess one case: image ``(C, D, H, W)`` float32, label ``(D, H, W)`` int64.
+
+    ``convention`` maps label values to class indices (None: values are used as class indices).
+    When ``prep.cache_dir`` is set, the result is stored there as ``<key>.npz`` (arrays) plus
+    ``<key>.json`` (geometry and record); the key hashes each file's path, mtime and size, the
+    preprocessing config and the convention, so a changed file or setting misses the cache and a
+    second load does not decode NIfTI. Nothing is pickled.
+    """
+    cache_files = None
+    if prep.cache_dir:
+        key = _cache_key(case, convention, prep)
+        folder = Path(prep.cache_dir)
+        cache_files = folder / f"{key}.npz", folder / f"{key}.json"
+        cached = _read_cache(*cache_files, case.case_id)
+        if cached is not None:
+            return cached
+    image, raw_label, mask, geometry = _read_case_with_mask(case)
+    label = None
+    if raw_label is not None:
+        if convention is not None:
+            label = convention.to_classes(raw_label, path=case.label)
+        else:
+            label = _as_class_indices(raw_label, case.label)
+    image, label, record = preprocess(image, label, spacing=geometry.spacing, config=prep, mask=mask)
+    loaded = LoadedCase(case.case_id, image, label, geometry, record)
+    if cache_files is not None:
+        _write_cache(loaded, *cache_files)
+    return loaded
+
+
+def _as_class_indices(label: np.ndarray, path: Path | None) -> np.ndarray:
+    """Labels without a convention: integral, non-negative values used as class indices."""
+    if label.dtype.kind == "f":
+        rounded = np.rint(label)
+        if not np.allclose(label, rounded, atol=1e-4):
+            raise Vox2VoxError(f"{path}: label map has non-integer values; is it an image?")
+        label = rounded
+    label = label.astype(np.int64)
+    if label.size and label.min() < 0:
+        raise Vox2VoxError(f"{path}: negative label values; give a label convention")
+    return label
+
+
+def _cache_key(case: CaseFiles, convention: LabelConvention | None, prep: PreprocessConfig) -> str:
+    files = []
+    for file in [*case.channels.values(), *(f for f in (case.label, case.mask) if f is not None)]:
+        stat = file_of(file).stat()
+        files.append([str(Path(file).resolve()), stat.st_mtime_ns, stat.st_size])
+    payload = {
+        "version": CACHE_VERSION,
+        "case": case.case_id,
+        "channels": list(case.channels),
+        "files": files,
+        "prep": prep.fingerprint(),
+        "convention": None if convention is None else convention.to_json(),
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", case.case_id)[:60]
+    return f"{safe_id}-{digest}"
+
+
+def _read_cache(npz: Path, meta: Path, case_id: str) -> LoadedCase | None:
+    if not (npz.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        with np.load(npz, allow_pickle=False) as arrays:
+            image = arrays["image"]
+            label = arrays["label"] if "label" in arrays.files else None
+        return LoadedCase(case_id, image, label, Geometry.from_json(info["geometry"]), info["record"])
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None  # a damaged cache entry is rebuilt, never trusted
+
+
+def _write_cache(case: LoadedCase, npz: Path, meta: Path) -> None:
+    arrays = {"image": case.image}
+    if case.label is not None:
+        arrays["label"] = case.label
+    with atomic_path(npz) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    info = {"case_id": case.case_id, "geometry": case.geometry.to_json(), "record": case.record}
+    atomic_write_text(meta, json.dumps(info))
