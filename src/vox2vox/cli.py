@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from vox2vox import __version__
 from vox2vox.errors import Vox2VoxError
+from vox2vox.rundir import RunDir
 
 # Each command imports the library it calls inside its handler (the one deliberate exception to
 # imports at module top): the library pulls in torch and MONAI (several seconds), which
@@ -207,7 +208,7 @@ def _train(args: argparse.Namespace) -> int:
     from vox2vox.train.training import train_on_dataset
 
     out = Path(args.out) if args.out else None
-    config = _config_from_args(args, saved=out / "config.json" if args.resume and out is not None else None)
+    config = _config_from_args(args, saved=RunDir(out).config if args.resume and out is not None else None)
     if not config.data.path:
         raise Vox2VoxError("train: no data; pass --data PATH")
     if out is None:

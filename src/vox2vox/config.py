@@ -118,14 +118,13 @@ class Config:
 
     def __post_init__(self) -> None:
         m = self.generator.size_multiple
-        bad = [s for s in self.train.patch_size if s % m]
-        if bad:
+        problem = self.generator.size_problem(self.train.patch_size)
+        if problem == "multiple":
             raise Vox2VoxError(
                 f"train.patch_size={list(self.train.patch_size)}: each size must be a multiple of "
                 f"2^generator.depth = {m} (e.g. {m}, {2 * m}, {4 * m})"
             )
-        deepest = [s // m for s in self.train.patch_size]
-        if self.generator.norm != "none" and deepest[0] * deepest[1] * deepest[2] < 2:
+        if problem == "too small":
             raise Vox2VoxError(
                 f"train.patch_size={list(self.train.patch_size)}: too small for generator.depth="
                 f"{self.generator.depth}; normalisation needs a deepest feature map of more than one voxel "

@@ -25,6 +25,7 @@ from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
 from vox2vox.report.evaluation import evaluate_folder
 from vox2vox.report.plots import save_overlay, save_training_curves
 from vox2vox.report.report import write_report
+from vox2vox.rundir import RunDir, read_metrics
 from vox2vox.train.training import train_on_dataset
 
 DemoSize = Literal["small", "tiny"]
@@ -90,7 +91,8 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
     """Run the demo into ``out`` and return its summary (also written to ``out/summary.json``)."""
     plan = PLANS[size]
     out = Path(out)
-    if (out / "run" / "checkpoints").exists():
+    run = RunDir(out / "run")
+    if run.checkpoints.exists():
         raise Vox2VoxError(f"{out}: already holds a demo run; choose another --out or delete it")
     t0 = time.perf_counter()
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
@@ -124,16 +126,17 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
     # 5. Figures: training curves and a tri-planar overlay per test case.
     say("[5/5] drawing figures and the HTML report")
 
-    history = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line]
+    history = read_metrics(run.metrics)
     save_training_curves(out / "figures" / "training_curves.png", history)
     spec = discover(out / "data" / "test")
+    names = spec.label_convention().value_names()  # the BraTS layout's convention
     for case in spec.cases:
         flair, geometry = read_volume(case.channels["flair"])
         truth, _ = read_volume(case.label)
         pred, _ = read_volume(out / "predictions" / f"{case.case_id}.nii.gz")
         save_overlay(out / "figures" / f"{case.case_id}.png", flair, truth=truth, pred=pred,
                      spacing=geometry.spacing, title=f"{case.case_id}: FLAIR, truth vs prediction",
-                     label_names={1: "necrotic core", 2: "oedema", 4: "enhancing"})
+                     label_names=names)
 
     report = write_report(out)
     summary = {
@@ -155,7 +158,7 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
         print(evaluation.format_summary())
         dice = ", ".join(f"{r} {v:.3f}" for r, v in summary["test_dice_mean"].items())
         print(f"\nvox2vox demo finished in {summary['seconds']:.0f} s. Held-out mean Dice: {dice}")
-        print(f"  model:        {out / 'run' / 'checkpoints' / 'best.safetensors'}")
+        print(f"  model:        {run.best}")
         print(f"  predictions:  {out / 'predictions'}")
         print(f"  scores:       {out / 'evaluation.csv'}")
         print(f"  figures:      {out / 'figures'}")

@@ -9,9 +9,8 @@ import numpy as np
 
 from vox2vox.data.cases import CaseFiles, DatasetSpec
 from vox2vox.data.hdf5 import file_of
-from vox2vox.data.io import Geometry, read_channels
-from vox2vox.data.labels import LabelConvention, get_convention
-from vox2vox.data.loading import same_affine
+from vox2vox.data.io import Geometry, read_channels, same_affine
+from vox2vox.data.labels import LabelConvention, get_convention, round_label_map
 from vox2vox.errors import Vox2VoxError
 
 
@@ -229,8 +228,8 @@ def _label_problems(label: np.ndarray, file: Path, conv: LabelConvention | None,
         if not np.all(np.isfinite(label)):
             add("error", file, "label map has NaN/Inf voxels")
             return
-        rounded = np.rint(label)
-        if not np.allclose(label, rounded, atol=1e-4):
+        rounded = round_label_map(label)
+        if rounded is None:
             add("error", file, "label map has non-integer values; is it an image?")
             return
         label = rounded.astype(np.int64)

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from vox2vox.data.cases import CaseFiles, DatasetSpec
-from vox2vox.data.io import NIFTI_SUFFIXES, SITK_SUFFIXES
+from vox2vox.data.io import strip_volume_suffix
 from vox2vox.errors import Vox2VoxError
 
 #: Whole words (after splitting on separators and camelCase) that mark a label file.
@@ -24,25 +24,13 @@ _LABEL_WORDS = frozenset(
 
 #: Separator-free spellings of a brain/body mask (``brainmask``, ``T1_brain_mask``, ``mask_brain``).
 _BODY_MASK_WORDS = ("brainmask", "maskbrain", "bodymask", "maskbody", "headmask", "maskhead")
-_VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *SITK_SUFFIXES)
-
-
-def _volume_stem(name: str) -> str | None:
-    """The name without its volume suffix, or None when ``name`` is not a volume file."""
-    lower = name.lower()
-    if name.startswith("."):
-        return None
-    for suffix in sorted(_VOLUME_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
 
 
 def _volume_files(folder: Path) -> dict[str, Path]:
     """Volume files directly in ``folder``: lower-case stem -> path (text, licences... ignored)."""
     found: dict[str, Path] = {}
     for file in sorted(folder.iterdir()):
-        stem = _volume_stem(file.name)
+        stem = strip_volume_suffix(file.name)
         if stem is None or not file.is_file():
             continue
         if stem.lower() in found:
@@ -57,13 +45,13 @@ def case_folders(root: Path) -> list[Path]:
     """Subfolders of ``root`` that hold at least one volume file (the candidate cases)."""
     return [
         p for p in sorted(root.iterdir())
-        if p.is_dir() and not p.name.startswith(".") and any(_volume_stem(f.name) for f in p.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and any(strip_volume_suffix(f.name) for f in p.iterdir())
     ]
 
 
 def is_one_case_folder(folder: Path) -> bool:
     """Whether ``folder`` itself looks like one case: image files plus exactly one label file."""
-    stems = [_volume_stem(f.name) for f in folder.iterdir() if f.is_file()]
+    stems = [strip_volume_suffix(f.name) for f in folder.iterdir() if f.is_file()]
     stems = [s for s in stems if s is not None]
     labels = [s for s in stems if _is_label_like(s) and not _is_body_mask(s)]
     return len(labels) == 1 and any(not _is_label_like(s) for s in stems)
@@ -90,7 +78,7 @@ def _is_body_mask(stem: str) -> bool:
 
 def _match_name(wanted: str, names: dict[str, str]) -> str | None:
     """The key of ``names`` (lower stem -> display name) that ``wanted`` means, with or without suffix."""
-    key = (_volume_stem(wanted) or wanted).lower()
+    key = (strip_volume_suffix(wanted) or wanted).lower()
     return key if key in names else None
 
 
@@ -105,7 +93,7 @@ def discover_folders(
     if not root.is_dir():
         raise Vox2VoxError(f"{root}: the folders layout needs a folder of case folders")
     folders = case_folders(root)
-    if not folders and any(_volume_stem(f.name) for f in root.iterdir() if f.is_file()):
+    if not folders and any(strip_volume_suffix(f.name) for f in root.iterdir() if f.is_file()):
         folders = [root]  # the path is one case folder, not a folder of cases
     if not folders:
         raise Vox2VoxError(f"{root}: no subfolder holds volume files (.nii.gz, .nrrd, .mha...)")
@@ -114,7 +102,7 @@ def discover_folders(
     # Display names keep the files' own spelling (``FLAIR``, ``OTMultiClass``).
     example = {key: path for found in reversed(list(files.values())) for key, path in found.items()}
     names = {
-        key: _volume_stem(example[key].name) or key
+        key: strip_volume_suffix(example[key].name) or key
         for key in sorted(counts, key=str.lower) if counts[key] * 2 > len(folders)
     }
     if not names:

@@ -29,6 +29,19 @@ from vox2vox.errors import Vox2VoxError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *SITK_SUFFIXES)
+
+
+def strip_volume_suffix(name: str, suffixes: tuple[str, ...] = VOLUME_SUFFIXES) -> str | None:
+    """``name`` without its volume suffix (the longest of ``suffixes`` it ends with, any case), or
+    None when it has none of them or is a hidden file (``.name``, e.g. macOS ``._x.nii.gz``)."""
+    if name.startswith("."):
+        return None
+    lower = name.lower()
+    for suffix in sorted(suffixes, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
 #: NIfTI voxel -> world is RAS+; ITK's is LPS+. Flipping x and y converts one into the other.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -78,11 +91,18 @@ class Geometry:
             source_shape=tuple(int(v) for v in data["source_shape"]),  # type: ignore[arg-type]
         )
 
-    def same_grid(self, other: Geometry, *, atol: float = 1e-3) -> bool:
-        """Whether two volumes share shape and canonical affine (within ``atol`` mm)."""
-        return self.shape == other.shape and bool(
-            np.allclose(self.affine, other.affine, atol=atol)
-        )
+    def same_grid(self, other: Geometry) -> bool:
+        """Whether two volumes share one voxel grid: the same shape and :func:`same_affine`.
+
+        The one rule for "same grid": channels and labels of a case (``dataset``, training),
+        predictions against truth (``evaluate``) and renderings all use it.
+        """
+        return self.shape == other.shape and same_affine(self.affine, other.affine)
+
+
+def same_affine(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same grid within 1e-3 of a voxel in direction and 0.01 mm in origin (float headers drift)."""
+    return bool(np.allclose(a[:3, :3], b[:3, :3], atol=1e-3) and np.allclose(a[:3, 3], b[:3, 3], atol=1e-2))
 
 
 def format_of(path: str | Path) -> Literal["nifti", "sitk", "dicom", "hdf5"] | None:

@@ -87,9 +87,8 @@ class LabelConvention:
         where = f"{path}: " if path is not None else ""
         label = np.asarray(label)
         if label.dtype.kind == "f":
-            rounded = np.rint(label)
-            # Label files saved as float (0.0/1.0, or 0.99999997 after resampling) are common.
-            if not np.allclose(label, rounded, atol=1e-4) or not np.all(np.isfinite(label)):
+            rounded = round_label_map(label)
+            if rounded is None:
                 raise Vox2VoxError(
                     f"{where}label map has non-integer values; it looks like an image, not a "
                     f"label map (convention {self.name!r})"
@@ -122,6 +121,14 @@ class LabelConvention:
         dtype = np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.int64
         return np.asarray(self.source_values, dtype=dtype)[classes.astype(np.int64, copy=False)]
 
+    def value_names(self) -> dict[int, str]:
+        """On-disk value -> class name for every foreground class (figure legends)."""
+        return {
+            value: name
+            for value, name in zip(self.source_values, self.class_names, strict=True)
+            if value != self.source_values[0]
+        }
+
     def region_masks(self, label_source: np.ndarray) -> dict[str, np.ndarray]:
         """Boolean masks per region for a label map in SOURCE values (one per class if no regions)."""
         regions = self.regions or {
@@ -139,6 +146,26 @@ class LabelConvention:
             "regions": {k: list(v) for k, v in self.regions.items()},
             "extra_map": {str(k): v for k, v in self.extra_map.items()},
         }
+
+
+#: A float label map is read as integers when every value is this close to one: label files saved
+#: as float are common (0.0/1.0, or 0.99999997 after resampling); anything further off is an image
+#: or probabilities, not a label map.
+LABEL_ATOL = 1e-4
+
+
+def round_label_map(label: np.ndarray) -> np.ndarray | None:
+    """A float label map rounded to the nearest integers (dtype kept), or None when a value is not
+    finite or not within :data:`LABEL_ATOL` of an integer. Other dtypes come back unchanged.
+
+    The one rule for float labels: training, ``vox2vox dataset`` and ``evaluate`` all use it.
+    """
+    if label.dtype.kind != "f":
+        return label
+    rounded = np.rint(label)
+    if not np.allclose(label, rounded, atol=LABEL_ATOL) or not np.all(np.isfinite(label)):
+        return None
+    return rounded
 
 
 _BRATS_NAMES = ("background", "necrotic/non-enhancing core", "oedema", "enhancing tumour")

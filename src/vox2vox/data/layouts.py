@@ -34,7 +34,7 @@ from pathlib import Path
 from vox2vox.data.cases import CaseFiles, DatasetSpec, check_case_id
 from vox2vox.data.folders import case_folders, discover_folders, is_one_case_folder
 from vox2vox.data.hdf5 import LEGACY_IMAGE_SUFFIX, LEGACY_LABEL_SUFFIX, legacy_stem
-from vox2vox.data.io import NIFTI_SUFFIXES, format_of
+from vox2vox.data.io import NIFTI_SUFFIXES, format_of, strip_volume_suffix
 from vox2vox.data.manifest import read_manifest, resolve_cell
 from vox2vox.errors import Vox2VoxError
 
@@ -223,10 +223,7 @@ def _find_case_file(folder: Path, files: dict[str, Path], stem: str, ext: str) -
 
 
 def _strip_nifti(name: str) -> str:
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return strip_volume_suffix(name, NIFTI_SUFFIXES) or name
 
 
 def _read_json(path: Path) -> dict:

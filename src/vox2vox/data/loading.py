@@ -16,8 +16,8 @@ import numpy as np
 from vox2vox.atomic import atomic_path, atomic_write_text
 from vox2vox.data.cases import CaseFiles
 from vox2vox.data.hdf5 import file_of
-from vox2vox.data.io import Geometry, read_channels
-from vox2vox.data.labels import LabelConvention
+from vox2vox.data.io import Geometry, read_channels, same_affine
+from vox2vox.data.labels import LabelConvention, round_label_map
 from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig, preprocess
 from vox2vox.errors import Vox2VoxError
 
@@ -86,11 +86,6 @@ def _require_same_grid(a: Geometry, b: Geometry, path_a: Path | None, path_b: Pa
         )
 
 
-def same_affine(a: np.ndarray, b: np.ndarray) -> bool:
-    """Same grid within 1e-3 of a voxel in direction and 0.01 mm in origin (float headers drift)."""
-    return bool(np.allclose(a[:3, :3], b[:3, :3], atol=1e-3) and np.allclose(a[:3, 3], b[:3, 3], atol=1e-2))
-
-
 def load_case(
     case: CaseFiles,
     *,
@@ -130,8 +125,8 @@ def load_case(
 def _as_class_indices(label: np.ndarray, path: Path | None) -> np.ndarray:
     """Labels without a convention: integral, non-negative values used as class indices."""
     if label.dtype.kind == "f":
-        rounded = np.rint(label)
-        if not np.allclose(label, rounded, atol=1e-4):
+        rounded = round_label_map(label)
+        if rounded is None:
             raise Vox2VoxError(f"{path}: label map has non-integer values; is it an image?")
         label = rounded
     label = label.astype(np.int64)

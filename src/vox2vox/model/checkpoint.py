@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save
 
 from vox2vox.atomic import atomic_write_bytes
 from vox2vox.errors import Vox2VoxError
+from vox2vox.rundir import RunDir
 
 FORMAT = "vox2vox-checkpoint"
 FORMAT_VERSION = 1
@@ -128,7 +129,8 @@ def resolve_checkpoint(path: str | Path, *, which: str = "best") -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    run = RunDir(path)
+    folder = run.checkpoints if run.checkpoints.is_dir() else path
     for name in (which, "last", "best"):
         candidate = folder / f"{name}.safetensors"
         if candidate.is_file():

@@ -13,7 +13,9 @@ output ``(B, n_classes, D, H, W)`` probabilities (or logits with ``return_logits
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -63,6 +65,22 @@ class GeneratorConfig:
     def size_multiple(self) -> int:
         """Every spatial input size must be a multiple of this (``2 ** depth``)."""
         return 2**self.depth
+
+    def size_problem(self, sizes: Sequence[int], *, batch: int = 1) -> Literal["multiple", "too small"] | None:
+        """Why the generator cannot take spatial ``sizes`` (None when it can); the one statement of
+        the input-size rules, for the config's patch size and the network's input alike.
+
+        ``"multiple"``: a size is not a positive multiple of :attr:`size_multiple`. ``"too small"``:
+        the deepest feature map would hold one voxel per channel (times ``batch`` for batch norm),
+        too few for normalisation statistics (e.g. 16^3 at depth 4).
+        """
+        m = self.size_multiple
+        if any(s % m != 0 or s == 0 for s in sizes):
+            return "multiple"
+        deepest = [s // m for s in sizes]
+        if self.norm != "none" and deepest[0] * deepest[1] * deepest[2] * (batch if self.norm == "batch" else 1) < 2:
+            return "too small"
+        return None
 
     def encoder_filters(self) -> list[int]:
         return [min(self.base_filters * 2**i, self.max_filters) for i in range(self.depth)]
@@ -160,16 +178,13 @@ class Generator(nn.Module):
                 "the model was trained on a different channel count"
             )
         m = cfg.size_multiple
-        bad = [s for s in x.shape[2:] if s % m != 0 or s == 0]
-        if bad:
+        problem = cfg.size_problem(tuple(x.shape[2:]), batch=x.shape[0])
+        if problem == "multiple":
             raise Vox2VoxError(
                 f"input size {tuple(x.shape[2:])} does not work with depth {cfg.depth}: every spatial "
                 f"size must be a multiple of {m} (e.g. {m}, {2 * m}, {4 * m}, ...); pad or crop the volume"
             )
-        # Instance/batch norm on the deepest map needs more than one voxel (per channel) to
-        # compute statistics, so e.g. 16^3 at depth 4 (a 1^3 bottleneck) cannot run.
-        deepest = [s // m for s in x.shape[2:]]
-        if cfg.norm != "none" and deepest[0] * deepest[1] * deepest[2] * (x.shape[0] if cfg.norm == "batch" else 1) < 2:
+        if problem == "too small":
             raise Vox2VoxError(
                 f"input size {tuple(x.shape[2:])} is too small for depth {cfg.depth}: the deepest feature "
                 f"map would be 1x1x1, too small for {cfg.norm} norm; use sizes that are multiples of {m} "

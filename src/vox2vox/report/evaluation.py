@@ -27,8 +27,8 @@ import numpy as np
 
 from vox2vox.atomic import atomic_write_text
 from vox2vox.data.hdf5 import file_of
-from vox2vox.data.io import Geometry, read_volume
-from vox2vox.data.labels import LabelConvention, get_convention
+from vox2vox.data.io import NIFTI_SUFFIXES, Geometry, read_volume, strip_volume_suffix
+from vox2vox.data.labels import LabelConvention, get_convention, round_label_map
 from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.report.metrics import BRATS_REGIONS, METRICS, label_regions, score_masks
@@ -39,7 +39,6 @@ CSV_COLUMNS: tuple[str, ...] = ("case", "region", *METRICS, "missing_prediction"
 #: Summary statistics over cases, per region and metric.
 STATISTICS: tuple[str, ...] = ("mean", "std", "median", "p25", "p75", "n")
 
-_VOLUME_SUFFIXES = (".nii.gz", ".nii")
 # Label-file name endings that are not part of the case id (BraTS 2018-21 and 2023 seg files).
 _LABEL_TAILS = ("_seg", "-seg")
 # Metrics shown in the printed table (volumes stay in the CSV and JSON).
@@ -146,16 +145,16 @@ def evaluate_folder(
     if not pred_dir.is_dir():
         raise Vox2VoxError(f"{pred_dir}: prediction folder not found; give the folder predict wrote")
     truth_files, dataset_convention = _truth_cases(truth)
-    predictions = _index_predictions(pred_dir)
+    predictions = index_predictions(pred_dir)
 
     # Read everything once: per-label regions need every label value before scoring.
     pairs: list[tuple[str, np.ndarray, np.ndarray | None, tuple[float, ...]]] = []
     for case_id, truth_path in truth_files.items():
-        true_labels, true_geometry = _read_labels(truth_path)
+        true_labels, true_geometry = read_label_map(truth_path)
         pred_labels: np.ndarray | None = None
         pred_path = predictions.get(case_id)
         if pred_path is not None:
-            pred_labels, pred_geometry = _read_labels(pred_path)
+            pred_labels, pred_geometry = read_label_map(pred_path)
             if not true_geometry.same_grid(pred_geometry):
                 raise Vox2VoxError(
                     f"{pred_path}: grid differs from the truth {truth_path} (shape "
@@ -276,7 +275,7 @@ def _label_folder(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _index_predictions(pred_dir: Path) -> dict[str, Path]:
+def index_predictions(pred_dir: Path) -> dict[str, Path]:
     """Case id -> prediction file.
 
     A top-level file ``<name>.nii[.gz]`` offers id ``<name>`` and, when ``<name>`` ends in
@@ -292,7 +291,7 @@ def _index_predictions(pred_dir: Path) -> dict[str, Path]:
 
     for path in sorted(pred_dir.iterdir()):
         if path.is_file():
-            bare = _strip_volume_suffix(path.name)
+            bare = strip_volume_suffix(path.name, NIFTI_SUFFIXES)
             if bare is None:
                 continue
             offer(bare, 0, path)
@@ -301,23 +300,16 @@ def _index_predictions(pred_dir: Path) -> dict[str, Path]:
                 offer(case_id, 1, path)
         elif path.is_dir():
             for tail in (*_LABEL_TAILS, ""):
-                for suffix in _VOLUME_SUFFIXES:
+                for suffix in (".nii.gz", ".nii"):
                     candidate = path / f"{path.name}{tail}{suffix}"
                     if candidate.is_file():
                         offer(path.name, 2, candidate)
     return {case_id: path for case_id, (_, path) in ranked.items()}
 
 
-def _strip_volume_suffix(name: str) -> str | None:
-    for suffix in _VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix) and not name.startswith("."):
-            return name[: -len(suffix)]
-    return None
-
-
 def _case_id_of(name: str) -> str | None:
     """Case id of a label file name (``<id>.nii.gz`` or ``<id>_seg.nii.gz``), None if not a volume."""
-    bare = _strip_volume_suffix(name)
+    bare = strip_volume_suffix(name, NIFTI_SUFFIXES)
     if bare is None:
         return None
     for tail in _LABEL_TAILS:
@@ -326,13 +318,13 @@ def _case_id_of(name: str) -> str | None:
     return bare
 
 
-def _read_labels(path: Path) -> tuple[np.ndarray, Geometry]:
+def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     """Read a label map in canonical orientation as int32; non-integer values are an error."""
     data, geometry = read_volume(path)
     if np.issubdtype(data.dtype, np.integer):
         return data.astype(np.int32, copy=False), geometry
-    rounded = np.rint(data)
-    if data.size and float(np.max(np.abs(data - rounded))) > 1e-3:
+    rounded = round_label_map(data)
+    if rounded is None:
         raise Vox2VoxError(
             f"{path}: holds non-integer values; expected a label map (write argmax labels, "
             "not probabilities)"

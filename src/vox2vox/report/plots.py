@@ -96,7 +96,7 @@ def save_overlay(
 
     centre = overlay_centre(image.shape, truth=truth, pred=pred)
     values = sorted({int(v) for _, lab in maps for v in np.unique(lab)} - {0})
-    colours = _colours_for(values)
+    colours = colours_for(values)
     lo, hi = _display_window(image)
 
     rows = maps or [("image", None)]
@@ -188,7 +188,7 @@ def save_training_curves(path: str | os.PathLike[str], metrics_log: Sequence[Map
     _save_png(fig, path)
 
 
-def _colours_for(values: Sequence[int]) -> dict[int, tuple[float, float, float]]:
+def colours_for(values: Sequence[int]) -> dict[int, tuple[float, float, float]]:
     """A colour per label value: the fixed BraTS-like ones first, then the cycle for the rest."""
     colours: dict[int, tuple[float, float, float]] = {}
     others = [v for v in values if v not in _LABEL_COLOURS]

@@ -23,8 +23,8 @@ from vox2vox.atomic import atomic_path
 from vox2vox.data.io import read_channels
 from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
-from vox2vox.report.evaluation import _read_labels
-from vox2vox.report.plots import _colours_for  # one colour table for 2D overlays and 3D surfaces
+from vox2vox.report.evaluation import read_label_map
+from vox2vox.report.plots import colours_for  # one colour table for 2D overlays and 3D surfaces
 
 _INSTALL_HINT = "pip install 'vox2vox[render]'"
 _OUTLINE_OPACITY = 0.12
@@ -92,7 +92,7 @@ def render_labels(
         raise Vox2VoxError(f"{out}: image shape {np.shape(image)} differs from the labels {shape}")
     spacing_t = tuple(float(s) for s in spacing)
     values = sorted({int(v) for _, lab in panels for v in np.unique(lab)} - {0})
-    colours = _colours_for(values)
+    colours = colours_for(values)
     names = dict(label_names or {})
     # Tumour classes nest (oedema around core around necrosis): the most voluminous class is drawn
     # translucent so the classes inside it stay visible.
@@ -233,7 +233,7 @@ def render_files(
     for name, path in (("pred", pred_path), ("truth", truth_path)):
         if path is None:
             continue
-        data, geometry = _read_labels(path)
+        data, geometry = read_label_map(path)
         if reference is not None and not reference[0].same_grid(geometry):
             raise Vox2VoxError(f"{path}: grid differs from {reference[1]}; render label maps of one case")
         reference = reference or (geometry, path)

@@ -39,13 +39,13 @@ from vox2vox.data.cases import CaseFiles
 from vox2vox.data.io import Geometry, read_channels, read_volume
 from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
-from vox2vox.report.evaluation import _index_predictions
+from vox2vox.report.evaluation import index_predictions
 from vox2vox.report.plots import save_overlay, save_training_curves
+from vox2vox.rundir import RunDir, read_metrics
 
 _EVAL_COLUMNS = ("case", "region", "dice", "hd95")
 # Shown in the per-case table and summary (volumes stay in the CSV).
 _TABLE_METRICS = (("dice", "Dice", 3), ("hd95", "HD95 mm", 2), ("sensitivity", "Sens", 3), ("specificity", "Spec", 3))
-_BRATS_NAMES = {1: "necrotic core", 2: "oedema", 3: "enhancing", 4: "enhancing"}
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;background:#f6f7f9;color:#1d2228}
@@ -170,7 +170,7 @@ def _overview(inputs: ReportInputs, rows: Sequence[Mapping[str, str]]) -> str:
     items = []
     if inputs.run_dir is not None:
         items.append(("run", str(inputs.run_dir)))
-        split = _read_json(inputs.run_dir / "split.json")
+        split = _read_json(RunDir(inputs.run_dir).split)
         if isinstance(split, dict):
             items.append(("split", ", ".join(f"{k}: {len(v)} cases" for k, v in split.items() if isinstance(v, list))))
     if inputs.evaluation_csv is not None:
@@ -189,7 +189,7 @@ def _overview(inputs: ReportInputs, rows: Sequence[Mapping[str, str]]) -> str:
 
 def _training_section(run_dir: Path) -> str:
     parts = ["<section><h2>Training</h2>"]
-    history = _read_jsonl(run_dir / "metrics.jsonl")
+    history = read_metrics(RunDir(run_dir).metrics)
     if history:
         last = history[-1]
         val = [(r.get("val_dice"), r.get("epoch")) for r in history if _num(r.get("val_dice")) is not None]
@@ -202,7 +202,7 @@ def _training_section(run_dir: Path) -> str:
                              "training curves: G and D losses, D accuracy, validation Dice per region"))
     else:
         parts.append('<p class="note">No metrics.jsonl rows yet: training has not finished an epoch.</p>')
-    config = _read_json(run_dir / "config.json")
+    config = _read_json(RunDir(run_dir).config)
     if isinstance(config, dict):
         # Collapsed: the resolved config is long, and the curves and scores matter first.
         parts.append("<details><summary>Configuration (config.json)</summary><div class=\"grid\">")
@@ -274,7 +274,7 @@ def _cases_section(inputs: ReportInputs, rows: Sequence[Mapping[str, str]]) -> s
 
 
 def _versions_section(run_dir: Path | None) -> str:
-    versions = _read_json(run_dir / "versions.json") if run_dir is not None else None
+    versions = _read_json(RunDir(run_dir).versions) if run_dir is not None else None
     if not isinstance(versions, dict):
         versions = {"vox2vox": __version__}
         note = "<p>versions.json not found; the version of vox2vox writing this report:</p>"
@@ -327,14 +327,15 @@ def _case_overlay(inputs: ReportInputs, case_id: str, title: str) -> str:
     case = next((c for c in spec.cases if c.case_id == case_id), None)
     if case is None or case.label is None:
         raise Vox2VoxError(f"case not found with a label in {inputs.truth}")
-    pred_path = _index_predictions(inputs.predictions).get(case_id)
+    pred_path = index_predictions(inputs.predictions).get(case_id)
     if pred_path is None:
         raise Vox2VoxError(f"no prediction file in {inputs.predictions}")
     channel = next((n for n in ("flair", "t2f") if n in case.channels), next(iter(case.channels)))
     image, geometry = _channel_volume(case, channel)
     truth, _ = read_volume(case.label)
     pred, _ = read_volume(pred_path)
-    names = _BRATS_NAMES if spec.convention in ("brats", "brats2023", "msd-brain") else None
+    convention = spec.label_convention()
+    names = convention.value_names() if convention is not None else None
     return _figure(
         lambda p: save_overlay(p, image, truth=truth, pred=pred, spacing=geometry.spacing,
                                title=f"{title} ({channel})", label_names=names),
@@ -366,7 +367,7 @@ def _rank_cases(rows: Sequence[Mapping[str, str]]) -> list[tuple[str, float]]:
 
 
 def _is_run(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "metrics.jsonl").exists()
+    return RunDir(folder).is_run()
 
 
 def _find_evaluation_csv(folder: Path) -> Path | None:
@@ -398,20 +399,6 @@ def _read_json(path: Path | None) -> object:
         raise Vox2VoxError(f"{path}: not valid JSON ({err}); fix or delete it") from err
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise Vox2VoxError(f"{path}: line {number} is not JSON ({err})") from err
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _num(value: object) -> float | None:

@@ -26,6 +26,7 @@ from vox2vox.atomic import atomic_write_text
 from vox2vox.config import Config
 from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
+from vox2vox.rundir import RunDir, read_metrics
 from vox2vox.train import distributed
 from vox2vox.train.training import FitResult, train_on_dataset
 
@@ -118,10 +119,7 @@ def write_summary(cv_dir: str | Path, k: int) -> dict[str, Any]:
     cv_dir = Path(cv_dir)
     per_fold: dict[str, float | None] = {}
     for i in range(k):
-        log = fold_dir(cv_dir, i) / "metrics.jsonl"
-        scores = []
-        if log.is_file():
-            scores = [json.loads(line).get("val_dice") for line in log.read_text().splitlines() if line.strip()]
+        scores = [row.get("val_dice") for row in read_metrics(RunDir(fold_dir(cv_dir, i)).metrics)]
         scores = [s for s in scores if s is not None]
         per_fold[f"fold_{i}"] = max(scores) if scores else None
     done = [v for v in per_fold.values() if v is not None]
@@ -141,8 +139,7 @@ def cv_model_paths(cv_dir: str | Path) -> list[Path]:
     saved = json.loads((cv_dir / FOLDS_FILE).read_text())
     k = int(saved["k"])
     paths = [fold_dir(cv_dir, i) for i in range(k)]
-    missing = [p.name for p in paths if not (p / "checkpoints" / "best.safetensors").is_file()
-               and not (p / "checkpoints" / "last.safetensors").is_file()]
+    missing = [p.name for p in paths if not RunDir(p).best.is_file() and not RunDir(p).last.is_file()]
     if missing:
         raise Vox2VoxError(
             f"{cv_dir}: {len(missing)} of {k} folds have no checkpoint yet ({', '.join(missing)}); train them "

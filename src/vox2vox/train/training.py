@@ -63,6 +63,7 @@ from vox2vox.model.losses import (
     one_hot,
 )
 from vox2vox.report.metrics import dice
+from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
 
 # A training case as the loop needs it: image (C, D, H, W) float32, label (D, H, W) class indices.
@@ -285,8 +286,7 @@ def fit(
     ``checkpoints/{last,best}.safetensors``; ``resume=True`` continues from ``last``.
     """
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    log_path = run_dir / "metrics.jsonl"
+    run = RunDir(run_dir)
     if not train_cases:
         raise Vox2VoxError("no training cases: the dataset needs at least one labelled case")
     # Join the torchrun job if there is one (world size 1 otherwise); rank 0 alone writes.
@@ -298,7 +298,7 @@ def fit(
     # Resolve the config (class weights from the training labels) and the starting state; under
     # DDP every rank loads the same checkpoint.
     if resume:
-        last = ckpt_dir / "last.safetensors"
+        last = run.last
         if not last.is_file():
             raise Vox2VoxError(f"{run_dir}: nothing to resume (no checkpoints/last.safetensors)")
         ckpt = load_checkpoint(last)
@@ -310,7 +310,7 @@ def fit(
         state = build_state(config, device=ctx.device)
         _load_into(state, ckpt)
     else:
-        if (ckpt_dir / "last.safetensors").exists():
+        if run.last.exists():
             raise Vox2VoxError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
         if config.loss.adversarial or config.loss.lambda_dice > 0:
             if config.loss.dice_weighting == "fixed" and config.loss.class_weights is None:
@@ -319,12 +319,12 @@ def fit(
         state = build_state(config, device=ctx.device)
     state.generator = distributed.wrap(state.generator, ctx)
     state.discriminator = distributed.wrap(state.discriminator, ctx)
-    history = _read_log(log_path, upto_epoch=state.epoch)
+    history = read_metrics(run.metrics, upto_epoch=state.epoch)
     if ctx.is_main:
         ensure_folder(run_dir)
-        atomic_write_text(run_dir / "config.json", config.to_json() + "\n")
-        atomic_write_text(run_dir / "versions.json", json.dumps(software_versions(), indent=2) + "\n")
-        _write_log(log_path, history)
+        atomic_write_text(run.config, config.to_json() + "\n")
+        atomic_write_text(run.versions, json.dumps(software_versions(), indent=2) + "\n")
+        write_metrics(run.metrics, history)
     distributed.barrier()
 
     interrupted = _InterruptFlag()
@@ -355,7 +355,7 @@ def fit(
             if interrupted.flag:
                 state.batches_done, state.partial_sums, state.rng_state = n, sums, torch.get_rng_state()
                 if ctx.is_main:
-                    _save(state, config, ckpt_dir / "last.safetensors", extra_state)
+                    _save(state, config, run.last, extra_state)
                 distributed.barrier()
                 raise KeyboardInterrupt
             state.epoch, state.batches_done, state.partial_sums, state.rng_state = epoch + 1, 0, {}, None
@@ -369,18 +369,18 @@ def fit(
                 if scores.get("val_dice", -math.inf) > state.best_score:
                     state.best_score, state.best_epoch = scores["val_dice"], state.epoch
                     if ctx.is_main:
-                        _save(state, config, ckpt_dir / "best.safetensors", extra_state)
+                        _save(state, config, run.best, extra_state)
 
             # Log and checkpoint on rank 0 (the last checkpoint is the resume point).
             history.append(row)
             if ctx.is_main:
-                _write_log(log_path, history)
+                write_metrics(run.metrics, history)
                 if progress:
                     tqdm.write(_format_row(row, config.train.epochs), file=sys.stderr)
                 if state.epoch % config.train.checkpoint_every == 0 or state.epoch == config.train.epochs:
-                    _save(state, config, ckpt_dir / "last.safetensors", extra_state)
+                    _save(state, config, run.last, extra_state)
     if validate is None and ctx.is_main:
-        _save(state, config, ckpt_dir / "best.safetensors", extra_state)
+        _save(state, config, run.best, extra_state)
     # No rank returns (and perhaps starts reading the run) before rank 0 has written it.
     distributed.barrier()
     return FitResult(run_dir, state.epoch, state.step, state.best_score, state.best_epoch, history)
@@ -479,24 +479,6 @@ def _to_device(osd: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {"state": state, "param_groups": osd["param_groups"]}
 
 
-def _read_log(path: Path, *, upto_epoch: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get("epoch", 0) <= upto_epoch:
-                rows.append(row)
-    return rows
-
-
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    # Rewritten whole (small) and atomically, so a kill never leaves a torn line and a resume
-    # drops rows of epochs after the checkpoint it resumes from.
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
 def _replace(obj: Any, **changes: Any) -> Any:
     return dataclasses.replace(obj, **changes)
 
@@ -585,7 +567,7 @@ def train_on_dataset(
     run_dir = Path(run_dir)
     if ctx.is_main:
         ensure_folder(run_dir)
-        atomic_write_text(run_dir / "split.json", json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
+        atomic_write_text(RunDir(run_dir).split, json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
 
     # The networks take the data's channel and class counts.
     n_channels, n_classes = len(spec.channel_names), convention.n_classes
