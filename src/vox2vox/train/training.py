@@ -137,37 +137,49 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
 
     ``image`` is ``(B, C, D, H, W)`` float, ``label`` ``(B, D, H, W)`` class indices, both on the
     state's device. The fake segmentation is computed once; D learns from the real pair and the
-    detached fake pair; then G learns with D frozen (its parameters receive no gradients).
+    detached fake pair (:func:`_update_discriminator`); then G learns with D frozen
+    (:func:`_update_generator`).
     """
-    G, D = state.generator, state.discriminator
-    loss_cfg, gate = config.loss, config.train.d_accuracy_gate
     target = one_hot(label, config.generator.n_classes)
-    G.train()
-    D.train()
-
-    # 1. The fake segmentation, once per step.
+    state.generator.train()
+    state.discriminator.train()
     with autocast(state.device, state.amp):
-        fake = G(image)
-
-    # 2. Discriminator half-step on (image, truth) and (image, detached fake).
+        fake = state.generator(image)  # the fake segmentation, once per step
     out: dict[str, float] = {}
-    if loss_cfg.adversarial:
-        with autocast(state.device, state.amp):
-            real_scores = D(image, target)
-            fake_scores = D(image, fake.detach())
-        loss_d = lsgan_discriminator_loss(real_scores, fake_scores)
-        accuracy = distributed.mean_over_ranks(
-            {"d_acc": discriminator_accuracy(real_scores.detach(), fake_scores.detach()).item()})["d_acc"]
-        # The accuracy gate (a 3D-GAN balancing trick) is decided on the all-reduced accuracy so
-        # every rank takes the same branch under DDP.
-        update_d = gate is None or accuracy <= gate
-        if update_d:
-            state.opt_d.zero_grad(set_to_none=True)
-            state.scaler.scale(loss_d).backward()
-            state.scaler.step(state.opt_d)
-        out.update(loss_d=loss_d.item(), d_acc=accuracy, d_updated=float(update_d))
+    if config.loss.adversarial:
+        out.update(_update_discriminator(state, image, target, fake, config))
+    out.update(_update_generator(state, image, target, fake, config))
+    # Logged values are means over the global batch (each rank saw an equal share).
+    return distributed.mean_over_ranks(out)
 
-    # 3. Generator half-step with D frozen: adversarial term + lambda * generalized Dice.
+
+def _update_discriminator(
+    state: TrainState, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, config: Config
+) -> dict[str, float]:
+    """D's half-step on (image, truth) and (image, detached fake), unless the accuracy gate holds it."""
+    D, gate = state.discriminator, config.train.d_accuracy_gate
+    with autocast(state.device, state.amp):
+        real_scores = D(image, target)
+        fake_scores = D(image, fake.detach())
+    loss_d = lsgan_discriminator_loss(real_scores, fake_scores)
+    accuracy = distributed.mean_over_ranks(
+        {"d_acc": discriminator_accuracy(real_scores.detach(), fake_scores.detach()).item()})["d_acc"]
+    # The accuracy gate (a 3D-GAN balancing trick) is decided on the all-reduced accuracy so
+    # every rank takes the same branch under DDP.
+    update_d = gate is None or accuracy <= gate
+    if update_d:
+        state.opt_d.zero_grad(set_to_none=True)
+        state.scaler.scale(loss_d).backward()
+        state.scaler.step(state.opt_d)
+    return {"loss_d": loss_d.item(), "d_acc": accuracy, "d_updated": float(update_d)}
+
+
+def _update_generator(
+    state: TrainState, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, config: Config
+) -> dict[str, float]:
+    """G's half-step with D frozen: lambda * generalized Dice (+ cross-entropy) + adversarial term."""
+    loss_cfg = config.loss
+    out: dict[str, float] = {}
     # The GDL is a ratio of sums over the whole (global) batch: under DDP its sums span all ranks.
     loss_dice = distributed.batch_dice_loss(
         target, fake, weighting=loss_cfg.dice_weighting, class_weights=state.class_weights, eps=loss_cfg.eps
@@ -179,7 +191,7 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
         loss_g = loss_g + loss_cfg.lambda_ce * loss_ce
         out["loss_ce"] = loss_ce.item()
     if loss_cfg.adversarial:
-        frozen = _unwrap(D)
+        frozen = _unwrap(state.discriminator)
         frozen.requires_grad_(False)
         try:
             with autocast(state.device, state.amp):
@@ -194,8 +206,7 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     state.scaler.update()
     state.step += 1
     out.update(loss_g=loss_g.item(), loss_dice=loss_dice.item())
-    # Logged values are means over the global batch (each rank saw an equal share).
-    return distributed.mean_over_ranks(out)
+    return out
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -282,10 +293,13 @@ def fit(
     dict whose ``"val_dice"`` chooses the best checkpoint. ``sample_patch(image, label, size, rng,
     foreground_prob=...)`` and ``augment(image, label, rng)`` make one training sample.
     ``extra_state`` (channel names, label convention, preprocessing) is stored in checkpoints so a
-    checkpoint alone can predict. Writes ``config.json``, ``metrics.jsonl`` and
-    ``checkpoints/{last,best}.safetensors``; ``resume=True`` continues from ``last``.
+    checkpoint alone can predict. Writes the run folder (:class:`vox2vox.rundir.RunDir`:
+    ``config.json``, ``metrics.jsonl``, ``checkpoints/{last,best}.safetensors``);
+    ``resume=True`` continues from ``last``.
+
+    The loop: start or resume (:func:`_start_or_resume`), then per epoch train
+    (:func:`_train_epoch`) and validate, log and checkpoint (:func:`_end_epoch`).
     """
-    run_dir = Path(run_dir)
     run = RunDir(run_dir)
     if not train_cases:
         raise Vox2VoxError("no training cases: the dataset needs at least one labelled case")
@@ -294,13 +308,40 @@ def fit(
     progress = progress and ctx.is_main
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
     distributed.per_rank_batch(config.train.batch_size, ctx.world_size)
+    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume)
+    save = partial(_save, state, config, extra_state=extra_state)
 
-    # Resolve the config (class weights from the training labels) and the starting state; under
-    # DDP every rank loads the same checkpoint.
+    interrupted = _InterruptFlag()
+    with interrupted:
+        for epoch in range(state.epoch, config.train.epochs):
+            row = _train_epoch(state, config, train_cases, epoch, sample_patch, augment,
+                               ctx=ctx, interrupted=interrupted, progress=progress)
+            if row is None:  # Ctrl-C: keep the batches trained so far, then stop
+                if ctx.is_main:
+                    save(run.last)
+                distributed.barrier()
+                raise KeyboardInterrupt
+            _end_epoch(state, config, row, history, run, validate, save, ctx=ctx, progress=progress)
+    if validate is None and ctx.is_main:
+        save(run.best)
+    # No rank returns (and perhaps starts reading the run) before rank 0 has written it.
+    distributed.barrier()
+    return FitResult(run.root, state.epoch, state.step, state.best_score, state.best_epoch, history)
+
+
+def _start_or_resume(
+    config: Config, train_cases: Sequence[TrainCase], run: RunDir, ctx: distributed.DistContext, *, resume: bool
+) -> tuple[Config, TrainState, list[dict[str, Any]]]:
+    """The resolved config, the (DDP-wrapped) training state and the log rows so far.
+
+    A new run computes fixed class weights from the training labels; a resume loads
+    ``checkpoints/last`` (every rank the same) and keeps the run's class weights. Rank 0 writes
+    ``config.json``, ``versions.json`` and the log (rows after the resume point dropped).
+    """
     if resume:
         last = run.last
         if not last.is_file():
-            raise Vox2VoxError(f"{run_dir}: nothing to resume (no checkpoints/last.safetensors)")
+            raise Vox2VoxError(f"{run.root}: nothing to resume (no checkpoints/last.safetensors)")
         ckpt = load_checkpoint(last)
         saved = Config.from_dict(ckpt.config, source=str(last), ignore_unknown=True)
         if (saved.generator, saved.discriminator) != (config.generator, config.discriminator):
@@ -311,7 +352,7 @@ def fit(
         _load_into(state, ckpt)
     else:
         if run.last.exists():
-            raise Vox2VoxError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
+            raise Vox2VoxError(f"{run.root}: already holds a run; pass --resume to continue it or choose a new --out")
         if config.loss.adversarial or config.loss.lambda_dice > 0:
             if config.loss.dice_weighting == "fixed" and config.loss.class_weights is None:
                 weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
@@ -321,69 +362,92 @@ def fit(
     state.discriminator = distributed.wrap(state.discriminator, ctx)
     history = read_metrics(run.metrics, upto_epoch=state.epoch)
     if ctx.is_main:
-        ensure_folder(run_dir)
+        ensure_folder(run.root)
         atomic_write_text(run.config, config.to_json() + "\n")
         atomic_write_text(run.versions, json.dumps(software_versions(), indent=2) + "\n")
         write_metrics(run.metrics, history)
     distributed.barrier()
+    return config, state, history
 
-    interrupted = _InterruptFlag()
-    with interrupted:
-        for epoch in range(state.epoch, config.train.epochs):
-            # Train: one random augmented patch per case (times patches_per_case), seeded by epoch.
-            torch.manual_seed(distributed.rank_seed(derive_seed(config.train.seed, epoch, 1)))
-            skip, sums = state.batches_done, dict(state.partial_sums)
-            if skip and state.rng_state is not None:  # continue an epoch cut short by Ctrl-C
-                torch.set_rng_state(state.rng_state)
-            loader = _loader(config, train_cases, epoch, sample_patch, augment, ctx=ctx, skip_batches=skip)
-            t0 = time.perf_counter()
-            n = skip
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False,
-                       disable=not progress, file=sys.stderr)
-            for image, label in bar:
-                non_blocking = state.device.type == "cuda"  # pinned host memory copies asynchronously
-                step_out = train_step(state, image.to(state.device, non_blocking=non_blocking),
-                                      label.to(state.device, non_blocking=non_blocking), config)
-                distributed.write_checksums(state.step, [state.generator, state.discriminator])
-                for k, v in step_out.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n += 1
-                bar.set_postfix(loss_g=f"{step_out['loss_g']:.3f}")
-                if distributed.any_rank(interrupted.flag):
-                    interrupted.flag = True
-                    break
-            if interrupted.flag:
-                state.batches_done, state.partial_sums, state.rng_state = n, sums, torch.get_rng_state()
-                if ctx.is_main:
-                    _save(state, config, run.last, extra_state)
-                distributed.barrier()
-                raise KeyboardInterrupt
-            state.epoch, state.batches_done, state.partial_sums, state.rng_state = epoch + 1, 0, {}, None
-            row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0}
-            row.update({k: v / max(n, 1) for k, v in sums.items()})
 
-            # Validate on whole, un-augmented cases (rank 0; the others wait) and keep the best by Dice.
-            if validate is not None and (state.epoch % config.train.val_every == 0 or state.epoch == config.train.epochs):
-                scores = distributed.on_main(lambda: validate(_unwrap(state.generator)))
-                row.update(scores)
-                if scores.get("val_dice", -math.inf) > state.best_score:
-                    state.best_score, state.best_epoch = scores["val_dice"], state.epoch
-                    if ctx.is_main:
-                        _save(state, config, run.best, extra_state)
+def _train_epoch(
+    state: TrainState,
+    config: Config,
+    train_cases: Sequence[TrainCase],
+    epoch: int,
+    sample_patch: PatchSampler,
+    augment: Augment | None,
+    *,
+    ctx: distributed.DistContext,
+    interrupted: _InterruptFlag,
+    progress: bool,
+) -> dict[str, Any] | None:
+    """Train one epoch (or the rest of one cut short) and return its log row: mean step metrics.
 
-            # Log and checkpoint on rank 0 (the last checkpoint is the resume point).
-            history.append(row)
+    Every random draw is seeded by ``(seed, epoch)``: one augmented patch per case (times
+    ``patches_per_case``) and the dropout RNG. On Ctrl-C the batches done, their metric sums and
+    the RNG state go into ``state`` (for an exact resume) and the return value is None.
+    """
+    torch.manual_seed(distributed.rank_seed(derive_seed(config.train.seed, epoch, 1)))
+    skip, sums = state.batches_done, dict(state.partial_sums)
+    if skip and state.rng_state is not None:  # continue an epoch cut short by Ctrl-C
+        torch.set_rng_state(state.rng_state)
+    loader = _loader(config, train_cases, epoch, sample_patch, augment, ctx=ctx, skip_batches=skip)
+    t0 = time.perf_counter()
+    n = skip
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False,
+               disable=not progress, file=sys.stderr)
+    for image, label in bar:
+        non_blocking = state.device.type == "cuda"  # pinned host memory copies asynchronously
+        step_out = train_step(state, image.to(state.device, non_blocking=non_blocking),
+                              label.to(state.device, non_blocking=non_blocking), config)
+        distributed.write_checksums(state.step, [state.generator, state.discriminator])
+        for k, v in step_out.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+        bar.set_postfix(loss_g=f"{step_out['loss_g']:.3f}")
+        if distributed.any_rank(interrupted.flag):
+            interrupted.flag = True
+            break
+    if interrupted.flag:
+        state.batches_done, state.partial_sums, state.rng_state = n, sums, torch.get_rng_state()
+        return None
+    state.epoch, state.batches_done, state.partial_sums, state.rng_state = epoch + 1, 0, {}, None
+    row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0}
+    row.update({k: v / max(n, 1) for k, v in sums.items()})
+    return row
+
+
+def _end_epoch(
+    state: TrainState,
+    config: Config,
+    row: dict[str, Any],
+    history: list[dict[str, Any]],
+    run: RunDir,
+    validate: Validator | None,
+    save: Callable[[Path], None],
+    *,
+    ctx: distributed.DistContext,
+    progress: bool,
+) -> None:
+    """Validate (when due), keep the best checkpoint by Dice, log the row and save the last checkpoint."""
+    last_epoch = state.epoch == config.train.epochs
+    # Validate on whole, un-augmented cases (rank 0; the others wait) and keep the best by Dice.
+    if validate is not None and (state.epoch % config.train.val_every == 0 or last_epoch):
+        scores = distributed.on_main(lambda: validate(_unwrap(state.generator)))
+        row.update(scores)
+        if scores.get("val_dice", -math.inf) > state.best_score:
+            state.best_score, state.best_epoch = scores["val_dice"], state.epoch
             if ctx.is_main:
-                write_metrics(run.metrics, history)
-                if progress:
-                    tqdm.write(_format_row(row, config.train.epochs), file=sys.stderr)
-                if state.epoch % config.train.checkpoint_every == 0 or state.epoch == config.train.epochs:
-                    _save(state, config, run.last, extra_state)
-    if validate is None and ctx.is_main:
-        _save(state, config, run.best, extra_state)
-    # No rank returns (and perhaps starts reading the run) before rank 0 has written it.
-    distributed.barrier()
-    return FitResult(run_dir, state.epoch, state.step, state.best_score, state.best_epoch, history)
+                save(run.best)
+    # Log and checkpoint on rank 0 (the last checkpoint is the resume point).
+    history.append(row)
+    if ctx.is_main:
+        write_metrics(run.metrics, history)
+        if progress:
+            tqdm.write(_format_row(row, config.train.epochs), file=sys.stderr)
+        if state.epoch % config.train.checkpoint_every == 0 or last_epoch:
+            save(run.last)
 
 
 def _loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch: PatchSampler,
