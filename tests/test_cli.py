@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,10 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from vox2vox.cli import main
+from helpers import tiny_overrides
+from vox2vox.cli import LAYOUT_NAMES, main
+from vox2vox.config import Config
+from vox2vox.data.layouts import LAYOUTS
 from vox2vox.data.synthetic import write_brats_folder
 
-COMMANDS = ("demo", "dataset", "train", "predict", "evaluate", "report", "render", "cv", "plan")
+COMMANDS = ("demo", "dataset", "train", "predict", "evaluate", "report", "render", "cv", "plan", "config")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -57,11 +61,7 @@ def test_debug_shows_traceback(tmp_path, capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
-TINY = [
-    "--set", "generator.base_filters=4", "--set", "generator.depth=3", "--set", "generator.bottleneck_blocks=1",
-    "--set", "discriminator.base_filters=4", "--set", "train.patch_size=[24,24,24]", "--set", "train.batch_size=1",
-    "--set", "data.val_cases=1",
-]
+TINY = tiny_overrides({"train.patch_size": "[24,24,24]", "train.batch_size": "1", "data.val_cases": "1"})
 
 
 @pytest.mark.slow
@@ -110,3 +110,18 @@ def test_predict_rejects_wrong_channel_count(tmp_path, capsys):
     assert "channel" in err and str(single) in err
     assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
 
+
+
+def test_layout_help_names_every_layout():
+    assert LAYOUT_NAMES == LAYOUTS
+
+
+def test_config_defaults_lists_every_key_with_its_default(capsys):
+    assert main(["config", "--defaults"]) == 0
+    out = capsys.readouterr().out
+    config = Config()
+    for section in dataclasses.fields(config):
+        for item in dataclasses.fields(getattr(config, section.name)):
+            key = f"{section.name}.{item.name}"
+            assert f"  {key} = " in out, key
+    assert "  train.patch_size = [128, 128, 128]" in out

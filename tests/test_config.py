@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from vox2vox.config import Config, load_config
+from vox2vox.config import DESCRIPTIONS, Config, load_config
 from vox2vox.errors import Vox2VoxError
 
 
@@ -194,3 +195,10 @@ def test_patch_too_small_for_the_generator_depth_is_a_config_error():
 
     with pytest.raises(Vox2VoxError, match="deepest feature map"):
         Config().with_overrides(["train.patch_size=[16,16,16]", "loss.adversarial=false"])
+
+
+def test_every_config_key_has_a_description():
+    config = Config()
+    keys = {f"{s.name}.{f.name}" for s in dataclasses.fields(config) for f in dataclasses.fields(getattr(config, s.name))}
+    assert keys == set(DESCRIPTIONS)
+    assert all(DESCRIPTIONS.values())

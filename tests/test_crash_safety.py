@@ -14,18 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from test_bad_inputs import make_manifest
+from helpers import make_manifest, tiny_overrides
 from vox2vox.model.checkpoint import load_checkpoint, resolve_checkpoint
 
 pytestmark = pytest.mark.slow
 
-NETS = [
-    "--set", "generator.base_filters=4", "--set", "generator.max_filters=8", "--set", "generator.depth=3",
-    "--set", "generator.bottleneck_blocks=1", "--set", "discriminator.base_filters=4",
-    "--set", "discriminator.max_filters=8", "--set", "discriminator.n_strided=2",
-    "--set", "train.patch_size=[16,16,16]", "--set", "train.batch_size=1", "--set", "data.val_cases=0",
-    "--set", "train.checkpoint_every=1", "--set", "train.device=\"cpu\"", "--set", "augment.p_untouched=1.0",
-]
+NETS = tiny_overrides({
+    "generator.max_filters": "8", "discriminator.max_filters": "8", "discriminator.n_strided": "2",
+    "train.patch_size": "[16,16,16]", "train.batch_size": "1", "data.val_cases": "0", "train.checkpoint_every": "1",
+    "train.device": '"cpu"', "augment.p_untouched": "1.0",
+})
 NEVER_ENDS = ["--set", "train.epochs=100000"]
 
 

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from helpers import tiny_overrides
 from vox2vox.data.checking import check_dataset
 from vox2vox.data.labels import get_convention
 from vox2vox.data.layouts import discover
@@ -412,11 +413,8 @@ def test_unlabelled_single_image(tmp_path):
     assert case.label is None and case.image.shape[0] == 1
 
 
-_TINY = [
-    "--set", "generator.base_filters=4", "--set", "generator.depth=3", "--set", "generator.bottleneck_blocks=1",
-    "--set", "discriminator.base_filters=4", "--set", "train.patch_size=[32,32,32]", "--set", "train.batch_size=1",
-    "--set", "train.epochs=1", "--set", "data.val_cases=0",
-]
+_TINY = tiny_overrides({"train.patch_size": "[32,32,32]", "train.batch_size": "1", "train.epochs": "1",
+                        "data.val_cases": "0"})
 
 
 @pytest.mark.slow

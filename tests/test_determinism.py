@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_bad_inputs import make_manifest
+from helpers import make_manifest
 from vox2vox.cli import main
 
 NETS = [

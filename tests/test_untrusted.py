@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from test_bad_inputs import (
+from helpers import (
     TINY,
     assert_user_error,
     ball,

@@ -25,6 +25,11 @@ from vox2vox.rundir import RunDir
 if TYPE_CHECKING:
     from vox2vox.config import Config
 
+#: The layouts :func:`vox2vox.data.layouts.discover` knows (spelled out here so that the parser
+#: does not import the data package; tests/test_cli.py checks the two lists agree).
+LAYOUT_NAMES = ("brats", "brats2023", "msd", "nnunet", "folders", "manifest", "single", "hdf5")
+LAYOUT_HELP = f"dataset layout: auto (detect from the file names; default) or one of {', '.join(LAYOUT_NAMES)}"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -45,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dataset", parents=[common], help="find and check the cases in a folder or manifest")
     p.add_argument("path", help="dataset folder (BraTS, BraTS 2023, MSD, nnU-Net raw), manifest .csv or image")
-    p.add_argument("--layout", default="auto")
+    p.add_argument("--layout", default="auto", help=LAYOUT_HELP)
     p.add_argument("--convention", default=None, help="label convention (brats, brats2015, brats2023, binary, ...)")
     p.add_argument("--label-name", default=None, metavar="NAME",
                    help="folders layout: the label file's name in every case folder (e.g. OTMultiClass)")
@@ -79,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="off",
                    help="mixed precision: on CUDA bf16/fp16 (auto: bf16 where supported); on a CPU "
                         "bf16 only (~1.5-2x faster with avx512_bf16/AMX, probabilities within ~1e-2)")
-    p.add_argument("--layout", default="auto")
+    p.add_argument("--layout", default="auto", help=LAYOUT_HELP)
     p.add_argument("--save-probabilities", nargs="?", const="npz", choices=("npz", "nifti"), default=None,
                    help="also write class probabilities: npz (default; <id>.npz, key 'probabilities', "
                         "axes (C, Z, Y, X) as nnU-Net writes) or nifti (<id>_probs.nii.gz, 4D on the input grid)")
@@ -128,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, default=1, help="processes the global batch is split over (default 1)")
     p.add_argument("--amp", choices=("bf16", "fp16", "off"), default=None,
                    help="precision to plan for (default: train.amp, 'auto' counted as bf16)")
+
+    p = sub.add_parser("config", parents=[common], help="print the configuration: every key, its default and meaning")
+    p.add_argument("--defaults", action="store_true", required=True,
+                   help="print every config key with its default value and what it means")
     return parser
 
 
@@ -225,7 +234,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from vox2vox.device import resolve_amp, resolve_device
+    from vox2vox.device import resolve_device, resolve_prediction_amp
     from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
     from vox2vox.infer.postprocessing import PostprocessConfig
     from vox2vox.train.crossval import expand_model_paths
@@ -233,9 +242,7 @@ def _predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = [load_model(m, device=device) for m in expand_model_paths(args.model)]
     config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap,
-                             tta_flips=args.tta,
-                             # bf16 is worth it on CPUs too (oneDNN); resolve_amp covers CUDA.
-                             amp="bf16" if device.type == "cpu" and args.amp == "bf16" else resolve_amp(args.amp, device))
+                             tta_flips=args.tta, amp=resolve_prediction_amp(args.amp, device))
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=args.largest_component or "off")
     report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout,
                              postprocess=post, save_probabilities=args.save_probabilities,
@@ -296,6 +303,13 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from vox2vox.config import describe_defaults
+
+    print(describe_defaults(), end="")
+    return 0
+
+
 _COMMANDS = {
     "demo": _demo,
     "dataset": _dataset,
@@ -306,6 +320,7 @@ _COMMANDS = {
     "plan": _plan,
     "report": _report,
     "render": _render,
+    "config": _config,
 }
 
 

@@ -272,3 +272,95 @@ def _coerce(hint: Any, value: Any, *, key: str, source: str, ignore_unknown: boo
             raise Vox2VoxError(f"{source}: {key}={value!r}: expected a string")
         return value
     return value
+
+
+# ---- what every key means (`vox2vox config --defaults`) -----------------------------------------
+#: One line per config key; tests/test_config.py checks that every key has one.
+DESCRIPTIONS: dict[str, str] = {
+    "data.path": "dataset folder, manifest .csv, dataset.json or single image (--data)",
+    "data.layout": "auto (detect) or brats, brats2023, msd, nnunet, folders, manifest, single, hdf5",
+    "data.convention": "label convention (brats, brats2015, brats2023, msd-brain, binary, a .json); null: the layout's",
+    "data.val_fraction": "fraction of the labelled cases held out for validation (seeded by train.seed)",
+    "data.val_cases": "number of validation cases; overrides val_fraction when set",
+    "data.label_name": "folders layout: the label file's name in every case folder",
+    "data.channels": "image channels to use, in this order; null: all found",
+    "preprocess.normalize": "zscore-nonzero (foreground z-score, the paper's), zscore, ct-window or none",
+    "preprocess.ct_window": "[low, high] HU to clip to before scaling to [0, 1]; needed by ct-window",
+    "preprocess.crop_foreground": "crop each case to its foreground bounding box",
+    "preprocess.target_spacing": "resample to this voxel size in mm [d, h, w]; null keeps the spacing",
+    "preprocess.pad_multiple": "pad each spatial size up to a multiple of this (1: no padding)",
+    "preprocess.cache_dir": "folder for preprocessed cases (npz + JSON); null: no cache",
+    "generator.in_channels": "image channels (training sets it from the data)",
+    "generator.n_classes": "output classes (training sets it from the label convention)",
+    "generator.base_filters": "filters of the first encoder stage (doubling per stage)",
+    "generator.max_filters": "cap on the filters of any stage",
+    "generator.depth": "stride-2 encoder stages; input sizes must be multiples of 2^depth",
+    "generator.bottleneck_blocks": "blocks at the deepest resolution (each concatenates its output with its convolution's)",
+    "generator.kernel_size": "convolution kernel size",
+    "generator.dropout": "dropout rate of the U-Net's blocks (off in eval mode)",
+    "generator.negative_slope": "LeakyReLU slope",
+    "generator.norm": "instance, batch or none",
+    "generator.norm_eps": "normalisation epsilon",
+    "discriminator.in_channels": "image channels (training sets it from the data)",
+    "discriminator.n_classes": "segmentation classes it sees beside the image (set from the data)",
+    "discriminator.base_filters": "filters of the first layer (doubling per strided layer)",
+    "discriminator.max_filters": "cap on the filters of any layer",
+    "discriminator.n_strided": "stride-2 layers (fewer: smaller patches, smaller receptive field)",
+    "discriminator.kernel_size": "convolution kernel size",
+    "discriminator.dropout": "dropout after each strided layer",
+    "discriminator.negative_slope": "LeakyReLU slope",
+    "discriminator.norm": "instance, batch or none",
+    "discriminator.norm_eps": "normalisation epsilon",
+    "loss.adversarial": "train with the discriminator (false: the generator alone on the Dice/CE terms)",
+    "loss.lambda_dice": "weight of the generalized Dice loss in the generator objective",
+    "loss.lambda_ce": "weight of the voxel-wise cross-entropy (0: off, as the paper)",
+    "loss.dice_weighting": "class weights of the generalized Dice: fixed, sudre or uniform",
+    "loss.class_weights": "fixed class weights; null: computed from the training labels (N / (C * n_c))",
+    "loss.eps": "smoothing term of the Dice ratio",
+    "optim.lr_g": "Adam learning rate of the generator",
+    "optim.lr_d": "Adam learning rate of the discriminator",
+    "optim.beta1": "Adam beta1 (both networks)",
+    "optim.beta2": "Adam beta2 (both networks)",
+    "train.epochs": "epochs; each draws patches_per_case random patches per training case",
+    "train.batch_size": "global batch size (split over the processes under torchrun)",
+    "train.patch_size": "training patch [d, h, w]; multiples of 2^generator.depth",
+    "train.patches_per_case": "patches per training case per epoch",
+    "train.foreground_prob": "probability that a patch is centred on a random foreground voxel",
+    "train.d_accuracy_gate": "update D only while its patch accuracy is <= this; null: every step",
+    "train.val_every": "validate (whole volumes, Dice) every this many epochs, and after the last",
+    "train.checkpoint_every": "write checkpoints/last every this many epochs, and after the last",
+    "train.seed": "seed of weights, split, patches, augmentation and dropout",
+    "train.device": "auto, cpu or cuda",
+    "train.amp": "mixed precision on CUDA: auto (bf16 where supported), bf16, fp16 or off",
+    "train.num_workers": "data-loading worker processes (0: in the training process)",
+    "train.activation_checkpointing": "recompute generator blocks in backward (less memory, ~1/3 more compute)",
+    "augment.p_untouched": "probability that a patch is not augmented at all",
+    "augment.p_flip": "probability of flipping (each axis of flip_axes then with probability 0.5)",
+    "augment.flip_axes": "axes that may flip",
+    "augment.p_intensity": "probability of a per-channel gain * x^gamma on the foreground",
+    "augment.gain_range": "range of the intensity gain",
+    "augment.gamma_range": "range of the intensity gamma",
+    "augment.p_rotate": "probability of a rotation about the volume centre",
+    "augment.max_rotation_deg": "largest rotation angle per axis, degrees",
+    "augment.rotate_axes": "axes rotated about",
+    "augment.p_scale": "probability of an isotropic zoom",
+    "augment.scale_range": "range of the zoom factor",
+    "augment.p_elastic": "probability of an elastic deformation",
+    "augment.elastic_sigma": "elastic displacement, voxels",
+    "augment.elastic_points": "control points per axis of the elastic grid",
+}
+
+
+def describe_defaults() -> str:
+    """Every config key with its default value and meaning, one per line, by section."""
+    config = Config()
+    lines = []
+    for section in dataclasses.fields(config):
+        lines.append(f"[{section.name}]")
+        values = getattr(config, section.name)
+        for item in dataclasses.fields(values):
+            key = f"{section.name}.{item.name}"
+            default = json.dumps(_to_plain(getattr(values, item.name)))
+            lines.append(f"  {key} = {default}\n      {DESCRIPTIONS.get(key, '')}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

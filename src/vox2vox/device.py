@@ -40,6 +40,15 @@ def resolve_amp(choice: str, device: torch.device) -> AmpDtype:
     return choice  # type: ignore[return-value]
 
 
+def resolve_prediction_amp(choice: str, device: torch.device) -> AmpDtype:
+    """Precision for prediction: as :func:`resolve_amp`, except that an explicit ``bf16`` holds on
+    a CPU too (oneDNN runs the forward pass ~1.5-2x faster with avx512_bf16/AMX; probabilities
+    within ~1e-2); :func:`resolve_amp`, the training rule, is off on every CPU."""
+    if device.type == "cpu" and choice == "bf16":
+        return "bf16"
+    return resolve_amp(choice, device)
+
+
 def autocast(device: torch.device, amp: AmpDtype) -> contextlib.AbstractContextManager:
     """Autocast context for forward passes (a no-op when ``amp`` is off)."""
     if amp == "off":

@@ -56,11 +56,11 @@ class AugmentConfig:
         for name in ("p_untouched", "p_flip", "p_intensity", "p_rotate", "p_scale", "p_elastic"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise Vox2VoxError(f"augmentation.{name}={value}: must be in [0, 1]")
+                raise Vox2VoxError(f"augment.{name}={value}: must be in [0, 1]")
         for name in ("gain_range", "gamma_range", "scale_range"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
-                raise Vox2VoxError(f"augmentation.{name}={(lo, hi)}: need 0 < low <= high")
+                raise Vox2VoxError(f"augment.{name}={(lo, hi)}: need 0 < low <= high")
         if any(a not in (0, 1, 2) for a in (*self.flip_axes, *self.rotate_axes)):
             raise Vox2VoxError("augmentation flip_axes/rotate_axes must be among 0, 1, 2")
         if self.elastic_points < 2 or self.elastic_sigma < 0:

@@ -126,7 +126,7 @@ def check_dataset(
         report.problems.append(
             Problem(
                 "warning", "*", str(spec.root),
-                f"{len(spacings)} different voxel spacings; consider preprocessing.target_spacing",
+                f"{len(spacings)} different voxel spacings; consider preprocess.target_spacing",
             )
         )
     return report

@@ -105,7 +105,7 @@ class LabelConvention:
             more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""
             raise Vox2VoxError(
                 f"{where}label values {shown}{more} are not in convention {self.name!r} "
-                f"(accepts {list(self.accepted_values)}); choose another --labels convention "
+                f"(accepts {list(self.accepted_values)}); choose another label convention (data.convention, --convention) "
                 "or a custom value map"
             )
         return table[label]

@@ -57,29 +57,29 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if self.normalize not in ("zscore-nonzero", "zscore", "ct-window", "none"):
             raise Vox2VoxError(
-                f"preprocessing.normalize={self.normalize!r}: use zscore-nonzero, zscore, "
+                f"preprocess.normalize={self.normalize!r}: use zscore-nonzero, zscore, "
                 "ct-window or none"
             )
         if self.ct_window is not None:
             lo, hi = self.ct_window
             if not lo < hi:
-                raise Vox2VoxError(f"preprocessing.ct_window={self.ct_window}: need low < high")
+                raise Vox2VoxError(f"preprocess.ct_window={self.ct_window}: need low < high")
             object.__setattr__(self, "ct_window", (float(lo), float(hi)))
         if self.normalize == "ct-window" and self.ct_window is None:
             raise Vox2VoxError(
-                "preprocessing.normalize='ct-window' needs preprocessing.ct_window, e.g. "
+                "preprocess.normalize='ct-window' needs preprocess.ct_window, e.g. "
                 "[-1000, 1000] HU"
             )
         if self.target_spacing is not None:
             if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
                 raise Vox2VoxError(
-                    f"preprocessing.target_spacing={self.target_spacing}: give three positive mm"
+                    f"preprocess.target_spacing={self.target_spacing}: give three positive mm"
                 )
             object.__setattr__(
                 self, "target_spacing", tuple(float(s) for s in self.target_spacing)
             )
         if int(self.pad_multiple) < 1:
-            raise Vox2VoxError(f"preprocessing.pad_multiple={self.pad_multiple}: must be >= 1")
+            raise Vox2VoxError(f"preprocess.pad_multiple={self.pad_multiple}: must be >= 1")
 
     def to_json(self) -> dict:
         """Plain dict of the fields (tuples as lists)."""
