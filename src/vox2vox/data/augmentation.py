@@ -1,6 +1,6 @@
 """Random training-time transforms; every random number comes from the generator passed in.
 
-The paper's scheme (METHOD.md, "Training"): 25% of patches untouched; otherwise flip, brightness
+The paper's scheme (docs/method.md, "Training"): 25% of patches untouched; otherwise flip, brightness
 (power law, gain and gamma in [0.8, 1.2]), rotation, scaling and elastic deformation, each with
 p = 0.5. The predecessors rotated 0-90 degrees about the array corner; here rotation is up to 30
 degrees about the volume centre.

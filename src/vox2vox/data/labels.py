@@ -3,7 +3,7 @@
 The network trains on contiguous class indices ``0..n-1``; files use each dataset's own values
 (BraTS 2018-21 writes enhancing tumour as 4, so classes are 0/1/2/3 <-> values 0/1/2/4). A
 :class:`LabelConvention` converts both ways, so predictions are written back in the convention the
-user's data came in (METHOD.md: "mapped back 3 -> 4 when saving").
+user's data came in (docs/method.md, "Task and labels").
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from vox2vox.errors import Vox2VoxError
 
 LAYOUTS = ("brats", "brats2023", "msd", "nnunet", "folders", "manifest", "single", "hdf5")
 
-#: channel suffix -> channel name, in the order channels are stacked (METHOD.md: T1, T1ce, T2, FLAIR).
+#: channel suffix -> channel name, in the order channels are stacked (docs/method.md, "Task and labels").
 _BRATS_CHANNELS = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
 _BRATS2023_CHANNELS = {"t1n": "t1n", "t1c": "t1c", "t2w": "t2w", "t2f": "t2f"}
 

@@ -3,8 +3,8 @@
 Steps, in order, on a canonical ``(C, D, H, W)`` image (and its ``(D, H, W)`` label):
 
 1. CT window: clip Hounsfield units to ``ct_window`` (optional).
-2. Normalise each channel (METHOD.md: "each modality z-scored over its non-zero (brain) voxels,
-   background 0"). "Non-zero" means "not background", where the background value of a channel is
+2. Normalise each channel (docs/method.md, "Training": z-scored over its non-zero (brain) voxels,
+   background 0). "Non-zero" means "not background", where the background value of a channel is
    the most common value on the volume's outer faces: 0 for raw BraTS, a negative constant for the
    pre-normalised BraTS 2015 files, -1000 for CT. A brain mask may replace that rule.
 3. Crop to the bounding box of foreground voxels (union over channels).

@@ -4,8 +4,8 @@ Both steps work on label maps in SOURCE values (what is written to disk, e.g. Br
 the input's grid, so voxel counts are counts of the user's voxels.
 
 - **Small enhancing tumour -> necrotic core.** BraTS scores a case with no enhancing tumour in the
-  ground truth as Dice 0 for ET if the prediction has even one ET voxel (METHOD.md, "BraTS scoring
-  conventions"), so top entries (Isensee et al. 2018; nnU-Net for BraTS 2020) relabel predicted
+  ground truth as Dice 0 for ET if the prediction has even one ET voxel (docs/method.md, "Scoring
+  (BraTS conventions)"), so top entries (Isensee et al. 2018; nnU-Net for BraTS 2020) relabel predicted
   ET below a volume threshold as necrotic/non-enhancing core: the voxels stay in the tumour core
   (TC and WT scores are unchanged) and only the ET call is withdrawn. Per connected component
   (default) or for the whole case's ET volume (Isensee's variant).

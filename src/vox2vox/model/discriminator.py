@@ -2,7 +2,7 @@
 
 It judges an (image, segmentation) pair: the input is ``concat(image, segmentation)`` with
 ``in_channels + n_classes`` channels (the authors' code swapped the two inputs, which only worked
-when the counts were equal). Defaults (METHOD.md, "Discriminator"): three stride-2 4^3 convolutions
+when the counts were equal). Defaults (docs/method.md, "Discriminator"): three stride-2 4^3 convolutions
 (64-128-256 filters, instance norm on all but the first, LeakyReLU, dropout 0.2), then two stride-1
 4^3 convolutions (512, then 1 filter) giving a raw score map (14^3 for a 128^3 input), no sigmoid,
 as the least-squares GAN loss expects.

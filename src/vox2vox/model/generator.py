@@ -1,6 +1,6 @@
 """The Vox2Vox generator: a 3D U-Net whose output is a per-voxel class distribution.
 
-Defaults follow the authors' current code (METHOD.md, "Generator"): four stride-2 encoder
+Defaults follow the authors' current code (docs/method.md, "Generator"): four stride-2 encoder
 convolutions (64-128-256-512 filters, kernel 4), four bottleneck blocks at 1/16 resolution that
 each concatenate their activated output with their own pre-norm convolution output, three
 transposed-convolution decoder stages with skip connections, and a final transposed convolution to
@@ -147,7 +147,7 @@ class Generator(nn.Module):
         super().__init__()
         self.config = config
         filters = config.encoder_filters()
-        # Encoder: dropout on all but the deepest stage; no norm on the first (METHOD.md table).
+        # Encoder: dropout on all but the deepest stage; no norm on the first (docs/method.md, "Generator").
         self.encoder = nn.ModuleList()
         cin = config.in_channels
         for i, cout in enumerate(filters):

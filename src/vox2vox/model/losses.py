@@ -1,4 +1,4 @@
-"""Vox2Vox losses: least-squares GAN terms and the generalized Dice loss (METHOD.md, "Losses").
+"""Vox2Vox losses: least-squares GAN terms and the generalized Dice loss (docs/method.md, "Losses").
 
 All functions take and return float32 tensors; call them outside autocast regions (or they cast)
 so that sums over 128^3 voxels do not overflow in half precision.
@@ -140,7 +140,7 @@ def fixed_class_weights(labels: list[np.ndarray], n_classes: int) -> tuple[float
     """w_c = n_voxels / (n_classes * count_c) over all training label maps (class indices).
 
     Classes that never occur get weight 0 (they cannot be balanced and must not divide by zero);
-    BraTS crops give about [0.26, 45.5, 16.5, 49.1] (METHOD.md).
+    BraTS crops give about [0.26, 45.5, 16.5, 49.1] (docs/method.md, "Losses").
     """
     counts = np.zeros(n_classes, dtype=np.float64)
     for label in labels:

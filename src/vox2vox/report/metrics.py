@@ -3,7 +3,7 @@
 All functions take boolean masks of one shape ``(D, H, W)`` (any array axis order, as long as
 ``spacing`` lists the voxel size in mm along the same axes). Empty-mask rules follow the BraTS
 toolkit, so cases with an empty region are scored instead of dropped (dropping them flatters
-results, see METHOD.md):
+results; docs/method.md, "Scoring"):
 
 - truth and prediction both empty: Dice 1, HD95 0 mm;
 - exactly one empty: Dice 0, HD95 :data:`HD95_ONE_EMPTY_MM` (373.13 mm, the BraTS image diagonal).

@@ -1,7 +1,7 @@
 """K-fold cross-validation: seeded case-level folds, one run per fold, and the folds as an ensemble.
 
 The paper's final results average the softmax outputs of the 10 models of a 10-fold
-cross-validation (METHOD.md, "Training"). A cross-validation directory holds::
+cross-validation (docs/method.md, "Training"). A cross-validation directory holds::
 
     DIR/folds.json        {"k", "seed", "cases", "folds": [{"train": [...], "val": [...]}, ...]}
     DIR/fold_<i>/         an ordinary run directory (config.json, split.json, checkpoints/, ...)

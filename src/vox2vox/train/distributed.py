@@ -9,7 +9,7 @@ into equal contiguous shares, one per rank (per-rank batch = global batch / worl
 of an epoch is seeded by ``(seed, epoch, i)`` whoever loads it, so the global batch holds the same
 patches at any world size. Gradients are averaged over ranks by DistributedDataParallel, which
 equals the full-batch gradient for losses that are means over equal shares (the LSGAN terms). The
-generalized Dice loss is a ratio of sums over the *whole* batch (METHOD.md, "Losses"), which a mean
+generalized Dice loss is a ratio of sums over the *whole* batch (docs/method.md, "Losses"), which a mean
 of per-rank ratios is not; :func:`batch_dice_loss` all-reduces the per-class sums first, so every
 rank computes the full-batch loss. What still differs from one process:
 

@@ -1,6 +1,6 @@
 """Vox2Vox training: ``train_step`` (a D half-step, then a G half-step) and ``fit`` (the loop).
 
-The loop follows the paper (METHOD.md, "Training"): every epoch draws one random, augmented patch
+The loop follows the paper (docs/method.md, "Training"): every epoch draws one random, augmented patch
 per training case; both networks use Adam; the generator is scored on the whole, un-augmented
 validation volumes by Dice, and the best checkpoint is chosen on that score (not on an augmented
 validation loss, a defect of the predecessors).
