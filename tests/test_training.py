@@ -13,7 +13,8 @@ from vox2vox.config import Config
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import load_checkpoint
-from vox2vox.train.training import PatchDataset, build_state, fit, train_on_dataset, train_step
+from vox2vox.train.runs import train_on_dataset
+from vox2vox.train.training import PatchDataset, build_state, fit, train_step
 
 N_CLASSES = 3
 

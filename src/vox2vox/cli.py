@@ -214,7 +214,7 @@ def _config_from_args(args: argparse.Namespace, *, saved: Path | None = None) ->
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vox2vox.train.training import train_on_dataset
+    from vox2vox.train.runs import train_on_dataset
 
     out = Path(args.out) if args.out else None
     config = _config_from_args(args, saved=RunDir(out).config if args.resume and out is not None else None)

@@ -26,7 +26,7 @@ from vox2vox.report.evaluation import evaluate_folder
 from vox2vox.report.plots import save_overlay, save_training_curves
 from vox2vox.report.report import write_report
 from vox2vox.rundir import RunDir, read_metrics
-from vox2vox.train.training import train_on_dataset
+from vox2vox.train.runs import train_on_dataset
 
 DemoSize = Literal["small", "tiny"]
 

@@ -12,11 +12,13 @@ byte of them is deserialised.
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import nibabel
 import numpy as np
@@ -42,6 +44,77 @@ class Checkpoint:
     discriminator: dict[str, torch.Tensor] = field(default_factory=dict)
     optimizers: dict[str, dict[str, Any]] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)  # epoch, step, best score, label info, ...
+
+
+class ResumableState(Protocol):
+    """What a resumable checkpoint saves and restores (``vox2vox.train.training.TrainState``)."""
+
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    epoch: int
+    step: int
+    best_score: float
+    best_epoch: int
+    batches_done: int
+    partial_sums: dict[str, float]
+    rng_state: torch.Tensor | None
+
+
+def _bare(module: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a DistributedDataParallel wrapper."""
+    return module.module if hasattr(module, "module") else module
+
+
+def training_checkpoint(state: ResumableState, config: dict[str, Any], extra: dict[str, Any] | None) -> Checkpoint:
+    """A resumable checkpoint of ``state``: both networks' weights, Adam moments, the grad scaler,
+    the loop's counters (epoch, step, best score, a Ctrl-C'd epoch's progress and RNG state), and
+    ``extra`` (what prediction needs: channels, layout, label convention)."""
+    return Checkpoint(
+        config=config,
+        generator=_bare(state.generator).state_dict(),
+        discriminator=_bare(state.discriminator).state_dict(),
+        optimizers={"generator": state.opt_g.state_dict(), "discriminator": state.opt_d.state_dict()},
+        state={
+            "epoch": state.epoch,
+            "step": state.step,
+            "best_score": state.best_score if math.isfinite(state.best_score) else None,
+            "best_epoch": state.best_epoch,
+            "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
+            "batches_done": state.batches_done,
+            "partial_sums": state.partial_sums,
+            "rng_state": base64.b64encode(state.rng_state.numpy().tobytes()).decode() if state.rng_state is not None else None,
+            **(extra or {}),
+        },
+    )
+
+
+def restore_training_state(state: ResumableState, ckpt: Checkpoint) -> None:
+    """Load what :func:`training_checkpoint` saved into ``state`` (optimiser moments onto its device)."""
+    _bare(state.generator).load_state_dict(ckpt.generator)
+    _bare(state.discriminator).load_state_dict(ckpt.discriminator)
+    state.opt_g.load_state_dict(_to_device(ckpt.optimizers["generator"], state.device))
+    state.opt_d.load_state_dict(_to_device(ckpt.optimizers["discriminator"], state.device))
+    if ckpt.state.get("scaler") and state.scaler.is_enabled():
+        state.scaler.load_state_dict(ckpt.state["scaler"])
+    state.epoch = int(ckpt.state["epoch"])
+    state.step = int(ckpt.state["step"])
+    best = ckpt.state.get("best_score")
+    state.best_score = -math.inf if best is None else float(best)
+    state.best_epoch = int(ckpt.state.get("best_epoch", -1))
+    state.batches_done = int(ckpt.state.get("batches_done", 0))
+    state.partial_sums = dict(ckpt.state.get("partial_sums") or {})
+    rng = ckpt.state.get("rng_state")
+    state.rng_state = torch.frombuffer(bytearray(base64.b64decode(rng)), dtype=torch.uint8) if rng else None
+
+
+def _to_device(osd: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    state = {k: {n: (v.to(device) if torch.is_tensor(v) and n != "step" else v) for n, v in s.items()}
+             for k, s in osd["state"].items()}
+    return {"state": state, "param_groups": osd["param_groups"]}
 
 
 def software_versions() -> dict[str, str]:

@@ -28,7 +28,8 @@ from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.rundir import RunDir, read_metrics
 from vox2vox.train import distributed
-from vox2vox.train.training import FitResult, train_on_dataset
+from vox2vox.train.runs import train_on_dataset
+from vox2vox.train.training import FitResult
 
 FOLDS_FILE = "folds.json"
 

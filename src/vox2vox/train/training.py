@@ -16,7 +16,6 @@ lives in :mod:`vox2vox.train.distributed`, whose module docstring says what equa
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import math
@@ -37,10 +36,6 @@ from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
-from vox2vox.data.augmentation import Augmenter, sample_patch
-from vox2vox.data.labels import get_convention
-from vox2vox.data.layouts import discover
-from vox2vox.data.loading import load_case
 from vox2vox.device import (
     AmpDtype,
     autocast,
@@ -50,8 +45,13 @@ from vox2vox.device import (
     tune_cpu_allocator,
 )
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.inference import InferenceConfig, predict_probabilities
-from vox2vox.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
+from vox2vox.model.checkpoint import (
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    software_versions,
+    training_checkpoint,
+)
 from vox2vox.model.discriminator import Discriminator
 from vox2vox.model.generator import Generator
 from vox2vox.model.losses import (
@@ -62,7 +62,6 @@ from vox2vox.model.losses import (
     lsgan_generator_loss,
     one_hot,
 )
-from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
 
@@ -349,7 +348,7 @@ def _start_or_resume(
         # The run's class weights were computed from its training labels: keep them.
         config = config.replace(loss=_replace(config.loss, class_weights=saved.loss.class_weights))
         state = build_state(config, device=ctx.device)
-        _load_into(state, ckpt)
+        restore_training_state(state, ckpt)
     else:
         if run.last.exists():
             raise Vox2VoxError(f"{run.root}: already holds a run; pass --resume to continue it or choose a new --out")
@@ -499,48 +498,7 @@ def _format_row(row: dict[str, Any], epochs: int) -> str:
 
 # ---- checkpoints and logs -----------------------------------------------------------------------
 def _save(state: TrainState, config: Config, path: Path, extra_state: dict[str, Any] | None) -> None:
-    ckpt = Checkpoint(
-        config=config.to_dict(),
-        generator=_unwrap(state.generator).state_dict(),
-        discriminator=_unwrap(state.discriminator).state_dict(),
-        optimizers={"generator": state.opt_g.state_dict(), "discriminator": state.opt_d.state_dict()},
-        state={
-            "epoch": state.epoch,
-            "step": state.step,
-            "best_score": state.best_score if math.isfinite(state.best_score) else None,
-            "best_epoch": state.best_epoch,
-            "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
-            "batches_done": state.batches_done,
-            "partial_sums": state.partial_sums,
-            "rng_state": base64.b64encode(state.rng_state.numpy().tobytes()).decode() if state.rng_state is not None else None,
-            **(extra_state or {}),
-        },
-    )
-    save_checkpoint(path, ckpt)
-
-
-def _load_into(state: TrainState, ckpt: Checkpoint) -> None:
-    _unwrap(state.generator).load_state_dict(ckpt.generator)
-    _unwrap(state.discriminator).load_state_dict(ckpt.discriminator)
-    state.opt_g.load_state_dict(_to_device(ckpt.optimizers["generator"], state.device))
-    state.opt_d.load_state_dict(_to_device(ckpt.optimizers["discriminator"], state.device))
-    if ckpt.state.get("scaler") and state.scaler.is_enabled():
-        state.scaler.load_state_dict(ckpt.state["scaler"])
-    state.epoch = int(ckpt.state["epoch"])
-    state.step = int(ckpt.state["step"])
-    best = ckpt.state.get("best_score")
-    state.best_score = -math.inf if best is None else float(best)
-    state.best_epoch = int(ckpt.state.get("best_epoch", -1))
-    state.batches_done = int(ckpt.state.get("batches_done", 0))
-    state.partial_sums = dict(ckpt.state.get("partial_sums") or {})
-    rng = ckpt.state.get("rng_state")
-    state.rng_state = torch.frombuffer(bytearray(base64.b64decode(rng)), dtype=torch.uint8) if rng else None
-
-
-def _to_device(osd: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    state = {k: {n: (v.to(device) if torch.is_tensor(v) and n != "step" else v) for n, v in s.items()}
-             for k, s in osd["state"].items()}
-    return {"state": state, "param_groups": osd["param_groups"]}
+    save_checkpoint(path, training_checkpoint(state, config.to_dict(), extra_state))
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
@@ -569,114 +527,3 @@ class _InterruptFlag:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-# ---- a run on a dataset folder ------------------------------------------------------------------
-def split_cases(case_ids: Sequence[str], *, val_fraction: float, val_cases: int | None, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded case-level split into (train ids, validation ids); validation never takes the last case."""
-    ids = sorted(case_ids)
-    n_val = val_cases if val_cases is not None else int(round(val_fraction * len(ids)))
-    if val_fraction > 0 and val_cases is None and len(ids) >= 2:
-        n_val = max(n_val, 1)
-    n_val = min(n_val, len(ids) - 1)
-    order = np.random.default_rng([seed, 0x5B1]).permutation(len(ids))
-    val = sorted(ids[i] for i in order[:n_val])
-    train = sorted(ids[i] for i in order[n_val:])
-    return train, val
-
-
-def train_on_dataset(
-    config: Config,
-    run_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    split: tuple[Sequence[str], Sequence[str]] | None = None,
-) -> FitResult:
-    """Discover, check, load and split ``config.data.path``, then :func:`fit` with validation by Dice.
-
-    Channel count and class count come from the data (they override the config's networks), the
-    split is saved as ``split.json``, and checkpoints record the channel names, label convention
-    and preprocessing so that ``predict`` needs nothing but the checkpoint. ``split`` gives the
-    (train ids, validation ids) explicitly (cross-validation folds) instead of :func:`split_cases`.
-    """
-    if not config.data.path:
-        raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
-    # Under torchrun every rank loads the cases; rank 0 alone writes and shows progress.
-    ctx = distributed.setup(config.train.device)
-    progress = progress and ctx.is_main
-    tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
-    spec = discover(config.data.path, layout=config.data.layout, label_name=config.data.label_name,
-                    channel_names=config.data.channels)
-    labelled = [c for c in spec.cases if c.label is not None]
-    if not labelled:
-        raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
-    convention = get_convention(config.data.convention) if config.data.convention else spec.label_convention()
-
-    # Load every case once (preprocessed, cached on disk if configured), then split by case id.
-    cases = {}
-    for case in tqdm(labelled, desc="loading cases", disable=not progress, leave=False, file=sys.stderr):
-        cases[case.case_id] = load_case(case, convention=convention, prep=config.preprocess)
-    if convention is None:
-        top = max(int(c.label.max()) for c in cases.values())
-        convention = get_convention({"name": "classes", "values": {str(v): f"class_{v}" for v in range(top + 1)}})
-    if split is None:
-        train_ids, val_ids = split_cases(list(cases), val_fraction=config.data.val_fraction,
-                                         val_cases=config.data.val_cases, seed=config.train.seed)
-    else:
-        train_ids, val_ids = sorted(split[0]), sorted(split[1])
-        unknown = sorted(set(train_ids + val_ids) - set(cases))
-        if unknown:
-            raise Vox2VoxError(f"{config.data.path}: the split names cases the data does not hold: {', '.join(unknown[:5])}")
-    run_dir = Path(run_dir)
-    if ctx.is_main:
-        ensure_folder(run_dir)
-        atomic_write_text(RunDir(run_dir).split, json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
-
-    # The networks take the data's channel and class counts.
-    n_channels, n_classes = len(spec.channel_names), convention.n_classes
-    config = config.replace(
-        generator=_replace(config.generator, in_channels=n_channels, n_classes=n_classes),
-        discriminator=_replace(config.discriminator, in_channels=n_channels, n_classes=n_classes),
-    )
-    extra_state = {
-        "channels": list(spec.channel_names),
-        "layout": spec.layout,
-        "convention": convention.to_json(),
-    }
-    validate = make_validator([cases[i] for i in val_ids], convention, config) if val_ids else None
-    return fit(
-        config,
-        [(cases[i].image, cases[i].label) for i in train_ids],
-        run_dir,
-        validate=validate,
-        sample_patch=sample_patch,
-        augment=Augmenter(config.augment),
-        extra_state=extra_state,
-        resume=resume,
-        progress=progress,
-    )
-
-
-def make_validator(val_cases: Sequence[Any], convention: Any, config: Config) -> Validator:
-    """Score the generator on whole, un-augmented validation volumes: mean Dice over regions.
-
-    Regions are the convention's (BraTS: WT, TC, ET) or one per foreground class; the score per
-    case follows the BraTS rule for empty masks (both empty: Dice 1).
-    """
-    infer = InferenceConfig(mode="auto", window=config.train.patch_size, overlap=0.25)
-
-    def validate(generator: torch.nn.Module) -> dict[str, float]:
-        device = next(generator.parameters()).device
-        per_region: dict[str, list[float]] = {}
-        for case in val_cases:
-            probs = predict_probabilities([generator], case.image, config=infer, device=device)
-            pred = convention.region_masks(convention.to_source(probs.argmax(0)))
-            true = convention.region_masks(convention.to_source(case.label))
-            for name in true:
-                per_region.setdefault(name, []).append(dice(pred[name], true[name]))
-        scores = {f"val_dice_{name}": float(np.mean(v)) for name, v in per_region.items()}
-        scores["val_dice"] = float(np.mean(list(scores.values()))) if scores else 0.0
-        return scores
-
-    return validate

@@ -1,0 +1,143 @@
+"""A training run on a dataset: discover, load and split the cases, then :func:`fit` them.
+
+``train_on_dataset`` is what ``vox2vox train``, cross-validation folds and the demo call: the
+networks take the data's channel and class counts, the split is saved as ``split.json``, and
+checkpoints record what prediction needs (channel names, layout, label convention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vox2vox.atomic import atomic_write_text, ensure_folder
+from vox2vox.config import Config
+from vox2vox.data.augmentation import Augmenter, sample_patch
+from vox2vox.data.labels import get_convention
+from vox2vox.data.layouts import discover
+from vox2vox.data.loading import load_case
+from vox2vox.device import tune_cpu_allocator
+from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.inference import InferenceConfig, predict_probabilities
+from vox2vox.report.metrics import dice
+from vox2vox.rundir import RunDir
+from vox2vox.train import distributed
+from vox2vox.train.training import FitResult, Validator, fit
+
+
+def split_cases(case_ids: Sequence[str], *, val_fraction: float, val_cases: int | None, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded case-level split into (train ids, validation ids); validation never takes the last case."""
+    ids = sorted(case_ids)
+    n_val = val_cases if val_cases is not None else int(round(val_fraction * len(ids)))
+    if val_fraction > 0 and val_cases is None and len(ids) >= 2:
+        n_val = max(n_val, 1)
+    n_val = min(n_val, len(ids) - 1)
+    order = np.random.default_rng([seed, 0x5B1]).permutation(len(ids))
+    val = sorted(ids[i] for i in order[:n_val])
+    train = sorted(ids[i] for i in order[n_val:])
+    return train, val
+
+
+def train_on_dataset(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    split: tuple[Sequence[str], Sequence[str]] | None = None,
+) -> FitResult:
+    """Discover, check, load and split ``config.data.path``, then :func:`fit` with validation by Dice.
+
+    Channel count and class count come from the data (they override the config's networks), the
+    split is saved as ``split.json``, and checkpoints record the channel names, label convention
+    and preprocessing so that ``predict`` needs nothing but the checkpoint. ``split`` gives the
+    (train ids, validation ids) explicitly (cross-validation folds) instead of :func:`split_cases`.
+    """
+    if not config.data.path:
+        raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
+    # Under torchrun every rank loads the cases; rank 0 alone writes and shows progress.
+    ctx = distributed.setup(config.train.device)
+    progress = progress and ctx.is_main
+    tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
+    spec = discover(config.data.path, layout=config.data.layout, label_name=config.data.label_name,
+                    channel_names=config.data.channels)
+    labelled = [c for c in spec.cases if c.label is not None]
+    if not labelled:
+        raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
+    convention = get_convention(config.data.convention) if config.data.convention else spec.label_convention()
+
+    # Load every case once (preprocessed, cached on disk if configured), then split by case id.
+    cases = {}
+    for case in tqdm(labelled, desc="loading cases", disable=not progress, leave=False, file=sys.stderr):
+        cases[case.case_id] = load_case(case, convention=convention, prep=config.preprocess)
+    if convention is None:
+        top = max(int(c.label.max()) for c in cases.values())
+        convention = get_convention({"name": "classes", "values": {str(v): f"class_{v}" for v in range(top + 1)}})
+    if split is None:
+        train_ids, val_ids = split_cases(list(cases), val_fraction=config.data.val_fraction,
+                                         val_cases=config.data.val_cases, seed=config.train.seed)
+    else:
+        train_ids, val_ids = sorted(split[0]), sorted(split[1])
+        unknown = sorted(set(train_ids + val_ids) - set(cases))
+        if unknown:
+            raise Vox2VoxError(f"{config.data.path}: the split names cases the data does not hold: {', '.join(unknown[:5])}")
+    run_dir = Path(run_dir)
+    if ctx.is_main:
+        ensure_folder(run_dir)
+        atomic_write_text(RunDir(run_dir).split, json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
+
+    # The networks take the data's channel and class counts.
+    n_channels, n_classes = len(spec.channel_names), convention.n_classes
+    config = config.replace(
+        generator=dataclasses.replace(config.generator, in_channels=n_channels, n_classes=n_classes),
+        discriminator=dataclasses.replace(config.discriminator, in_channels=n_channels, n_classes=n_classes),
+    )
+    extra_state = {
+        "channels": list(spec.channel_names),
+        "layout": spec.layout,
+        "convention": convention.to_json(),
+    }
+    validate = make_validator([cases[i] for i in val_ids], convention, config) if val_ids else None
+    return fit(
+        config,
+        [(cases[i].image, cases[i].label) for i in train_ids],
+        run_dir,
+        validate=validate,
+        sample_patch=sample_patch,
+        augment=Augmenter(config.augment),
+        extra_state=extra_state,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def make_validator(val_cases: Sequence[Any], convention: Any, config: Config) -> Validator:
+    """Score the generator on whole, un-augmented validation volumes: mean Dice over regions.
+
+    Regions are the convention's (BraTS: WT, TC, ET) or one per foreground class; the score per
+    case follows the BraTS rule for empty masks (both empty: Dice 1).
+    """
+    infer = InferenceConfig(mode="auto", window=config.train.patch_size, overlap=0.25)
+
+    def validate(generator: torch.nn.Module) -> dict[str, float]:
+        device = next(generator.parameters()).device
+        per_region: dict[str, list[float]] = {}
+        for case in val_cases:
+            probs = predict_probabilities([generator], case.image, config=infer, device=device)
+            pred = convention.region_masks(convention.to_source(probs.argmax(0)))
+            true = convention.region_masks(convention.to_source(case.label))
+            for name in true:
+                per_region.setdefault(name, []).append(dice(pred[name], true[name]))
+        scores = {f"val_dice_{name}": float(np.mean(v)) for name, v in per_region.items()}
+        scores["val_dice"] = float(np.mean(list(scores.values()))) if scores else 0.0
+        return scores
+
+    return validate
