@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="phantom data -> train -> predict -> evaluate -> figures")
     p.add_argument("--out", default="vox2vox-demo", help="output folder (default: ./vox2vox-demo)")
     p.add_argument("--size", choices=("small", "tiny"), default="small",
-                   help="small: the full demo (a few minutes on a laptop CPU); tiny: a seconds-long smoke run")
+                   help="small: the full demo (about a minute on an idle 2-core CPU); tiny: a seconds-long smoke run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 

@@ -42,7 +42,7 @@ class DemoPlan:
 
 
 PLANS: dict[str, DemoPlan] = {
-    # The README's demo: a few minutes on 2 CPU cores, whole-tumour Dice >= 0.9 on held-out phantoms.
+    # The README's demo: about a minute on an idle 2-core CPU, whole-tumour Dice >= 0.9 on held-out phantoms.
     "small": DemoPlan(
         n_train=12,
         n_test=4,
