@@ -29,6 +29,14 @@ class CaseFiles:
     label: Path | None
     mask: Path | None = None
 
+    def channel_files(self) -> dict[Path, list[str]]:
+        """Each distinct image file with the channel names it holds, in channel order: reading
+        and checking a case both read each file once (an MSD 4D file holds several channels)."""
+        groups: dict[Path, list[str]] = {}
+        for name, file in self.channels.items():
+            groups.setdefault(Path(file), []).append(name)
+        return groups
+
 
 @dataclass(frozen=True)
 class DatasetSpec:

@@ -139,10 +139,7 @@ def _check_case(case: CaseFiles, conv: LabelConvention | None, problems: list[Pr
         problems.append(Problem(severity, case.case_id, Path(file).name, message))
 
     reference: tuple[Geometry, Path] | None = None
-    groups: dict[Path, list[str]] = {}
-    for name, file in case.channels.items():
-        groups.setdefault(Path(file), []).append(name)
-    for file, names in groups.items():
+    for file, names in case.channel_files().items():
         if not file_of(file).exists():
             add("error", file, f"missing channel '{', '.join(names)}'; add the file or fix the layout/manifest")
             continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -343,6 +344,25 @@ def write_volume(
     img.header.set_xyzt_units("mm")
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
+
+
+def write_probabilities_npz(
+    probabilities: np.ndarray, geometry: Geometry, path: str | Path, *, label_values: Sequence[int]
+) -> None:
+    """Write canonical ``(X, Y, Z, C)`` class probabilities as a compressed ``.npz``, atomically.
+
+    Arrays: ``probabilities`` float32 ``(C, Z, Y, X)`` in the source file's voxel order (C-order
+    readers index it as ``[c, k, j, i]``), ``affine`` the source voxel-to-world matrix, and
+    ``labels`` the on-disk label value of each class.
+    """
+    source = to_source_orientation(probabilities, geometry)
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(
+            handle,
+            probabilities=np.ascontiguousarray(source.transpose(3, 2, 1, 0)),
+            affine=np.asarray(geometry.source_affine, dtype=np.float64),
+            labels=np.asarray(label_values, dtype=np.int64),
+        )
 
 
 def _smallest_int_dtype(array: np.ndarray) -> np.dtype:

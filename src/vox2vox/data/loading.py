@@ -39,10 +39,7 @@ def _read_case_with_mask(
     geometry: Geometry | None = None
     first_path: Path | None = None
     # Several channel names may share one 4D file (MSD); read each file once, in channel order.
-    groups: dict[Path, list[str]] = {}
-    for name, file in case.channels.items():
-        groups.setdefault(Path(file), []).append(name)
-    for file, names in groups.items():
+    for file, names in case.channel_files().items():
         data, geo = read_channels(file)
         if data.shape[0] != len(names):
             raise Vox2VoxError(

@@ -26,10 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vox2vox.atomic import atomic_path
 from vox2vox.config import Config
 from vox2vox.data.cases import CaseFiles, check_case_id
-from vox2vox.data.io import to_source_orientation, write_volume
+from vox2vox.data.io import write_probabilities_npz, write_volume
 from vox2vox.data.labels import get_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
@@ -420,12 +419,5 @@ def _write_case(
         write_volume(on_disk, loaded.geometry, prob_path, dtype=np.float32)
         return target, prob_path
     prob_path = output_dir / f"{loaded.case_id}.npz"
-    source = to_source_orientation(on_disk, loaded.geometry)
-    with atomic_path(prob_path) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(
-            handle,
-            probabilities=np.ascontiguousarray(source.transpose(3, 2, 1, 0)),
-            affine=np.asarray(loaded.geometry.source_affine, dtype=np.float64),
-            labels=np.asarray(convention.source_values, dtype=np.int64),
-        )
+    write_probabilities_npz(on_disk, loaded.geometry, prob_path, label_values=convention.source_values)
     return target, prob_path
