@@ -269,6 +269,14 @@ def batch_dice_loss(
     return dice_loss_from_sums(sums, weighting=weighting, class_weights=class_weights, eps=eps)  # type: ignore[arg-type]
 
 
+def checksum_hook() -> Callable[[Any], None] | None:
+    """A ``fit(on_step=...)`` hook that writes weight checksums after every step when
+    ``$VOX2VOX_DEBUG_CHECKSUMS`` is set (the tests compare ranks with it); None otherwise."""
+    if not os.environ.get(CHECKSUM_ENV):
+        return None
+    return lambda state: write_checksums(state.step, [state.generator, state.discriminator])
+
+
 def write_checksums(step: int, modules: Sequence[torch.nn.Module]) -> None:
     """Debug hook: append this rank's weight checksums after ``step`` when ``$VOX2VOX_DEBUG_CHECKSUMS`` is set.
 

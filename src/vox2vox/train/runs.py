@@ -116,6 +116,7 @@ def train_on_dataset(
         extra_state=extra_state,
         resume=resume,
         progress=progress,
+        on_step=distributed.checksum_hook(),
     )
 
 

@@ -272,6 +272,7 @@ class FitResult:
 
 
 Validator = Callable[[torch.nn.Module], dict[str, float]]
+StepHook = Callable[[TrainState], None]
 
 
 def fit(
@@ -285,6 +286,7 @@ def fit(
     extra_state: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool = True,
+    on_step: StepHook | None = None,
 ) -> FitResult:
     """Train Vox2Vox on ``train_cases`` and write the run to ``run_dir``.
 
@@ -292,7 +294,8 @@ def fit(
     dict whose ``"val_dice"`` chooses the best checkpoint. ``sample_patch(image, label, size, rng,
     foreground_prob=...)`` and ``augment(image, label, rng)`` make one training sample.
     ``extra_state`` (channel names, label convention, preprocessing) is stored in checkpoints so a
-    checkpoint alone can predict. Writes the run folder (:class:`vox2vox.rundir.RunDir`:
+    checkpoint alone can predict. ``on_step(state)`` runs after every train step (e.g.
+    :func:`vox2vox.train.distributed.checksum_hook`). Writes the run folder (:class:`vox2vox.rundir.RunDir`:
     ``config.json``, ``metrics.jsonl``, ``checkpoints/{last,best}.safetensors``);
     ``resume=True`` continues from ``last``.
 
@@ -314,7 +317,7 @@ def fit(
     with interrupted:
         for epoch in range(state.epoch, config.train.epochs):
             row = _train_epoch(state, config, train_cases, epoch, sample_patch, augment,
-                               ctx=ctx, interrupted=interrupted, progress=progress)
+                               ctx=ctx, interrupted=interrupted, progress=progress, on_step=on_step)
             if row is None:  # Ctrl-C: keep the batches trained so far, then stop
                 if ctx.is_main:
                     save(run.last)
@@ -380,6 +383,7 @@ def _train_epoch(
     ctx: distributed.DistContext,
     interrupted: _InterruptFlag,
     progress: bool,
+    on_step: StepHook | None = None,
 ) -> dict[str, Any] | None:
     """Train one epoch (or the rest of one cut short) and return its log row: mean step metrics.
 
@@ -400,7 +404,8 @@ def _train_epoch(
         non_blocking = state.device.type == "cuda"  # pinned host memory copies asynchronously
         step_out = train_step(state, image.to(state.device, non_blocking=non_blocking),
                               label.to(state.device, non_blocking=non_blocking), config)
-        distributed.write_checksums(state.step, [state.generator, state.discriminator])
+        if on_step is not None:
+            on_step(state)
         for k, v in step_out.items():
             sums[k] = sums.get(k, 0.0) + v
         n += 1
