@@ -68,6 +68,7 @@ from vox2vox.data.preprocessing import PreprocessConfig, undo_preprocessing
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
 from vox2vox.infer.postprocessing import PostprocessConfig, postprocess
+from vox2vox.model.checkpoint import ModelInfo
 from vox2vox.model.generator import count_parameters
 from vox2vox.model.losses import generalized_dice_loss, one_hot
 from vox2vox.report.metrics import dice, hd95
@@ -243,12 +244,12 @@ class Deadline:
 def train_vox2vox(study: Study, settings: Settings, cases: list[Any], run_dir: Path, seconds: float,
                   *, adversarial: bool) -> dict[str, Any]:
     config = vox2vox_config(study, settings, adversarial=adversarial, n_train=len(cases))
-    extra = {"channels": list(study.channels), "layout": "manifest", "convention": study.convention.to_json()}
+    info = ModelInfo(channels=tuple(study.channels), layout="manifest", convention=study.convention.to_json())
     t0 = time.perf_counter()
     try:
         with Deadline(seconds):
             fit(config, [(c.image, c.label) for c in cases], run_dir, sample_patch=sample_patch,
-                augment=Augmenter(config.augment), extra_state=extra, progress=False)
+                augment=Augmenter(config.augment), model_info=info, progress=False)
     except KeyboardInterrupt:
         pass  # the deadline: fit saved checkpoints/last.safetensors after the current step
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

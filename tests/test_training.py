@@ -12,7 +12,7 @@ import vox2vox.train.training as training
 from vox2vox.config import Config
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
-from vox2vox.model.checkpoint import load_checkpoint
+from vox2vox.model.checkpoint import ModelInfo, load_checkpoint
 from vox2vox.train.runs import train_on_dataset
 from vox2vox.train.training import PatchDataset, build_state, fit, train_step
 
@@ -213,7 +213,7 @@ def test_a_run_writes_config_metrics_and_checkpoints(tmp_path):
     scores = iter([0.2, 0.5])
     run = tmp_path / "run"
     result = run_fit(fit_config(2), run, validate=lambda g: {"val_dice": next(scores)},
-                     extra_state={"channels": ["a", "b"]})
+                     model_info=ModelInfo(channels=("a", "b"), layout="manifest", convention={}))
     assert (result.epochs, result.steps, result.best_epoch) == (2, 4, 2)
     assert result.best_score == pytest.approx(0.5)
 

@@ -46,6 +46,21 @@ class Checkpoint:
     state: dict[str, Any] = field(default_factory=dict)  # epoch, step, best score, label info, ...
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model needs at prediction time beyond its weights and config, stored in every
+    checkpoint training writes: the input channel names in order, the dataset layout it was
+    trained from, and the label convention (as :meth:`LabelConvention.to_json`)."""
+
+    channels: tuple[str, ...]
+    layout: str
+    convention: dict[str, Any]
+
+    def to_state(self) -> dict[str, Any]:
+        """The checkpoint ``state`` entries (``channels``, ``layout``, ``convention``)."""
+        return {"channels": list(self.channels), "layout": self.layout, "convention": self.convention}
+
+
 class ResumableState(Protocol):
     """What a resumable checkpoint saves and restores (``vox2vox.train.training.TrainState``)."""
 
@@ -69,10 +84,10 @@ def _bare(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if hasattr(module, "module") else module
 
 
-def training_checkpoint(state: ResumableState, config: dict[str, Any], extra: dict[str, Any] | None) -> Checkpoint:
+def training_checkpoint(state: ResumableState, config: dict[str, Any], info: ModelInfo | None) -> Checkpoint:
     """A resumable checkpoint of ``state``: both networks' weights, Adam moments, the grad scaler,
     the loop's counters (epoch, step, best score, a Ctrl-C'd epoch's progress and RNG state), and
-    ``extra`` (what prediction needs: channels, layout, label convention)."""
+    ``info`` (what prediction needs: channels, layout, label convention)."""
     return Checkpoint(
         config=config,
         generator=_bare(state.generator).state_dict(),
@@ -87,7 +102,7 @@ def training_checkpoint(state: ResumableState, config: dict[str, Any], extra: di
             "batches_done": state.batches_done,
             "partial_sums": state.partial_sums,
             "rng_state": base64.b64encode(state.rng_state.numpy().tobytes()).decode() if state.rng_state is not None else None,
-            **(extra or {}),
+            **(info.to_state() if info is not None else {}),
         },
     )
 

@@ -27,6 +27,7 @@ from vox2vox.data.loading import load_case
 from vox2vox.device import tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import InferenceConfig, predict_probabilities
+from vox2vox.model.checkpoint import ModelInfo
 from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
@@ -100,11 +101,7 @@ def train_on_dataset(
         generator=dataclasses.replace(config.generator, in_channels=n_channels, n_classes=n_classes),
         discriminator=dataclasses.replace(config.discriminator, in_channels=n_channels, n_classes=n_classes),
     )
-    extra_state = {
-        "channels": list(spec.channel_names),
-        "layout": spec.layout,
-        "convention": convention.to_json(),
-    }
+    model_info = ModelInfo(channels=tuple(spec.channel_names), layout=spec.layout, convention=convention.to_json())
     validate = make_validator([cases[i] for i in val_ids], convention, config) if val_ids else None
     return fit(
         config,
@@ -113,7 +110,7 @@ def train_on_dataset(
         validate=validate,
         sample_patch=sample_patch,
         augment=Augmenter(config.augment),
-        extra_state=extra_state,
+        model_info=model_info,
         resume=resume,
         progress=progress,
         on_step=distributed.checksum_hook(),

@@ -46,6 +46,7 @@ from vox2vox.device import (
 )
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
+    ModelInfo,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
@@ -283,7 +284,7 @@ def fit(
     validate: Validator | None = None,
     sample_patch: PatchSampler,
     augment: Augment | None = None,
-    extra_state: dict[str, Any] | None = None,
+    model_info: ModelInfo | None = None,
     resume: bool = False,
     progress: bool = True,
     on_step: StepHook | None = None,
@@ -293,7 +294,7 @@ def fit(
     ``validate(generator)`` scores the generator on un-augmented validation volumes and returns a
     dict whose ``"val_dice"`` chooses the best checkpoint. ``sample_patch(image, label, size, rng,
     foreground_prob=...)`` and ``augment(image, label, rng)`` make one training sample.
-    ``extra_state`` (channel names, label convention, preprocessing) is stored in checkpoints so a
+    ``model_info`` (channel names, layout, label convention) is stored in checkpoints so a
     checkpoint alone can predict. ``on_step(state)`` runs after every train step (e.g.
     :func:`vox2vox.train.distributed.checksum_hook`). Writes the run folder (:class:`vox2vox.rundir.RunDir`:
     ``config.json``, ``metrics.jsonl``, ``checkpoints/{last,best}.safetensors``);
@@ -311,7 +312,7 @@ def fit(
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
     distributed.per_rank_batch(config.train.batch_size, ctx.world_size)
     config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume)
-    save = partial(_save, state, config, extra_state=extra_state)
+    save = partial(_save, state, config, model_info=model_info)
 
     interrupted = _InterruptFlag()
     with interrupted:
@@ -502,8 +503,8 @@ def _format_row(row: dict[str, Any], epochs: int) -> str:
 
 
 # ---- checkpoints and logs -----------------------------------------------------------------------
-def _save(state: TrainState, config: Config, path: Path, extra_state: dict[str, Any] | None) -> None:
-    save_checkpoint(path, training_checkpoint(state, config.to_dict(), extra_state))
+def _save(state: TrainState, config: Config, path: Path, model_info: ModelInfo | None) -> None:
+    save_checkpoint(path, training_checkpoint(state, config.to_dict(), model_info))
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
