@@ -172,3 +172,8 @@ def _write_cache(case: LoadedCase, npz: Path, meta: Path) -> None:
             np.savez(handle, **arrays)
     info = {"case_id": case.case_id, "geometry": case.geometry.to_json(), "record": case.record}
     atomic_write_text(meta, json.dumps(info))
+
+
+def read_case_and_mask(case: CaseFiles) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, Geometry]:
+    """:func:`read_case` plus the case's foreground mask (bool, or None when the case has none)."""
+    return _read_case_with_mask(case)

@@ -1,0 +1,156 @@
+"""A dataset's fingerprint: what the planner needs to know about the data, read once.
+
+Per case (on the canonical grid, before any preprocessing): voxel spacing, shape, the size of the
+foreground box (where the anatomy is, by the background-value rule or the case's mask), each
+channel's intensities inside the foreground (percentiles, mean, standard deviation, and whether it
+looks like CT in Hounsfield units) and, for labelled cases, the voxel count and connected
+components of every class. :func:`summarise` pools the cases into medians and percentiles; the
+fingerprint is stored in the plan so that a plan can be recomputed from it without the data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from vox2vox.data.cases import CaseFiles
+from vox2vox.data.labels import LabelConvention
+from vox2vox.data.loading import read_case_and_mask
+from vox2vox.data.preprocessing import foreground_mask
+
+# Intensities inside the label foreground, pooled over cases, set the CT window (as nnU-Net does);
+# a bounded random sample per case keeps the fingerprint small for big volumes.
+_SAMPLES_PER_CASE = 20000
+
+
+@dataclass(frozen=True)
+class CaseFingerprint:
+    case_id: str
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    foreground_shape: tuple[int, int, int]  # the foreground box, voxels
+    channel_stats: tuple[dict[str, float], ...]  # per channel, inside the foreground
+    class_voxels: tuple[int, ...] | None  # per class (background first); None without a label
+    class_components: tuple[int, ...] | None  # connected components per class (background 0)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Pooled over cases; every field is a plain JSON type."""
+
+    n_cases: int
+    n_labelled: int
+    channels: tuple[str, ...]
+    n_classes: int
+    median_spacing: tuple[float, float, float]
+    median_foreground_mm: tuple[float, float, float]  # median foreground box in mm
+    channel_kind: tuple[str, ...]  # "ct" or "mr" per channel
+    channel_percentiles: tuple[tuple[float, float], ...]  # per channel 0.5/99.5 % in the label foreground
+    class_fraction: tuple[float, ...]  # share of foreground-box voxels per class, over labelled cases
+    median_class_voxels: tuple[float, ...]  # per class, median over the cases that hold it
+    median_components: tuple[float, ...]  # per class, median connected-component count
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Fingerprint:
+        def tup(v: Any) -> Any:
+            return tuple(tup(x) for x in v) if isinstance(v, list) else v
+
+        return cls(**{k: tup(v) for k, v in data.items()})
+
+
+def fingerprint_case(case: CaseFiles, convention: LabelConvention | None, rng: np.random.Generator,
+                     ) -> tuple[CaseFingerprint, list[np.ndarray]]:
+    """One case's fingerprint, plus per-channel intensity samples inside its label foreground."""
+    image, label, mask, geometry = read_case_and_mask(case)
+    fg = mask if mask is not None else foreground_mask(image)
+    box = _box_shape(fg) or tuple(image.shape[1:])
+    stats = []
+    for channel in image:
+        values = channel[fg] if fg.any() else channel.ravel()
+        p = np.percentile(values, [0.5, 50.0, 99.5])
+        stats.append({"p00_5": float(p[0]), "median": float(p[1]), "p99_5": float(p[2]),
+                      "mean": float(values.mean()), "std": float(values.std()),
+                      "min": float(channel.min()), "max": float(channel.max())})
+    samples: list[np.ndarray] = []
+    voxels = components = None
+    if label is not None:
+        classes = convention.to_classes(label, path=case.label) if convention is not None else label.astype(np.int64)
+        n = int(classes.max()) + 1 if convention is None else convention.n_classes
+        voxels = tuple(int(v) for v in np.bincount(classes.ravel(), minlength=n))
+        components = (0, *(int(ndimage.label(classes == c)[1]) if voxels[c] else 0 for c in range(1, n)))
+        inside = classes > 0
+        for channel in image:
+            values = channel[inside]
+            if values.size > _SAMPLES_PER_CASE:
+                values = rng.choice(values, _SAMPLES_PER_CASE, replace=False)
+            samples.append(values)
+    fp = CaseFingerprint(case.case_id, tuple(float(s) for s in geometry.spacing), tuple(int(s) for s in image.shape[1:]),
+                         box, tuple(stats), voxels, components)
+    return fp, samples
+
+
+def fingerprint_dataset(cases: Sequence[CaseFiles], channels: Sequence[str], convention: LabelConvention | None,
+                        *, seed: int = 0) -> tuple[Fingerprint, list[CaseFingerprint]]:
+    """Read every case once and pool the per-case fingerprints (:func:`summarise`)."""
+    rng = np.random.default_rng([seed, 0xF1])
+    per_case, pooled = [], [[] for _ in channels]
+    for case in cases:
+        fp, samples = fingerprint_case(case, convention, rng)
+        per_case.append(fp)
+        for i, s in enumerate(samples):
+            pooled[i].append(s)
+    return summarise(per_case, channels, pooled), per_case
+
+
+def summarise(per_case: Sequence[CaseFingerprint], channels: Sequence[str],
+              label_samples: Sequence[Sequence[np.ndarray]]) -> Fingerprint:
+    labelled = [c for c in per_case if c.class_voxels is not None]
+    n_classes = max((len(c.class_voxels) for c in labelled), default=1)  # type: ignore[arg-type]
+    spacing = np.median([c.spacing for c in per_case], axis=0)
+    fg_mm = np.median([np.multiply(c.foreground_shape, c.spacing) for c in per_case], axis=0)
+    kinds, percentiles = [], []
+    for i in range(len(channels)):
+        stats = [c.channel_stats[i] for c in per_case]
+        kinds.append("ct" if _looks_like_ct(stats) else "mr")
+        values = np.concatenate(label_samples[i]) if label_samples and label_samples[i] else np.empty(0)
+        if values.size:
+            lo, hi = np.percentile(values, [0.5, 99.5])
+        else:
+            lo, hi = np.median([s["p00_5"] for s in stats]), np.median([s["p99_5"] for s in stats])
+        percentiles.append((float(lo), float(hi)))
+    voxels = np.zeros(n_classes)
+    med_vox, med_cc = [], []
+    for k in range(n_classes):
+        held = [c for c in labelled if len(c.class_voxels) > k and c.class_voxels[k] > 0]  # type: ignore[arg-type]
+        voxels[k] = sum(c.class_voxels[k] for c in held)  # type: ignore[index]
+        med_vox.append(float(np.median([c.class_voxels[k] for c in held])) if held else 0.0)  # type: ignore[index]
+        med_cc.append(float(np.median([c.class_components[k] for c in held])) if held and k else 0.0)  # type: ignore[index]
+    total = voxels.sum()
+    fraction = tuple(float(v / total) if total else 0.0 for v in voxels)
+    return Fingerprint(
+        n_cases=len(per_case), n_labelled=len(labelled), channels=tuple(channels), n_classes=n_classes,
+        median_spacing=tuple(float(s) for s in spacing), median_foreground_mm=tuple(float(s) for s in fg_mm),
+        channel_kind=tuple(kinds), channel_percentiles=tuple(percentiles), class_fraction=fraction,
+        median_class_voxels=tuple(med_vox), median_components=tuple(med_cc),
+    )
+
+
+def _looks_like_ct(stats: Sequence[dict[str, float]]) -> bool:
+    """Hounsfield units: air near -1000 and bone or contrast above 300, in most cases (MR is >= 0 or z-scored)."""
+    votes = [s["min"] <= -500 and s["max"] >= 300 for s in stats]
+    return sum(votes) * 2 > len(votes)
+
+
+def _box_shape(mask: np.ndarray) -> tuple[int, int, int] | None:
+    if not mask.any():
+        return None
+    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3)]
+    return tuple(int(i[-1] - i[0] + 1) for i in idx)  # type: ignore[return-value]

@@ -1,0 +1,281 @@
+"""Plan a run from the data and the machine: ``vox2vox plan --data PATH --budget 30m``.
+
+:func:`make_plan` is a pure function of a dataset :class:`~vox2vox.data.fingerprint.Fingerprint`,
+a throughput table (seconds per training step of candidate patch sizes, measured on this machine
+by :func:`measure_throughput`), the time budget and the device (kind and memory). The same inputs
+always give the same plan; each choice comes with one line saying why (docs/method.md,
+"Self-configuration", gives the rules and the measurements behind them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vox2vox.config import Config
+from vox2vox.data.fingerprint import Fingerprint
+from vox2vox.errors import Vox2VoxError
+from vox2vox.train.planning import estimate_memory
+from vox2vox.train.schedule import format_duration
+
+# Voxels of the median (foreground-cropped) case after resampling, by device: on a 2-core CPU a
+# 30-minute run learns BraTS well at 2 mm (about 80^3 voxels a brain) and poorly at 1 mm, where a
+# whole-volume validation alone takes longer than hundreds of steps. More time or a GPU buys
+# resolution; a GPU plans at the data's own spacing up to 256^3-ish volumes.
+CPU_VOXELS_PER_HOUR = 1.0e6
+CPU_VOXELS_MIN, CPU_VOXELS_MAX = 4.0e5, 4.0e6
+GPU_VOXELS_MAX = 1.6e7
+
+# A training run needs enough optimiser steps to converge; below this many the plan prefers a
+# smaller patch (measured: ~600 steps of 48^3 reach WT Dice 0.7 on BraTS, 254 steps of 64^3 less).
+MIN_STEPS = 2000
+PATCH_SIDES = (32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+SIZE_STEP = 16  # patches and padded volumes are multiples of this (generator depth up to 4)
+
+# Share of the budget spent outside optimiser steps (validation, checkpoints, data loading).
+OVERHEAD = 0.15
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "cpu" or "cuda"
+    memory_bytes: int
+    name: str = ""
+    threads: int = 1
+
+
+@dataclass
+class Plan:
+    config: dict[str, Any]
+    reasons: list[str] = field(default_factory=list)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    throughput: dict[str, float] = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)
+
+    def why(self, line: str) -> None:
+        self.reasons.append(line)
+
+
+def detect_device(choice: str = "auto") -> Device:
+    """The device a plan targets: CUDA when asked for or available, else this CPU."""
+    if choice not in ("auto", "cpu", "cuda"):
+        raise Vox2VoxError(f"--device {choice!r}: choose auto, cpu or cuda")
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise Vox2VoxError("--device cuda: no CUDA device is visible to PyTorch")
+        props = torch.cuda.get_device_properties(0)
+        return Device("cuda", int(props.total_memory), props.name, torch.get_num_threads())
+    import os
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return Device("cpu", int(memory), "cpu", torch.get_num_threads())
+
+
+# ---- the rules ---------------------------------------------------------------------------------
+def target_spacing(fp: Fingerprint, voxel_budget: float) -> tuple[tuple[float, float, float], str]:
+    """The data's median spacing, coarsened (finest axes first) until the median case fits."""
+    spacing = list(fp.median_spacing)
+    extent = fp.median_foreground_mm
+
+    def voxels(s: Sequence[float]) -> float:
+        return math.prod(e / v for e, v in zip(extent, s, strict=True))
+
+    native = voxels(spacing)
+    while voxels(spacing) > voxel_budget:
+        finest = min(spacing)
+        coarsest = max(spacing)
+        # Raise the finest axes towards the coarsest first (towards isotropy), then all together.
+        for i, s in enumerate(spacing):
+            if math.isclose(s, finest) or finest * 1.05 >= coarsest:
+                spacing[i] = s * 1.05
+    spacing = [round(s, 2) for s in spacing]
+    shape = "x".join(str(round(e / s)) for e, s in zip(extent, spacing, strict=True))
+    if voxels(spacing) < native * 0.99:
+        why = (f"target spacing {_mm(spacing)}: the median spacing {_mm(fp.median_spacing)} would give "
+               f"{native / 1e6:.1f} M voxels a case; coarsened to {shape} to fit this budget and device")
+    else:
+        why = f"target spacing {_mm(spacing)}: the median spacing of the data (median case {shape} voxels)"
+    return (spacing[0], spacing[1], spacing[2]), why
+
+
+def voxel_budget(device: Device, budget_seconds: float | None) -> float:
+    if device.kind == "cuda":
+        return GPU_VOXELS_MAX
+    hours = (budget_seconds or 12 * 3600.0) / 3600.0
+    return min(max(CPU_VOXELS_PER_HOUR * hours, CPU_VOXELS_MIN), CPU_VOXELS_MAX)
+
+
+def patch_candidates(case_shape: Sequence[float]) -> list[tuple[int, int, int]]:
+    """Patch sizes from small cubes up to the whole median case, each side a multiple of 16."""
+    whole = [max(SIZE_STEP * 2, SIZE_STEP * math.ceil(n / SIZE_STEP)) for n in case_shape]
+    out = []
+    for side in PATCH_SIDES:
+        patch = tuple(min(side, w) for w in whole)
+        if patch not in out:
+            out.append(patch)
+        if all(side >= w for w in whole):
+            break
+    return out  # type: ignore[return-value]
+
+
+def depth_for(patch: Sequence[int]) -> int:
+    """Deepest U-Net (2..5 levels) whose bottom map keeps at least 3 voxels along the shortest side."""
+    depth = 2
+    for d in range(2, 6):
+        if all(p % 2**d == 0 for p in patch) and min(patch) // 2**d >= 3:
+            depth = d
+    return depth
+
+
+def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
+              throughput: dict[str, float], epochs: int | None = None) -> Plan:
+    """The complete config for a run, with a reason per choice (a pure function of its inputs)."""
+    if fp.n_labelled == 0:
+        raise Vox2VoxError("plan: no case has a label map; training needs labels")
+    plan = Plan(config={}, fingerprint=fp.to_json(), throughput=dict(throughput),
+                device={"kind": device.kind, "memory_gib": round(device.memory_bytes / 2**30, 1),
+                        "name": device.name, "threads": device.threads})
+    cfg: dict[str, dict[str, Any]] = {s: {} for s in ("preprocess", "generator", "discriminator", "loss",
+                                                        "optim", "train", "augment")}
+    # Intensities.
+    if all(k == "ct" for k in fp.channel_kind):
+        lo = min(p[0] for p in fp.channel_percentiles)
+        hi = max(p[1] for p in fp.channel_percentiles)
+        lo, hi = math.floor(lo), math.ceil(hi) if hi > lo else math.floor(lo) + 1
+        cfg["preprocess"].update(normalize="ct-window", ct_window=[lo, hi])
+        plan.why(f"normalisation ct-window [{lo}, {hi}] HU: the channels are CT; the window holds 99% of "
+                 "the labelled voxels' intensities (0.5-99.5 percentiles), scaled to [0, 1]")
+    else:
+        cfg["preprocess"].update(normalize="zscore-nonzero")
+        plan.why("normalisation zscore-nonzero: MR-like intensities (no Hounsfield scale); each channel "
+                 "z-scored over the foreground, background 0")
+
+    # Resolution and patch.
+    spacing, why = target_spacing(fp, voxel_budget(device, budget_seconds))
+    cfg["preprocess"].update(target_spacing=list(spacing), pad_multiple=SIZE_STEP)
+    plan.why(why)
+    case_shape = [e / s for e, s in zip(fp.median_foreground_mm, spacing, strict=True)]
+    patch, steps, why = choose_patch(patch_candidates(case_shape), throughput, budget_seconds, device,
+                                     fp, case_shape)
+    plan.why(why)
+    depth = depth_for(patch)
+    width = 8 if device.kind == "cpu" and (budget_seconds or math.inf) <= 4 * 3600 else (16 if device.kind == "cpu" else 32)
+    cfg["generator"].update(arch="residual", base_filters=width, max_filters=16 * width, depth=depth, dropout=0.0,
+                            in_channels=len(fp.channels), n_classes=fp.n_classes)
+    plan.why(f"generator residual U-Net, width {width}-{min(16 * width, width * 2**depth)}, depth {depth}: "
+             f"3^3 residual units learn fastest per second here (docs/method.md); depth keeps a "
+             f"{'x'.join(str(p // 2**depth) for p in patch)} bottom map")
+    d_width = 8 if device.kind == "cpu" else 32
+    cfg["discriminator"].update(base_filters=d_width, max_filters=8 * d_width, dropout=0.0,
+                                in_channels=len(fp.channels), n_classes=fp.n_classes)
+    plan.why(f"discriminator width {d_width}: a small critic costs about a fifth of a step")
+
+    # Objective.
+    cfg["loss"].update(adversarial=True, dice="per_sample", lambda_dice=1.0, lambda_ce=1.0, lambda_adv=0.1,
+                       adversarial_start=0.3, dice_weighting="uniform")
+    small = [i for i, f in enumerate(fp.class_fraction) if 0 < f < 0.01 and i > 0]
+    plan.why("loss Dice (per sample and class) + cross-entropy + 0.1 x LSGAN from 30% of training: "
+             "Dice+CE converges fastest; the critic joins once the segmentations are plausible"
+             + (f"; classes {small} hold < 1% of voxels, which per-sample Dice weights as much as the rest"
+                if small else ""))
+    cfg["optim"].update(lr_g=1e-3, lr_d=2e-4, beta1=0.9, beta1_d=0.5, schedule="poly")
+    plan.why("optimiser Adam, generator lr 1e-3 (beta1 0.9), critic 2e-4 (beta1 0.5), poly decay to 0 "
+             "at the end of the budget")
+    batch = 2
+    cfg["train"].update(patch_size=list(patch), batch_size=batch, foreground_prob=0.5, select="last",
+                        device=device.kind, val_every=1)
+    if budget_seconds is not None:
+        cfg["train"]["budget"] = format_duration(budget_seconds)
+        plan.why(f"budget {format_duration(budget_seconds)}: about {steps} steps of batch {batch} at "
+                 f"{throughput.get(_key(patch), float('nan')):.2f} s a step; training ends at the budget")
+    else:
+        cfg["train"]["epochs"] = epochs or 1000
+        plan.why(f"epochs {cfg['train']['epochs']}: no budget given")
+    plan.why("model: the final weights (select=last); with few cases one validation case cannot rank "
+             "checkpoints, and the decayed end of the schedule is the steadiest model")
+    cfg["augment"].update(p_untouched=0.25)
+    plan.why("augmentation: the paper's flips, intensity, rotation, scaling and elastic deformation")
+    plan.config = cfg
+    _check_memory(plan, device)
+    return plan
+
+
+def choose_patch(candidates: list[tuple[int, int, int]], throughput: dict[str, float], budget_seconds: float | None,
+                 device: Device, fp: Fingerprint, case_shape: Sequence[float]) -> tuple[tuple[int, int, int], int, str]:
+    """The largest measured patch that still gives ``MIN_STEPS`` steps in the budget."""
+    timed = [p for p in candidates if _key(p) in throughput]
+    if not timed:
+        raise Vox2VoxError("plan: no throughput measured for any candidate patch")
+    if budget_seconds is None:
+        patch = timed[-1]
+        return patch, 0, f"patch {_fmt(patch)}: the largest candidate (no budget to fit)"
+    usable = budget_seconds * (1 - OVERHEAD)
+    fits = [p for p in timed if usable / throughput[_key(p)] >= MIN_STEPS]
+    patch = fits[-1] if fits else timed[0]
+    steps = int(usable / throughput[_key(patch)])
+    whole = "x".join(str(round(n)) for n in case_shape)
+    if fits:
+        why = (f"patch {_fmt(patch)}: the largest that gives >= {MIN_STEPS} steps in the budget "
+               f"(median case {whole} voxels)")
+    else:
+        why = (f"patch {_fmt(patch)}: the smallest candidate; even it gives only {steps} steps in the budget "
+               f"(fewer than {MIN_STEPS}: expect an undertrained model, give more time)")
+    return patch, steps, why
+
+
+def _check_memory(plan: Plan, device: Device) -> None:
+    config = Config.from_dict(plan.config, source="plan")
+    need = estimate_memory(config, amp="off" if device.kind == "cpu" else "bf16").total_bytes
+    limit = 0.8 * device.memory_bytes
+    if need > limit:
+        raise Vox2VoxError(f"plan: {need / 2**30:.1f} GiB needed per step, more than 80% of the device's "
+                           f"{device.memory_bytes / 2**30:.1f} GiB; give a smaller budget or more memory")
+    plan.why(f"memory: about {need / 2**30:.2f} GiB a step (estimated), within the device's "
+             f"{device.memory_bytes / 2**30:.1f} GiB")
+
+
+# ---- the measurement ---------------------------------------------------------------------------
+def measure_throughput(candidates: Sequence[tuple[int, int, int]], make_config: Callable[[tuple[int, int, int]], Config],
+                       *, device: Device, steps: int = 2, max_seconds: float = 60.0) -> dict[str, float]:
+    """Seconds per training step (G and D half-steps, random data) of each candidate patch, smallest
+    first; stops early once a step takes more than ``max_seconds / 4`` (larger ones only cost more)."""
+    from vox2vox.train.training import build_state, train_step
+
+    table: dict[str, float] = {}
+    spent = 0.0
+    for patch in candidates:
+        config = make_config(patch)
+        state = build_state(config, device=torch.device(device.kind))
+        g = torch.Generator().manual_seed(0)
+        shape = (config.train.batch_size, config.generator.in_channels, *patch)
+        image = torch.randn(shape, generator=g).to(device.kind)
+        label = torch.randint(0, config.generator.n_classes, (shape[0], *patch), generator=g).to(device.kind)
+        train_step(state, image, label, config, progress=1.0)  # warm-up: allocator, kernels
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step(state, image, label, config, progress=1.0)
+        if device.kind == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - t0) / steps
+        table[_key(patch)] = round(seconds, 4)
+        spent += seconds * (steps + 1)
+        if seconds > max_seconds / 4 or spent > max_seconds:
+            break
+    return table
+
+
+def _key(patch: Sequence[int]) -> str:
+    return "x".join(str(int(p)) for p in patch)
+
+
+def _fmt(patch: Sequence[int]) -> str:
+    return "x".join(str(p) for p in patch)
+
+
+def _mm(spacing: Sequence[float]) -> str:
+    return "x".join(f"{s:g}" for s in spacing) + " mm"
