@@ -59,9 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-manifest", default=None, metavar="FILE.csv",
                    help="also write the cases found as a manifest CSV, to edit and use as PATH")
 
-    p = sub.add_parser("train", parents=[common], help="train Vox2Vox on a dataset")
+    p = sub.add_parser("train", parents=[common], help="train Vox2Vox on a dataset",
+                       description="Train Vox2Vox. Without --config the run is planned from the data and "
+                                   "this machine first (as `vox2vox plan`; the plan is saved as plan.toml "
+                                   "in the run directory); --config paper keeps the paper's settings.")
     p.add_argument("--data", help="dataset folder or manifest (overrides data.path)")
-    p.add_argument("--config", help="config file (.json or .toml)")
+    p.add_argument("--config", help="config file (.json or .toml), or 'paper' for the paper's exact settings "
+                                    "(default: plan from the data)")
+    p.add_argument("--budget", default=None, metavar="DURATION",
+                   help="train for this long, e.g. 30m or 12h (sets train.budget; the learning rate decays to "
+                        "its end exactly then). A planned run without it plans for 1h on a CPU, 12h on a GPU")
     p.add_argument("--out", default=None, help="run directory (default: runs/<data name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=50 (repeatable)")
@@ -73,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory or .safetensors checkpoint (repeat for an ensemble)")
     p.add_argument("--input", required=True, help="an image, a dataset folder or a manifest")
     p.add_argument("--output", required=True, help="folder for <case_id>.nii.gz label maps")
-    p.add_argument("--tta", action="store_true", help="average over the 8 axis-flip combinations (8x slower)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over the 8 axis-flip combinations (8x slower); default: what the model's "
+                        "training chose on its validation cases (planned runs), else off")
     p.add_argument("--mode", choices=("auto", "whole", "sliding"), default="auto",
                    help="whole volume in one pass, or sliding windows for volumes too large for memory "
                         "(auto: whole up to 256x256x192 voxels)")
@@ -90,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "axes (C, Z, Y, X) as nnU-Net writes) or nifti (<id>_probs.nii.gz, 4D on the input grid)")
     p.add_argument("--min-et-voxels", type=int, default=0, metavar="N",
                    help="relabel enhancing-tumour components under N voxels as necrotic core (BraTS; 0: off)")
-    p.add_argument("--largest-component", nargs="?", const="class", choices=("class", "region"), default=None,
-                   help="keep only the largest connected component of each class (default) or region")
+    p.add_argument("--largest-component", nargs="?", const="class", choices=("class", "region", "off"), default=None,
+                   help="keep only the largest connected component of each class (the default when given "
+                        "alone) or region; off keeps all. Default: what the model's training chose on its "
+                        "validation cases (planned runs), else off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", parents=[common], help="score predictions against ground truth (BraTS rules)")
@@ -126,7 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the fold runs from their last checkpoints")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides train.device)")
 
-    p = sub.add_parser("plan", parents=[common], help="estimate the memory a config needs per GPU, before training")
+    p = sub.add_parser("plan", parents=[common], help="plan a run from the data and this machine (--data), "
+                       "or estimate the memory a config needs per GPU")
+    p.add_argument("--data", default=None, help="dataset folder or manifest: fingerprint it, time candidate "
+                                                "networks here and write a complete config (plan.toml)")
+    p.add_argument("--budget", default=None, metavar="DURATION", help="training time to plan for, e.g. 30m or 12h")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device to plan for")
+    p.add_argument("--out", default="plan.toml", help="where --data writes the plan (default: plan.toml)")
     p.add_argument("--config", help="config file (.json or .toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.patch_size=[128,128,128] (repeatable)")
@@ -214,15 +231,42 @@ def _config_from_args(args: argparse.Namespace, *, saved: Path | None = None) ->
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vox2vox.train.runs import train_on_dataset
+    import time
 
+    from vox2vox.atomic import atomic_write_text
+    from vox2vox.config import Config
+    from vox2vox.train.planner import detect_device, plan_dataset, plan_to_toml
+    from vox2vox.train.runs import train_on_dataset
+    from vox2vox.train.schedule import parse_duration
+
+    started = time.perf_counter()  # a budget counts planning and loading too
     out = Path(args.out) if args.out else None
-    config = _config_from_args(args, saved=RunDir(out).config if args.resume and out is not None else None)
+    resuming = args.resume and out is not None
+    planned = not args.config and not resuming
+    if args.config == "paper":
+        args.config = None
+    if args.budget is not None:
+        parse_duration(args.budget, key="--budget")
+        args.overrides = [*args.overrides, f"train.budget={json.dumps(args.budget)}"]
+    config = _config_from_args(args, saved=RunDir(out).config if resuming else None)
     if not config.data.path:
         raise Vox2VoxError("train: no data; pass --data PATH")
     if out is None:
         out = Path("runs") / Path(config.data.path).name.replace(".csv", "")
-    result = train_on_dataset(config, out, resume=args.resume)
+    if planned:
+        if RunDir(out).last.exists():
+            raise Vox2VoxError(f"{out}: already holds a run; pass --resume to continue it or choose a new --out")
+        device = detect_device(config.train.device)
+        budget = config.train.budget_seconds or (3600.0 if device.kind == "cpu" else 12 * 3600.0)
+        plan = plan_dataset(config, budget_seconds=budget, device=device)
+        for line in plan.reasons:
+            print(f"plan: {line}", file=sys.stderr)
+        # The plan, then the user's data options and --set values on top of it.
+        planned_config = Config.from_dict(plan.config, source="plan").replace(data=config.data)
+        config = planned_config.with_overrides(list(args.overrides))
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(RunDir(out).root / "plan.toml", plan_to_toml(plan))
+    result = train_on_dataset(config, out, resume=args.resume, started=started)
     from vox2vox.train.distributed import is_main
 
     if not is_main():  # under torchrun, rank 0 alone reports
@@ -241,9 +285,13 @@ def _predict(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     models = [load_model(m, device=device) for m in expand_model_paths(args.model)]
+    # Choices training made on its validation cases (train.tune_prediction), unless given here.
+    chosen = models[0].state.get("predict") or {}
+    tta = args.tta if args.tta is not None else bool(chosen.get("tta", False))
+    largest = args.largest_component or chosen.get("largest_component", "off")
     config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap,
-                             tta_flips=args.tta, amp=resolve_prediction_amp(args.amp, device))
-    post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=args.largest_component or "off")
+                             tta_flips=tta, amp=resolve_prediction_amp(args.amp, device))
+    post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest)
     report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout,
                              postprocess=post, save_probabilities=args.save_probabilities,
                              progress=not args.no_progress)
@@ -296,8 +344,23 @@ def _cv(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from vox2vox.atomic import atomic_write_text
+    from vox2vox.train.planner import detect_device, plan_dataset, plan_to_toml
     from vox2vox.train.planning import estimate_memory
+    from vox2vox.train.schedule import parse_duration
 
+    if args.data:
+        config = _config_from_args(args)
+        budget = parse_duration(args.budget, key="--budget") if args.budget else None
+        device = detect_device(args.device)
+        plan = plan_dataset(config, budget_seconds=budget or (3600.0 if device.kind == "cpu" else 12 * 3600.0),
+                            device=device)
+        for line in plan.reasons:
+            print(line)
+        atomic_write_text(Path(args.out), plan_to_toml(plan))
+        print(f"plan written to {args.out} (train with: vox2vox train --data {args.data} --config {args.out})")
+        return 0
+    args.data = None
     config = _config_from_args(args)
     print(estimate_memory(config, world_size=args.world_size, amp=args.amp).format())
     return 0

@@ -23,6 +23,7 @@ from vox2vox.errors import Vox2VoxError
 from vox2vox.model.discriminator import DiscriminatorConfig
 from vox2vox.model.generator import GeneratorConfig
 from vox2vox.model.losses import LossConfig
+from vox2vox.train.schedule import Schedule, parse_duration
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 AmpChoice = Literal["auto", "bf16", "fp16", "off"]
@@ -49,20 +50,30 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam for both networks (paper: lr 2e-4, betas (0.5, 0.999), no schedule)."""
+    """Adam for both networks (paper: lr 2e-4, betas (0.5, 0.999), no schedule).
+
+    ``beta1_d`` is the discriminator's beta1 (None: ``beta1``, as the paper). ``schedule`` decays
+    both learning rates over training (epochs or ``train.budget``): ``poly`` ((1 - p)^0.9, as
+    nnU-Net), ``cosine``, or ``constant`` (the paper); see :mod:`vox2vox.train.schedule`.
+    """
 
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    beta1_d: float | None = None
+    schedule: Schedule = "constant"
 
     def __post_init__(self) -> None:
         for name in ("lr_g", "lr_d"):
             if not getattr(self, name) > 0:
                 raise Vox2VoxError(f"optim.{name}={getattr(self, name)}: learning rate must be positive")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise Vox2VoxError(f"optim.{name}={getattr(self, name)}: must be in [0, 1)")
+        for name in ("beta1", "beta2", "beta1_d"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise Vox2VoxError(f"optim.{name}={value}: must be in [0, 1)")
+        if self.schedule not in ("constant", "poly", "cosine"):
+            raise Vox2VoxError(f"optim.schedule={self.schedule!r}: choose constant, poly or cosine")
 
 
 @dataclass(frozen=True)
@@ -86,8 +97,25 @@ class TrainConfig:
     # Recompute generator blocks in backward instead of storing their activations (less memory,
     # about a third more compute); see vox2vox.train.training.enable_activation_checkpointing.
     activation_checkpointing: bool = False
+    # A time budget ("30m", "12h", "1h30m") instead of epochs: training (and the learning-rate
+    # schedule) ends when it is spent; every second of every `train` call of the run counts.
+    budget: str | None = None
+    # The model `predict` uses: "best" (highest validation Dice, the paper) or "last" (the final
+    # weights at the end of the schedule).
+    select: Literal["best", "last"] = "best"
+    # After training, choose flip TTA and largest-component clean-up on the validation cases and
+    # record the choice in the model for `predict` (vox2vox.train.selection).
+    tune_prediction: bool = False
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return None if self.budget is None else parse_duration(self.budget)
 
     def __post_init__(self) -> None:
+        if self.budget is not None:
+            parse_duration(self.budget)
+        if self.select not in ("best", "last"):
+            raise Vox2VoxError(f"train.select={self.select!r}: choose best or last")
         for name in ("epochs", "batch_size", "patches_per_case", "val_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise Vox2VoxError(f"train.{name}={getattr(self, name)}: must be >= 1")

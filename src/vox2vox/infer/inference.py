@@ -39,7 +39,7 @@ from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.postprocessing import postprocess as apply_postprocess
 from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import load_checkpoint, resolve_checkpoint
-from vox2vox.model.generator import Generator
+from vox2vox.model.residual import build_generator
 
 Mode = Literal["auto", "whole", "sliding"]
 ProbabilityFormat = Literal["npz", "nifti"]
@@ -102,7 +102,7 @@ class LoadedModel:
     order), ``convention`` (the label convention as JSON) and ``layout``.
     """
 
-    generator: Generator
+    generator: torch.nn.Module
     config: Config
     state: dict[str, Any]
     path: Path
@@ -117,7 +117,7 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
     ckpt_path = resolve_checkpoint(path, which="best")
     ckpt = load_checkpoint(ckpt_path)
     config = Config.from_dict(ckpt.config, source=str(ckpt_path), ignore_unknown=True)
-    generator = Generator(config.generator)
+    generator = build_generator(config.generator)
     try:
         generator.load_state_dict(ckpt.generator)
     except RuntimeError as err:

@@ -77,6 +77,8 @@ class ResumableState(Protocol):
     batches_done: int
     partial_sums: dict[str, float]
     rng_state: torch.Tensor | None
+    seconds: float
+    val_mark: int
 
 
 def _bare(module: torch.nn.Module) -> torch.nn.Module:
@@ -101,6 +103,8 @@ def training_checkpoint(state: ResumableState, config: dict[str, Any], info: Mod
             "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
             "batches_done": state.batches_done,
             "partial_sums": state.partial_sums,
+            "seconds": state.seconds,
+            "val_mark": state.val_mark,
             "rng_state": base64.b64encode(state.rng_state.numpy().tobytes()).decode() if state.rng_state is not None else None,
             **(info.to_state() if info is not None else {}),
         },
@@ -122,6 +126,8 @@ def restore_training_state(state: ResumableState, ckpt: Checkpoint) -> None:
     state.best_epoch = int(ckpt.state.get("best_epoch", -1))
     state.batches_done = int(ckpt.state.get("batches_done", 0))
     state.partial_sums = dict(ckpt.state.get("partial_sums") or {})
+    state.seconds = float(ckpt.state.get("seconds", 0.0))
+    state.val_mark = int(ckpt.state.get("val_mark", 0))
     rng = ckpt.state.get("rng_state")
     state.rng_state = torch.frombuffer(bytearray(base64.b64decode(rng)), dtype=torch.uint8) if rng else None
 

@@ -34,8 +34,14 @@ from vox2vox.model.blocks import (
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """Architecture of the 3D U-Net generator (paper defaults)."""
+    """Architecture of the 3D U-Net generator (paper defaults).
 
+    ``arch="paper"`` is the authors' network (this module); ``"residual"`` the U-Net of 3^3 residual
+    units in :mod:`vox2vox.model.residual`, which uses ``base_filters``, ``max_filters``, ``depth``,
+    ``dropout`` and ``norm_eps`` (its bottleneck, kernel and slope are fixed).
+    """
+
+    arch: Literal["paper", "residual"] = "paper"
     in_channels: int = 4
     n_classes: int = 4
     base_filters: int = 64
@@ -50,6 +56,8 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "generator", "in_channels", "n_classes", "base_filters", "max_filters", "kernel_size")
+        if self.arch not in ("paper", "residual"):
+            raise Vox2VoxError(f"generator.arch={self.arch!r}: choose paper or residual")
         if not 2 <= self.depth <= 7:
             raise Vox2VoxError(f"generator.depth={self.depth}: must be between 2 and 7")
         if self.bottleneck_blocks < 0:

@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from monai.losses import DiceLoss
 
 from vox2vox.errors import Vox2VoxError
 
@@ -19,15 +20,23 @@ DiceWeighting = Literal["fixed", "sudre", "uniform"]
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Generator objective = [adversarial] + ``lambda_dice`` * GDL + ``lambda_ce`` * cross-entropy.
+    """Generator objective = ``lambda_adv`` * [adversarial] + ``lambda_dice`` * Dice + ``lambda_ce`` * CE.
 
-    Paper: lambda_dice = 5, no cross-entropy. ``lambda_ce > 0`` adds the voxel-wise cross-entropy
+    Paper: lambda_adv = 1, lambda_dice = 5, the generalized Dice loss, no cross-entropy, the
+    adversarial term from the first step. ``dice="per_sample"`` replaces the GDL's one ratio over
+    the batch by the mean over samples and classes of each one's soft Dice (MONAI's
+    ``DiceLoss(batch=False)``), which does not let one large case or class drown a small one.
+    ``adversarial_start`` is the fraction of training (epochs or budget) before the adversarial
+    term and the discriminator start: until then a step is a plain segmentation step. ``lambda_ce > 0`` adds the voxel-wise cross-entropy
     that Dice+CE segmenters (nnU-Net, MONAI ``DiceCELoss``) pair with the Dice term: a per-voxel,
     calibrated signal where the GDL's ratio over the whole batch rewards over-segmenting small
     targets (benchmarks/RESULTS.md, quality study).
     """
 
     adversarial: bool = True
+    dice: Literal["generalized", "per_sample"] = "generalized"
+    lambda_adv: float = 1.0
+    adversarial_start: float = 0.0
     lambda_dice: float = 5.0
     lambda_ce: float = 0.0
     dice_weighting: DiceWeighting = "fixed"
@@ -38,6 +47,12 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.dice_weighting not in ("fixed", "sudre", "uniform"):
             raise Vox2VoxError(f"loss.dice_weighting={self.dice_weighting!r}: choose fixed, sudre or uniform")
+        if self.dice not in ("generalized", "per_sample"):
+            raise Vox2VoxError(f"loss.dice={self.dice!r}: choose generalized or per_sample")
+        if not self.lambda_adv >= 0:
+            raise Vox2VoxError(f"loss.lambda_adv={self.lambda_adv}: must be >= 0")
+        if not 0.0 <= self.adversarial_start < 1.0:
+            raise Vox2VoxError(f"loss.adversarial_start={self.adversarial_start}: must be in [0, 1)")
         if self.lambda_dice < 0:
             raise Vox2VoxError(f"loss.lambda_dice={self.lambda_dice}: must be >= 0")
         if not self.lambda_ce >= 0:
@@ -124,6 +139,17 @@ def dice_loss_from_sums(
     else:
         raise Vox2VoxError(f"dice loss: unknown weighting {weighting!r}")
     return 1.0 - 2.0 * (w * intersection).sum() / ((w * denominator).sum() + eps)
+
+
+def per_sample_dice_loss(target: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Mean over samples and classes of 1 - soft Dice, each over its own voxels (MONAI's DiceLoss
+    with ``batch=False``; smoothing 1e-5 so an absent class predicted absent costs nothing)."""
+    if target.shape != probs.shape:
+        raise Vox2VoxError(f"dice loss: target {tuple(target.shape)} and prediction {tuple(probs.shape)} differ")
+    return _PER_SAMPLE_DICE(probs.float(), target.float())
+
+
+_PER_SAMPLE_DICE = DiceLoss(include_background=True, softmax=False, batch=False, smooth_nr=1e-5, smooth_dr=1e-5)
 
 
 def cross_entropy_from_probs(target: torch.Tensor, probs: torch.Tensor, *, floor: float = 1e-7) -> torch.Tensor:

@@ -45,3 +45,8 @@ class ResidualGenerator(nn.Module):
         if return_logits:
             return logits
         return torch.softmax(logits.float(), dim=1)
+
+
+def build_generator(config: GeneratorConfig) -> nn.Module:
+    """The generator ``config.arch`` names: the paper's or the residual U-Net."""
+    return ResidualGenerator(config) if config.arch == "residual" else Generator(config)

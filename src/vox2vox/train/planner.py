@@ -9,7 +9,10 @@ always give the same plan; each choice comes with one line saying why (docs/meth
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +21,13 @@ from typing import Any
 import torch
 
 from vox2vox.config import Config
-from vox2vox.data.fingerprint import Fingerprint
+from vox2vox.data.fingerprint import Fingerprint, fingerprint_dataset
+from vox2vox.data.labels import get_convention
+from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.train.planning import estimate_memory
 from vox2vox.train.schedule import format_duration
+from vox2vox.train.training import build_state, train_step
 
 # Voxels of the median (foreground-cropped) case after resampling, by device: on a 2-core CPU a
 # 30-minute run learns BraTS well at 2 mm (about 80^3 voxels a brain) and poorly at 1 mm, where a
@@ -70,8 +76,6 @@ def detect_device(choice: str = "auto") -> Device:
             raise Vox2VoxError("--device cuda: no CUDA device is visible to PyTorch")
         props = torch.cuda.get_device_properties(0)
         return Device("cuda", int(props.total_memory), props.name, torch.get_num_threads())
-    import os
-
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return Device("cpu", int(memory), "cpu", torch.get_num_threads())
 
@@ -188,7 +192,7 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
              "at the end of the budget")
     batch = 2
     cfg["train"].update(patch_size=list(patch), batch_size=batch, foreground_prob=0.5, select="last",
-                        device=device.kind, val_every=1)
+                        tune_prediction=True, device=device.kind, val_every=1)
     if budget_seconds is not None:
         cfg["train"]["budget"] = format_duration(budget_seconds)
         plan.why(f"budget {format_duration(budget_seconds)}: about {steps} steps of batch {batch} at "
@@ -197,7 +201,8 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
         cfg["train"]["epochs"] = epochs or 1000
         plan.why(f"epochs {cfg['train']['epochs']}: no budget given")
     plan.why("model: the final weights (select=last); with few cases one validation case cannot rank "
-             "checkpoints, and the decayed end of the schedule is the steadiest model")
+             "checkpoints, and the decayed end of the schedule is the steadiest model; flip TTA and "
+             "largest-component clean-up are then chosen on the validation cases for predict")
     cfg["augment"].update(p_untouched=0.25)
     plan.why("augmentation: the paper's flips, intensity, rotation, scaling and elastic deformation")
     plan.config = cfg
@@ -239,13 +244,42 @@ def _check_memory(plan: Plan, device: Device) -> None:
              f"{device.memory_bytes / 2**30:.1f} GiB")
 
 
+# ---- from a dataset folder ---------------------------------------------------------------------
+def plan_dataset(config: Config, *, budget_seconds: float | None, device: Device,
+                 progress: bool = True) -> Plan:
+    """Fingerprint ``config.data.path``, time the candidate patches on ``device``, and plan.
+
+    ``config`` supplies where the data is and how to read it (``data.*``); the plan replaces the
+    rest. Timing runs real training steps on random data, smallest patch first.
+    """
+    spec = discover(config.data.path, layout=config.data.layout, label_name=config.data.label_name,
+                    channel_names=config.data.channels)
+    labelled = [c for c in spec.cases if c.label is not None]
+    if not labelled:
+        raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
+    convention = get_convention(config.data.convention) if config.data.convention else spec.label_convention()
+    if progress:
+        print(f"plan: reading {len(labelled)} cases once (spacing, shape, intensities, labels)", file=sys.stderr)
+    fp, _ = fingerprint_dataset(labelled, spec.channel_names, convention, seed=config.train.seed)
+
+    def config_for(patch: tuple[int, int, int]) -> Config:
+        trial = make_plan(fp, device=device, budget_seconds=budget_seconds, throughput={_key(patch): 1.0})
+        return Config.from_dict(trial.config, source="plan")
+
+    spacing, _ = target_spacing(fp, voxel_budget(device, budget_seconds))
+    candidates = patch_candidates([e / s for e, s in zip(fp.median_foreground_mm, spacing, strict=True)])
+    if progress:
+        print(f"plan: timing training steps of {len(candidates)} candidate patch sizes on {device.kind}",
+              file=sys.stderr)
+    table = measure_throughput(candidates, config_for, device=device)
+    return make_plan(fp, device=device, budget_seconds=budget_seconds, throughput=table)
+
+
 # ---- the measurement ---------------------------------------------------------------------------
 def measure_throughput(candidates: Sequence[tuple[int, int, int]], make_config: Callable[[tuple[int, int, int]], Config],
                        *, device: Device, steps: int = 2, max_seconds: float = 60.0) -> dict[str, float]:
     """Seconds per training step (G and D half-steps, random data) of each candidate patch, smallest
     first; stops early once a step takes more than ``max_seconds / 4`` (larger ones only cost more)."""
-    from vox2vox.train.training import build_state, train_step
-
     table: dict[str, float] = {}
     spent = 0.0
     for patch in candidates:
@@ -267,6 +301,32 @@ def measure_throughput(candidates: Sequence[tuple[int, int, int]], make_config: 
         if seconds > max_seconds / 4 or spent > max_seconds:
             break
     return table
+
+
+def plan_to_toml(plan: Plan) -> str:
+    """The plan as a config file `--config` reads: the reasons as comments, then the sections."""
+    lines = ["# vox2vox plan: a complete training config; edit and pass it with --config.", "#"]
+    lines += [f"# {r}" for r in plan.reasons]
+    lines += ["", f"# device: {json.dumps(plan.device)}",
+              f"# seconds per step by patch: {json.dumps(plan.throughput)}"]
+    for section, values in plan.config.items():
+        if not values:
+            continue
+        lines += ["", f"[{section}]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise Vox2VoxError(f"plan: cannot write {value!r} as TOML")
 
 
 def _key(patch: Sequence[int]) -> str:

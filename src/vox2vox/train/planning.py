@@ -31,7 +31,7 @@ import torch
 from vox2vox.config import Config
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.discriminator import Discriminator
-from vox2vox.model.generator import Generator
+from vox2vox.model.residual import build_generator
 from vox2vox.train.distributed import per_rank_batch
 
 _FLOAT32 = 4
@@ -95,7 +95,7 @@ def estimate_memory(config: Config, *, world_size: int = 1, amp: str | None = No
     ckpt = config.train.activation_checkpointing if activation_checkpointing is None else activation_checkpointing
     half = amp in ("bf16", "fp16")
     with torch.device("meta"):
-        generator = Generator(config.generator)
+        generator = build_generator(config.generator)
         discriminator = Discriminator(config.discriminator)
         image = torch.empty(batch, config.generator.in_channels, *config.train.patch_size)
     n_g = sum(p.numel() for p in generator.parameters())

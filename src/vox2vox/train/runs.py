@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,12 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
 from vox2vox.device import tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.inference import InferenceConfig, predict_probabilities
+from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
 from vox2vox.model.checkpoint import ModelInfo
 from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
+from vox2vox.train.selection import choose_prediction_options, record_prediction_options
 from vox2vox.train.training import FitResult, Validator, fit
 
 
@@ -54,14 +56,20 @@ def train_on_dataset(
     resume: bool = False,
     progress: bool = True,
     split: tuple[Sequence[str], Sequence[str]] | None = None,
+    started: float | None = None,
 ) -> FitResult:
     """Discover, check, load and split ``config.data.path``, then :func:`fit` with validation by Dice.
+
+    A ``train.budget`` counts from ``started`` (a ``time.perf_counter()`` reading; default: now),
+    so loading the cases is part of it. With ``train.tune_prediction``, flip TTA and
+    largest-component clean-up are then chosen on the validation cases (:mod:`vox2vox.train.selection`).
 
     Channel count and class count come from the data (they override the config's networks), the
     split is saved as ``split.json``, and checkpoints record the channel names, label convention
     and preprocessing so that ``predict`` needs nothing but the checkpoint. ``split`` gives the
     (train ids, validation ids) explicitly (cross-validation folds) instead of :func:`split_cases`.
     """
+    started = time.perf_counter() if started is None else started
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
     # Under torchrun every rank loads the cases; rank 0 alone writes and shows progress.
@@ -103,7 +111,7 @@ def train_on_dataset(
     )
     model_info = ModelInfo(channels=tuple(spec.channel_names), layout=spec.layout, convention=convention.to_json())
     validate = make_validator([cases[i] for i in val_ids], convention, config) if val_ids else None
-    return fit(
+    result = fit(
         config,
         [(cases[i].image, cases[i].label) for i in train_ids],
         run_dir,
@@ -114,7 +122,18 @@ def train_on_dataset(
         resume=resume,
         progress=progress,
         on_step=distributed.checksum_hook(),
+        started=started,
     )
+    if config.train.tune_prediction and val_ids and ctx.is_main:
+        best = RunDir(run_dir).best
+        choice = choose_prediction_options(load_model(best).generator, [cases[i] for i in val_ids], convention,
+                                           config.train.patch_size)
+        record_prediction_options(best, choice)
+        if progress:
+            print(f"prediction options from validation: tta {choice['tta']}, largest component "
+                  f"{choice['largest_component']}", file=sys.stderr)
+    distributed.barrier()
+    return result
 
 
 def make_validator(val_cases: Sequence[Any], convention: Any, config: Config) -> Validator:

@@ -62,9 +62,12 @@ from vox2vox.model.losses import (
     lsgan_discriminator_loss,
     lsgan_generator_loss,
     one_hot,
+    per_sample_dice_loss,
 )
+from vox2vox.model.residual import build_generator
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
+from vox2vox.train.schedule import lr_factor
 
 # A training case as the loop needs it: image (C, D, H, W) float32, label (D, H, W) class indices.
 TrainCase = tuple[np.ndarray, np.ndarray]
@@ -94,10 +97,14 @@ class TrainState:
     batches_done: int = 0
     partial_sums: dict[str, float] = dataclasses.field(default_factory=dict)
     rng_state: torch.Tensor | None = None
+    # Seconds this run has spent so far, over all its `train` calls (the budget's clock), and the
+    # tenth of the budget at which it last validated.
+    seconds: float = 0.0
+    val_mark: int = 0
 
 
-def build_networks(config: Config) -> tuple[Generator, Discriminator]:
-    return Generator(config.generator), Discriminator(config.discriminator)
+def build_networks(config: Config) -> tuple[torch.nn.Module, Discriminator]:
+    return build_generator(config.generator), Discriminator(config.discriminator)
 
 
 def build_state(config: Config, *, device: torch.device | None = None) -> TrainState:
@@ -110,9 +117,10 @@ def build_state(config: Config, *, device: torch.device | None = None) -> TrainS
         enable_activation_checkpointing(generator)
     generator.to(device)
     discriminator.to(device)
-    betas = (config.optim.beta1, config.optim.beta2)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.optim.lr_g, betas=betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.optim.lr_d, betas=betas)
+    optim = config.optim
+    beta1_d = optim.beta1 if optim.beta1_d is None else optim.beta1_d
+    opt_g = torch.optim.Adam(generator.parameters(), lr=optim.lr_g, betas=(optim.beta1, optim.beta2))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=optim.lr_d, betas=(beta1_d, optim.beta2))
     weights = config.loss.class_weights
     class_weights = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
     return TrainState(generator, discriminator, opt_g, opt_d, make_grad_scaler(device, amp), device, amp, class_weights)
@@ -125,6 +133,8 @@ def enable_activation_checkpointing(generator: Generator) -> Generator:
     third more compute). The state dict is unchanged (the blocks' ``forward`` is wrapped in place),
     and dropout masks are replayed exactly (``torch.utils.checkpoint`` restores the RNG state).
     """
+    if not hasattr(generator, "encoder"):
+        raise Vox2VoxError("train.activation_checkpointing=true works with generator.arch=paper only")
     for blocks in (generator.encoder, generator.bottleneck, generator.decoder):
         for block in blocks:
             block.forward = partial(checkpoint, block.forward, use_reentrant=False)  # type: ignore[method-assign]
@@ -132,8 +142,12 @@ def enable_activation_checkpointing(generator: Generator) -> Generator:
 
 
 # ---- one step -----------------------------------------------------------------------------------
-def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, config: Config) -> dict[str, float]:
+def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, config: Config, *,
+               progress: float = 1.0) -> dict[str, float]:
     """One Vox2Vox update on a batch; returns the step's losses and D accuracy.
+
+    ``progress`` (the completed fraction of training) decides whether the adversarial term has
+    started (``loss.adversarial_start``); before it, D is not run at all.
 
     ``image`` is ``(B, C, D, H, W)`` float, ``label`` ``(B, D, H, W)`` class indices, both on the
     state's device. The fake segmentation is computed once; D learns from the real pair and the
@@ -146,9 +160,10 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     with autocast(state.device, state.amp):
         fake = state.generator(image)  # the fake segmentation, once per step
     out: dict[str, float] = {}
-    if config.loss.adversarial:
+    adversarial = config.loss.adversarial and progress >= config.loss.adversarial_start
+    if adversarial:
         out.update(_update_discriminator(state, image, target, fake, config))
-    out.update(_update_generator(state, image, target, fake, config))
+    out.update(_update_generator(state, image, target, fake, config, adversarial=adversarial))
     # Logged values are means over the global batch (each rank saw an equal share).
     return distributed.mean_over_ranks(out)
 
@@ -175,22 +190,27 @@ def _update_discriminator(
 
 
 def _update_generator(
-    state: TrainState, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, config: Config
+    state: TrainState, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, config: Config, *,
+    adversarial: bool,
 ) -> dict[str, float]:
-    """G's half-step with D frozen: lambda * generalized Dice (+ cross-entropy) + adversarial term."""
+    """G's half-step with D frozen: lambda * Dice (+ cross-entropy) + lambda_adv * adversarial term."""
     loss_cfg = config.loss
     out: dict[str, float] = {}
-    # The GDL is a ratio of sums over the whole (global) batch: under DDP its sums span all ranks.
-    loss_dice = distributed.batch_dice_loss(
-        target, fake, weighting=loss_cfg.dice_weighting, class_weights=state.class_weights, eps=loss_cfg.eps
-    )
+    if loss_cfg.dice == "per_sample":
+        # A mean of per-sample terms: under DDP, averaging the ranks' gradients gives the global batch's.
+        loss_dice = per_sample_dice_loss(target, fake)
+    else:
+        # The GDL is a ratio of sums over the whole (global) batch: under DDP its sums span all ranks.
+        loss_dice = distributed.batch_dice_loss(
+            target, fake, weighting=loss_cfg.dice_weighting, class_weights=state.class_weights, eps=loss_cfg.eps
+        )
     loss_g = loss_cfg.lambda_dice * loss_dice
     if loss_cfg.lambda_ce > 0:
         # A per-voxel mean: under DDP, averaging the ranks' gradients gives the global batch's.
         loss_ce = cross_entropy_from_probs(target, fake)
         loss_g = loss_g + loss_cfg.lambda_ce * loss_ce
         out["loss_ce"] = loss_ce.item()
-    if loss_cfg.adversarial:
+    if adversarial:
         frozen = _unwrap(state.discriminator)
         frozen.requires_grad_(False)
         try:
@@ -198,7 +218,7 @@ def _update_generator(
                 loss_adv = lsgan_generator_loss(frozen(image, fake))
         finally:
             frozen.requires_grad_(True)
-        loss_g = loss_g + loss_adv
+        loss_g = loss_g + loss_cfg.lambda_adv * loss_adv
         out["loss_adv"] = loss_adv.item()
     state.opt_g.zero_grad(set_to_none=True)
     state.scaler.scale(loss_g).backward()
@@ -288,8 +308,14 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     on_step: StepHook | None = None,
+    started: float | None = None,
 ) -> FitResult:
     """Train Vox2Vox on ``train_cases`` and write the run to ``run_dir``.
+
+    Training runs for ``train.epochs`` or, with ``train.budget``, until the budget is spent (the
+    clock starts at ``started``, a ``time.perf_counter()`` reading, so that loading the data counts
+    too; by default when ``fit`` starts). Both learning rates follow ``optim.schedule`` over that
+    span (:mod:`vox2vox.train.schedule`).
 
     ``validate(generator)`` scores the generator on un-augmented validation volumes and returns a
     dict whose ``"val_dice"`` chooses the best checkpoint. ``sample_patch(image, label, size, rng,
@@ -314,18 +340,22 @@ def fit(
     config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume)
     save = partial(_save, state, config, model_info=model_info)
 
+    clock = _Clock(state.seconds, started)
+
     interrupted = _InterruptFlag()
     with interrupted:
-        for epoch in range(state.epoch, config.train.epochs):
-            row = _train_epoch(state, config, train_cases, epoch, sample_patch, augment,
-                               ctx=ctx, interrupted=interrupted, progress=progress, on_step=on_step)
+        while not _finished(state, config):
+            row = _train_epoch(state, config, train_cases, state.epoch, sample_patch, augment,
+                               ctx=ctx, interrupted=interrupted, progress=progress, on_step=on_step, clock=clock)
+            state.seconds = clock()
             if row is None:  # Ctrl-C: keep the batches trained so far, then stop
                 if ctx.is_main:
                     save(run.last)
                 distributed.barrier()
                 raise KeyboardInterrupt
             _end_epoch(state, config, row, history, run, validate, save, ctx=ctx, progress=progress)
-    if validate is None and ctx.is_main:
+            state.seconds = clock()  # validation and checkpoints count too
+    if (validate is None or config.train.select == "last") and ctx.is_main:
         save(run.best)
     # No rank returns (and perhaps starts reading the run) before rank 0 has written it.
     distributed.barrier()
@@ -357,7 +387,8 @@ def _start_or_resume(
         if run.last.exists():
             raise Vox2VoxError(f"{run.root}: already holds a run; pass --resume to continue it or choose a new --out")
         if config.loss.adversarial or config.loss.lambda_dice > 0:
-            if config.loss.dice_weighting == "fixed" and config.loss.class_weights is None:
+            if (config.loss.dice == "generalized" and config.loss.dice_weighting == "fixed"
+                    and config.loss.class_weights is None):
                 weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
                 config = config.replace(loss=_replace(config.loss, class_weights=weights))
         state = build_state(config, device=ctx.device)
@@ -385,6 +416,7 @@ def _train_epoch(
     interrupted: _InterruptFlag,
     progress: bool,
     on_step: StepHook | None = None,
+    clock: Callable[[], float],
 ) -> dict[str, Any] | None:
     """Train one epoch (or the rest of one cut short) and return its log row: mean step metrics.
 
@@ -399,12 +431,18 @@ def _train_epoch(
     loader = _loader(config, train_cases, epoch, sample_patch, augment, ctx=ctx, skip_batches=skip)
     t0 = time.perf_counter()
     n = skip
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", leave=False,
-               disable=not progress, file=sys.stderr)
+    budget = config.train.budget_seconds
+    total = f"{config.train.budget} budget" if budget else str(config.train.epochs)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total}", leave=False, disable=not progress, file=sys.stderr)
     for image, label in bar:
+        # Progress through training: the budget's spent share, or the epochs' (by batch).
+        done = clock() / budget if budget else (epoch + n / max(len(loader) + skip, 1)) / config.train.epochs
+        if budget and distributed.any_rank(done >= 1.0):
+            break  # the budget is spent: this epoch ends here
+        _set_learning_rates(state, config, done)
         non_blocking = state.device.type == "cuda"  # pinned host memory copies asynchronously
         step_out = train_step(state, image.to(state.device, non_blocking=non_blocking),
-                              label.to(state.device, non_blocking=non_blocking), config)
+                              label.to(state.device, non_blocking=non_blocking), config, progress=done)
         if on_step is not None:
             on_step(state)
         for k, v in step_out.items():
@@ -418,7 +456,8 @@ def _train_epoch(
         state.batches_done, state.partial_sums, state.rng_state = n, sums, torch.get_rng_state()
         return None
     state.epoch, state.batches_done, state.partial_sums, state.rng_state = epoch + 1, 0, {}, None
-    row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0}
+    row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0,
+                           "lr_g": state.opt_g.param_groups[0]["lr"]}
     row.update({k: v / max(n, 1) for k, v in sums.items()})
     return row
 
@@ -435,13 +474,26 @@ def _end_epoch(
     ctx: distributed.DistContext,
     progress: bool,
 ) -> None:
-    """Validate (when due), keep the best checkpoint by Dice, log the row and save the last checkpoint."""
-    last_epoch = state.epoch == config.train.epochs
+    """Validate (when due), keep the best checkpoint by Dice, log the row and save the last checkpoint.
+
+    With a budget, epochs are short and many: validation and the last checkpoint come at every
+    tenth of the budget instead of every ``val_every``/``checkpoint_every`` epochs.
+    """
+    budget = config.train.budget_seconds
+    if budget:
+        last_epoch = _finished(state, config)
+        mark = min(int(10 * state.seconds / budget), 10)
+        due = save_due = last_epoch or mark > state.val_mark
+        state.val_mark = max(mark, state.val_mark)
+    else:
+        last_epoch = state.epoch == config.train.epochs
+        due = state.epoch % config.train.val_every == 0 or last_epoch
+        save_due = state.epoch % config.train.checkpoint_every == 0 or last_epoch
     # Validate on whole, un-augmented cases (rank 0; the others wait) and keep the best by Dice.
-    if validate is not None and (state.epoch % config.train.val_every == 0 or last_epoch):
+    if validate is not None and due:
         scores = distributed.on_main(lambda: validate(_unwrap(state.generator)))
         row.update(scores)
-        if scores.get("val_dice", -math.inf) > state.best_score:
+        if config.train.select == "best" and scores.get("val_dice", -math.inf) > state.best_score:
             state.best_score, state.best_epoch = scores["val_dice"], state.epoch
             if ctx.is_main:
                 save(run.best)
@@ -449,9 +501,9 @@ def _end_epoch(
     history.append(row)
     if ctx.is_main:
         write_metrics(run.metrics, history)
-        if progress:
-            tqdm.write(_format_row(row, config.train.epochs), file=sys.stderr)
-        if state.epoch % config.train.checkpoint_every == 0 or last_epoch:
+        if progress and (due or not budget):
+            tqdm.write(_format_row(row, config), file=sys.stderr)
+        if save_due:
             save(run.last)
 
 
@@ -493,8 +545,8 @@ def _loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch
     )
 
 
-def _format_row(row: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {row['epoch']}/{epochs}"]
+def _format_row(row: dict[str, Any], config: Config) -> str:
+    parts = [f"epoch {row['epoch']}" + (f" (step {row['step']})" if config.train.budget else f"/{config.train.epochs}")]
     for key in ("loss_g", "loss_dice", "loss_adv", "loss_d", "d_acc", "val_dice"):
         if key in row:
             parts.append(f"{key} {row[key]:.4f}")
@@ -509,6 +561,29 @@ def _save(state: TrainState, config: Config, path: Path, model_info: ModelInfo |
 
 def _replace(obj: Any, **changes: Any) -> Any:
     return dataclasses.replace(obj, **changes)
+
+
+def _finished(state: TrainState, config: Config) -> bool:
+    budget = config.train.budget_seconds
+    return state.seconds >= budget if budget else state.epoch >= config.train.epochs
+
+
+def _set_learning_rates(state: TrainState, config: Config, progress: float) -> None:
+    factor = lr_factor(progress, config.optim.schedule)
+    for opt, base in ((state.opt_g, config.optim.lr_g), (state.opt_d, config.optim.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = base * factor
+
+
+class _Clock:
+    """Seconds the run has spent: what earlier calls spent plus the time since ``started``."""
+
+    def __init__(self, before: float, started: float | None) -> None:
+        self.before = before
+        self.started = time.perf_counter() if started is None else started
+
+    def __call__(self) -> float:
+        return self.before + time.perf_counter() - self.started
 
 
 class _InterruptFlag:

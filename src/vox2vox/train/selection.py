@@ -1,0 +1,74 @@
+"""Prediction choices made from validation, not by hand (recorded in the model, used by ``predict``).
+
+After training, the chosen model predicts the validation cases with and without flip
+test-time augmentation, and each label map is scored as it is and after keeping the largest
+connected component per class or per region. A post-processing step is kept only when it raises
+the mean validation Dice; flip TTA is kept when it does not lower it and a case predicts within
+:data:`TTA_SECONDS_PER_CASE`. The choice and its scores go into the checkpoint's metadata
+(``state["predict"]``) so that the checkpoint alone carries them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vox2vox.data.labels import LabelConvention
+from vox2vox.infer.inference import InferenceConfig, predict_probabilities
+from vox2vox.infer.postprocessing import PostprocessConfig, postprocess
+from vox2vox.model.checkpoint import load_checkpoint, save_checkpoint
+from vox2vox.report.metrics import dice
+
+TTA_SECONDS_PER_CASE = 120.0
+# A step must raise the mean validation Dice by more than this to be kept (ties keep it simple).
+MIN_GAIN = 1e-3
+
+
+def region_dice(pred_source: np.ndarray, true_source: np.ndarray, convention: LabelConvention) -> dict[str, float]:
+    """Dice per evaluation region (BraTS empty-mask rule) of two label maps in source values."""
+    pred, true = convention.region_masks(pred_source), convention.region_masks(true_source)
+    return {name: dice(pred[name], true[name]) for name in true}
+
+
+def choose_prediction_options(generator: torch.nn.Module, val_cases: Sequence[Any], convention: LabelConvention,
+                              window: tuple[int, int, int]) -> dict[str, Any]:
+    """Score TTA and post-processing options on the validation cases; return the choice and scores."""
+    device = next(generator.parameters()).device
+    options = ["off", "class"] + (["region"] if convention.regions else [])
+    scores: dict[str, list[float]] = {}
+    seconds = {False: 0.0, True: 0.0}
+    for case in val_cases:
+        truth = convention.to_source(case.label)
+        for tta in (False, True):
+            t0 = time.perf_counter()
+            infer = InferenceConfig(mode="auto", window=window, overlap=0.25, tta_flips=tta)
+            probs = predict_probabilities([generator], case.image, config=infer, device=device)
+            seconds[tta] += time.perf_counter() - t0
+            labels = convention.to_source(probs.argmax(0))
+            for option in options:
+                pred = labels if option == "off" else postprocess(
+                    labels, config=PostprocessConfig(largest_component=option), convention=convention)
+                per_region = region_dice(pred, truth, convention)
+                scores.setdefault(f"tta={tta},largest_component={option}", []).append(float(np.mean(list(per_region.values()))))
+    mean = {k: float(np.mean(v)) for k, v in scores.items()}
+    n = max(len(val_cases), 1)
+    tta_affordable = seconds[True] / n <= TTA_SECONDS_PER_CASE
+    tta = tta_affordable and mean["tta=True,largest_component=off"] >= mean["tta=False,largest_component=off"] - MIN_GAIN
+    base = mean[f"tta={tta},largest_component=off"]
+    best = max(options, key=lambda o: (mean[f"tta={tta},largest_component={o}"], o == "off"))
+    largest = best if mean[f"tta={tta},largest_component={best}"] > base + MIN_GAIN else "off"
+    return {"tta": tta, "largest_component": largest, "validation_dice": mean,
+            "seconds_per_case": {"plain": seconds[False] / n, "tta": seconds[True] / n},
+            "validation_cases": len(val_cases)}
+
+
+def record_prediction_options(path: str | Path, choice: dict[str, Any]) -> None:
+    """Store ``choice`` in the checkpoint's metadata (``state["predict"]``), atomically."""
+    ckpt = load_checkpoint(path)
+    ckpt.state["predict"] = choice
+    save_checkpoint(path, ckpt)
