@@ -60,6 +60,7 @@ import torch
 from vox2vox.atomic import atomic_write_text
 from vox2vox.config import Config
 from vox2vox.data.augmentation import Augmenter, sample_patch
+from vox2vox.data.fingerprint import fingerprint_dataset
 from vox2vox.data.labels import get_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case, read_case
@@ -73,6 +74,7 @@ from vox2vox.model.generator import count_parameters
 from vox2vox.model.losses import generalized_dice_loss, one_hot
 from vox2vox.report.metrics import dice, hd95
 from vox2vox.train.crossval import kfold_splits
+from vox2vox.train.planner import detect_device, make_plan, plan_from_fingerprint
 from vox2vox.train.training import PatchDataset, fit
 
 METHODS = ("vox2vox", "dice-only", "monai-unet")
@@ -242,8 +244,12 @@ class Deadline:
 
 
 def train_vox2vox(study: Study, settings: Settings, cases: list[Any], run_dir: Path, seconds: float,
-                  *, adversarial: bool) -> dict[str, Any]:
-    config = vox2vox_config(study, settings, adversarial=adversarial, n_train=len(cases))
+                  *, adversarial: bool, planned: Config | None = None) -> dict[str, Any]:
+    """Train through ``fit``: the planned config (which ends itself at its budget, learning rate
+    decayed) or the manual one (stopped by the deadline)."""
+    config = planned or vox2vox_config(study, settings, adversarial=adversarial, n_train=len(cases))
+    if planned is not None:
+        seconds *= 1.2  # the plan's own budget ends the run; the deadline only guards against a hang
     info = ModelInfo(channels=tuple(study.channels), layout="manifest", convention=study.convention.to_json())
     t0 = time.perf_counter()
     try:
@@ -403,6 +409,26 @@ def machine() -> dict[str, Any]:
 
 
 # ---- the two commands --------------------------------------------------------------------------------
+def planned_config(spec: Any, study: Study, seconds: float, args: argparse.Namespace,
+                   train_ids: list[str] | None = None, throughput: dict[str, float] | None = None,
+                   ) -> tuple[Config, Any]:
+    """What ``vox2vox train --budget`` would run: the plan for the training cases (their
+    fingerprint, and step times measured here, now, unless ``throughput`` is given) with a budget
+    of one fold's seconds; Dice-only turns the critic off. Held-out cases never enter the plan."""
+    cases = [c for c in spec.cases if train_ids is None or c.case_id in train_ids]
+    fp, _ = fingerprint_dataset(cases, study.channels, study.convention, seed=0)
+    device = detect_device("cpu")
+    if throughput is None:
+        plan = plan_from_fingerprint(fp, device=device, budget_seconds=seconds, progress=False)
+    else:
+        plan = make_plan(fp, device=device, budget_seconds=seconds, throughput=throughput)
+    overrides = [f"train.seed={args.seed}", f"preprocess.cache_dir={json.dumps(str(Path(args.out) / 'cache'))}",
+                 *args.overrides]
+    if args.method == "dice-only":
+        overrides.append("loss.adversarial=false")
+    return Config.from_dict(plan.config, source="plan").with_overrides(overrides), plan
+
+
 def run_study(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     manifest, study_name, source_of = build_manifest(args.data, out, args.task)
@@ -410,14 +436,20 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     spec = discover(manifest)
     settings = Settings(width=args.width, batch=args.batch, lr_unet=args.lr_unet, seed=args.seed,
                         max_steps=args.max_steps, overrides=tuple(args.overrides), unet_loss=args.unet_loss)
+    seconds = 60.0 * args.minutes / args.folds
+    planned, plan = None, None
+    prep = study.preprocess
+    if args.method != "monai-unet" and args.recipe == "planned":
+        planned, plan = planned_config(spec, study, seconds, args)
+        prep = planned.preprocess
+        print(f"[{args.method}] plan: " + " | ".join(plan.reasons), flush=True)
 
     t0 = time.perf_counter()
-    cases = {c.case_id: load_case(c, convention=study.convention, prep=study.preprocess) for c in spec.cases}
+    cases = {c.case_id: load_case(c, convention=study.convention, prep=prep) for c in spec.cases}
     files = {c.case_id: c for c in spec.cases}
     load_seconds = time.perf_counter() - t0
     folds = kfold_splits(list(cases), args.folds, seed=args.seed)
     method_dir = out / args.method
-    seconds = 60.0 * args.minutes / args.folds
 
     results: dict[str, Any] = {
         "study": study_name, "method": args.method, "machine": machine(), "command": sys.argv,
@@ -426,27 +458,38 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
                      "channels": list(study.channels), "convention": study.convention.to_json(),
                      "lr_unet": settings.lr_unet, "unet_loss": settings.unet_loss, "seed": settings.seed, "max_steps": settings.max_steps,
                      "overrides": list(settings.overrides),
-                     "minutes_total": args.minutes, "seconds_per_fold": seconds, "folds": args.folds},
+                     "minutes_total": args.minutes, "seconds_per_fold": seconds, "folds": args.folds,
+                     "recipe": args.recipe if args.method != "monai-unet" else "unet",
+                     "plan": None if plan is None else {"config": plan.config, "reasons": plan.reasons,
+                                                        "throughput": plan.throughput}},
         "shapes_preprocessed": {cid: list(c.image.shape[1:]) for cid, c in cases.items()},
         "load_seconds": load_seconds, "folds": [], "per_case": {},
     }
     per_case: dict[str, dict[str, float]] = {}
     for i, fold in enumerate(folds):
         fold_dir = method_dir / f"fold_{i}"
+        fold_plan = None
+        if planned is not None:  # plan on this fold's training cases (step times measured once)
+            planned, fold_plan = planned_config(spec, study, seconds, args, fold["train"], plan.throughput)
+            for c in spec.cases:
+                if c.case_id in fold["train"] or c.case_id in fold["val"]:
+                    cases[c.case_id] = load_case(c, convention=study.convention, prep=planned.preprocess)
+            print(f"[{args.method}] fold {i} plan: " + " | ".join(fold_plan.reasons[:3]), flush=True)
         train = [cases[c] for c in fold["train"]]
         load_before = load_average()
         if args.method == "monai-unet":
             info = train_unet(study, settings, train, fold_dir, seconds)
         else:
             info = train_vox2vox(study, settings, train, fold_dir, seconds,
-                                 adversarial=args.method == "vox2vox")
+                                 adversarial=args.method == "vox2vox", planned=planned)
         model = info.pop("model")
         t1 = time.perf_counter()
         fold_scores = {c: score([model], cases[c], files[c], study) for c in fold["val"]}
         per_case.update(fold_scores)
         row = {"fold": i, "train": fold["train"], "val": fold["val"], **info,
                "score_seconds": time.perf_counter() - t1, "load_avg_before": load_before,
-               "load_avg_after": load_average(), "per_case": fold_scores, "means": fold_means(fold_scores)}
+               "load_avg_after": load_average(), "per_case": fold_scores, "means": fold_means(fold_scores),
+               "plan": None if fold_plan is None else {"config": fold_plan.config, "reasons": fold_plan.reasons}}
         results["folds"].append(row)
         scores = ", ".join(f"{r} dice {m['dice']:.3f} hd95 {m['hd95']:.1f} mm" for r, m in row["means"].items())
         print(f"[{args.method}] fold {i}: {scores} ({info['train_seconds']:.0f} s training, "
@@ -508,6 +551,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the MONAI U-Net's loss: Dice+CE (the peer as users train it) or the generator's "
                         "uniform generalised Dice loss (to separate loss from architecture)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", choices=["planned", "manual"], default="planned",
+                   help="vox2vox/dice-only: the plan `vox2vox train --budget` makes for these cases and one "
+                        "fold's time (default), or the manual settings of the 2026-11 rounds (--width etc.)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the Vox2Vox/Dice-only config, e.g. --set optim.lr_g=0.001")
     p.add_argument("--max-steps", type=int, default=None,

@@ -271,8 +271,13 @@ def _train(args: argparse.Namespace) -> int:
 
     if not is_main():  # under torchrun, rank 0 alone reports
         return 0
-    best = f"{result.best_score:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else "n/a (no validation cases)"
-    print(f"trained {result.epochs} epochs ({result.steps} steps); best validation Dice {best}")
+    if config.train.select == "last":
+        final = next((r["val_dice"] for r in reversed(result.history) if "val_dice" in r), None)
+        score = f"final validation Dice {final:.4f}" if final is not None else "no validation cases"
+        print(f"trained {result.epochs} epochs ({result.steps} steps); the final model is used: {score}")
+    else:
+        best = f"{result.best_score:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else "n/a (no validation cases)"
+        print(f"trained {result.epochs} epochs ({result.steps} steps); best validation Dice {best}")
     print(f"run directory: {out}")
     return 0
 

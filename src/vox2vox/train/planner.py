@@ -38,9 +38,10 @@ CPU_VOXELS_MIN, CPU_VOXELS_MAX = 4.0e5, 4.0e6
 GPU_VOXELS_MAX = 1.6e7
 
 # A training run needs enough optimiser steps to converge; below this many the plan prefers a
-# smaller patch (measured: ~600 steps of 48^3 reach WT Dice 0.7 on BraTS, 254 steps of 64^3 less).
-MIN_STEPS = 2000
-PATCH_SIDES = (32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+# smaller patch (measured on BraTS at equal time: 600 steps of 48^3 reached WT Dice 0.71, 250 steps
+# of 64^3 0.65; docs/method.md). Patches start at 48^3: smaller ones lose the context a tumour needs.
+MIN_STEPS = 1500
+PATCH_SIDES = (48, 64, 80, 96, 112, 128, 160, 192, 224, 256)
 SIZE_STEP = 16  # patches and padded volumes are multiples of this (generator depth up to 4)
 
 # Share of the budget spent outside optimiser steps (validation, checkpoints, data loading).
@@ -261,6 +262,12 @@ def plan_dataset(config: Config, *, budget_seconds: float | None, device: Device
     if progress:
         print(f"plan: reading {len(labelled)} cases once (spacing, shape, intensities, labels)", file=sys.stderr)
     fp, _ = fingerprint_dataset(labelled, spec.channel_names, convention, seed=config.train.seed)
+    return plan_from_fingerprint(fp, device=device, budget_seconds=budget_seconds, progress=progress)
+
+
+def plan_from_fingerprint(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
+                          progress: bool = True) -> Plan:
+    """Time the candidate patches for ``fp`` on ``device`` and plan (:func:`make_plan`)."""
 
     def config_for(patch: tuple[int, int, int]) -> Config:
         trial = make_plan(fp, device=device, budget_seconds=budget_seconds, throughput={_key(patch): 1.0})
@@ -277,7 +284,7 @@ def plan_dataset(config: Config, *, budget_seconds: float | None, device: Device
 
 # ---- the measurement ---------------------------------------------------------------------------
 def measure_throughput(candidates: Sequence[tuple[int, int, int]], make_config: Callable[[tuple[int, int, int]], Config],
-                       *, device: Device, steps: int = 2, max_seconds: float = 60.0) -> dict[str, float]:
+                       *, device: Device, steps: int = 3, max_seconds: float = 60.0) -> dict[str, float]:
     """Seconds per training step (G and D half-steps, random data) of each candidate patch, smallest
     first; stops early once a step takes more than ``max_seconds / 4`` (larger ones only cost more)."""
     table: dict[str, float] = {}
@@ -290,12 +297,15 @@ def measure_throughput(candidates: Sequence[tuple[int, int, int]], make_config: 
         image = torch.randn(shape, generator=g).to(device.kind)
         label = torch.randint(0, config.generator.n_classes, (shape[0], *patch), generator=g).to(device.kind)
         train_step(state, image, label, config, progress=1.0)  # warm-up: allocator, kernels
-        t0 = time.perf_counter()
+        times = []
         for _ in range(steps):
+            t0 = time.perf_counter()
             train_step(state, image, label, config, progress=1.0)
-        if device.kind == "cuda":
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - t0) / steps
+            if device.kind == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        # The median: one step slowed by another process must not shrink the whole plan.
+        seconds = float(sorted(times)[len(times) // 2])
         table[_key(patch)] = round(seconds, 4)
         spent += seconds * (steps + 1)
         if seconds > max_seconds / 4 or spent > max_seconds:

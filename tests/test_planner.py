@@ -1,0 +1,220 @@
+"""Self-configuration: the dataset fingerprint, the plan (a pure function of fingerprint, step-time
+table, budget and device), time budgets, the residual generator, per-sample Dice, and the
+prediction options chosen on validation cases."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.losses import DiceLoss
+
+from vox2vox.config import Config, load_config
+from vox2vox.data.fingerprint import Fingerprint, fingerprint_dataset
+from vox2vox.data.labels import get_convention
+from vox2vox.data.layouts import discover
+from vox2vox.errors import Vox2VoxError
+from vox2vox.model.checkpoint import load_checkpoint
+from vox2vox.model.losses import one_hot, per_sample_dice_loss
+from vox2vox.model.residual import ResidualGenerator, build_generator
+from vox2vox.train.planner import Device, make_plan, plan_to_toml, target_spacing
+from vox2vox.train.planning import estimate_memory
+from vox2vox.train.schedule import lr_factor, parse_duration
+from vox2vox.train.selection import choose_prediction_options
+
+BRATS_LIKE = Fingerprint(
+    n_cases=8, n_labelled=8, channels=("flair",), n_classes=2, median_spacing=(1.0, 1.0, 1.0),
+    median_foreground_mm=(140.0, 170.0, 140.0), channel_kind=("mr",), channel_percentiles=((0.5, 900.0),),
+    class_fraction=(0.97, 0.03), median_class_voxels=(3.2e6, 9e4), median_components=(0.0, 2.0),
+)
+CT_LIKE = Fingerprint(
+    n_cases=5, n_labelled=5, channels=("ct",), n_classes=2, median_spacing=(0.98, 0.98, 3.27),
+    median_foreground_mm=(160.0, 150.0, 180.0), channel_kind=("ct",), channel_percentiles=((-61.2, 187.9),),
+    class_fraction=(0.98, 0.02), median_class_voxels=(1e6, 2e4), median_components=(0.0, 1.0),
+)
+CPU = Device("cpu", 24 * 2**30, "cpu", 2)
+TABLE = {"48x48x48": 0.30, "64x64x64": 0.70, "80x80x80": 1.40, "80x96x80": 1.7}
+
+
+def test_plan_is_deterministic_for_a_fingerprint_and_step_table():
+    a = make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800, throughput=TABLE)
+    b = make_plan(Fingerprint.from_json(BRATS_LIKE.to_json()), device=CPU, budget_seconds=1800, throughput=dict(TABLE))
+    assert a.config == b.config and a.reasons == b.reasons
+    # Every choice has its line, and the config it writes loads as a valid Config.
+    assert len(a.reasons) >= 8
+    config = Config.from_dict(a.config)
+    assert config.generator.arch == "residual" and config.train.budget_seconds == 1800
+    assert config.train.select == "last" and config.optim.schedule == "poly"
+
+
+def test_plan_trades_patch_size_for_steps():
+    # 30 minutes at 0.3 s a 48^3 step: ~5100 steps; 64^3 at 0.7 s: ~2200 (>= 1500) -> 64^3 is affordable.
+    assert make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800, throughput=TABLE).config["train"]["patch_size"] == [64, 64, 64]
+    # Ten minutes: only 48^3 gives enough steps.
+    assert make_plan(BRATS_LIKE, device=CPU, budget_seconds=600, throughput=TABLE).config["train"]["patch_size"] == [48, 48, 48]
+    # A slower machine (every step 3x longer) plans smaller patches for the same budget.
+    slow = {k: 3 * v for k, v in TABLE.items()}
+    assert make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800, throughput=slow).config["train"]["patch_size"] == [48, 48, 48]
+
+
+def test_plan_coarsens_to_the_budget_and_keeps_anisotropic_axes():
+    spacing, _ = target_spacing(BRATS_LIKE, 5e5)
+    voxels = math.prod(e / s for e, s in zip(BRATS_LIKE.median_foreground_mm, spacing, strict=True))
+    assert voxels <= 5e5 and spacing[0] == spacing[1] == spacing[2] and spacing[0] > 1.5
+    # CT at 0.98 x 0.98 x 3.27 mm: the fine in-plane axes are coarsened first, towards the slice spacing.
+    spacing, _ = target_spacing(CT_LIKE, 5e5)
+    assert spacing[2] >= 3.27 - 1e-6 and spacing[0] > 0.98
+    plan = make_plan(CT_LIKE, device=CPU, budget_seconds=1800, throughput=TABLE)
+    assert plan.config["preprocess"]["normalize"] == "ct-window"
+    assert plan.config["preprocess"]["ct_window"] == [-62, 188]
+
+
+@pytest.mark.parametrize("memory_gib", [1.0, 2.0, 8.0, 80.0])
+def test_plan_never_exceeds_the_device_memory(memory_gib):
+    device = Device("cuda", int(memory_gib * 2**30), "gpu", 8)
+    table = {"48x48x48": 0.01, "64x64x64": 0.02, "80x96x80": 0.05, "144x176x144": 0.1}
+    big = Fingerprint(**{**BRATS_LIKE.to_json(), "median_foreground_mm": (140.0, 170.0, 140.0)})
+    try:
+        plan = make_plan(big, device=device, budget_seconds=12 * 3600, throughput=table)
+    except Vox2VoxError as err:  # refusing is allowed; planning past the memory is not
+        assert "GiB" in str(err)
+        return
+    need = estimate_memory(Config.from_dict(plan.config), amp="bf16").total_bytes
+    assert need <= device.memory_bytes
+
+
+def test_plan_toml_round_trips_through_the_config_loader(tmp_path):
+    plan = make_plan(CT_LIKE, device=CPU, budget_seconds=1800, throughput=TABLE)
+    path = tmp_path / "plan.toml"
+    path.write_text(plan_to_toml(plan))
+    assert load_config(path) == Config.from_dict(plan.config)
+    assert "# patch" in path.read_text()
+
+
+def test_fingerprint_of_the_shared_ct_cases(shared_data: Path, tmp_path: Path):
+    root = shared_data / "ct-sarcoma"
+    lines = ["id,ct,label"] + [f"{p.name},{p}/CT_image.nii.gz,{p}/CT_mask.nii.gz" for p in sorted(root.iterdir()) if p.is_dir()]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    spec = discover(manifest)
+    fp, per_case = fingerprint_dataset(spec.cases[:2], spec.channel_names, get_convention("binary"))
+    assert fp.channel_kind == ("ct",) and fp.n_labelled == 2
+    lo, hi = fp.channel_percentiles[0]
+    assert -900 < lo < 0 < hi < 500  # the tumour: soft tissue in HU, not the air floor or bone
+    assert per_case[0].spacing[2] > 3 * per_case[0].spacing[0]  # the anisotropic slices are seen
+    assert 0 < fp.class_fraction[1] < 0.1
+
+
+def test_durations_and_schedules():
+    assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400 and parse_duration("90") == 90
+    assert parse_duration("12h") == 43200 and parse_duration("6m00s") == 360
+    for bad in ("", "soon", "-5m", "0", "nan", "1x"):
+        with pytest.raises(Vox2VoxError):
+            parse_duration(bad)
+    assert lr_factor(0.0, "poly") == 1.0 and lr_factor(1.0, "poly") == 0.0 and lr_factor(0.5, "constant") == 1.0
+    assert lr_factor(0.5, "poly") == pytest.approx(0.5**0.9) and lr_factor(0.5, "cosine") == pytest.approx(0.5)
+
+
+def test_per_sample_dice_matches_monai_and_weighs_every_sample():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 3, 8, 8, 8, generator=g), 1)
+    target = one_hot(torch.randint(0, 3, (2, 8, 8, 8), generator=g), 3)
+    expected = DiceLoss(batch=False)(probs, target)
+    assert per_sample_dice_loss(target, probs).item() == pytest.approx(expected.item(), rel=1e-6)
+    # A small object missed in one sample costs that sample's whole Dice term, not its voxel share.
+    target = torch.zeros(2, 2, 8, 8, 8)
+    target[:, 0] = 1
+    target[0, :, :4] = torch.tensor([0.0, 1.0])[:, None, None, None]  # big object in sample 0
+    target[1, :, :1, :1, :1] = torch.tensor([0.0, 1.0])[:, None, None, None]  # one voxel in sample 1
+    miss_small = target.clone()
+    miss_small[1, :, :1, :1, :1] = torch.tensor([1.0, 0.0])[:, None, None, None]
+    assert per_sample_dice_loss(target, miss_small).item() > 0.2
+
+
+def test_residual_generator_contract():
+    config = Config.from_dict({"generator": {"arch": "residual", "in_channels": 2, "n_classes": 3,
+                                             "base_filters": 4, "max_filters": 32, "depth": 3, "dropout": 0.0}})
+    net = build_generator(config.generator)
+    assert isinstance(net, ResidualGenerator)
+    x = torch.randn(1, 2, 16, 24, 32)
+    probs = net(x)
+    assert probs.shape == (1, 3, 16, 24, 32) and torch.allclose(probs.sum(1), torch.ones(1, 16, 24, 32), atol=1e-5)
+    with pytest.raises(Vox2VoxError, match="multiple of 8"):
+        net(torch.randn(1, 2, 12, 16, 16))
+    # The state dict round-trips into a fresh network (what checkpoints rely on).
+    other = build_generator(config.generator)
+    other.load_state_dict(net.state_dict())
+    net.eval(), other.eval()
+    assert torch.equal(net(x), other(x))
+
+
+def test_prediction_options_keep_the_largest_component_when_it_helps():
+    convention = get_convention("binary")
+
+    class Blobs(torch.nn.Module):
+        """Predicts the true ball plus a stray blob far away."""
+
+        config = Config().generator
+
+        def forward(self, x, return_logits=False):
+            fg = (x[:, :1] > 0.5).float()
+            return torch.cat([1 - fg, fg], 1)
+
+    net = Blobs()
+    net.register_parameter("w", torch.nn.Parameter(torch.zeros(1)))
+    image = np.zeros((1, 32, 32, 32), np.float32)
+    label = np.zeros((32, 32, 32), np.int64)
+    image[0, 4:12, 4:12, 4:12] = 1
+    label[4:12, 4:12, 4:12] = 1
+    image[0, 24:28, 24:28, 24:28] = 1  # stray
+    case = type("Case", (), {"image": image, "label": label})()
+    choice = choose_prediction_options(net, [case], convention, (32, 32, 32))
+    assert choice["largest_component"] in ("class", "region")
+    assert choice["validation_dice"]["tta=False,largest_component=class"] == pytest.approx(1.0)
+
+
+def test_budget_stop_and_resume_continue_the_schedule(tmp_path):
+    from vox2vox.data.augmentation import sample_patch
+    from vox2vox.train.training import fit
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(2):
+        label = np.zeros((24, 24, 24), np.int64)
+        label[6:14, 6:14, 6:14] = 1
+        image = (label[None] + rng.normal(0, 0.3, (1, 24, 24, 24))).astype(np.float32)
+        cases.append((image, label))
+    config = Config.from_dict({
+        "generator": {"arch": "residual", "in_channels": 1, "n_classes": 2, "base_filters": 4, "depth": 2, "dropout": 0.0},
+        "discriminator": {"in_channels": 1, "n_classes": 2, "base_filters": 4, "n_strided": 2},
+        "loss": {"dice": "per_sample", "lambda_ce": 1.0, "lambda_adv": 0.1, "adversarial_start": 0.3},
+        "optim": {"schedule": "poly", "lr_g": 1e-3},
+        "train": {"budget": "6s", "batch_size": 1, "patch_size": [24, 24, 24], "device": "cpu", "amp": "off",
+                  "select": "last"},
+    })
+    run = tmp_path / "run"
+    stop_after = {"steps": 0}
+
+    def interrupt(state):  # a Ctrl-C about a third into the budget
+        stop_after["steps"] += 1
+        if state.seconds == 0.0 and stop_after["steps"] >= 1:
+            import os
+            import signal
+            import time
+
+            time.sleep(2.0)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, cases, run, sample_patch=sample_patch, on_step=interrupt, progress=False)
+    first = load_checkpoint(run / "checkpoints" / "last.safetensors").state
+    assert 1.5 < first["seconds"] < 6.0  # stopped inside the budget, with the time spent recorded
+    result = fit(config, cases, run, sample_patch=sample_patch, resume=True, progress=False)
+    final = load_checkpoint(run / "checkpoints" / "last.safetensors").state
+    assert 6.0 <= final["seconds"] < 9.0  # the resume used what was left, not a new budget
+    rows = [r for r in result.history if "lr_g" in r]
+    assert rows[-1]["lr_g"] < 0.2 * 1e-3  # decayed near its end when the budget ran out
+    assert (run / "checkpoints" / "best.safetensors").is_file()  # select=last: the final model
