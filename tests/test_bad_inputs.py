@@ -602,3 +602,308 @@ def test_predict_when_the_kernel_refuses_the_write(tmp_path, capsys, model):
     line = assert_user_error(result, out / "scan_probs.nii.gz")
     assert "File too large" in line
     assert not no_temporary_files(out)
+
+
+# ---- issue 13: numbers ----------------------------------------------------------------------------
+# Every float field of every section, nested sections and lists included, through a JSON file
+# (Python's json reads NaN/Infinity), a TOML file (nan/inf) and --set.
+NONFINITE_FIELDS = [
+    ("loss", "lambda_dice", "NaN", "nan"),
+    ("loss", "lambda_ce", "Infinity", "inf"),
+    ("optim", "lr_g", "-Infinity", "-inf"),
+    ("train", "foreground_prob", "NaN", "nan"),
+    ("data", "val_fraction", "NaN", "nan"),
+    ("generator", "dropout", "NaN", "nan"),
+    ("augment", "gain_range", "[0.9, Infinity]", "[0.9, inf]"),
+    ("preprocess", "ct_window", "[-Infinity, 100]", "[-inf, 100]"),
+]
+
+
+@pytest.mark.parametrize("source", ["json", "toml", "set"])
+@pytest.mark.parametrize("section, key, json_value, toml_value", NONFINITE_FIELDS)
+def test_nonfinite_config_values_are_refused(tmp_path, capsys, source, section, key, json_value, toml_value):
+    manifest = make_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    argv = ["train", "--data", manifest, "--out", run, *TINY]
+    if source == "json":
+        config = tmp_path / "config.json"
+        config.write_text(f'{{"{section}": {{"{key}": {json_value}}}}}')
+        argv += ["--config", config]
+    elif source == "toml":
+        config = tmp_path / "config.toml"
+        config.write_text(f"[{section}]\n{key} = {toml_value}\n")
+        argv += ["--config", config]
+    else:
+        argv += ["--set", f"{section}.{key}={json_value}"]
+    line = assert_user_error(cli(capsys, *argv), f"{section}.{key}", "finite")
+    if source != "set":
+        assert str(config) in line
+    assert_nothing_written(run)
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.patch_size=[1048576,1048576,1048576]", "train.patch_size"),
+        ("generator.kernel_size=100000", "generator.kernel_size"),
+        ("discriminator.n_strided=100000", "discriminator.n_strided"),
+        ("train.batch_size=100000000000", "train.batch_size"),
+        ("train.seed=" + "9" * 40, "train.seed"),
+        ("optim.lr_g=" + "9" * 400, "optim.lr_g"),
+    ],
+)
+def test_absurd_sizes_in_plan_and_train(tmp_path, capsys, override, words):
+    assert_user_error(cli(capsys, "plan", "--set", override), words)
+    manifest = make_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    assert_user_error(cli(capsys, "train", "--data", manifest, "--out", run, *TINY, "--set", override), words)
+    assert_nothing_written(run)
+
+
+def _with_nan_weight(model: Path, target: Path) -> Path:
+    from vox2vox.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(model)
+    name = next(iter(ckpt.generator))
+    ckpt.generator[name] = ckpt.generator[name].clone()
+    ckpt.generator[name].view(-1)[0] = float("nan")
+    save_checkpoint(target, ckpt)
+    return target
+
+
+def test_checkpoint_with_nan_weights_is_refused(tmp_path, capsys, model):
+    bad = _with_nan_weight(model, tmp_path / "nan.safetensors")
+    image = save_nifti(tmp_path / "scan.nii.gz", ball(0)[0])
+    out = tmp_path / "pred"
+    line = assert_user_error(cli(capsys, "predict", "--model", bad, "--input", image, "--output", out), bad)
+    assert "NaN/Inf" in line
+    assert_nothing_written(out)
+
+
+def _nan_after(monkeypatch, good_calls: int) -> None:
+    """The Dice loss turns NaN after ``good_calls`` train steps (a real NaN: it reaches the weights)."""
+    import vox2vox.train.distributed as dist
+
+    real = dist.batch_dice_loss
+    calls = {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls["n"] > good_calls else value
+
+    monkeypatch.setattr(dist, "batch_dice_loss", loss)
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_training_stops_on_a_nonfinite_loss(tmp_path, capsys, monkeypatch, validation):
+    from vox2vox.model.checkpoint import load_checkpoint
+
+    manifest = make_manifest(tmp_path / "data", n_cases=3 if validation else 2)
+    run = tmp_path / "run"
+    _nan_after(monkeypatch, good_calls=2)  # epoch 1 trains 2 cases; epoch 2 diverges
+    argv = ["train", "--data", manifest, "--out", run, *TINY, "--set", "train.epochs=4"]
+    if validation:
+        argv += ["--set", "data.val_cases=1"]
+    code, _, err = cli(capsys, *argv)
+    # Epoch 1's log line comes first; then the one error line, and no traceback.
+    lines = [line.rsplit("\r", 1)[-1] for line in err.split("\n") if line.rsplit("\r", 1)[-1].strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert [line for line in lines if "error" in line] == lines[-1:]
+    for needle in (run, "non-finite", "epoch 2", "last good checkpoint"):
+        assert str(needle) in lines[-1]
+    last = load_checkpoint(run / "checkpoints" / "last.safetensors")
+    assert last.state["epoch"] == 1  # the diverged epoch was not saved
+    best = run / "checkpoints" / "best.safetensors"
+    if validation:
+        assert load_checkpoint(best).state["best_epoch"] == 1
+    else:
+        assert not best.exists()
+    logged = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logged] == [1]
+
+
+# ---- issue 13: labels -----------------------------------------------------------------------------
+def _relabel(manifest: Path, change: Callable[[np.ndarray, int], np.ndarray], dtype=np.int64) -> None:
+    for i, seg in enumerate(sorted(manifest.parent.glob("case_*_seg.nii.gz"))):
+        label = np.asarray(nib.load(str(seg)).dataobj).astype(np.int64)
+        nib.save(nib.Nifti1Image(change(label, i).astype(dtype), np.eye(4), dtype=dtype), str(seg))
+
+
+def _trained_convention(run: Path) -> tuple[int, list[int]]:
+    from vox2vox.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(run / "checkpoints" / "last.safetensors")
+    values = sorted(int(v) for v in ckpt.state["convention"]["values"])
+    return ckpt.config["generator"]["n_classes"], values
+
+
+def test_0_255_masks_train_a_binary_model_with_a_note(tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data")
+    _relabel(manifest, lambda label, i: label * 255, np.uint8)
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", run, *TINY)
+    assert code == 0, err
+    assert "0 and 255" in err and "binary" in err
+    assert _trained_convention(run) == (2, [0, 255])
+
+
+def test_huge_label_value_is_a_class_not_an_allocation(tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data")
+    _relabel(manifest, lambda label, i: np.where(label > 0, 2**40, 0) if i == 0 else label)
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", run, *TINY)
+    assert code == 0, err
+    assert _trained_convention(run) == (3, [0, 1, 2**40])
+
+
+def test_more_than_64_label_values_need_a_declared_convention(tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data")
+    _relabel(manifest, lambda label, i: np.arange(label.size).reshape(label.shape) % 100, np.uint8)
+    run = tmp_path / "run"
+    line = assert_user_error(cli(capsys, "train", "--data", manifest, "--out", run, *TINY), "100 distinct", "64")
+    assert "convention" in line
+    assert_nothing_written(run)
+    code, out, _ = result = cli(capsys, "dataset", manifest)
+    assert_user_error(result, "100 distinct")
+    # Declared, the same labels are accepted.
+    values = {str(v): f"c{v}" for v in range(100)}
+    conv = tmp_path / "hundred.json"
+    conv.write_text(json.dumps({"values": values}))
+    code, out, err = cli(capsys, "dataset", manifest, "--convention", conv)
+    assert code == 0, err
+
+
+def _ignore_convention(path: Path) -> Path:
+    path.write_text(json.dumps({"name": "with-ignore", "values": {"0": "background", "1": "ball"},
+                                "regions": {"ball": [1]}, "ignore": 9}))
+    return path
+
+
+def test_ignore_label_trains_and_is_left_out_of_the_scores(tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data", n_cases=3)
+    _relabel(manifest, lambda label, i: np.where(np.indices(label.shape)[0] < 3, 9, label), np.uint8)
+    conv = _ignore_convention(tmp_path / "conv.json")
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", run, *TINY,
+                       "--set", f"data.convention={json.dumps(str(conv))}", "--set", "data.val_cases=1")
+    assert code == 0, err
+    assert _trained_convention(run) == (2, [0, 1])
+    # Evaluate: a prediction that differs from the truth only where the truth is 'ignore' scores 1.
+    truth_label = ball(0)[1].copy()
+    truth_label[:3] = 9
+    truth = save_nifti(tmp_path / "truth" / "case_000.nii.gz", truth_label)
+    pred_label = ball(0)[1].copy()
+    pred_label[:3] = 1
+    save_nifti(tmp_path / "pred" / "case_000.nii.gz", pred_label)
+    code, out, err = cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth", truth.parent,
+                         "--convention", conv, "--out", tmp_path / "e" / "e.csv")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "e" / "e_summary.json").read_text())
+    assert summary["summary"]["ball"]["dice"]["mean"] == pytest.approx(1.0)
+
+
+# ---- issue 13: one clear line for every user error --------------------------------------------------
+def _rewrite_metadata(model: Path, target: Path, change: Callable[[dict], object]) -> Path:
+    """A copy of ``model`` whose vox2vox JSON metadata went through ``change`` (tensors kept)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(model), framework="pt") as f:
+        meta = json.loads(f.metadata()["vox2vox"])
+    changed = change(meta)
+    text = changed if isinstance(changed, str) else json.dumps(meta)
+    save_file(load_file(str(model)), str(target), metadata={"vox2vox": text})
+    return target
+
+
+def _set(path: str, value: object) -> Callable[[dict], None]:
+    def change(meta: dict) -> None:
+        *parents, last = path.split(".")
+        node = meta
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return change
+
+
+METADATA_PROBLEMS = {
+    "config-not-a-table": (_set("config", [1, 2]), "config"),
+    "config-wrong-type": (_set("config.generator.depth", "three"), "generator.depth"),
+    "config-nan": (_set("config.loss.lambda_dice", float("nan")), "loss.lambda_dice"),
+    "state-not-an-object": (_set("state", "x"), "state"),
+    "epoch-wrong-type": (_set("state.epoch", "one"), "state.epoch"),
+    "channels-wrong-type": (_set("state.channels", 5), "state.channels"),
+    "convention-wrong-type": (_set("state.convention", 5), "state.convention"),
+    "optimizers-wrong-type": (_set("optimizers", "adam"), "optimizers"),
+    "deeply-nested": (lambda meta: "[" * 100000 + "]" * 100000, "metadata"),
+}
+
+
+@pytest.mark.parametrize("problem", list(METADATA_PROBLEMS))
+def test_malformed_checkpoint_metadata(tmp_path, capsys, model, problem):
+    change, words = METADATA_PROBLEMS[problem]
+    bad = _rewrite_metadata(model, tmp_path / "bad.safetensors", change)
+    image = save_nifti(tmp_path / "scan.nii.gz", ball(0)[0])
+    out = tmp_path / "pred"
+    assert words in assert_user_error(cli(capsys, "predict", "--model", bad, "--input", image, "--output", out), bad)
+    assert_nothing_written(out)
+
+
+def _change_tensors(model: Path, target: Path, change: Callable[[dict], None]) -> Path:
+    from vox2vox.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(model)
+    change(ckpt.generator)
+    save_checkpoint(target, ckpt)
+    return target
+
+
+def _drop_first(weights: dict) -> None:
+    del weights[next(iter(weights))]
+
+
+def _grow_first(weights: dict) -> None:
+    name = next(iter(weights))
+    weights[name] = torch.zeros(*(s + 1 for s in weights[name].shape))
+
+
+@pytest.mark.parametrize("change, words", [(_drop_first, "missing"), (_grow_first, "shape differs")])
+def test_missing_or_misshaped_tensors_in_predict(tmp_path, capsys, model, change, words):
+    bad = _change_tensors(model, tmp_path / "bad.safetensors", change)
+    image = save_nifti(tmp_path / "scan.nii.gz", ball(0)[0])
+    out = tmp_path / "pred"
+    line = assert_user_error(cli(capsys, "predict", "--model", bad, "--input", image, "--output", out), bad)
+    assert words in line
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("change, words", [(_drop_first, "missing"), (_grow_first, "shape differs")])
+def test_state_dict_mismatch_on_resume(tmp_path, capsys, change, words):
+    manifest = make_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", run, *TINY)
+    assert code == 0, err
+    last = run / "checkpoints" / "last.safetensors"
+    _change_tensors(last, last, change)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = cli(capsys, "train", "--data", manifest, "--out", run, *TINY, "--set", "train.epochs=2", "--resume")
+    assert words in assert_user_error(result, last)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_evaluate_without_any_matching_prediction(tmp_path, capsys):
+    truth = save_nifti(tmp_path / "truth" / "case_000.nii.gz", ball(0)[1])
+    save_nifti(tmp_path / "pred" / "other_case.nii.gz", ball(0)[1])
+    csv = tmp_path / "scores" / "eval.csv"
+    result = cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth", truth.parent, "--out", csv)
+    assert_user_error(result, tmp_path / "pred", "no prediction matches", "case_000", "other_case")
+    assert_nothing_written(csv.parent)
+
+
+def test_evaluate_truth_against_itself(tmp_path, capsys):
+    truth = save_nifti(tmp_path / "truth" / "case_000.nii.gz", ball(0)[1])
+    csv = tmp_path / "scores" / "eval.csv"
+    result = cli(capsys, "evaluate", "--pred", truth.parent, "--truth", truth.parent, "--out", csv)
+    assert_user_error(result, "truth files themselves")
+    assert_nothing_written(csv.parent)

@@ -302,8 +302,12 @@ def _read_json(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise Vox2VoxError(f"{path}: not found; MSD/nnU-Net folders need a dataset.json") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError) as err:
         raise Vox2VoxError(f"{path}: not valid JSON ({err}); fix the file") from err
+    except RecursionError as err:
+        raise Vox2VoxError(f"{path}: JSON nested too deeply; fix the file") from err
+    except OSError as err:
+        raise Vox2VoxError(f"{path}: cannot read ({err.strerror})") from err
     if not isinstance(data, dict):
         raise Vox2VoxError(f"{path}: expected a JSON object")
     return data
@@ -379,9 +383,12 @@ def _discover_manifest(path: Path) -> DatasetSpec:
         path = csvs[0]
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
+            reader = csv.reader(handle)
+            rows = list(reader)
     except (OSError, UnicodeDecodeError) as err:
         raise Vox2VoxError(f"{path}: cannot read manifest ({err})") from err
+    except csv.Error as err:  # a field over csv's size limit, a NUL byte, an unclosed quote...
+        raise Vox2VoxError(f"{path}: line {reader.line_num}: malformed CSV ({err}); fix the manifest") from err
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
         raise Vox2VoxError(f"{path}: manifest is empty; add a header id,<channel>,...,label")
@@ -819,7 +826,12 @@ def _as_class_indices(label: np.ndarray, path: Path | None) -> np.ndarray:
         rounded = np.rint(label)
         if not np.allclose(label, rounded, atol=1e-4):
             raise Vox2VoxError(f"{path}: label map has non-integer values; is it an image?")
+        if rounded.size and float(np.abs(rounded).max()) > 2.0**53:
+            raise Vox2VoxError(f"{path}: label values up to {float(np.abs(rounded).max()):.3g} are beyond "
+                               "any label convention; is it an image?")
         label = rounded
+    elif label.dtype == np.uint64 and label.size and int(label.max()) > np.iinfo(np.int64).max:
+        raise Vox2VoxError(f"{path}: label values beyond 2**63; is it an image?")
     label = label.astype(np.int64)
     if label.size and label.min() < 0:
         raise Vox2VoxError(f"{path}: negative label values; give a label convention")
@@ -973,6 +985,8 @@ def check_dataset(
     report = DatasetReport(spec, convention=conv.name if conv is not None else "auto")
     for case in spec.cases:
         report.cases.append(_check_case(case, conv, report.problems))
+    if conv is None:
+        _inferred_convention_problems(spec, report)
     labelled = sum(c.label is not None for c in spec.cases)
     if 0 < labelled < len(spec.cases):
         for case in spec.cases:
@@ -989,6 +1003,24 @@ def check_dataset(
             )
         )
     return report
+
+
+def _inferred_convention_problems(spec: DatasetSpec, report: DatasetReport) -> None:
+    """Without a convention, training infers one from the values present: say what it will be."""
+    from vox2vox.data.labels import infer_convention
+
+    values = {v for f in report.cases if f.label_counts for v in f.label_counts}
+    if not values:
+        return
+    try:
+        inferred, note = infer_convention(values, where=spec.root)
+    except Vox2VoxError as err:
+        report.problems.append(Problem("error", "*", str(spec.root), _strip_path(str(err), spec.root)))
+        return
+    report.convention = f"auto ({inferred.n_classes} classes: {', '.join(map(str, inferred.source_values[:8]))}" + (
+        ", ...)" if inferred.n_classes > 8 else ")")
+    if note:
+        report.problems.append(Problem("warning", "*", str(spec.root), _strip_path(note, spec.root)))
 
 
 def _check_case(case: CaseFiles, conv: LabelConvention | None, problems: list[Problem]) -> CaseFacts:

@@ -28,7 +28,7 @@ from vox2vox.config import Config
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
-from vox2vox.model.checkpoint import load_checkpoint, resolve_checkpoint
+from vox2vox.model.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
 from vox2vox.model.generator import Generator
 
 Mode = Literal["auto", "whole", "sliding"]
@@ -108,13 +108,7 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
     ckpt = load_checkpoint(ckpt_path)
     config = Config.from_dict(ckpt.config, source=str(ckpt_path), ignore_unknown=True)
     generator = Generator(config.generator)
-    try:
-        generator.load_state_dict(ckpt.generator)
-    except RuntimeError as err:
-        raise Vox2VoxError(
-            f"{ckpt_path}: weights do not fit the generator its config describes ({err}); "
-            "use the checkpoint with the config it was trained with"
-        ) from err
+    load_weights(generator, ckpt.generator, ckpt_path, what="generator")
     generator.to(device).eval()
     return LoadedModel(generator, config, ckpt.state, ckpt_path)
 

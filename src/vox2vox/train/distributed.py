@@ -255,6 +255,7 @@ def batch_dice_loss(
     weighting: str,
     class_weights: torch.Tensor | None,
     eps: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The generalized Dice loss over the *global* batch, identical on every rank.
 
@@ -265,7 +266,7 @@ def batch_dice_loss(
     """
     from vox2vox.model.losses import dice_loss_from_sums, dice_sums
 
-    sums = dice_sums(target, probs)
+    sums = dice_sums(target, probs, mask=mask)
     if is_distributed():
         sums = _AllReduceSum.apply(sums)
     return dice_loss_from_sums(sums, weighting=weighting, class_weights=class_weights, eps=eps)  # type: ignore[arg-type]

@@ -44,13 +44,20 @@ from vox2vox.device import (
     tune_cpu_allocator,
 )
 from vox2vox.errors import Vox2VoxError
-from vox2vox.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
+from vox2vox.model.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    software_versions,
+)
 from vox2vox.model.discriminator import Discriminator
 from vox2vox.model.generator import Generator
 from vox2vox.model.losses import (
     cross_entropy_from_probs,
     discriminator_accuracy,
     fixed_class_weights,
+    labelled_mask,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
     one_hot,
@@ -137,6 +144,7 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     G, D = state.generator, state.discriminator
     loss_cfg, gate = config.loss, config.train.d_accuracy_gate
     target = one_hot(label, config.generator.n_classes)
+    mask = labelled_mask(label)  # None unless the batch holds ignore-label voxels
     G.train()
     D.train()
 
@@ -147,8 +155,10 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     # 2. Discriminator half-step on (image, truth) and (image, detached fake).
     out: dict[str, float] = {}
     if loss_cfg.adversarial:
+        # Ignore-label voxels show D the fake's own values, so it cannot learn from them.
+        real = target if mask is None else target * mask + fake.detach().float() * (1 - mask)
         with autocast(state.device, state.amp):
-            real_scores = D(image, target)
+            real_scores = D(image, real)
             fake_scores = D(image, fake.detach())
         loss_d = lsgan_discriminator_loss(real_scores, fake_scores)
         accuracy = distributed.mean_over_ranks(
@@ -165,12 +175,13 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     # 3. Generator half-step with D frozen: adversarial term + lambda * generalized Dice.
     # The GDL is a ratio of sums over the whole (global) batch: under DDP its sums span all ranks.
     loss_dice = distributed.batch_dice_loss(
-        target, fake, weighting=loss_cfg.dice_weighting, class_weights=state.class_weights, eps=loss_cfg.eps
+        target, fake, weighting=loss_cfg.dice_weighting, class_weights=state.class_weights, eps=loss_cfg.eps,
+        mask=mask,
     )
     loss_g = loss_cfg.lambda_dice * loss_dice
     if loss_cfg.lambda_ce > 0:
         # A per-voxel mean: under DDP, averaging the ranks' gradients gives the global batch's.
-        loss_ce = cross_entropy_from_probs(target, fake)
+        loss_ce = cross_entropy_from_probs(target, fake, mask=mask)
         loss_g = loss_g + loss_cfg.lambda_ce * loss_ce
         out["loss_ce"] = loss_ce.item()
     if loss_cfg.adversarial:
@@ -304,7 +315,7 @@ def fit(
         # The run's class weights were computed from its training labels: keep them.
         config = config.replace(loss=_replace(config.loss, class_weights=saved.loss.class_weights))
         state = build_state(config, device=ctx.device)
-        _load_into(state, ckpt)
+        _load_into(state, ckpt, last)
     else:
         if (ckpt_dir / "last.safetensors").exists():
             raise Vox2VoxError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
@@ -341,6 +352,8 @@ def fit(
                 step_out = train_step(state, image.to(state.device, non_blocking=non_blocking),
                                       label.to(state.device, non_blocking=non_blocking), config)
                 distributed.write_checksums(state.step, [state.generator, state.discriminator])
+                if not state.scaler.is_enabled():  # fp16's scaler skips non-finite steps itself
+                    stop_if_not_finite(step_out, state, ckpt_dir, epoch=epoch + 1)
                 for k, v in step_out.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
@@ -357,6 +370,7 @@ def fit(
             state.epoch, state.batches_done, state.partial_sums, state.rng_state = epoch + 1, 0, {}, None
             row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0}
             row.update({k: v / max(n, 1) for k, v in sums.items()})
+            stop_if_not_finite(row, state, ckpt_dir, epoch=state.epoch, weights=True)
 
             # Validate on whole, un-augmented cases (rank 0; the others wait) and keep the best by Dice.
             if validate is not None and (state.epoch % config.train.val_every == 0 or state.epoch == config.train.epochs):
@@ -380,6 +394,25 @@ def fit(
     # No rank returns (and perhaps starts reading the run) before rank 0 has written it.
     distributed.barrier()
     return FitResult(run_dir, state.epoch, state.step, state.best_score, state.best_epoch, history)
+
+
+def stop_if_not_finite(values: dict[str, Any], state: TrainState, ckpt_dir: Path, *, epoch: int,
+                       weights: bool = False) -> None:
+    """Stop training (one :class:`Vox2VoxError`) when a logged loss, or with ``weights`` a generator
+    weight, is NaN/Inf: nothing of the diverged epoch is saved, so ``last`` stays the last good
+    checkpoint and ``best`` is never a non-finite epoch."""
+    bad = [f"{k}={v}" for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    if weights and not bad:
+        if not all(bool(torch.isfinite(p).all()) for p in _unwrap(state.generator).parameters()):
+            bad = ["generator weights"]
+    if not bad:
+        return
+    last = ckpt_dir / "last.safetensors"
+    kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
+    raise Vox2VoxError(
+        f"{ckpt_dir.parent}: training stopped in epoch {epoch} (step {state.step}): non-finite "
+        f"{', '.join(bad[:3])}; {kept}; lower the learning rates or check the data and loss settings"
+    )
 
 
 def _loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch: PatchSampler,
@@ -451,15 +484,20 @@ def _save(state: TrainState, config: Config, path: Path, extra_state: dict[str, 
     save_checkpoint(path, ckpt)
 
 
-def _load_into(state: TrainState, ckpt: Checkpoint) -> None:
-    _unwrap(state.generator).load_state_dict(ckpt.generator)
-    _unwrap(state.discriminator).load_state_dict(ckpt.discriminator)
-    state.opt_g.load_state_dict(_to_device(ckpt.optimizers["generator"], state.device))
-    state.opt_d.load_state_dict(_to_device(ckpt.optimizers["discriminator"], state.device))
-    if ckpt.state.get("scaler") and state.scaler.is_enabled():
-        state.scaler.load_state_dict(ckpt.state["scaler"])
-    state.epoch = int(ckpt.state["epoch"])
-    state.step = int(ckpt.state["step"])
+def _load_into(state: TrainState, ckpt: Checkpoint, path: Path) -> None:
+    load_weights(_unwrap(state.generator), ckpt.generator, path, what="generator")
+    load_weights(_unwrap(state.discriminator), ckpt.discriminator, path, what="discriminator")
+    try:
+        state.opt_g.load_state_dict(_to_device(ckpt.optimizers["generator"], state.device))
+        state.opt_d.load_state_dict(_to_device(ckpt.optimizers["discriminator"], state.device))
+        if ckpt.state.get("scaler") and state.scaler.is_enabled():
+            state.scaler.load_state_dict(ckpt.state["scaler"])
+        state.epoch = int(ckpt.state["epoch"])
+        state.step = int(ckpt.state["step"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise Vox2VoxError(f"{path}: optimiser state or counters do not fit this run ({first}); "
+                           "resume with the run's own checkpoint") from err
     best = ckpt.state.get("best_score")
     state.best_score = -math.inf if best is None else float(best)
     state.best_epoch = int(ckpt.state.get("best_epoch", -1))
@@ -572,8 +610,7 @@ def train_on_dataset(
     for case in tqdm(labelled, desc="loading cases", disable=not progress, leave=False, file=sys.stderr):
         cases[case.case_id] = load_case(case, convention=convention, prep=config.preprocess)
     if convention is None:
-        top = max(int(c.label.max()) for c in cases.values())
-        convention = get_convention({"name": "classes", "values": {str(v): f"class_{v}" for v in range(top + 1)}})
+        convention = apply_inferred_convention(cases, where=config.data.path, announce=progress)
     if split is None:
         train_ids, val_ids = split_cases(list(cases), val_fraction=config.data.val_fraction,
                                          val_cases=config.data.val_cases, seed=config.train.seed)
@@ -612,12 +649,32 @@ def train_on_dataset(
     )
 
 
+def apply_inferred_convention(cases: dict[str, Any], *, where: Any, announce: bool) -> Any:
+    """No convention given: infer one from the label values present in ``cases`` (loaded with raw
+    values), map every label to its classes in place, and return the convention.
+
+    Bounded by :data:`vox2vox.labels.MAX_INFERRED_CLASSES`; nothing is sized by the largest value.
+    """
+    from vox2vox.data.labels import infer_convention
+
+    values: set[int] = set()
+    for case in cases.values():
+        values.update(int(v) for v in np.unique(case.label))
+    convention, note = infer_convention(values, where=where)
+    for case in cases.values():
+        case.label = convention.to_classes(case.label)
+    if note and announce:
+        tqdm.write(f"note: {note}", file=sys.stderr)
+    return convention
+
+
 def make_validator(val_cases: Sequence[Any], convention: Any, config: Config) -> Validator:
     """Score the generator on whole, un-augmented validation volumes: mean Dice over regions.
 
     Regions are the convention's (BraTS: WT, TC, ET) or one per foreground class; the score per
     case follows the BraTS rule for empty masks (both empty: Dice 1).
     """
+    from vox2vox.data.labels import IGNORE_INDEX
     from vox2vox.infer.inference import InferenceConfig, predict_probabilities
     from vox2vox.report.metrics import dice
 
@@ -630,8 +687,9 @@ def make_validator(val_cases: Sequence[Any], convention: Any, config: Config) ->
             probs = predict_probabilities([generator], case.image, config=infer, device=device)
             pred = convention.region_masks(convention.to_source(probs.argmax(0)))
             true = convention.region_masks(convention.to_source(case.label))
+            scored = case.label != IGNORE_INDEX  # the ignore label counts for neither side
             for name in true:
-                per_region.setdefault(name, []).append(dice(pred[name], true[name]))
+                per_region.setdefault(name, []).append(dice(pred[name] & scored, true[name] & scored))
         scores = {f"val_dice_{name}": float(np.mean(v)) for name, v in per_region.items()}
         scores["val_dice"] = float(np.mean(list(scores.values()))) if scores else 0.0
         return scores
