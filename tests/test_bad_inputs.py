@@ -907,3 +907,136 @@ def test_evaluate_truth_against_itself(tmp_path, capsys):
     result = cli(capsys, "evaluate", "--pred", truth.parent, "--truth", truth.parent, "--out", csv)
     assert_user_error(result, "truth files themselves")
     assert_nothing_written(csv.parent)
+
+
+# ---- issue 13: DICOM geometry -----------------------------------------------------------------------
+def write_dicom_series(folder: Path, positions: list[float], *, shifted: int | None = None,
+                       size: tuple[int, int] = (8, 6)) -> Path:
+    """A CT series of ``size`` (columns, rows) slices at ``positions`` mm along z, written by SimpleITK
+    with the geometry tags a scanner writes; slice ``shifted`` is moved 5 mm in-plane. Pixel values
+    are ``column + columns * row + 100 * slice index``."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series = "1.2.826.0.1.3680043.2.1125.7.1"
+    for i, z in enumerate(positions):
+        pixels = (np.arange(size[0] * size[1]).reshape(size[1], size[0]) + 100 * i).astype(np.int16)
+        image = sitk.GetImageFromArray(pixels[None])
+        x = 5.0 if i == shifted else 0.0
+        tags = {"0008|0060": "CT", "0020|000d": series + ".0", "0020|000e": series, "0020|0013": str(i + 1),
+                "0020|0032": f"{x}\\0\\{z}", "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": "0.5\\0.75",
+                "0008|0018": f"{series}.{i + 1}", "0008|0016": "1.2.840.10008.5.1.4.1.1.2"}
+        for key, value in tags.items():
+            image.SetMetaData(key, value)
+        image.SetSpacing((0.75, 0.5, 1.0))  # the writer takes PixelSpacing and the position from these
+        image.SetOrigin((x, 0.0, float(z)))
+        writer.SetFileName(str(folder / f"slice{i:03d}.dcm"))
+        writer.Execute(image)
+    return folder
+
+
+DICOM_PROBLEMS = {
+    "missing-slice": ([0, 2, 4, 8, 10], None, ["4 mm gap", "4.00 and 8.00", "1 missing slice", "--allow-nonuniform"]),
+    "uneven": ([0, 2, 4, 5, 7, 9], None, ["uneven", "--allow-nonuniform"]),
+    "duplicate": ([0, 2, 2, 4], None, ["same position", "duplicate"]),
+    "single-slice": ([0], None, ["single slice", "3D"]),
+    "shifted-slice": ([0, 2, 4, 6], 2, ["shifted in-plane"]),
+}
+
+
+@pytest.mark.parametrize("problem", list(DICOM_PROBLEMS))
+def test_dicom_series_geometry_is_checked(tmp_path, capsys, model, problem):
+    positions, shifted, words = DICOM_PROBLEMS[problem]
+    series = write_dicom_series(tmp_path / "series", positions, shifted=shifted)
+    out = tmp_path / "pred"
+    line = assert_user_error(cli(capsys, "predict", "--model", model, "--input", series, "--output", out,
+                                 "--no-progress"), series)
+    for word in words:
+        assert word in line
+    assert_nothing_written(out)
+    code, _, _ = result = cli(capsys, "dataset", series)
+    assert_user_error(result, series)
+
+
+def test_nonuniform_dicom_series_is_resampled_when_allowed(tmp_path, capsys, model):
+    from vox2vox.data.dicom import allow_nonuniform
+    from vox2vox.data.io import read_volume
+
+    full, _ = read_volume(write_dicom_series(tmp_path / "full", [0, 2, 4, 6, 8, 10]))
+    gappy = write_dicom_series(tmp_path / "gappy", [0, 2, 4, 8, 10])
+    with allow_nonuniform():
+        volume, geometry = read_volume(gappy)
+    assert volume.shape == (8, 6, 6) and geometry.spacing == pytest.approx((0.75, 0.5, 2.0))
+    # Slice values are 100 * written index: slices 0-2 and 3-4 land at z = 0, 2, 4 and 8, 10 mm, and
+    # z = 6 mm is halfway between its neighbours.
+    assert np.array_equal(volume[..., :3], full[..., :3])
+    assert np.array_equal(volume[..., 4:], full[..., 3:5])
+    assert np.allclose(volume[..., 3], (full[..., 2] + full[..., 3]) / 2)
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", "--model", model, "--input", gappy, "--output", out, "--no-progress",
+                       "--allow-nonuniform")
+    assert code == 0, err
+    assert nib.load(str(out / "gappy.nii.gz")).shape == (8, 6, 6)
+
+
+@pytest.fixture
+def shared_series(shared_data, tmp_path) -> tuple[Path, list[Path]]:
+    """A copy of the shared CT series and its files in slice order (GDCM's, along the normal)."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    source = shared_data / "ct-totalsegmentator" / "dicom_case" / "example_ct_dicom"
+    copy = tmp_path / "series"
+    shutil.copytree(source, copy)
+    reader = sitk.ImageSeriesReader()
+    files = [Path(f) for f in reader.GetGDCMSeriesFileNames(str(copy), reader.GetGDCMSeriesIDs(str(copy))[0])]
+    return copy, files
+
+
+def test_real_dicom_series_with_removed_slices_is_refused(shared_series, capsys, model, tmp_path):
+    series, files = shared_series
+    for f in files[8:10]:
+        f.unlink()
+    out = tmp_path / "pred"
+    line = assert_user_error(cli(capsys, "predict", "--model", model, "--input", series, "--output", out,
+                                 "--no-progress"), series)
+    assert "6 mm gap" in line and "2 missing slice(s)" in line
+    assert_nothing_written(out)
+
+
+def test_real_dicom_series_resampled_onto_simpleitk_positions(shared_series):
+    import SimpleITK as sitk
+
+    from vox2vox.data.dicom import allow_nonuniform
+    from vox2vox.data.io import read_volume
+
+    series, files = shared_series
+    full, full_geometry = read_volume(series)
+    removed = files[8:10]
+    kept = [f for f in files if f not in removed]
+    for f in removed:
+        f.unlink()
+    with allow_nonuniform():
+        volume, geometry = read_volume(series)
+    assert volume.shape == full.shape
+    np.testing.assert_allclose(geometry.affine, full_geometry.affine, atol=1e-4)
+    # Every kept slice lies where SimpleITK places it in the world, with its own pixels.
+    inverse = np.linalg.inv(geometry.affine)
+    for f in kept:
+        image = sitk.ReadImage(str(f))
+        lps = np.asarray(image.GetOrigin())
+        ras = np.array([-lps[0], -lps[1], lps[2], 1.0])
+        i, j, k, _ = inverse @ ras
+        assert abs(k - round(k)) < 1e-3 and abs(i - round(i)) < 1e-3 and abs(j - round(j)) < 1e-3
+        np.testing.assert_array_equal(volume[..., int(round(k))], full[..., int(round(k))])
+    # The removed slices are interpolated linearly between their kept neighbours (2 mm apart each).
+    gap = [int(round((inverse @ np.array([-p[0], -p[1], p[2], 1.0]))[2]))
+           for p in (np.asarray(sitk.ReadImage(str(f)).GetOrigin()) for f in (files[7], files[10]))]
+    low, high = sorted(gap)
+    assert high - low == 3
+    for step in (1, 2):
+        expected = full[..., low] + (full[..., high] - full[..., low]) * step / 3
+        np.testing.assert_allclose(volume[..., low + step], expected, rtol=1e-5, atol=1e-3)

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vox2vox {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    common.add_argument("--allow-nonuniform", action="store_true",
+                        help="DICOM series with missing or unevenly spaced slices: resample them linearly onto a "
+                             "uniform grid along the slice normal (default: refuse them)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("demo", parents=[common], help="phantom data -> train -> predict -> evaluate -> figures")
@@ -129,12 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from vox2vox.data.dicom import allow_nonuniform
+
     try:
-        return _COMMANDS[args.command](args) or 0
+        with allow_nonuniform(args.allow_nonuniform):
+            return _COMMANDS[args.command](args) or 0
     except Vox2VoxError as err:
         if args.debug:
             traceback.print_exc()
-        print(f"vox2vox {args.command}: error: {err}", file=sys.stderr)
+        print(f"vox2vox {args.command}: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        # Declared sizes are checked before reading; this is what is left (many large cases at once).
+        if args.debug:
+            traceback.print_exc()
+        print(f"vox2vox {args.command}: error: out of memory; use smaller or fewer volumes, smaller patches or "
+              "batches, or a machine with more memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vox2vox {args.command}: interrupted", file=sys.stderr)
@@ -145,6 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vox2vox {args.command}: internal error: {type(err).__name__}: {err} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks (from a file name or a library's text) become ' | '."""
+    return " | ".join(part.strip() for part in message.replace("\r", "\n").split("\n") if part.strip())
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -171,8 +189,8 @@ def _dataset(args: argparse.Namespace) -> int:
     # The table above lists every problem; stderr gets the one line the exit status promises.
     errors = [p for p in report.problems if p.severity == "error"]
     first = errors[0]
-    print(f"vox2vox dataset: error: {spec.root}: {len(errors)} error(s); first: {first.case_id}: "
-          f"{first.file}: {first.message}", file=sys.stderr)
+    print(one_line(f"vox2vox dataset: error: {spec.root}: {len(errors)} error(s); first: {first.case_id}: "
+                   f"{first.file}: {first.message}"), file=sys.stderr)
     return 2
 
 
@@ -235,7 +253,7 @@ def _predict(args: argparse.Namespace) -> int:
                              progress=not args.no_progress)
     print(f"wrote {len(report.written)} prediction(s) to {args.output}")
     for case_id, reason in report.failed.items():
-        print(f"  failed: {case_id}: {reason}", file=sys.stderr)
+        print(f"  failed: {one_line(case_id)}: {one_line(reason)}", file=sys.stderr)
     if report.failed:
         return 2
     return 0
