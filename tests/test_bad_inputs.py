@@ -157,8 +157,43 @@ def _five_d(path: Path) -> None:
     save_nifti(path, np.ones((*SHAPE, 2, 2), np.float32))
 
 
+def _header_declaring(path: Path, shape: tuple[int, ...]) -> None:
+    """A small .nii.gz whose header declares ``shape`` (with a few bytes of voxel data)."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.uint8)
+    header.set_data_shape(shape)
+    header.set_sform(np.eye(4), code=1)
+    raw = header.binaryblock + b"\0" * (int(header["vox_offset"]) - len(header.binaryblock)) + b"\0" * 64
+    path.write_bytes(gzip.compress(raw))
+
+
+def _huge_header(path: Path) -> None:
+    _header_declaring(path, (30000, 30000, 30000))
+
+
+def _zero_size(path: Path) -> None:
+    _header_declaring(path, (16, 0, 16))
+
+
+def _rgb(path: Path) -> None:
+    rgb = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    save_nifti(path, rgb)
+
+
+def _overflowing_scale(path: Path) -> None:
+    data = (np.arange(np.prod(SHAPE)) % 300).reshape(SHAPE).astype(np.int16)
+    data[5, 5, 5] = 1000  # 1000 * 1e36 is past float32's 3.4e38; the rest fits
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header.set_slope_inter(1e36, 0.0)
+    nib.save(img, str(path))
+
+
 #: name -> (how to spoil a file, words the message must contain)
 BAD_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "huge-header": (_huge_header, "header declares 30000x30000x30000"),
+    "zero-size": (_zero_size, "zero-size dimension"),
+    "rgb": (_rgb, "RGB"),
+    "overflow": (_overflowing_scale, "beyond the float32 range"),
     "missing": (_missing, "not found"),
     "not-an-image": (_not_an_image, "not a NIfTI"),
     "gzipped-text": (_not_nifti_inside_gzip, "NIfTI"),
@@ -169,7 +204,7 @@ BAD_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
     "5d": (_five_d, "dimensions"),
 }
 # `vox2vox dataset` lists problems in its table; its one stderr line names the file and the count.
-DATASET_WORDS = {"missing": "missing channel"}
+DATASET_WORDS = {"missing": "missing channel", "overflow": "1 NaN/Inf voxels"}
 
 
 @pytest.mark.parametrize("bad", list(BAD_FILES))
@@ -383,8 +418,19 @@ def _manifest_not_utf8(manifest: Path) -> str:
     return "cannot read manifest"
 
 
+def _manifest_overlong_field(manifest: Path) -> str:
+    manifest.write_text(manifest.read_text() + "case_002," + "x" * 200_000 + ",y.nii.gz\n")
+    return "malformed CSV"
+
+
+def _manifest_nul_byte(manifest: Path) -> str:
+    manifest.write_bytes(manifest.read_bytes() + b"case_002,a\0b.nii.gz,c.nii.gz\n")
+    return "malformed CSV"
+
+
 MANIFEST_PROBLEMS = [_manifest_without_channel, _manifest_short_row, _manifest_without_id,
-                     _manifest_duplicate_id, _manifest_missing_path, _manifest_empty, _manifest_not_utf8]
+                     _manifest_duplicate_id, _manifest_missing_path, _manifest_empty, _manifest_not_utf8,
+                     _manifest_overlong_field, _manifest_nul_byte]
 
 
 @pytest.mark.parametrize("problem", MANIFEST_PROBLEMS, ids=lambda f: f.__name__.removeprefix("_manifest_"))
@@ -1040,3 +1086,124 @@ def test_real_dicom_series_resampled_onto_simpleitk_positions(shared_series):
     for step in (1, 2):
         expected = full[..., low] + (full[..., high] - full[..., low]) * step / 3
         np.testing.assert_allclose(volume[..., low + step], expected, rtol=1e-5, atol=1e-3)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_deeply_nested_json_everywhere(tmp_path, capsys, model):
+    manifest = make_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    config = tmp_path / "config.json"
+    config.write_text(DEEP)
+    assert_user_error(cli(capsys, "train", "--data", manifest, "--config", config, "--out", run), config)
+    assert_user_error(cli(capsys, "train", "--data", manifest, "--out", run, *TINY, "--set", f"train.seed={DEEP}"),
+                      "train.seed")
+    conv = tmp_path / "conv.json"
+    conv.write_text(DEEP)
+    assert_user_error(cli(capsys, "dataset", manifest, "--convention", conv), conv)
+    msd = tmp_path / "msd"
+    msd.mkdir()
+    (msd / "dataset.json").write_text(DEEP)
+    assert_user_error(cli(capsys, "dataset", msd), msd / "dataset.json")
+    assert_user_error(cli(capsys, "train", "--data", msd, "--out", run, *TINY), msd / "dataset.json")
+    assert_nothing_written(run)
+
+
+# ---- issue 13: files named inside headers -------------------------------------------------------------
+def _metaimage(folder: Path, data_file: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    header = folder / "scan.mhd"
+    header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
+                      f"ElementSpacing = 1 1 1\nElementDataFile = {data_file}\n")
+    return header
+
+
+@pytest.mark.parametrize("where", ["absolute", "escaping", "escaping-list"])
+def test_metaimage_data_file_outside_its_folder_is_refused(tmp_path, capsys, model, where):
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(bytes(range(64)))
+    name = {"absolute": str(secret), "escaping": "../secret.raw", "escaping-list": "LIST\n../secret.raw"}[where]
+    header = _metaimage(tmp_path / "scans", name)
+    out = tmp_path / "pred"
+    line = assert_user_error(cli(capsys, "predict", "--model", model, "--input", header, "--output", out,
+                                 "--no-progress"), header)
+    assert "absolute path" in line if where == "absolute" else "outside its own folder" in line
+    assert_nothing_written(out)
+
+
+def test_metaimage_data_file_beside_its_header_is_read(tmp_path):
+    from vox2vox.data.io import read_volume
+
+    header = _metaimage(tmp_path / "scans", "scan.raw")
+    (tmp_path / "scans" / "scan.raw").write_bytes(bytes(range(64)))
+    volume, _ = read_volume(header)
+    assert volume.shape == (4, 4, 4) and int(volume.max()) == 63
+
+
+# ---- issue 13: runs and outputs -----------------------------------------------------------------------
+def test_resume_on_an_empty_or_missing_folder_writes_nothing(tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for run in (empty, tmp_path / "missing"):
+        line = assert_user_error(cli(capsys, "train", "--data", manifest, "--out", run, *TINY, "--resume"), run)
+        assert "nothing to resume" in line
+        assert_nothing_written(run)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_new_run_does_not_touch_a_finished_one(tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "--data", manifest, "--out", run, *TINY)[0] == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert "already holds a run" in assert_user_error(cli(capsys, "train", "--data", manifest, "--out", run, *TINY), run)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def _lock(run: Path, pid: int, host: str | None = None) -> Path:
+    import socket
+
+    from vox2vox.train.runlock import LOCK_NAME
+
+    run.mkdir(parents=True, exist_ok=True)
+    lock = run / LOCK_NAME
+    lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "earlier"}))
+    return lock
+
+
+def test_second_train_process_on_a_run_folder_is_refused(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    manifest = make_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = _lock(run, holder.pid)
+        line = assert_user_error(cli(capsys, "train", "--data", manifest, "--out", run, *TINY), run)
+        assert f"pid {holder.pid}" in line and "in use" in line and str(lock) in line
+        assert sorted(p.name for p in run.iterdir()) == [lock.name]  # nothing else written
+        # A lock held on another host cannot be checked from here: refused too.
+        _lock(run, 1, host="another-host")
+        assert "another-host" in assert_user_error(cli(capsys, "train", "--data", manifest, "--out", run, *TINY))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_run_lock_is_recovered(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    manifest = make_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock = _lock(run, gone.pid)
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", run, *TINY)
+    assert code == 0, err
+    assert "stale run lock" in err
+    assert (run / "checkpoints" / "last.safetensors").is_file()
+    assert not lock.exists()  # released at the end of the run

@@ -418,6 +418,9 @@ def _discover_manifest(path: Path) -> DatasetSpec:
             raise Vox2VoxError(
                 f"{path}: line {line} has {len(cells)} columns, the header has {len(header)}"
             )
+        if any(_CONTROL.search(c) for c in cells[1:]):
+            raise Vox2VoxError(f"{path}: line {line}: a path holds a control character (NUL, tab...); "
+                               "malformed CSV, fix the manifest")
         case_id = cells[0]
         if not case_id or case_id in seen:
             raise Vox2VoxError(f"{path}: line {line}: case id {case_id!r} is empty or repeated")
@@ -430,6 +433,9 @@ def _discover_manifest(path: Path) -> DatasetSpec:
         mask = _under(base, cells[mask_column]) if mask_column is not None and cells[mask_column] else None
         cases.append(CaseFiles(case_id, channels, label, mask))
     return DatasetSpec(path, "manifest", channel_names, tuple(cases), "auto")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _under(base: Path, cell: str) -> Path:

@@ -63,6 +63,7 @@ from vox2vox.model.losses import (
     one_hot,
 )
 from vox2vox.train import distributed
+from vox2vox.train.runlock import RunLock, check_run_folder
 
 # A training case as the loop needs it: image (C, D, H, W) float32, label (D, H, W) class indices.
 TrainCase = tuple[np.ndarray, np.ndarray]
@@ -588,12 +589,12 @@ def train_on_dataset(
     and preprocessing so that ``predict`` needs nothing but the checkpoint. ``split`` gives the
     (train ids, validation ids) explicitly (cross-validation folds) instead of :func:`split_cases`.
     """
-    from vox2vox.data.augmentation import Augmenter, sample_patch
     from vox2vox.data.datasets import discover, load_case
     from vox2vox.data.labels import get_convention
 
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
+    check_run_folder(run_dir, resume=resume)  # before anything is read or written
     # Under torchrun every rank loads the cases; rank 0 alone writes and shows progress.
     ctx = distributed.setup(config.train.device)
     progress = progress and ctx.is_main
@@ -620,6 +621,23 @@ def train_on_dataset(
         if unknown:
             raise Vox2VoxError(f"{config.data.path}: the split names cases the data does not hold: {', '.join(unknown[:5])}")
     run_dir = Path(run_dir)
+    # One training process per run folder (rank 0 holds the lock for the job).
+    lock = RunLock(run_dir).acquire() if ctx.is_main else None
+    try:
+        return _train_locked(config, spec, cases, convention, train_ids, val_ids, run_dir, ctx=ctx,
+                             resume=resume, progress=progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: Any, train_ids: list[str],
+                  val_ids: list[str], run_dir: Path, *, ctx: distributed.DistContext, resume: bool,
+                  progress: bool) -> FitResult:
+    """The part of :func:`train_on_dataset` that writes into ``run_dir`` (under its lock)."""
+    from vox2vox.data.augmentation import Augmenter, sample_patch
+
+    check_run_folder(run_dir, resume=resume)  # again, now that no other process can change it
     if ctx.is_main:
         ensure_folder(run_dir)
         atomic_write_text(run_dir / "split.json", json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
