@@ -1207,3 +1207,59 @@ def test_stale_run_lock_is_recovered(tmp_path, capsys):
     assert "stale run lock" in err
     assert (run / "checkpoints" / "last.safetensors").is_file()
     assert not lock.exists()  # released at the end of the run
+
+
+def test_intensities_near_the_float32_limit_are_normalised(tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data")
+    image = ball(1)[0]
+    image[image > 0] = 3e38
+    image[5, 5, 5] = -3e38
+    save_nifti(tmp_path / "data" / "case_001_image.nii.gz", image)
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", run, *TINY)
+    assert code == 0 and "Warning" not in err, err
+
+
+def test_a_model_output_of_nan_is_refused(tmp_path, capsys):
+    config = Config.from_dict({
+        "generator": {"in_channels": 1, "n_classes": 2, "base_filters": 4, "max_filters": 8, "depth": 3,
+                      "bottleneck_blocks": 1},
+        "discriminator": {"in_channels": 1, "n_classes": 2, "base_filters": 4, "max_filters": 8},
+        "train": {"patch_size": [24, 24, 24]}, "preprocess": {"normalize": "none"},
+    })
+    torch.manual_seed(0)
+    state = {"channels": ["image"], "convention": get_convention("binary").to_json(), "layout": "single"}
+    model = tmp_path / "raw.safetensors"
+    save_checkpoint(model, Checkpoint(config=config.to_dict(), generator=Generator(config.generator).state_dict(),
+                                      state=state))
+    image = ball(0)[0]
+    image[image > 0] = 3e38  # un-normalised, the convolutions overflow
+    scan = save_nifti(tmp_path / "scan.nii.gz", image)
+    out = tmp_path / "pred"
+    line = assert_user_error(cli(capsys, "predict", "--model", model, "--input", scan, "--output", out,
+                                 "--no-progress"), scan)
+    assert "NaN/Inf" in line
+    assert_nothing_written(out)
+
+
+def test_evaluate_keeps_large_label_values_apart(tmp_path, capsys):
+    truth_label = ball(0)[1].astype(np.int64) * (2**32 + 1)  # wraps onto 1 in int32
+    truth = tmp_path / "truth" / "case_000.nii.gz"
+    truth.parent.mkdir()
+    nib.save(nib.Nifti1Image(truth_label, np.eye(4), dtype=np.int64), str(truth))
+    save_nifti(tmp_path / "pred" / "case_000.nii.gz", ball(0)[1])
+    code, out, err = cli(capsys, "evaluate", "--pred", tmp_path / "pred", "--truth", truth.parent,
+                         "--regions", "labels", "--out", tmp_path / "e" / "e.csv")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "e" / "e_summary.json").read_text())["summary"]
+    assert len(summary) == 2  # two labels, two regions
+    assert all(region["dice"]["mean"] == 0.0 for region in summary.values())
+
+
+def test_resume_with_a_corrupt_metrics_log(tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "--data", manifest, "--out", run, *TINY)[0] == 0
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n{not json\n')
+    result = cli(capsys, "train", "--data", manifest, "--out", run, *TINY, "--set", "train.epochs=2", "--resume")
+    assert "metrics log" in assert_user_error(result, run / "metrics.jsonl")

@@ -104,6 +104,10 @@ def read_hdf5(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
         raise Vox2VoxError(f"{file}: not a readable HDF5 file ({err}); check the file type") from err
     with handle:
         dataset = _pick_dataset(handle, name, file, h5py)
+        if getattr(dataset, "shape", None) is not None and len(dataset.shape) >= 3:
+            from vox2vox.data.guards import check_declared_size
+
+            check_declared_size(file, dataset.shape, dataset.dtype.itemsize)
         try:
             data = np.asarray(dataset[()])
         except (OSError, ValueError, TypeError) as err:

@@ -420,6 +420,11 @@ def predict_dataset(
         try:
             loaded = load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep)
             probs = predict_probabilities(nets, loaded.image, config=config, device=device)
+            if not np.all(np.isfinite(probs)):  # argmax of NaN is class 0: silently all background
+                raise Vox2VoxError(
+                    f"{next(iter(case.channels.values()))}: the model's output is NaN/Inf for this case "
+                    "(intensities far outside what it was trained on?); check the image and its preprocessing"
+                )
             loaded.image = np.empty(0, np.float32)  # free the preprocessed image before writing
             written = _write_case(
                 probs, loaded, output_dir, convention=convention, postprocess=postprocess,

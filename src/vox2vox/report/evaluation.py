@@ -373,19 +373,24 @@ def _case_id_of(name: str) -> str | None:
 
 
 def _read_labels(path: Path) -> tuple[np.ndarray, Geometry]:
-    """Read a label map in canonical orientation as int32; non-integer values are an error."""
+    """Read a label map in canonical orientation as int64; non-integer values are an error."""
     from vox2vox.data.io import read_volume
 
     data, geometry = read_volume(path)
+    # int64, never int32: a label 2**40 must not wrap onto another label's value.
     if np.issubdtype(data.dtype, np.integer):
-        return data.astype(np.int32, copy=False), geometry
+        if data.dtype == np.uint64 and data.size and int(data.max()) > np.iinfo(np.int64).max:
+            raise Vox2VoxError(f"{path}: label values beyond 2**63; expected a label map")
+        return data.astype(np.int64, copy=False), geometry
     rounded = np.rint(data)
     if data.size and float(np.max(np.abs(data - rounded))) > 1e-3:
         raise Vox2VoxError(
             f"{path}: holds non-integer values; expected a label map (write argmax labels, "
             "not probabilities)"
         )
-    return rounded.astype(np.int32), geometry
+    if data.size and float(np.abs(rounded).max()) > 2.0**53:
+        raise Vox2VoxError(f"{path}: label values up to {float(np.abs(rounded).max()):.3g}; expected a label map")
+    return rounded.astype(np.int64), geometry
 
 
 def _resolve_regions(

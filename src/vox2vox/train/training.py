@@ -518,11 +518,19 @@ def _read_log(path: Path, *, upto_epoch: int) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get("epoch", 0) <= upto_epoch:
-                rows.append(row)
+    try:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                row = json.loads(line)
+                if not isinstance(row, dict) or isinstance(row.get("epoch", 0), bool) \
+                        or not isinstance(row.get("epoch", 0), int):
+                    raise ValueError(f"line {number} is not a row of epoch metrics")
+                if row.get("epoch", 0) <= upto_epoch:
+                    rows.append(row)
+    except (OSError, ValueError, RecursionError) as err:
+        message = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise Vox2VoxError(f"{path}: cannot read the run's metrics log ({message}); repair or delete it "
+                           "(it is rewritten from the checkpoint's epoch on)") from err
     return rows
 
 
