@@ -1263,3 +1263,25 @@ def test_resume_with_a_corrupt_metrics_log(tmp_path, capsys):
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n{not json\n')
     result = cli(capsys, "train", "--data", manifest, "--out", run, *TINY, "--set", "train.epochs=2", "--resume")
     assert "metrics log" in assert_user_error(result, run / "metrics.jsonl")
+
+
+def test_nrrd_detached_data_file_outside_its_folder_is_refused(tmp_path, capsys, model):
+    (tmp_path / "secret.raw").write_bytes(bytes(64))
+    header = tmp_path / "scans" / "scan.nhdr"
+    header.parent.mkdir()
+    header.write_text("NRRD0004\ntype: uchar\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n"
+                      "data file: ../secret.raw\n\n")
+    out = tmp_path / "pred"
+    line = assert_user_error(cli(capsys, "predict", "--model", model, "--input", header, "--output", out,
+                                 "--no-progress"), header)
+    assert "outside its own folder" in line
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000, '{"k": "three", "folds": 1}', "not json"])
+def test_malformed_saved_folds(tmp_path, capsys, content):
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    (cv / "folds.json").write_text(content)
+    image = save_nifti(tmp_path / "scan.nii.gz", ball(0)[0])
+    result = cli(capsys, "predict", "--model", cv, "--input", image, "--output", tmp_path / "pred")
+    assert_user_error(result, cv / "folds.json")

@@ -437,6 +437,7 @@ def predict_dataset(
             raise
         except Exception as err:  # one bad case must not stop the others (issue 4)
             reason = str(err) if isinstance(err, Vox2VoxError) else f"{type(err).__name__}: {err}"
+            reason = " | ".join(part.strip() for part in reason.splitlines() if part.strip())  # one line
             report.failed[case.case_id] = reason
             if progress:
                 tqdm.write(f"{case.case_id}: failed: {reason}", file=sys.stderr)
