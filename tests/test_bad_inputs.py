@@ -1285,3 +1285,22 @@ def test_malformed_saved_folds(tmp_path, capsys, content):
     image = save_nifti(tmp_path / "scan.nii.gz", ball(0)[0])
     result = cli(capsys, "predict", "--model", cv, "--input", image, "--output", tmp_path / "pred")
     assert_user_error(result, cv / "folds.json")
+
+
+def test_cv_resume_on_an_empty_folder_writes_nothing(tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data", n_cases=3)
+    cv = tmp_path / "cv"
+    result = cli(capsys, "cv", "--data", manifest, "--folds", "3", "--out", cv, *TINY, "--resume")
+    assert "nothing to resume" in assert_user_error(result, cv / "fold_0")
+    assert not cv.exists()
+
+
+@pytest.mark.parametrize("spacing", ["0 1 1", "nan 1 1"])
+def test_metaimage_with_a_degenerate_spacing(tmp_path, capsys, model, spacing):
+    header = _metaimage(tmp_path / "scans", "scan.raw")
+    header.write_text(header.read_text().replace("ElementSpacing = 1 1 1", f"ElementSpacing = {spacing}"))
+    (tmp_path / "scans" / "scan.raw").write_bytes(bytes(range(64)))
+    out = tmp_path / "pred"
+    assert_user_error(cli(capsys, "predict", "--model", model, "--input", header, "--output", out, "--no-progress"),
+                      header)
+    assert_nothing_written(out)

@@ -258,6 +258,8 @@ def _read_sitk(path: Path, *, series: bool) -> tuple[np.ndarray, np.ndarray]:
     lps = np.eye(4)
     lps[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=float)[None, :]
     lps[:3, 3] = image.GetOrigin()
+    if not np.all(np.isfinite(lps)) or abs(np.linalg.det(lps[:3, :3])) < 1e-12:
+        raise Vox2VoxError(f"{path}: voxel spacing, direction or origin is missing, zero or not finite; fix the header")
     return data, _LPS_TO_RAS @ lps
 
 

@@ -116,8 +116,13 @@ def run_cross_validation(
     if not labelled:
         raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
     cv_dir = Path(cv_dir)
+    from vox2vox.atomic import ensure_folder
+    from vox2vox.train.runlock import check_run_folder
+
+    for i in range(folds) if fold is None else [fold]:  # before anything is written
+        check_run_folder(fold_dir(cv_dir, i), resume=resume)
     if distributed.is_main():
-        cv_dir.mkdir(parents=True, exist_ok=True)
+        ensure_folder(cv_dir)
     splits = prepare_folds(cv_dir, labelled, folds, seed=config.train.seed)
 
     results: dict[int, FitResult] = {}
