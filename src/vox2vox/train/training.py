@@ -371,7 +371,9 @@ def fit(
             state.epoch, state.batches_done, state.partial_sums, state.rng_state = epoch + 1, 0, {}, None
             row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0}
             row.update({k: v / max(n, 1) for k, v in sums.items()})
-            stop_if_not_finite(row, state, ckpt_dir, epoch=state.epoch, weights=True)
+            # Under fp16 a skipped overflow step may leave an Inf in the mean: the weights decide.
+            stop_if_not_finite({} if state.scaler.is_enabled() else row, state, ckpt_dir, epoch=state.epoch,
+                               weights=True)
 
             # Validate on whole, un-augmented cases (rank 0; the others wait) and keep the best by Dice.
             if validate is not None and (state.epoch % config.train.val_every == 0 or state.epoch == config.train.epochs):
