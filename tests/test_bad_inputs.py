@@ -961,8 +961,21 @@ def write_dicom_series(folder: Path, positions: list[float], *, shifted: int | N
     """A CT series of ``size`` (columns, rows) slices at ``positions`` mm along z, written by SimpleITK
     with the geometry tags a scanner writes; slice ``shifted`` is moved 5 mm in-plane. Pixel values
     are ``column + columns * row + 100 * slice index``."""
+    import locale
+
     import SimpleITK as sitk
 
+    # GDCM's DICOM writer switches the process locale to "C" and leaves it there (later tests
+    # would decode subprocess output as ASCII): restore it.
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_dicom_slices(sitk, folder, positions, shifted=shifted, size=size)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _write_dicom_slices(sitk, folder: Path, positions: list[float], *, shifted: int | None,
+                        size: tuple[int, int]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
