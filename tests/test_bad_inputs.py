@@ -1170,6 +1170,8 @@ def test_a_new_run_does_not_touch_a_finished_one(tmp_path, capsys):
     manifest = make_manifest(tmp_path / "data")
     run = tmp_path / "run"
     assert cli(capsys, "train", "--data", manifest, "--out", run, *TINY)[0] == 0
+    # The finished run's split as its user edited it: a refused new run must not rewrite it.
+    (run / "split.json").write_text('{"train": ["case_000", "case_001"], "val": []}\n')
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert "already holds a run" in assert_user_error(cli(capsys, "train", "--data", manifest, "--out", run, *TINY), run)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
