@@ -883,6 +883,7 @@ METADATA_PROBLEMS = {
     "convention-wrong-type": (_set("state.convention", 5), "state.convention"),
     "optimizers-wrong-type": (_set("optimizers", "adam"), "optimizers"),
     "deeply-nested": (lambda meta: "[" * 100000 + "]" * 100000, "metadata"),
+    "classes-disagree": (_set("state.convention", {"values": {"0": "a", "1": "b", "2": "c"}}), "3"),
 }
 
 
@@ -1319,3 +1320,14 @@ def test_metaimage_with_a_degenerate_spacing(tmp_path, capsys, model, spacing):
     assert_user_error(cli(capsys, "predict", "--model", model, "--input", header, "--output", out, "--no-progress"),
                       header)
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("preprocess.target_spacing=[1e-6,1e-6,1e-6]", "resampling would make"),
+    ("preprocess.pad_multiple=100000000000", "preprocess.pad_multiple"),
+])
+def test_preprocessing_sizes_are_checked_before_allocating(tmp_path, capsys, override, words):
+    manifest = make_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    assert_user_error(cli(capsys, "train", "--data", manifest, "--out", run, *TINY, "--set", override), words)
+    assert_nothing_written(run)

@@ -199,6 +199,7 @@ SIZE_LIMITS: dict[str, int] = {
     "discriminator.max_filters": 4096,
     "discriminator.kernel_size": 15,
     "discriminator.n_strided": 8,
+    "preprocess.pad_multiple": 1024,
 }
 
 

@@ -36,7 +36,9 @@ def memory_limit_bytes() -> int:
         return 2**62
 
 
-def check_declared_size(path: str | os.PathLike[str], shape: Sequence[int], itemsize: int) -> None:
+def check_declared_size(path: str | os.PathLike[str], shape: Sequence[int], itemsize: int, *,
+                        what: str = "header declares",
+                        fix: str = "the header is wrong or the volume must be cropped or downsampled first") -> None:
     """Refuse zero-size dimensions and volumes that cannot fit in memory, from the header alone."""
     shape = tuple(int(s) for s in shape)
     if any(s <= 0 for s in shape):
@@ -48,9 +50,8 @@ def check_declared_size(path: str | os.PathLike[str], shape: Sequence[int], item
     limit = memory_limit_bytes()
     if needed > limit:
         raise Vox2VoxError(
-            f"{path}: header declares {'x'.join(map(str, shape))} voxels ({_gib(voxels * itemsize)} of data), "
-            f"more than this machine's memory ({_gib(limit)}) can read; the header is wrong or the volume "
-            "must be cropped or downsampled first"
+            f"{path}: {what} {'x'.join(map(str, shape))} voxels ({_gib(voxels * itemsize)} of data), more than "
+            f"this machine's memory ({_gib(limit)}) can hold; {fix}"
         )
 
 

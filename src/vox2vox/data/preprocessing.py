@@ -191,6 +191,12 @@ def preprocess(
             for n, s, t in zip(cropped_shape, spacing, config.target_spacing, strict=True)
         )
         if new_shape != tuple(cropped_shape):
+            from vox2vox.data.guards import check_declared_size
+
+            # Before allocating: a tiny target spacing must not resample into more than memory holds.
+            check_declared_size(f"preprocess.target_spacing={list(config.target_spacing)}",
+                                (image.shape[0], *new_shape), 4, what="resampling would make",
+                                fix="choose a coarser target spacing")
             image = np.stack([resize(c, new_shape, order=1) for c in image])
             label = None if label is None else resize(label, new_shape, order=0)
         out_spacing = tuple(

@@ -401,6 +401,11 @@ def predict_dataset(
             "state={'convention': ..., 'channels': [...]} as training does"
         )
     convention = get_convention(first.state["convention"])
+    if convention.n_classes != first.config.generator.n_classes:
+        raise Vox2VoxError(
+            f"{first.path}: the generator predicts {first.config.generator.n_classes} classes but the label "
+            f"convention it records has {convention.n_classes}; the checkpoint's metadata is inconsistent"
+        )
     spec = _discover_like_training(first, input_path, layout)
     n_in = first.config.generator.in_channels
     if len(spec.channel_names) != n_in:
