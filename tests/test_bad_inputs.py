@@ -1331,3 +1331,14 @@ def test_preprocessing_sizes_are_checked_before_allocating(tmp_path, capsys, ove
     run = tmp_path / "run"
     assert_user_error(cli(capsys, "train", "--data", manifest, "--out", run, *TINY, "--set", override), words)
     assert_nothing_written(run)
+
+
+def test_real_dicom_series_with_a_truncated_slice_is_refused(shared_series, capsys, model, tmp_path):
+    series, files = shared_series
+    damaged = files[9]
+    damaged.write_bytes(damaged.read_bytes()[:600])  # GDCM leaves it out of the series: a gap
+    out = tmp_path / "pred"
+    line = assert_user_error(cli(capsys, "predict", "--model", model, "--input", series, "--output", out,
+                                 "--no-progress"), series)
+    assert "4 mm gap" in line and damaged.name in line
+    assert_nothing_written(out)

@@ -157,8 +157,8 @@ def read_series(folder: str | Path, files: Sequence[str], *, allow: bool | None 
             raise Vox2VoxError(
                 f"{folder}: DICOM series is not evenly spaced: a {gap:.4g} mm gap between slices at "
                 f"{along[worst]:.2f} and {along[worst + 1]:.2f} mm along the slice normal, where the series "
-                f"steps {step:.4g} mm ({why}; {int(off.sum())} uneven gap(s)); re-export the full series, or "
-                "pass --allow-nonuniform to resample it onto a uniform grid"
+                f"steps {step:.4g} mm ({why}; {int(off.sum())} uneven gap(s)){_left_out(folder, files)}; "
+                "re-export the full series, or pass --allow-nonuniform to resample it onto a uniform grid"
             )
     image = _read_pixels([s.file for s in slices], folder)
     if off.any():
@@ -169,6 +169,19 @@ def read_series(folder: str | Path, files: Sequence[str], *, allow: bool | None 
         spacing[2] = float((along[-1] - along[0]) / (len(along) - 1))
         image.SetSpacing(spacing)
     return image
+
+
+def _left_out(folder: Path, files: Sequence[str]) -> str:
+    """Files of the folder the series does not include (a damaged slice is left out by GDCM)."""
+    try:
+        used = {Path(f).name for f in files}
+        others = sorted(p.name for p in folder.iterdir()
+                        if p.is_file() and not p.name.startswith(".") and p.name not in used)
+    except OSError:
+        return ""
+    if not others:
+        return ""
+    return f"; {len(others)} file(s) of the folder are not readable slices of this series, e.g. {others[0]}"
 
 
 def _read_pixels(files: list[str], folder: Path):

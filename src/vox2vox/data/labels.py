@@ -8,6 +8,7 @@ user's data came in (METHOD.md: "mapped back 3 -> 4 when saving").
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,15 +79,18 @@ class LabelConvention:
         ignore = () if self.ignore is None else (self.ignore,)
         return tuple(sorted(set(self.source_values) | set(self.extra_map) | set(ignore)))
 
+    @functools.cached_property
+    def _class_index(self) -> dict[int, int]:
+        """On-disk value -> class index (a dict: conventions may have thousands of values)."""
+        index = {value: c for c, value in enumerate(self.source_values)}
+        index.update({src: index[dst] for src, dst in self.extra_map.items()})
+        if self.ignore is not None:
+            index[self.ignore] = IGNORE_INDEX
+        return index
+
     def class_of(self, value: int) -> int | None:
         """The class index of one on-disk value (IGNORE_INDEX for the ignore label), None if unknown."""
-        if value in self.source_values:
-            return self.source_values.index(value)
-        if value in self.extra_map:
-            return self.source_values.index(self.extra_map[value])
-        if self.ignore is not None and value == self.ignore:
-            return IGNORE_INDEX
-        return None
+        return self._class_index.get(value)
 
     def to_classes(self, label: np.ndarray, *, path: str | Path | None = None) -> np.ndarray:
         """Map an on-disk label array (any shape, int or integral float) to int64 class indices.
