@@ -1342,3 +1342,20 @@ def test_real_dicom_series_with_a_truncated_slice_is_refused(shared_series, caps
                                  "--no-progress"), series)
     assert "4 mm gap" in line and damaged.name in line
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("loss.class_weights=[1]", "one weight per class"),
+    ("loss.class_weights=[-1,1]", "loss.class_weights"),
+    ("loss.eps=0", "loss.eps"),
+    ("loss.eps=-1", "loss.eps"),
+    ("augment.gain_range=[1e300,1e300]", "augment.gain_range"),
+    ("augment.scale_range=[1e-300,1e-300]", "augment.scale_range"),
+    ("augment.elastic_sigma=1e300", "augment.elastic_sigma"),
+    ("augment.elastic_points=100000", "augment.elastic_points"),
+])
+def test_loss_and_augmentation_values_that_train_garbage(tmp_path, capsys, override, words):
+    manifest = make_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    assert_user_error(cli(capsys, "train", "--data", manifest, "--out", run, *TINY, "--set", override), words)
+    assert_nothing_written(run)

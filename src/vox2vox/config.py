@@ -200,10 +200,30 @@ SIZE_LIMITS: dict[str, int] = {
     "discriminator.kernel_size": 15,
     "discriminator.n_strided": 8,
     "preprocess.pad_multiple": 1024,
+    "augment.elastic_points": 64,
+}
+
+
+#: Closed ranges for float fields whose absurd values train garbage without an error (NaN and
+#: infinities are refused for every field already).
+VALUE_RANGES: dict[str, tuple[float, float]] = {
+    "loss.class_weights": (0.0, 1e6),
+    "loss.eps": (1e-12, 1.0),
+    "augment.gain_range": (1e-3, 1e3),
+    "augment.gamma_range": (1e-3, 1e3),
+    "augment.scale_range": (1e-2, 1e2),
+    "augment.elastic_sigma": (0.0, 1e3),
 }
 
 
 def _check_sizes(config: Config) -> None:
+    for key, (low, high) in VALUE_RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        values = value if isinstance(value, tuple) else () if value is None else (value,)
+        if any(not low <= v <= high for v in values):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise Vox2VoxError(f"{key}={shown}: each value must lie in [{low:g}, {high:g}]")
     for key, limit in SIZE_LIMITS.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)

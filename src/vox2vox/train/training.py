@@ -325,6 +325,10 @@ def fit(
                 weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
                 config = config.replace(loss=_replace(config.loss, class_weights=weights))
         state = build_state(config, device=ctx.device)
+    weights = config.loss.class_weights
+    if weights is not None and len(weights) != config.generator.n_classes:
+        raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
+                           f"({config.generator.n_classes} classes)")
     state.generator = distributed.wrap(state.generator, ctx)
     state.discriminator = distributed.wrap(state.discriminator, ctx)
     history = _read_log(log_path, upto_epoch=state.epoch)
@@ -648,6 +652,10 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
     from vox2vox.data.augmentation import Augmenter, sample_patch
 
     check_run_folder(run_dir, resume=resume)  # again, now that no other process can change it
+    weights = config.loss.class_weights
+    if weights is not None and not resume and len(weights) != convention.n_classes:
+        raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
+                           f"({convention.n_classes} classes: {', '.join(map(str, convention.source_values))})")
     if ctx.is_main:
         ensure_folder(run_dir)
         atomic_write_text(run_dir / "split.json", json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
