@@ -69,13 +69,13 @@ def test_train_predict_evaluate_round_trip(tmp_path, capsys):
     data = tmp_path / "brats"
     ids = write_brats_folder(data, n_cases=3, seed=1, shape=(32, 32, 24), spacing=(1.0, 1.2, 2.0))
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), "--set", "train.epochs=1", *TINY]) == 0
+    assert main(["train", "--config", "paper", "--data", str(data), "--out", str(run), "--set", "train.epochs=1", *TINY]) == 0
     # --resume continues the same run to more epochs.
     assert main(["train", "--data", str(data), "--out", str(run), "--resume", "--set", "train.epochs=2", *TINY]) == 0
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
     # Starting over into a used run directory without --resume is refused.
-    assert main(["train", "--data", str(data), "--out", str(run), *TINY]) == 2
+    assert main(["train", "--config", "paper", "--data", str(data), "--out", str(run), *TINY]) == 2
 
     pred = tmp_path / "pred"
     assert main(["predict", "--model", str(run), "--input", str(data), "--output", str(pred), "--device", "cpu"]) == 0
@@ -99,7 +99,7 @@ def test_predict_rejects_wrong_channel_count(tmp_path, capsys):
     data = tmp_path / "brats"
     write_brats_folder(data, n_cases=2, seed=1, shape=(24, 24, 24))
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), "--set", "train.epochs=1",
+    assert main(["train", "--config", "paper", "--data", str(data), "--out", str(run), "--set", "train.epochs=1",
                  "--set", "loss.adversarial=false", *TINY]) == 0
     # A single-channel image is not what a 4-channel model takes.
     single = tmp_path / "one.nii.gz"

@@ -30,7 +30,7 @@ NEVER_ENDS = ["--set", "train.epochs=100000"]
 def start(manifest: Path, run: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "vox2vox.cli", "train", "--data", str(manifest), "--out", str(run), *NETS, *extra],
+        [sys.executable, "-m", "vox2vox.cli", "train", "--config", "paper", "--data", str(manifest), "--out", str(run), *NETS, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
 

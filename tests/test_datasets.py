@@ -428,7 +428,7 @@ def test_short_training_run_and_prediction_on_real_data(shared_data, tmp_path, n
         lines = csv_path.read_text().splitlines()
         csv_path.write_text("\n".join(lines[:2]) + "\n")
     run = tmp_path / "run"
-    assert main(["train", "--data", str(csv_path), "--out", str(run), "--set", f"data.convention={json.dumps(convention)}",
+    assert main(["train", "--config", "paper", "--data", str(csv_path), "--out", str(run), "--set", f"data.convention={json.dumps(convention)}",
                  "--device", "cpu", *_TINY]) == 0
     pred = tmp_path / "pred"
     assert main(["predict", "--model", str(run), "--input", str(csv_path), "--output", str(pred), "--device", "cpu"]) == 0

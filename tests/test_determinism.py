@@ -23,7 +23,7 @@ NETS = [
 
 
 def train(manifest, run, seed: int) -> None:
-    assert main(["train", "--data", str(manifest), "--out", str(run), *NETS, "--set", f"train.seed={seed}"]) == 0
+    assert main(["train", "--config", "paper", "--data", str(manifest), "--out", str(run), *NETS, "--set", f"train.seed={seed}"]) == 0
 
 
 def losses(run) -> list[dict]:

@@ -88,12 +88,12 @@ def test_torchrun_two_ranks_equal_one_process_with_resume(tmp_path, monkeypatch)
     single, single_ck = tmp_path / "single", tmp_path / "ck_single"
     monkeypatch.setenv(distributed.CHECKSUM_ENV, str(single_ck))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert main(["train", "--data", str(data), "--out", str(single), "--set", "train.epochs=2", *TINY]) == 0
+    assert main(["train", "--config", "paper", "--data", str(data), "--out", str(single), "--set", "train.epochs=2", *TINY]) == 0
     monkeypatch.delenv(distributed.CHECKSUM_ENV)
 
     # Two processes, the same global batch (1 per rank): one epoch, then resume to two.
     ddp, ddp_ck = tmp_path / "ddp", tmp_path / "ck_ddp"
-    base = ["train", "--data", str(data), "--out", str(ddp), *TINY]
+    base = ["train", "--config", "paper", "--data", str(data), "--out", str(ddp), *TINY]
     _torchrun(tmp_path, ddp, ddp_ck, [*base, "--set", "train.epochs=1"])
     _torchrun(tmp_path, ddp, ddp_ck, [*base, "--resume", "--set", "train.epochs=2"])
 

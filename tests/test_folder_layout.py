@@ -196,7 +196,7 @@ def test_train_takes_label_name_and_channels_from_config(tmp_path):
         "--set", "discriminator.base_filters=4", "--set", "train.patch_size=[32,32,32]",
         "--set", "train.batch_size=1", "--set", "train.epochs=1", "--set", "data.val_cases=0",
     ]
-    args = ["train", "--data", str(root), "--out", str(run), "--device", "cpu", *tiny]
+    args = ["train", "--config", "paper", "--data", str(root), "--out", str(run), "--device", "cpu", *tiny]
     assert main([*args, "--set", 'data.channels=["T2"]']) == 2  # two label candidates: refused
     assert main([*args, "--set", "data.label_name=tumour_seg", "--set", 'data.channels=["T2"]']) == 0
     saved = json.loads((run / "config.json").read_text())

@@ -145,7 +145,7 @@ def test_legacy_pairs_train_and_predict(tmp_path):
         "--set", "train.patch_size=[24,24,24]", "--set", "train.batch_size=1",
         "--set", "data.val_cases=1", "--set", "train.epochs=1",
     ]
-    assert main(["train", "--data", str(data), "--out", str(run), *tiny]) == 0
+    assert main(["train", "--config", "paper", "--data", str(data), "--out", str(run), *tiny]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows and np.isfinite(rows[-1]["loss_g"])
 

@@ -73,3 +73,51 @@ def test_brats2015_label_map_converts_to_brats_convention(shared_data):
     }
     with pytest.raises(Vox2VoxError, match="label values 3 "):
         get_convention("brats").to_classes(raw, path=path)
+
+
+# ---- issue 13: conventions inferred from the data, large values, the ignore label -----------------
+def test_to_classes_costs_the_voxels_not_the_largest_value():
+    import tracemalloc
+
+    from vox2vox.data.labels import LabelConvention
+
+    conv = LabelConvention("big", (0, 1, 2**40), ("bg", "a", "b"))
+    label = np.zeros((8, 8, 8), np.int64)
+    label[0, 0, 0], label[1, 1, 1] = 1, 2**40
+    tracemalloc.start()
+    classes = conv.to_classes(label)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1_000_000
+    assert classes[0, 0, 0] == 1 and classes[1, 1, 1] == 2 and classes.sum() == 3
+    assert conv.to_source(classes)[1, 1, 1] == 2**40
+
+
+def test_infer_convention_bounds_and_binary_255():
+    from vox2vox.data.labels import infer_convention
+
+    conv, note = infer_convention({0, 255}, where="data")
+    assert conv.source_values == (0, 255) and "255" in note
+    conv, note = infer_convention({0, 1, 2}, where="data")
+    assert conv.source_values == (0, 1, 2) and note is None
+    conv, note = infer_convention({1, 5}, where="data")
+    assert conv.source_values == (0, 1, 5) and "not contiguous" in note
+    with pytest.raises(Vox2VoxError, match="65 distinct"):
+        infer_convention(set(range(65)), where="data")
+    with pytest.raises(Vox2VoxError, match="negative"):
+        infer_convention({-1, 0}, where="data")
+
+
+def test_ignore_label_maps_to_ignore_index_and_round_trips():
+    from vox2vox.data.labels import IGNORE_INDEX
+
+    conv = get_convention({"values": {"0": "bg", "1": "fg"}, "ignore": 255})
+    classes = conv.to_classes(np.array([0, 1, 255]))
+    assert classes.tolist() == [0, 1, IGNORE_INDEX]
+    assert conv.to_source(classes).tolist() == [0, 1, 255]
+    assert get_convention(conv.to_json()).ignore == 255
+    # nnU-Net v2 dataset.json names its ignore label "ignore".
+    nnunet = get_convention({"labels": {"background": 0, "tumour": 1, "ignore": 2}})
+    assert nnunet.ignore == 2 and nnunet.source_values == (0, 1)
+    with pytest.raises(Vox2VoxError, match="ignore"):
+        get_convention({"values": {"0": "bg", "1": "fg"}, "ignore": 1})

@@ -178,3 +178,64 @@ def test_loss_config_cross_entropy_weight():
         LossConfig(lambda_ce=-0.5)
     # Cross-entropy alone is a valid objective for the generator.
     assert LossConfig(adversarial=False, lambda_dice=0.0, lambda_ce=1.0).lambda_ce == 1.0
+
+
+# ---- the ignore label: a mask of the voxels that count (issue 13) ---------------------------------
+def _ignored_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    label = torch.randint(0, 3, (2, 4, 4, 4))
+    label[:, :2] = -1  # half the voxels carry the ignore label
+    probs = torch.softmax(torch.randn(2, 3, 4, 4, 4), dim=1)
+    return label, probs
+
+
+def test_labelled_mask_and_one_hot_leave_out_the_ignore_label():
+    from vox2vox.model.losses import labelled_mask
+
+    label, _ = _ignored_batch()
+    mask = labelled_mask(label)
+    assert mask.shape == (2, 1, 4, 4, 4) and float(mask.sum()) == 2 * 2 * 4 * 4
+    assert labelled_mask(label.clamp_min(0)) is None
+    encoded = one_hot(label, 3)
+    assert float(encoded[:, :, :2].abs().sum()) == 0.0
+    assert torch.equal(encoded[:, :, 2:], one_hot(label[:, 2:], 3))
+
+
+def test_masked_losses_equal_the_losses_of_the_labelled_voxels_alone():
+    from vox2vox.model.losses import cross_entropy_from_probs, labelled_mask
+
+    label, probs = _ignored_batch()
+    mask = labelled_mask(label)
+    target = one_hot(label, 3)
+    kept_target, kept_probs = one_hot(label[:, 2:], 3), probs[:, :, 2:]
+    for weighting in ("uniform", "sudre"):
+        masked = generalized_dice_loss(target, probs, weighting=weighting, mask=mask)
+        alone = generalized_dice_loss(kept_target, kept_probs, weighting=weighting)
+        assert torch.allclose(masked, alone)
+        # Changing the prediction where the label is ignored changes nothing.
+        other = probs.clone()
+        other[:, :, :2] = torch.softmax(torch.randn(2, 3, 2, 4, 4), dim=1)
+        assert torch.allclose(generalized_dice_loss(target, other, weighting=weighting, mask=mask), masked)
+    ce = cross_entropy_from_probs(target, probs, mask=mask)
+    assert torch.allclose(ce, cross_entropy_from_probs(kept_target, kept_probs))
+
+
+def test_masked_per_sample_dice_equals_the_labelled_voxels_alone():
+    from vox2vox.model.losses import labelled_mask, per_sample_dice_loss
+
+    label, probs = _ignored_batch()
+    mask = labelled_mask(label)
+    target = one_hot(label, 3)
+    masked = per_sample_dice_loss(target, probs, mask=mask)
+    alone = per_sample_dice_loss(one_hot(label[:, 2:], 3), probs[:, :, 2:])
+    assert torch.allclose(masked, alone)
+    # The prediction where the label is ignored changes nothing; without the mask it would.
+    other = probs.clone()
+    other[:, :, :2] = torch.softmax(torch.randn(2, 3, 2, 4, 4), dim=1)
+    assert torch.allclose(per_sample_dice_loss(target, other, mask=mask), masked)
+    assert not torch.allclose(per_sample_dice_loss(target, other), per_sample_dice_loss(target, probs))
+
+
+def test_fixed_class_weights_skip_the_ignore_label():
+    labels = [np.array([[-1, 0, 1, 1]])]
+    assert fixed_class_weights(labels, 2) == fixed_class_weights([np.array([[0, 1, 1]])], 2)

@@ -10,6 +10,7 @@ import torch
 
 import vox2vox.train.training as training
 from vox2vox.config import Config
+from vox2vox.data.labels import get_convention
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import ModelInfo, load_checkpoint
@@ -17,6 +18,8 @@ from vox2vox.train.runs import train_on_dataset
 from vox2vox.train.training import PatchDataset, build_state, fit, train_step
 
 N_CLASSES = 3
+#: A label convention of N_CLASSES classes, as training stores it (checkpoints validate it on loading).
+CONVENTION = get_convention({"values": {str(i): f"class_{i}" for i in range(N_CLASSES)}}).to_json()
 
 
 def tiny_config(**sections) -> Config:
@@ -213,7 +216,7 @@ def test_a_run_writes_config_metrics_and_checkpoints(tmp_path):
     scores = iter([0.2, 0.5])
     run = tmp_path / "run"
     result = run_fit(fit_config(2), run, validate=lambda g: {"val_dice": next(scores)},
-                     model_info=ModelInfo(channels=("a", "b"), layout="manifest", convention={}))
+                     model_info=ModelInfo(channels=("a", "b"), layout="manifest", convention=CONVENTION))
     assert (result.epochs, result.steps, result.best_epoch) == (2, 4, 2)
     assert result.best_score == pytest.approx(0.5)
 
@@ -297,6 +300,39 @@ def test_train_step_adds_the_weighted_cross_entropy_to_the_generator_loss():
     plain = tiny_config(loss={"adversarial": False})
     assert "loss_ce" not in train_step(build_state(plain, device=torch.device("cpu")), image, label, plain)
 
+
+
+@pytest.mark.parametrize("dice", ["generalized", "per_sample"])
+def test_train_step_leaves_the_ignore_label_out_of_dice_and_cross_entropy(dice):
+    from vox2vox.model.losses import (
+        cross_entropy_from_probs,
+        generalized_dice_loss,
+        labelled_mask,
+        one_hot,
+        per_sample_dice_loss,
+    )
+
+    config = tiny_config(loss={"adversarial": False, "dice": dice, "lambda_dice": 5.0, "lambda_ce": 2.0},
+                         generator={"dropout": 0.0})
+    state = build_state(config, device=torch.device("cpu"))
+    image, label = batch()
+    label[:, :5] = -1  # the ignore label (class index -1)
+    with torch.no_grad():
+        state.generator.train()
+        probs = state.generator(image)
+        # The losses of the labelled voxels alone: the ignored slab cut away.
+        kept_target, kept_probs = one_hot(label[:, 5:], N_CLASSES), probs[:, :, 5:]
+        if dice == "per_sample":
+            expected_dice = float(per_sample_dice_loss(kept_target, kept_probs))
+            masked = float(per_sample_dice_loss(one_hot(label, N_CLASSES), probs, mask=labelled_mask(label)))
+            assert masked == pytest.approx(expected_dice, rel=1e-5)
+        else:
+            expected_dice = float(generalized_dice_loss(kept_target, kept_probs, weighting="uniform"))
+        ce = float(cross_entropy_from_probs(kept_target, kept_probs))
+    out = train_step(state, image, label, config)
+    assert out["loss_dice"] == pytest.approx(expected_dice, rel=1e-5)
+    assert out["loss_ce"] == pytest.approx(ce, rel=1e-5)
+    assert all(np.isfinite(v) for v in out.values())
 
 @pytest.mark.slow
 def test_short_training_learns_the_phantom_tumour(tmp_path):

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vox2vox {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    common.add_argument("--allow-nonuniform", action="store_true",
+                        help="DICOM series with missing or unevenly spaced slices: resample them linearly onto a "
+                             "uniform grid along the slice normal (default: refuse them)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("demo", parents=[common], help="phantom data -> train -> predict -> evaluate -> figures")
@@ -160,12 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from vox2vox.data.dicom import allow_nonuniform
+
     try:
-        return _COMMANDS[args.command](args) or 0
+        with allow_nonuniform(args.allow_nonuniform):
+            return _COMMANDS[args.command](args) or 0
     except Vox2VoxError as err:
         if args.debug:
             traceback.print_exc()
-        print(f"vox2vox {args.command}: error: {err}", file=sys.stderr)
+        print(f"vox2vox {args.command}: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        # Declared sizes are checked before reading; this is what is left (many large cases at once).
+        if args.debug:
+            traceback.print_exc()
+        print(f"vox2vox {args.command}: error: out of memory; use smaller or fewer volumes, smaller patches or "
+              "batches, or a machine with more memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vox2vox {args.command}: interrupted", file=sys.stderr)
@@ -176,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vox2vox {args.command}: internal error: {type(err).__name__}: {err} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks (from a file name or a library's text) become ' | '."""
+    return " | ".join(part.strip() for part in message.replace("\r", "\n").split("\n") if part.strip())
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -204,8 +222,8 @@ def _dataset(args: argparse.Namespace) -> int:
     # The table above lists every problem; stderr gets the one line the exit status promises.
     errors = [p for p in report.problems if p.severity == "error"]
     first = errors[0]
-    print(f"vox2vox dataset: error: {spec.root}: {len(errors)} error(s); first: {first.case_id}: "
-          f"{first.file}: {first.message}", file=sys.stderr)
+    print(one_line(f"vox2vox dataset: error: {spec.root}: {len(errors)} error(s); first: {first.case_id}: "
+                   f"{first.file}: {first.message}"), file=sys.stderr)
     return 2
 
 
@@ -233,9 +251,9 @@ def _config_from_args(args: argparse.Namespace, *, saved: Path | None = None) ->
 def _train(args: argparse.Namespace) -> int:
     import time
 
-    from vox2vox.atomic import atomic_write_text
     from vox2vox.config import Config
     from vox2vox.train.planner import detect_device, plan_dataset, plan_to_toml
+    from vox2vox.train.runlock import check_run_folder
     from vox2vox.train.runs import train_on_dataset
     from vox2vox.train.schedule import parse_duration
 
@@ -253,20 +271,20 @@ def _train(args: argparse.Namespace) -> int:
         raise Vox2VoxError("train: no data; pass --data PATH")
     if out is None:
         out = Path("runs") / Path(config.data.path).name.replace(".csv", "")
+    plan_toml = None
     if planned:
-        if RunDir(out).last.exists():
-            raise Vox2VoxError(f"{out}: already holds a run; pass --resume to continue it or choose a new --out")
+        check_run_folder(out, resume=False)  # before minutes of planning
         device = detect_device(config.train.device)
         budget = config.train.budget_seconds or (3600.0 if device.kind == "cpu" else 12 * 3600.0)
         plan = plan_dataset(config, budget_seconds=budget, device=device)
+        # On stdout: stderr carries progress and, for a user error, its one line.
         for line in plan.reasons:
-            print(f"plan: {line}", file=sys.stderr)
+            print(f"plan: {line}")
         # The plan, then the user's data options and --set values on top of it.
         planned_config = Config.from_dict(plan.config, source="plan").replace(data=config.data)
         config = planned_config.with_overrides(list(args.overrides))
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(RunDir(out).root / "plan.toml", plan_to_toml(plan))
-    result = train_on_dataset(config, out, resume=args.resume, started=started)
+        plan_toml = plan_to_toml(plan)  # written into the run folder once training has checked it
+    result = train_on_dataset(config, out, resume=args.resume, started=started, plan_toml=plan_toml)
     from vox2vox.train.distributed import is_main
 
     if not is_main():  # under torchrun, rank 0 alone reports
@@ -302,7 +320,7 @@ def _predict(args: argparse.Namespace) -> int:
                              progress=not args.no_progress)
     print(f"wrote {len(report.written)} prediction(s) to {args.output}")
     for case_id, reason in report.failed.items():
-        print(f"  failed: {case_id}: {reason}", file=sys.stderr)
+        print(f"  failed: {one_line(case_id)}: {one_line(reason)}", file=sys.stderr)
     if report.failed:
         return 2
     return 0

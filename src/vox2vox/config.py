@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -145,6 +146,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        _check_sizes(self)
         m = self.generator.size_multiple
         problem = self.generator.size_problem(self.train.patch_size)
         if problem == "multiple":
@@ -197,10 +199,65 @@ class Config:
                 )
             try:
                 value = json.loads(raw)
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON (or an integer past Python's digit limit): a string
                 value = raw
+            except RecursionError as err:
+                raise Vox2VoxError(f"{source} {key}: value nested too deeply") from err
             data[section][name] = value
         return Config.from_dict(data, source=source)
+
+
+#: Upper bounds for sizes that build networks and batches: far beyond any real setup, small enough
+#: that a typo (an extra zero or two) is one clear error instead of a hang or an overflow.
+SIZE_LIMITS: dict[str, int] = {
+    "train.patch_size": 2048,
+    "train.batch_size": 65536,
+    "train.patches_per_case": 100000,
+    "train.epochs": 10**7,
+    "generator.in_channels": 1024,
+    "generator.n_classes": 1024,
+    "generator.base_filters": 4096,
+    "generator.max_filters": 4096,
+    "generator.kernel_size": 15,
+    "generator.bottleneck_blocks": 64,
+    "discriminator.in_channels": 1024,
+    "discriminator.n_classes": 1024,
+    "discriminator.base_filters": 4096,
+    "discriminator.max_filters": 4096,
+    "discriminator.kernel_size": 15,
+    "discriminator.n_strided": 8,
+    "preprocess.pad_multiple": 1024,
+    "augment.elastic_points": 64,
+}
+
+
+#: Closed ranges for float fields whose absurd values train garbage without an error (NaN and
+#: infinities are refused for every field already).
+VALUE_RANGES: dict[str, tuple[float, float]] = {
+    "loss.class_weights": (0.0, 1e6),
+    "loss.eps": (1e-12, 1.0),
+    "augment.gain_range": (1e-3, 1e3),
+    "augment.gamma_range": (1e-3, 1e3),
+    "augment.scale_range": (1e-2, 1e2),
+    "augment.elastic_sigma": (0.0, 1e3),
+}
+
+
+def _check_sizes(config: Config) -> None:
+    for key, (low, high) in VALUE_RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        values = value if isinstance(value, tuple) else () if value is None else (value,)
+        if any(not low <= v <= high for v in values):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise Vox2VoxError(f"{key}={shown}: each value must lie in [{low:g}, {high:g}]")
+    for key, limit in SIZE_LIMITS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, int) and v > limit for v in values):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise Vox2VoxError(f"{key}={shown}: too large (at most {limit}); check for a typo")
 
 
 def load_config(path: str | Path) -> Config:
@@ -217,12 +274,27 @@ def load_config(path: str | Path) -> Config:
             data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as err:
         raise Vox2VoxError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({err})") from err
+    except RecursionError as err:
+        raise Vox2VoxError(f"{path}: nested too deeply to be a config; a config is a table of sections") from err
     if not isinstance(data, dict):
         raise Vox2VoxError(f"{path}: the top level must be a table of sections")
     return Config.from_dict(data, source=str(path))
 
 
 # ---- typed construction --------------------------------------------------------------------
+#: Largest integer any config field accepts: sizes, counts and seeds beyond it are typos (and
+#: would overflow the tensors and arrays they size).
+MAX_INT = 2**63 - 1
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a huge value still gives one short line."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"<{value.bit_length()}-bit integer>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
@@ -289,11 +361,19 @@ def _coerce(hint: Any, value: Any, *, key: str, source: str, ignore_unknown: boo
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise Vox2VoxError(f"{source}: {key}={value!r}: expected an integer")
+            raise Vox2VoxError(f"{source}: {key}={_short(value)}: expected an integer")
+        if abs(value) > MAX_INT:
+            raise Vox2VoxError(f"{source}: {key}={_short(value)}: out of range (at most {MAX_INT})")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise Vox2VoxError(f"{source}: {key}={value!r}: expected a number")
+            raise Vox2VoxError(f"{source}: {key}={_short(value)}: expected a number")
+        # NaN and infinities pass every ``<``/``>`` check and poison training (a NaN loss weight
+        # trains NaN losses): one check here covers every float field of every section.
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise Vox2VoxError(f"{source}: {key}={_short(value)}: out of range")
+        if not math.isfinite(value):
+            raise Vox2VoxError(f"{source}: {key}={value}: must be a finite number (not NaN or infinity)")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -6,7 +6,9 @@
       config.json        the resolved configuration (class weights included)
       versions.json      software versions the run was trained with
       split.json         train and validation case ids
+      plan.toml          the plan ``vox2vox train`` made from the data (when it planned)
       metrics.jsonl      one JSON row per finished epoch (losses, validation Dice, seconds)
+      .vox2vox.lock      while a ``train`` runs: its pid and host (vox2vox.train.runlock)
       checkpoints/
         last.safetensors the resume point (written every ``checkpoint_every`` epochs)
         best.safetensors the best validation Dice so far (or the last epoch without validation)
@@ -25,6 +27,9 @@ from typing import Any
 
 from vox2vox.atomic import atomic_write_text
 from vox2vox.errors import Vox2VoxError
+
+#: The run lock's file name (one training process per run folder).
+LOCK_NAME = ".vox2vox.lock"
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,20 @@ class RunDir:
         return self.root / "split.json"
 
     @property
+    def plan(self) -> Path:
+        return self.root / "plan.toml"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_NAME
 
     @property
     def last(self) -> Path:
@@ -72,23 +85,30 @@ class RunDir:
 def read_metrics(path: str | Path, *, upto_epoch: int | None = None) -> list[dict[str, Any]]:
     """The rows of a ``metrics.jsonl`` (none if the file is missing), optionally up to an epoch.
 
-    Blank lines are skipped; a line that is not JSON is an error naming the file and line.
+    Blank lines are skipped; an unreadable file, or a line that is not a JSON object with an integer
+    ``epoch``, is one error naming the file and the line.
     """
     path = Path(path)
     if not path.is_file():
         return []
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise Vox2VoxError(f"{path}: line {number} is not JSON ({err})") from err
-        if not isinstance(row, dict):
-            continue
-        if upto_epoch is None or row.get("epoch", 0) <= upto_epoch:
-            rows.append(row)
+    try:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as err:
+                raise ValueError(f"line {number} is not JSON ({str(err)[:80]})") from err
+            epoch = row.get("epoch", 0) if isinstance(row, dict) else None
+            if isinstance(epoch, bool) or not isinstance(epoch, int):
+                raise ValueError(f"line {number} is not a row of epoch metrics")
+            if upto_epoch is None or epoch <= upto_epoch:
+                rows.append(row)
+    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
+        message = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise Vox2VoxError(f"{path}: cannot read the run's metrics log ({message}); repair or delete it "
+                           "(training rewrites it from the checkpoint's epoch on)") from err
     return rows
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from vox2vox.data.cases import CaseFiles, DatasetSpec
 from vox2vox.data.hdf5 import file_of
 from vox2vox.data.io import Geometry, read_channels, same_affine
-from vox2vox.data.labels import LabelConvention, get_convention, round_label_map
+from vox2vox.data.labels import LabelConvention, get_convention, infer_convention, round_label_map
 from vox2vox.errors import Vox2VoxError
 
 
@@ -114,6 +114,8 @@ def check_dataset(
     report = DatasetReport(spec, convention=conv.name if conv is not None else "auto")
     for case in spec.cases:
         report.cases.append(_check_case(case, conv, report.problems))
+    if conv is None:
+        _inferred_convention_problems(spec, report)
     labelled = sum(c.label is not None for c in spec.cases)
     if 0 < labelled < len(spec.cases):
         for case in spec.cases:
@@ -130,6 +132,22 @@ def check_dataset(
             )
         )
     return report
+
+
+def _inferred_convention_problems(spec: DatasetSpec, report: DatasetReport) -> None:
+    """Without a convention, training infers one from the values present: say what it will be."""
+    values = {v for f in report.cases if f.label_counts for v in f.label_counts}
+    if not values:
+        return
+    try:
+        inferred, note = infer_convention(values, where=spec.root)
+    except Vox2VoxError as err:
+        report.problems.append(Problem("error", "*", str(spec.root), _strip_path(str(err), spec.root)))
+        return
+    report.convention = f"auto ({inferred.n_classes} classes: {', '.join(map(str, inferred.source_values[:8]))}" + (
+        ", ...)" if inferred.n_classes > 8 else ")")
+    if note:
+        report.problems.append(Problem("warning", "*", str(spec.root), _strip_path(note, spec.root)))
 
 
 def _check_case(case: CaseFiles, conv: LabelConvention | None, problems: list[Problem]) -> CaseFacts:

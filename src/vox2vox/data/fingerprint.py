@@ -11,15 +11,18 @@ fingerprint is stored in the plan so that a plan can be recomputed from it witho
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from tqdm import tqdm
 
 from vox2vox.data.cases import CaseFiles
-from vox2vox.data.labels import LabelConvention
+from vox2vox.data.labels import LabelConvention, infer_convention
 from vox2vox.data.loading import read_case_and_mask
 from vox2vox.data.preprocessing import foreground_mask
 
@@ -68,7 +71,19 @@ class Fingerprint:
 
 def fingerprint_case(case: CaseFiles, convention: LabelConvention | None, rng: np.random.Generator,
                      ) -> tuple[CaseFingerprint, list[np.ndarray]]:
-    """One case's fingerprint, plus per-channel intensity samples inside its label foreground."""
+    """One case's fingerprint, plus per-channel intensity samples inside its label foreground.
+
+    Without a convention, classes are this case's own label values in order (a convention inferred
+    from them, bounded like training's): :func:`fingerprint_dataset` maps them onto the dataset's.
+    """
+    fp, samples, _ = _fingerprint_case(case, convention, rng)
+    return fp, samples
+
+
+def _fingerprint_case(case: CaseFiles, convention: LabelConvention | None, rng: np.random.Generator,
+                      ) -> tuple[CaseFingerprint, list[np.ndarray], tuple[int, ...] | None]:
+    """:func:`fingerprint_case`, and the label values its classes stand for (None with a convention
+    or without a label)."""
     image, label, mask, geometry = read_case_and_mask(case)
     fg = mask if mask is not None else foreground_mask(image)
     box = _box_shape(fg) or tuple(image.shape[1:])
@@ -80,11 +95,18 @@ def fingerprint_case(case: CaseFiles, convention: LabelConvention | None, rng: n
                       "mean": float(values.mean()), "std": float(values.std()),
                       "min": float(channel.min()), "max": float(channel.max())})
     samples: list[np.ndarray] = []
-    voxels = components = None
+    voxels = components = label_values = None
     if label is not None:
-        classes = convention.to_classes(label, path=case.label) if convention is not None else label.astype(np.int64)
-        n = int(classes.max()) + 1 if convention is None else convention.n_classes
-        voxels = tuple(int(v) for v in np.bincount(classes.ravel(), minlength=n))
+        if convention is None:
+            # Never sized by the largest value: a label map holding 255 or 2**40 is a few classes.
+            local, _ = infer_convention(np.unique(label).tolist(), where=case.label)
+            label_values = local.source_values
+            classes = local.to_classes(label, path=case.label)
+        else:
+            classes = convention.to_classes(label, path=case.label)
+        n = len(label_values) if label_values is not None else convention.n_classes
+        counted = classes[classes >= 0]  # the ignore label (class -1) is no class
+        voxels = tuple(int(v) for v in np.bincount(counted.ravel(), minlength=n))
         components = (0, *(int(ndimage.label(classes == c)[1]) if voxels[c] else 0 for c in range(1, n)))
         inside = classes > 0
         for channel in image:
@@ -94,20 +116,50 @@ def fingerprint_case(case: CaseFiles, convention: LabelConvention | None, rng: n
             samples.append(values)
     fp = CaseFingerprint(case.case_id, tuple(float(s) for s in geometry.spacing), tuple(int(s) for s in image.shape[1:]),
                          box, tuple(stats), voxels, components)
-    return fp, samples
+    return fp, samples, label_values
 
 
 def fingerprint_dataset(cases: Sequence[CaseFiles], channels: Sequence[str], convention: LabelConvention | None,
-                        *, seed: int = 0) -> tuple[Fingerprint, list[CaseFingerprint]]:
-    """Read every case once and pool the per-case fingerprints (:func:`summarise`)."""
+                        *, seed: int = 0, progress: bool = False) -> tuple[Fingerprint, list[CaseFingerprint]]:
+    """Read every case once and pool the per-case fingerprints (:func:`summarise`).
+
+    Without a convention, the classes are those training infers from the values present across
+    the cases (:func:`vox2vox.data.labels.infer_convention`: at most 64, 0/255 read as binary).
+    ``progress`` shows a progress bar on stderr that vanishes when done.
+    """
     rng = np.random.default_rng([seed, 0xF1])
-    per_case, pooled = [], [[] for _ in channels]
-    for case in cases:
-        fp, samples = fingerprint_case(case, convention, rng)
+    per_case, pooled, case_values = [], [[] for _ in channels], []
+    bar = tqdm(cases, desc="plan: reading cases (spacing, shape, intensities, labels)", leave=False,
+               disable=not progress, file=sys.stderr)
+    for case in bar:
+        fp, samples, values = _fingerprint_case(case, convention, rng)
         per_case.append(fp)
+        case_values.append(values)
         for i, s in enumerate(samples):
             pooled[i].append(s)
+    if convention is None and any(v is not None for v in case_values):
+        per_case = _onto_dataset_classes(per_case, case_values, cases)
     return summarise(per_case, channels, pooled), per_case
+
+
+def _onto_dataset_classes(per_case: list[CaseFingerprint], case_values: list[tuple[int, ...] | None],
+                          cases: Sequence[CaseFiles]) -> list[CaseFingerprint]:
+    """Per-case classes (each case's own values) renumbered as the dataset's inferred convention's."""
+    union = {v for values in case_values if values is not None for v in values}
+    where = next((Path(c.label).parent for c in cases if c.label is not None), "label maps")
+    dataset, _ = infer_convention(union, where=where)
+    mapped = []
+    for fp, values in zip(per_case, case_values, strict=True):
+        if values is None or fp.class_voxels is None or fp.class_components is None:
+            mapped.append(fp)
+            continue
+        voxels, components = [0] * dataset.n_classes, [0] * dataset.n_classes
+        for value, n_vox, n_cc in zip(values, fp.class_voxels, fp.class_components, strict=True):
+            c = dataset.class_of(value)
+            if c is not None and c >= 0:  # values a case does not hold (count 0) may be unknown
+                voxels[c], components[c] = n_vox, n_cc if c else 0
+        mapped.append(replace(fp, class_voxels=tuple(voxels), class_components=tuple(components)))
+    return mapped
 
 
 def summarise(per_case: Sequence[CaseFingerprint], channels: Sequence[str],

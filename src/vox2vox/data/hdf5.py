@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from vox2vox.atomic import atomic_path
+from vox2vox.data.guards import check_declared_size
 from vox2vox.errors import Vox2VoxError
 
 #: File-name endings of plain HDF5 files.
@@ -104,6 +105,8 @@ def read_hdf5(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
         raise Vox2VoxError(f"{file}: not a readable HDF5 file ({err}); check the file type") from err
     with handle:
         dataset = _pick_dataset(handle, name, file, h5py)
+        if getattr(dataset, "shape", None) is not None and len(dataset.shape) >= 3:
+            check_declared_size(file, dataset.shape, dataset.dtype.itemsize)
         try:
             data = np.asarray(dataset[()])
         except (OSError, ValueError, TypeError) as err:

@@ -25,6 +25,8 @@ import SimpleITK as sitk
 from nibabel import orientations as ornt
 
 from vox2vox.atomic import atomic_path
+from vox2vox.data.dicom import read_series
+from vox2vox.data.guards import check_data_file_references, check_declared_size
 from vox2vox.data.hdf5 import file_of, is_hdf5_address, read_hdf5
 from vox2vox.errors import Vox2VoxError
 
@@ -198,8 +200,18 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: has {len(img.shape)} dimensions {tuple(img.shape)}, expected a 3D volume "
             "(or 4D with channels last); convert it to 3D"
         )
+    on_disk = img.get_data_dtype()
+    if on_disk.names is not None or on_disk.kind == "V":
+        raise Vox2VoxError(
+            f"{path}: holds {'RGB' if on_disk.names and len(on_disk.names) >= 3 else 'structured'} voxels "
+            f"({on_disk}), not scalar intensities; convert it to grayscale (or split the colour channels)"
+        )
+    # From the header alone: before a small .nii.gz inflates to more than memory holds.
+    check_declared_size(path, shape, on_disk.itemsize)
     try:
-        data = np.asanyarray(img.dataobj)
+        # Scaling (scl_slope) may overflow float32: counted and refused in _check_values, not warned.
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = np.asanyarray(img.dataobj)
     except (OSError, EOFError, zlib.error, ValueError) as err:
         raise Vox2VoxError(
             f"{path}: voxel data truncated or corrupt ({type(err).__name__}: {err}); "
@@ -236,10 +248,16 @@ def _read_sitk(path: Path, *, series: bool) -> tuple[np.ndarray, np.ndarray]:
                     f"{path}: folder holds {len(series_ids)} DICOM series; put each series in "
                     "its own folder"
                 )
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series_ids[0]))
-            image = reader.Execute()
+            image = read_series(path, reader.GetGDCMSeriesFileNames(str(path), series_ids[0]))
         else:
-            image = sitk.ReadImage(str(path))
+            check_data_file_references(path)
+            info = sitk.ImageFileReader()
+            info.SetFileName(str(path))
+            info.ReadImageInformation()
+            pixel = sitk.GetPixelIDValueAsString(info.GetPixelID())
+            itemsize = 8 if "64" in pixel or "double" in pixel else 4
+            check_declared_size(path, tuple(info.GetSize()) + (info.GetNumberOfComponents(),), itemsize)
+            image = info.Execute()
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
         raise Vox2VoxError(f"{path}: cannot read image ({first}); the file is damaged or unsupported") from err
@@ -255,6 +273,8 @@ def _read_sitk(path: Path, *, series: bool) -> tuple[np.ndarray, np.ndarray]:
     lps = np.eye(4)
     lps[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=float)[None, :]
     lps[:3, 3] = image.GetOrigin()
+    if not np.all(np.isfinite(lps)) or abs(np.linalg.det(lps[:3, :3])) < 1e-12:
+        raise Vox2VoxError(f"{path}: voxel spacing, direction or origin is missing, zero or not finite; fix the header")
     return data, _LPS_TO_RAS @ lps
 
 
@@ -264,14 +284,22 @@ def _check_values(data: np.ndarray, path: Path, nonfinite: NonFinite) -> np.ndar
         return data if data.dtype != np.bool_ else data.astype(np.uint8)
     if data.dtype.kind == "c":
         raise Vox2VoxError(f"{path}: complex-valued voxels; convert to magnitude first")
-    data = np.asarray(data, dtype=np.float32)
+    if data.dtype.names is not None or data.dtype.kind not in "f":
+        raise Vox2VoxError(f"{path}: voxels of type {data.dtype} are not scalar numbers; convert the file")
+    overflow = 0
+    if data.dtype.itemsize > 4:
+        with np.errstate(invalid="ignore"):
+            overflow = int(np.count_nonzero(np.isfinite(data) & (np.abs(data) > np.finfo(np.float32).max)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = np.asarray(data, dtype=np.float32)
     if nonfinite != "keep":
         bad = ~np.isfinite(data)
         n_bad = int(bad.sum())
         if n_bad:
             if nonfinite == "error":
+                beyond = f" ({overflow} beyond the float32 range)" if overflow else ""
                 raise Vox2VoxError(
-                    f"{path}: {n_bad} NaN/Inf voxels; fix the file or read with nonfinite='zero'"
+                    f"{path}: {n_bad} NaN/Inf voxels{beyond}; fix the file or read with nonfinite='zero'"
                 )
             data = np.where(bad, np.float32(0), data)
     return data

@@ -8,6 +8,7 @@ user's data came in (docs/method.md, "Task and labels").
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ class LabelConvention:
     class_names: tuple[str, ...]
     regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
     extra_map: dict[int, int] = field(default_factory=dict)
+    # On-disk value of voxels left unlabelled (nnU-Net's "ignore" label): they become class
+    # IGNORE_INDEX, which the losses, validation and evaluation leave out.
+    ignore: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.source_values) < 2:
@@ -51,6 +55,12 @@ class LabelConvention:
                     f"label convention {self.name!r}: extra_map sends {src} to {dst}, which is "
                     "not one of the values"
                 )
+        if self.ignore is not None and (
+            self.ignore < 0 or self.ignore in self.source_values or self.ignore in self.extra_map
+        ):
+            raise Vox2VoxError(
+                f"label convention {self.name!r}: ignore label {self.ignore} must be >= 0 and not a class value"
+            )
         for region, values in self.regions.items():
             unknown = set(values) - set(self.source_values)
             if unknown:
@@ -67,16 +77,21 @@ class LabelConvention:
     @property
     def accepted_values(self) -> tuple[int, ...]:
         """Every on-disk value this convention accepts (classes plus folded extras), sorted."""
-        return tuple(sorted(set(self.source_values) | set(self.extra_map)))
+        ignore = () if self.ignore is None else (self.ignore,)
+        return tuple(sorted(set(self.source_values) | set(self.extra_map) | set(ignore)))
 
-    def _lookup(self) -> np.ndarray:
-        """Table from on-disk value to class index; -1 marks values not in the convention."""
-        table = np.full(max(self.accepted_values) + 1, -1, dtype=np.int64)
-        for index, value in enumerate(self.source_values):
-            table[value] = index
-        for src, dst in self.extra_map.items():
-            table[src] = self.source_values.index(dst)
-        return table
+    @functools.cached_property
+    def _class_index(self) -> dict[int, int]:
+        """On-disk value -> class index (a dict: conventions may have thousands of values)."""
+        index = {value: c for c, value in enumerate(self.source_values)}
+        index.update({src: index[dst] for src, dst in self.extra_map.items()})
+        if self.ignore is not None:
+            index[self.ignore] = IGNORE_INDEX
+        return index
+
+    def class_of(self, value: int) -> int | None:
+        """The class index of one on-disk value (IGNORE_INDEX for the ignore label), None if unknown."""
+        return self._class_index.get(value)
 
     def to_classes(self, label: np.ndarray, *, path: str | Path | None = None) -> np.ndarray:
         """Map an on-disk label array (any shape, int or integral float) to int64 class indices.
@@ -98,8 +113,11 @@ class LabelConvention:
         elif label.dtype.kind not in "iub":
             raise Vox2VoxError(f"{where}label map has dtype {label.dtype}; expected integers")
         label = label.astype(np.int64, copy=False)
-        table = self._lookup()
-        unknown = [int(v) for v in np.unique(label) if v < 0 or v >= len(table) or table[v] < 0]
+        # Map the distinct values, never a table indexed by value: a label map holding 2**40
+        # must cost its voxels, not 2**40 table entries.
+        values, inverse = np.unique(label, return_inverse=True)
+        classes = [self.class_of(int(v)) for v in values]
+        unknown = [int(v) for v, c in zip(values, classes, strict=True) if c is None]
         if unknown:
             shown = ", ".join(str(v) for v in sorted(unknown)[:10])
             more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""
@@ -108,18 +126,21 @@ class LabelConvention:
                 f"(accepts {list(self.accepted_values)}); choose another label convention (data.convention, --convention) "
                 "or a custom value map"
             )
-        return table[label]
+        return np.asarray(classes, dtype=np.int64)[inverse.reshape(label.shape)]
 
     def to_source(self, classes: np.ndarray) -> np.ndarray:
         """Map class indices back to on-disk values, in the smallest fitting unsigned/int dtype."""
         classes = np.asarray(classes)
-        if classes.size and (classes.min() < 0 or classes.max() >= self.n_classes):
+        lowest = IGNORE_INDEX if self.ignore is not None else 0
+        if classes.size and (classes.min() < lowest or classes.max() >= self.n_classes):
             raise Vox2VoxError(
                 f"class indices outside 0..{self.n_classes - 1} for convention {self.name!r}"
             )
-        top = max(self.source_values)
+        values = self.source_values + (() if self.ignore is None else (self.ignore,))
+        top = max(values)
         dtype = np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.int64
-        return np.asarray(self.source_values, dtype=dtype)[classes.astype(np.int64, copy=False)]
+        # Index -1 (IGNORE_INDEX) takes the last entry: the ignore value.
+        return np.asarray(values, dtype=dtype)[classes.astype(np.int64, copy=False)]
 
     def value_names(self) -> dict[int, str]:
         """On-disk value -> class name for every foreground class (figure legends)."""
@@ -145,6 +166,7 @@ class LabelConvention:
             "values": {str(v): n for v, n in zip(self.source_values, self.class_names, strict=True)},
             "regions": {k: list(v) for k, v in self.regions.items()},
             "extra_map": {str(k): v for k, v in self.extra_map.items()},
+            **({"ignore": self.ignore} if self.ignore is not None else {}),
         }
 
 
@@ -166,6 +188,44 @@ def round_label_map(label: np.ndarray) -> np.ndarray | None:
     if not np.allclose(label, rounded, atol=LABEL_ATOL) or not np.all(np.isfinite(label)):
         return None
     return rounded
+#: Class index of voxels carrying a convention's ignore label (excluded from loss and metrics).
+IGNORE_INDEX = -1
+
+#: Most classes a convention inferred from the data may have; more needs a declared convention.
+MAX_INFERRED_CLASSES = 64
+
+
+def infer_convention(values: set[int] | list[int], *, where: str | Path,
+                     max_classes: int = MAX_INFERRED_CLASSES) -> tuple[LabelConvention, str | None]:
+    """A convention from the label values present across a dataset, and a note for the user (or None).
+
+    Values keep their order and become contiguous classes (0, 1, 5 -> classes 0, 1, 2; written back
+    as 0, 1, 5); 0 is background even when absent. A 0/255 mask is binary (255 = foreground, with a
+    note). More than ``max_classes`` distinct values is refused: declare a convention instead.
+    """
+    present = sorted({int(v) for v in values})
+    if present and present[0] < 0:
+        raise Vox2VoxError(f"{where}: negative label values ({present[0]}); give a label convention")
+    if set(present) <= {0, 255} and 255 in present:
+        note = f"{where}: label maps hold only 0 and 255: read as a binary mask (255 = foreground)"
+        return LabelConvention(name="binary-255", source_values=(0, 255), class_names=("background", "foreground"),
+                               regions={"foreground": (255,)}), note
+    classes = sorted(set(present) | {0})
+    if len(classes) > max_classes:
+        raise Vox2VoxError(
+            f"{where}: label maps hold {len(classes)} distinct values (largest {classes[-1]}), more than "
+            f"{max_classes} classes; is a label an image? if not, declare the labels (data.convention / "
+            "--convention with a .json value map)"
+        )
+    if len(classes) < 2:
+        classes = [0, 1]  # all background: still a binary problem
+    note = None
+    if classes != list(range(len(classes))):
+        note = (f"{where}: label values {classes} are not contiguous: trained as classes 0..{len(classes) - 1} "
+                "and written back as the original values")
+    return LabelConvention(
+        name="classes", source_values=tuple(classes), class_names=tuple(f"class_{v}" for v in classes),
+    ), note
 
 
 _BRATS_NAMES = ("background", "necrotic/non-enhancing core", "oedema", "enhancing tumour")
@@ -252,14 +312,24 @@ def get_convention(spec: str | Mapping | LabelConvention) -> LabelConvention:
             )
         extra = {int(k): int(v) for k, v in dict(spec.get("extra_map", {})).items()}
         regions = {str(k): tuple(int(x) for x in v) for k, v in dict(spec.get("regions", {})).items()}
-    except (TypeError, ValueError) as err:
+        ignore = spec.get("ignore")
+        if isinstance(ignore, bool) or (ignore is not None and not isinstance(ignore, int | str)):
+            raise ValueError(f"ignore={ignore!r} is not a label value")
+        ignore = None if ignore is None else int(ignore)
+    except (TypeError, ValueError, AttributeError) as err:
         raise Vox2VoxError(f"custom label convention: malformed ({err}); see get_convention") from err
+    # nnU-Net v2 declares its ignore label as a class named "ignore" in dataset.json.
+    named = [v for v, n in pairs if n.strip().lower() == "ignore"]
+    if named and ignore is None:
+        ignore = named[0]
+        pairs = [(v, n) for v, n in pairs if v != ignore]
     return LabelConvention(
         name=str(spec.get("name", "custom")),
         source_values=tuple(v for v, _ in pairs),
         class_names=tuple(n for _, n in pairs),
         regions=regions,
         extra_map=extra,
+        ignore=ignore,
     )
 
 
@@ -288,7 +358,7 @@ def _convention_from_file(path: Path) -> LabelConvention:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise Vox2VoxError(f"{path}: label convention file not found; check the path") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise Vox2VoxError(f"{path}: not a readable JSON label map ({err})") from err
     if not isinstance(data, dict):
         raise Vox2VoxError(f"{path}: expected a JSON object mapping label values to names")

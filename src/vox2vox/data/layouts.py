@@ -231,8 +231,12 @@ def _read_json(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise Vox2VoxError(f"{path}: not found; MSD/nnU-Net folders need a dataset.json") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError) as err:
         raise Vox2VoxError(f"{path}: not valid JSON ({err}); fix the file") from err
+    except RecursionError as err:
+        raise Vox2VoxError(f"{path}: JSON nested too deeply; fix the file") from err
+    except OSError as err:
+        raise Vox2VoxError(f"{path}: cannot read ({err.strerror})") from err
     if not isinstance(data, dict):
         raise Vox2VoxError(f"{path}: expected a JSON object")
     return data

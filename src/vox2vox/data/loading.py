@@ -125,7 +125,12 @@ def _as_class_indices(label: np.ndarray, path: Path | None) -> np.ndarray:
         rounded = round_label_map(label)
         if rounded is None:
             raise Vox2VoxError(f"{path}: label map has non-integer values; is it an image?")
+        if rounded.size and float(np.abs(rounded).max()) > 2.0**53:
+            raise Vox2VoxError(f"{path}: label values up to {float(np.abs(rounded).max()):.3g} are beyond "
+                               "any label convention; is it an image?")
         label = rounded
+    elif label.dtype == np.uint64 and label.size and int(label.max()) > np.iinfo(np.int64).max:
+        raise Vox2VoxError(f"{path}: label values beyond 2**63; is it an image?")
     label = label.astype(np.int64)
     if label.size and label.min() < 0:
         raise Vox2VoxError(f"{path}: negative label values; give a label convention")

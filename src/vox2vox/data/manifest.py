@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 from vox2vox.atomic import atomic_write_text
@@ -33,9 +34,12 @@ def read_manifest(path: Path) -> DatasetSpec:
         path = csvs[0]
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
+            reader = csv.reader(handle)
+            rows = list(reader)
     except (OSError, UnicodeDecodeError) as err:
         raise Vox2VoxError(f"{path}: cannot read manifest ({err})") from err
+    except csv.Error as err:  # a field over csv's size limit, a NUL byte, an unclosed quote...
+        raise Vox2VoxError(f"{path}: line {reader.line_num}: malformed CSV ({err}); fix the manifest") from err
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
         raise Vox2VoxError(f"{path}: manifest is empty; add a header id,<channel>,...,label")
@@ -65,6 +69,9 @@ def read_manifest(path: Path) -> DatasetSpec:
             raise Vox2VoxError(
                 f"{path}: line {line} has {len(cells)} columns, the header has {len(header)}"
             )
+        if any(_CONTROL.search(c) for c in cells[1:]):
+            raise Vox2VoxError(f"{path}: line {line}: a path holds a control character (NUL, tab...); "
+                               "malformed CSV, fix the manifest")
         case_id = cells[0]
         if not case_id or case_id in seen:
             raise Vox2VoxError(f"{path}: line {line}: case id {case_id!r} is empty or repeated")
@@ -77,6 +84,9 @@ def read_manifest(path: Path) -> DatasetSpec:
         mask = resolve_cell(base, cells[mask_column]) if mask_column is not None and cells[mask_column] else None
         cases.append(CaseFiles(case_id, channels, label, mask))
     return DatasetSpec(path, "manifest", channel_names, tuple(cases), "auto")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def resolve_cell(base: Path, cell: str) -> Path:

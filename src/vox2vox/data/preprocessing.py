@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from vox2vox.data.guards import check_declared_size
 from vox2vox.data.io import Geometry
 from vox2vox.errors import Vox2VoxError
 
@@ -191,6 +192,10 @@ def preprocess(
             for n, s, t in zip(cropped_shape, spacing, config.target_spacing, strict=True)
         )
         if new_shape != tuple(cropped_shape):
+            # Before allocating: a tiny target spacing must not resample into more than memory holds.
+            check_declared_size(f"preprocess.target_spacing={list(config.target_spacing)}",
+                                (image.shape[0], *new_shape), 4, what="resampling would make",
+                                fix="choose a coarser target spacing")
             image = np.stack([resize(c, new_shape, order=1) for c in image])
             label = None if label is None else resize(label, new_shape, order=0)
         out_spacing = tuple(
@@ -223,14 +228,14 @@ def _normalize(
         entry: dict = {}
         if config.normalize == "zscore-nonzero":
             values = channel[mask]
-            mean, std = (float(values.mean()), float(values.std())) if values.size else (0.0, 1.0)
+            mean, std = _mean_std(values) if values.size else (0.0, 1.0)
             std = std if std > 1e-8 else 1.0
-            out[index] = np.where(mask, (channel - mean) / std, 0.0)
+            out[index] = np.where(mask, _scaled(channel, mean, std), 0.0)
             entry.update(mean=mean, std=std, background=0.0)
         elif config.normalize == "zscore":
-            mean, std = float(channel.mean()), float(channel.std())
+            mean, std = _mean_std(channel)
             std = std if std > 1e-8 else 1.0
-            out[index] = (channel - mean) / std
+            out[index] = _scaled(channel, mean, std)
             entry.update(mean=mean, std=std, background=(background_value(channel) - mean) / std)
         elif config.normalize == "ct-window":
             lo, hi = config.ct_window  # type: ignore[misc]
@@ -241,6 +246,25 @@ def _normalize(
             entry.update(background=background_value(channel))
         stats.append(entry)
     return out, stats
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation; in float64 when float32 overflows (intensities near 3e38)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(values.mean()), float(values.std())
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        wide = values.astype(np.float64)
+        mean, std = float(wide.mean()), float(wide.std())
+    return mean, std
+
+
+def _scaled(channel: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """``(channel - mean) / std``, computed in float64 where float32 would overflow."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (channel - mean) / std
+    if not np.all(np.isfinite(out)):
+        out = ((channel.astype(np.float64) - mean) / std).astype(np.float32)
+    return out
 
 
 def _bounding_box(mask: np.ndarray) -> list[tuple[int, int]] | None:

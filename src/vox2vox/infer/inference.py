@@ -38,7 +38,7 @@ from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.postprocessing import postprocess as apply_postprocess
 from vox2vox.model.blocks import PhaseTransposedConv3d
-from vox2vox.model.checkpoint import load_checkpoint, resolve_checkpoint
+from vox2vox.model.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
 from vox2vox.model.residual import build_generator
 
 Mode = Literal["auto", "whole", "sliding"]
@@ -118,13 +118,7 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
     ckpt = load_checkpoint(ckpt_path)
     config = Config.from_dict(ckpt.config, source=str(ckpt_path), ignore_unknown=True)
     generator = build_generator(config.generator)
-    try:
-        generator.load_state_dict(ckpt.generator)
-    except RuntimeError as err:
-        raise Vox2VoxError(
-            f"{ckpt_path}: weights do not fit the generator its config describes ({err}); "
-            "use the checkpoint with the config it was trained with"
-        ) from err
+    load_weights(generator, ckpt.generator, ckpt_path, what="generator")
     generator.to(device).eval()
     return LoadedModel(generator, config, ckpt.state, ckpt_path)
 
@@ -353,6 +347,11 @@ def predict_dataset(
             "state={'convention': ..., 'channels': [...]} as training does"
         )
     convention = get_convention(first.state["convention"])
+    if convention.n_classes != first.config.generator.n_classes:
+        raise Vox2VoxError(
+            f"{first.path}: the generator predicts {first.config.generator.n_classes} classes but the label "
+            f"convention it records has {convention.n_classes}; the checkpoint's metadata is inconsistent"
+        )
     spec = _discover_like_training(first, input_path, layout)
     n_in = first.config.generator.in_channels
     if len(spec.channel_names) != n_in:
@@ -372,6 +371,11 @@ def predict_dataset(
         try:
             loaded = load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep)
             probs = predict_probabilities(nets, loaded.image, config=config, device=device)
+            if not np.all(np.isfinite(probs)):  # argmax of NaN is class 0: silently all background
+                raise Vox2VoxError(
+                    f"{next(iter(case.channels.values()))}: the model's output is NaN/Inf for this case "
+                    "(intensities far outside what it was trained on?); check the image and its preprocessing"
+                )
             loaded.image = np.empty(0, np.float32)  # free the preprocessed image before writing
             written = _write_case(
                 probs, loaded, output_dir, convention=convention, postprocess=postprocess,
@@ -384,6 +388,7 @@ def predict_dataset(
             raise
         except Exception as err:  # one bad case must not stop the others (issue 4)
             reason = str(err) if isinstance(err, Vox2VoxError) else f"{type(err).__name__}: {err}"
+            reason = " | ".join(part.strip() for part in reason.splitlines() if part.strip())  # one line
             report.failed[case.case_id] = reason
             if progress:
                 tqdm.write(f"{case.case_id}: failed: {reason}", file=sys.stderr)

@@ -27,6 +27,8 @@ import torch
 from safetensors.torch import load_file, save
 
 from vox2vox.atomic import atomic_write_bytes
+from vox2vox.config import Config
+from vox2vox.data.labels import get_convention
 from vox2vox.errors import Vox2VoxError
 from vox2vox.rundir import RunDir
 
@@ -111,16 +113,26 @@ def training_checkpoint(state: ResumableState, config: dict[str, Any], info: Mod
     )
 
 
-def restore_training_state(state: ResumableState, ckpt: Checkpoint) -> None:
-    """Load what :func:`training_checkpoint` saved into ``state`` (optimiser moments onto its device)."""
-    _bare(state.generator).load_state_dict(ckpt.generator)
-    _bare(state.discriminator).load_state_dict(ckpt.discriminator)
-    state.opt_g.load_state_dict(_to_device(ckpt.optimizers["generator"], state.device))
-    state.opt_d.load_state_dict(_to_device(ckpt.optimizers["discriminator"], state.device))
-    if ckpt.state.get("scaler") and state.scaler.is_enabled():
-        state.scaler.load_state_dict(ckpt.state["scaler"])
-    state.epoch = int(ckpt.state["epoch"])
-    state.step = int(ckpt.state["step"])
+def restore_training_state(state: ResumableState, ckpt: Checkpoint, path: str | Path) -> None:
+    """Load what :func:`training_checkpoint` saved into ``state`` (optimiser moments onto its device).
+
+    Weights, optimiser state or counters that do not fit the run are one :class:`Vox2VoxError`
+    naming ``path`` (the checkpoint file).
+    """
+    path = Path(path)
+    load_weights(_bare(state.generator), ckpt.generator, path, what="generator")
+    load_weights(_bare(state.discriminator), ckpt.discriminator, path, what="discriminator")
+    try:
+        state.opt_g.load_state_dict(_to_device(ckpt.optimizers["generator"], state.device))
+        state.opt_d.load_state_dict(_to_device(ckpt.optimizers["discriminator"], state.device))
+        if ckpt.state.get("scaler") and state.scaler.is_enabled():
+            state.scaler.load_state_dict(ckpt.state["scaler"])
+        state.epoch = int(ckpt.state["epoch"])
+        state.step = int(ckpt.state["step"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise Vox2VoxError(f"{path}: optimiser state or counters do not fit this run ({first}); "
+                           "resume with the run's own checkpoint") from err
     best = ckpt.state.get("best_score")
     state.best_score = -math.inf if best is None else float(best)
     state.best_epoch = int(ckpt.state.get("best_epoch", -1))
@@ -197,25 +209,143 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise Vox2VoxError(f"{path}: safetensors file without vox2vox metadata; not a vox2vox checkpoint")
     try:
         meta = json.loads(header[METADATA_KEY])
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise Vox2VoxError(f"{path}: corrupt vox2vox metadata in the checkpoint header ({err})") from err
-    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise Vox2VoxError(f"{path}: unsupported checkpoint format {meta.get('format')} v{meta.get('format_version')}")
+    if not isinstance(meta, dict):
+        raise Vox2VoxError(f"{path}: corrupt vox2vox metadata in the checkpoint header (not a JSON object)")
+    version = meta.get("format_version", 0)
+    if meta.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
+        raise Vox2VoxError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{version!r}")
+    check_metadata(meta, path)
+    check_finite_tensors(tensors, path)
     generator = {k[len("generator.") :]: v for k, v in tensors.items() if k.startswith("generator.")}
     discriminator = {k[len("discriminator.") :]: v for k, v in tensors.items() if k.startswith("discriminator.")}
     optimizers: dict[str, dict[str, Any]] = {}
     for opt_name, om in meta.get("optimizers", {}).items():
         state = {}
         for idx, entry in om["state"].items():
-            state[int(idx)] = {
-                key: tensors[f"optim.{opt_name}.{idx}.{key}"] if value == "tensor" else value
-                for key, value in entry.items()
-            }
+            state[int(idx)] = {}
+            for key, value in entry.items():
+                name = f"optim.{opt_name}.{idx}.{key}"
+                if value == "tensor" and name not in tensors:
+                    raise Vox2VoxError(f"{path}: malformed checkpoint: optimizer tensor {name!r} is missing")
+                state[int(idx)][key] = tensors[name] if value == "tensor" else value
         optimizers[opt_name] = {"param_groups": om["param_groups"], "state": state}
     state = dict(meta.get("state", {}))
     state["versions"] = meta.get("versions", {})
     return Checkpoint(config=meta["config"], generator=generator, discriminator=discriminator,
                       optimizers=optimizers, state=state)
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse NaN/Inf weights (they predict all background silently), naming the first tensor."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            n_bad = int((~torch.isfinite(tensor)).sum())
+            raise Vox2VoxError(
+                f"{path}: tensor {name!r} holds {n_bad} NaN/Inf value(s); the checkpoint is corrupt or "
+                "from a diverged run: use an earlier checkpoint"
+            )
+
+
+#: Typed fields of the checkpoint's ``state`` block (other keys are kept as they are).
+_INT_FIELDS = ("epoch", "step", "best_epoch", "batches_done", "val_mark")
+
+
+def check_metadata(meta: dict[str, Any], path: Path) -> None:
+    """Validate the checkpoint's JSON metadata: the config with the same typed :class:`Config` as
+    ``--config``, the counters and label information by type, the optimiser layout by shape.
+
+    Every problem is one :class:`Vox2VoxError` naming ``path`` and the field.
+    """
+
+    def bad(field: str, value: Any, expected: str) -> Vox2VoxError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return Vox2VoxError(f"{path}: malformed checkpoint metadata: {field}={shown} ({expected}); "
+                            "re-save the checkpoint or use another")
+
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise bad("config", config, "expected a table of sections")
+    try:
+        Config.from_dict(config, source=f"{path}: checkpoint config", ignore_unknown=True)
+    except Vox2VoxError as err:
+        message = str(err)
+        raise Vox2VoxError(message if message.startswith(str(path)) else f"{path}: checkpoint config: {message}") from err
+    state = meta.get("state", {})
+    if not isinstance(state, dict):
+        raise bad("state", state, "expected a JSON object")
+    for key in _INT_FIELDS:
+        if key in state and (isinstance(state[key], bool) or not isinstance(state[key], int)):
+            raise bad(f"state.{key}", state[key], "expected an integer")
+    best = state.get("best_score")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, int | float)):
+        raise bad("state.best_score", best, "expected a number or null")
+    seconds = state.get("seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+        raise bad("state.seconds", seconds, "expected a finite number of seconds >= 0")
+    channels = state.get("channels")
+    if channels is not None and (not isinstance(channels, list) or not all(isinstance(c, str) for c in channels)):
+        raise bad("state.channels", channels, "expected a list of channel names")
+    for key in ("layout", "rng_state"):
+        if state.get(key) is not None and not isinstance(state[key], str):
+            raise bad(f"state.{key}", state[key], "expected a string")
+    for key in ("scaler", "partial_sums"):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            raise bad(f"state.{key}", state[key], "expected a JSON object")
+    if isinstance(state.get("partial_sums"), dict):
+        for key, value in state["partial_sums"].items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise bad(f"state.partial_sums.{key}", value, "expected a number")
+    if "convention" in state:
+        if not isinstance(state["convention"], dict | str):
+            raise bad("state.convention", state["convention"], "expected a label convention")
+        try:
+            get_convention(state["convention"])
+        except Vox2VoxError as err:
+            raise Vox2VoxError(f"{path}: malformed checkpoint metadata: state.convention: {err}") from err
+    optimizers = meta.get("optimizers", {})
+    if not isinstance(optimizers, dict):
+        raise bad("optimizers", optimizers, "expected a JSON object")
+    for name, om in optimizers.items():
+        if not isinstance(om, dict) or not isinstance(om.get("param_groups"), list) or not isinstance(om.get("state"), dict):
+            raise bad(f"optimizers.{name}", om, "expected param_groups (a list) and state (an object)")
+        if not all(isinstance(g, dict) for g in om["param_groups"]):
+            raise bad(f"optimizers.{name}.param_groups", om["param_groups"], "expected a list of objects")
+        for idx, entry in om["state"].items():
+            if not str(idx).isdigit() or not isinstance(entry, dict):
+                raise bad(f"optimizers.{name}.state.{idx}", entry, "expected a parameter index and an object")
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path, *, what: str) -> None:
+    """``module.load_state_dict(weights)`` with one line naming ``path`` when they do not fit.
+
+    Lists (at most three of) the missing, unexpected and mis-shaped tensors instead of torch's
+    multi-line report.
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items() if k in weights and tuple(weights[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape differs (checkpoint vs model)", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    if problems:
+        raise Vox2VoxError(
+            f"{path}: {what} weights do not fit the network its config describes ({'; '.join(problems)}); "
+            "use the checkpoint with the config it was trained with"
+        )
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise Vox2VoxError(f"{path}: {what} weights cannot be loaded ({first})") from err
 
 
 def resolve_checkpoint(path: str | Path, *, which: str = "best") -> Path:

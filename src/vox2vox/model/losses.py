@@ -85,8 +85,11 @@ def generalized_dice_loss(
     weighting: DiceWeighting = "fixed",
     class_weights: torch.Tensor | None = None,
     eps: float = 1e-6,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """1 - 2 * sum_c w_c sum(y p) / (sum_c w_c sum(y + p) + eps), over the whole batch.
+
+    ``mask`` (see :func:`labelled_mask`) leaves out voxels carrying the ignore label.
 
     ``target`` and ``probs`` are ``(B, C, D, H, W)`` (one-hot and softmax); every class including
     background counts, as in the authors' implementation. ``weighting``:
@@ -96,18 +99,22 @@ def generalized_dice_loss(
     rescaled to mean 1 so that ``eps`` stays negligible),
     ``uniform`` uses w_c = 1.
     """
-    return dice_loss_from_sums(dice_sums(target, probs), weighting=weighting, class_weights=class_weights, eps=eps)
+    sums = dice_sums(target, probs, mask=mask)
+    return dice_loss_from_sums(sums, weighting=weighting, class_weights=class_weights, eps=eps)
 
 
-def dice_sums(target: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+def dice_sums(target: torch.Tensor, probs: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-class sums over batch and space: a ``(3, C)`` stack of sum(y p), sum(y + p), sum(y).
 
     Sums add up across batch shards, so data-parallel training can all-reduce them and get the
-    loss of the whole batch (see ``distributed.batch_dice_loss``).
+    loss of the whole batch (see ``distributed.batch_dice_loss``). ``mask`` ``(B, 1, D, H, W)``
+    (1 = counts, 0 = ignore label) drops voxels from every sum.
     """
     if target.shape != probs.shape:
         raise Vox2VoxError(f"dice loss: target {tuple(target.shape)} and prediction {tuple(probs.shape)} differ")
     target, probs = target.float(), probs.float()
+    if mask is not None:
+        target, probs = target * mask, probs * mask
     dims = [0, *range(2, target.ndim)]
     return torch.stack([(target * probs).sum(dims), (target + probs).sum(dims), target.sum(dims)])
 
@@ -141,25 +148,50 @@ def dice_loss_from_sums(
     return 1.0 - 2.0 * (w * intersection).sum() / ((w * denominator).sum() + eps)
 
 
-def per_sample_dice_loss(target: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+def per_sample_dice_loss(
+    target: torch.Tensor, probs: torch.Tensor, *, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over samples and classes of 1 - soft Dice, each over its own voxels (MONAI's DiceLoss
-    with ``batch=False``; smoothing 1e-5 so an absent class predicted absent costs nothing)."""
+    with ``batch=False``; smoothing 1e-5 so an absent class predicted absent costs nothing).
+
+    ``mask`` (see :func:`labelled_mask`) leaves out voxels carrying the ignore label, as MONAI's
+    ``MaskedDiceLoss`` does: both tensors are zeroed there before the sums.
+    """
     if target.shape != probs.shape:
         raise Vox2VoxError(f"dice loss: target {tuple(target.shape)} and prediction {tuple(probs.shape)} differ")
-    return _PER_SAMPLE_DICE(probs.float(), target.float())
+    target, probs = target.float(), probs.float()
+    if mask is not None:
+        target, probs = target * mask, probs * mask
+    return _PER_SAMPLE_DICE(probs, target)
 
 
 _PER_SAMPLE_DICE = DiceLoss(include_background=True, softmax=False, batch=False, smooth_nr=1e-5, smooth_dr=1e-5)
 
 
-def cross_entropy_from_probs(target: torch.Tensor, probs: torch.Tensor, *, floor: float = 1e-7) -> torch.Tensor:
+def cross_entropy_from_probs(
+    target: torch.Tensor, probs: torch.Tensor, *, floor: float = 1e-7, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over voxels of ``-sum_c y_c log p_c`` for one-hot ``target`` and softmax ``probs``.
 
     Both ``(B, C, D, H, W)``; the generator returns probabilities, so the log is taken here, with
     ``p`` floored at ``floor`` (float32) so a confidently wrong voxel costs about 16, not infinity.
+    With ``mask`` (see :func:`labelled_mask`) the mean runs over the labelled voxels only.
     """
     log_p = probs.float().clamp_min(floor).log()
-    return -(target.float() * log_p).sum(dim=1).mean()
+    per_voxel = -(target.float() * log_p).sum(dim=1)
+    if mask is None:
+        return per_voxel.mean()
+    keep = mask.float().squeeze(1)
+    return (per_voxel * keep).sum() / keep.sum().clamp_min(1.0)
+
+
+def labelled_mask(label: torch.Tensor) -> torch.Tensor | None:
+    """``(B, 1, D, H, W)`` float mask of the voxels that count in the losses: 0 where ``label`` is
+    negative (the ignore label, class index -1), else 1. None when every voxel counts."""
+    keep = label >= 0
+    if bool(keep.all()):
+        return None
+    return keep.unsqueeze(1).float()
 
 
 def fixed_class_weights(labels: list[np.ndarray], n_classes: int) -> tuple[float, ...]:
@@ -171,6 +203,7 @@ def fixed_class_weights(labels: list[np.ndarray], n_classes: int) -> tuple[float
     counts = np.zeros(n_classes, dtype=np.float64)
     for label in labels:
         values = np.asarray(label).ravel().astype(np.int64)
+        values = values[values != -1]  # the ignore label (class index -1) is not balanced
         if values.size and (values.min() < 0 or values.max() >= n_classes):
             # e.g. a BraTS label 4 not mapped to 3: silently dropping it would skew the weights.
             raise Vox2VoxError(
@@ -187,5 +220,10 @@ def fixed_class_weights(labels: list[np.ndarray], n_classes: int) -> tuple[float
 
 
 def one_hot(label: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """``(B, D, H, W)`` integer classes -> ``(B, C, D, H, W)`` float one-hot."""
-    return torch.nn.functional.one_hot(label.long(), n_classes).movedim(-1, 1).float()
+    """``(B, D, H, W)`` integer classes -> ``(B, C, D, H, W)`` float one-hot.
+
+    Negative labels (the ignore label) get an all-zero vector.
+    """
+    label = label.long()
+    encoded = torch.nn.functional.one_hot(label.clamp_min(0), n_classes).movedim(-1, 1).float()
+    return encoded * (label >= 0).unsqueeze(1) if bool((label < 0).any()) else encoded

@@ -146,6 +146,7 @@ def evaluate_folder(
         raise Vox2VoxError(f"{pred_dir}: prediction folder not found; give the folder predict wrote")
     truth_files, dataset_convention = _truth_cases(truth)
     predictions = index_predictions(pred_dir)
+    check_pairing(pred_dir, truth, truth_files, predictions)
 
     # Read everything once: per-label regions need every label value before scoring.
     pairs: list[tuple[str, np.ndarray, np.ndarray | None, tuple[float, ...]]] = []
@@ -163,15 +164,22 @@ def evaluate_folder(
                 )
         pairs.append((case_id, true_labels, pred_labels, true_geometry.spacing))
 
+    ignore = _ignore_label(convention, dataset_convention)
     region_map = _resolve_regions(regions, convention, dataset_convention, pairs)
+    if ignore is not None:
+        region_map = {k: tuple(v for v in vals if v != ignore) for k, vals in region_map.items()}
+        region_map = {k: vals for k, vals in region_map.items() if vals}
     rows: list[dict[str, object]] = []
     for case_id, true_labels, pred_labels, spacing in pairs:
         missing = pred_labels is None
         pred = np.zeros_like(true_labels) if pred_labels is None else pred_labels
+        # Voxels whose truth is the ignore label count for neither side (nnU-Net's rule).
+        scored = None if ignore is None else true_labels != ignore
         for name, values in region_map.items():
-            scores = score_masks(
-                np.isin(pred, values), np.isin(true_labels, values), spacing=spacing
-            )
+            pred_mask, true_mask = np.isin(pred, values), np.isin(true_labels, values)
+            if scored is not None:
+                pred_mask, true_mask = pred_mask & scored, true_mask & scored
+            scores = score_masks(pred_mask, true_mask, spacing=spacing)
             rows.append({"case": case_id, "region": name, **scores, "missing_prediction": missing})
 
     missing_ids = tuple(c for c, _, p, _ in pairs if p is None)
@@ -188,6 +196,39 @@ def evaluate_folder(
     if out_csv is not None:
         result = write_result(result, out_csv)
     return result
+
+
+def check_pairing(pred_dir: Path, truth: Path, truth_files: Mapping[str, Path], predictions: Mapping[str, Path]) -> None:
+    """Refuse an evaluation that cannot mean anything: no prediction matches any truth case, or
+    the predictions are the truth files themselves (Dice 1 without a word)."""
+    matched = [c for c in truth_files if c in predictions]
+    if not matched:
+        shown_truth = ", ".join(list(truth_files)[:3]) + (", ..." if len(truth_files) > 3 else "")
+        shown_pred = ", ".join(sorted(p.name for p in predictions.values())[:3]) or "no NIfTI files"
+        raise Vox2VoxError(
+            f"{pred_dir}: no prediction matches a truth case (truth cases: {shown_truth}; predictions: "
+            f"{shown_pred}); name predictions <case id>.nii.gz as vox2vox predict does"
+        )
+    same = [c for c in matched if _same_file(predictions[c], truth_files[c])]
+    if same:
+        raise Vox2VoxError(
+            f"{pred_dir}: the predictions are the truth files themselves ({len(same)} of {len(matched)}, e.g. "
+            f"{predictions[same[0]].name}); give the folder predict wrote as --pred"
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _ignore_label(convention: object, dataset_convention: LabelConvention | None) -> int | None:
+    """The ignore label of the convention in use (given, else the dataset's), or None."""
+    if convention is not None:
+        return get_convention(convention).ignore  # type: ignore[arg-type]
+    return dataset_convention.ignore if dataset_convention is not None else None
 
 
 def summarize(
@@ -319,17 +360,22 @@ def _case_id_of(name: str) -> str | None:
 
 
 def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
-    """Read a label map in canonical orientation as int32; non-integer values are an error."""
+    """Read a label map in canonical orientation as int64; non-integer values are an error."""
     data, geometry = read_volume(path)
+    # int64, never int32: a label 2**40 must not wrap onto another label's value.
     if np.issubdtype(data.dtype, np.integer):
-        return data.astype(np.int32, copy=False), geometry
+        if data.dtype == np.uint64 and data.size and int(data.max()) > np.iinfo(np.int64).max:
+            raise Vox2VoxError(f"{path}: label values beyond 2**63; expected a label map")
+        return data.astype(np.int64, copy=False), geometry
     rounded = round_label_map(data)
     if rounded is None:
         raise Vox2VoxError(
             f"{path}: holds non-integer values; expected a label map (write argmax labels, "
             "not probabilities)"
         )
-    return rounded.astype(np.int32), geometry
+    if data.size and float(np.abs(rounded).max()) > 2.0**53:
+        raise Vox2VoxError(f"{path}: label values up to {float(np.abs(rounded).max()):.3g}; expected a label map")
+    return rounded.astype(np.int64), geometry
 
 
 def _resolve_regions(

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from vox2vox.atomic import atomic_write_text
+from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
 from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.rundir import RunDir, read_metrics
 from vox2vox.train import distributed
+from vox2vox.train.runlock import check_run_folder
 from vox2vox.train.runs import train_on_dataset
 from vox2vox.train.training import FitResult
 
@@ -58,12 +59,27 @@ def kfold_splits(case_ids: Sequence[str], k: int, *, seed: int) -> list[dict[str
     return folds
 
 
+def read_folds_file(path: Path) -> dict:
+    """A saved ``folds.json``, checked: one line naming it when unreadable or of the wrong shape."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        message = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise Vox2VoxError(f"{path}: cannot read the saved folds ({message}); repair or delete it") from err
+    folds = saved.get("folds") if isinstance(saved, dict) else None
+    k = saved.get("k") if isinstance(saved, dict) else None
+    if (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000 or not isinstance(folds, list)
+            or not all(isinstance(f, dict) for f in folds)):
+        raise Vox2VoxError(f"{path}: malformed saved folds (expected k and a list of folds); repair or delete it")
+    return saved
+
+
 def prepare_folds(cv_dir: str | Path, case_ids: Sequence[str], k: int, *, seed: int) -> list[dict[str, list[str]]]:
     """Make and save the folds, or read back the saved ones (they must describe the same job)."""
     path = Path(cv_dir) / FOLDS_FILE
     ids = sorted(set(case_ids))
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_folds_file(path)
         if saved.get("k") != k or saved.get("seed") != seed or saved.get("cases") != ids:
             raise Vox2VoxError(
                 f"{path}: holds {saved.get('k')} folds (seed {saved.get('seed')}) over "
@@ -102,8 +118,10 @@ def run_cross_validation(
     if not labelled:
         raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
     cv_dir = Path(cv_dir)
+    for i in range(folds) if fold is None else [fold]:  # before anything is written
+        check_run_folder(fold_dir(cv_dir, i), resume=resume)
     if distributed.is_main():
-        cv_dir.mkdir(parents=True, exist_ok=True)
+        ensure_folder(cv_dir)
     splits = prepare_folds(cv_dir, labelled, folds, seed=config.train.seed)
 
     results: dict[int, FitResult] = {}
@@ -137,8 +155,8 @@ def is_cv_dir(path: str | Path) -> bool:
 def cv_model_paths(cv_dir: str | Path) -> list[Path]:
     """The fold run directories of a cross-validation directory, every fold required."""
     cv_dir = Path(cv_dir)
-    saved = json.loads((cv_dir / FOLDS_FILE).read_text())
-    k = int(saved["k"])
+    saved = read_folds_file(cv_dir / FOLDS_FILE)
+    k = saved["k"]
     paths = [fold_dir(cv_dir, i) for i in range(k)]
     missing = [p.name for p in paths if not RunDir(p).best.is_file() and not RunDir(p).last.is_file()]
     if missing:

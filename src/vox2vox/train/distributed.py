@@ -255,6 +255,7 @@ def batch_dice_loss(
     weighting: str,
     class_weights: torch.Tensor | None,
     eps: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The generalized Dice loss over the *global* batch, identical on every rank.
 
@@ -263,7 +264,7 @@ def batch_dice_loss(
     per-class sums (intersection, denominator, and the class counts Sudre weighting needs) are
     all-reduced first, so the loss and its gradient are those of the full batch.
     """
-    sums = dice_sums(target, probs)
+    sums = dice_sums(target, probs, mask=mask)
     if is_distributed():
         sums = _AllReduceSum.apply(sums)
     return dice_loss_from_sums(sums, weighting=weighting, class_weights=class_weights, eps=eps)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from vox2vox.config import Config
 from vox2vox.data.fingerprint import Fingerprint, fingerprint_dataset
@@ -259,9 +260,7 @@ def plan_dataset(config: Config, *, budget_seconds: float | None, device: Device
     if not labelled:
         raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
     convention = get_convention(config.data.convention) if config.data.convention else spec.label_convention()
-    if progress:
-        print(f"plan: reading {len(labelled)} cases once (spacing, shape, intensities, labels)", file=sys.stderr)
-    fp, _ = fingerprint_dataset(labelled, spec.channel_names, convention, seed=config.train.seed)
+    fp, _ = fingerprint_dataset(labelled, spec.channel_names, convention, seed=config.train.seed, progress=progress)
     return plan_from_fingerprint(fp, device=device, budget_seconds=budget_seconds, progress=progress)
 
 
@@ -275,21 +274,22 @@ def plan_from_fingerprint(fp: Fingerprint, *, device: Device, budget_seconds: fl
 
     spacing, _ = target_spacing(fp, voxel_budget(device, budget_seconds))
     candidates = patch_candidates([e / s for e, s in zip(fp.median_foreground_mm, spacing, strict=True)])
-    if progress:
-        print(f"plan: timing training steps of {len(candidates)} candidate patch sizes on {device.kind}",
-              file=sys.stderr)
-    table = measure_throughput(candidates, config_for, device=device)
+    table = measure_throughput(candidates, config_for, device=device, progress=progress)
     return make_plan(fp, device=device, budget_seconds=budget_seconds, throughput=table)
 
 
 # ---- the measurement ---------------------------------------------------------------------------
 def measure_throughput(candidates: Sequence[tuple[int, int, int]], make_config: Callable[[tuple[int, int, int]], Config],
-                       *, device: Device, steps: int = 3, max_seconds: float = 60.0) -> dict[str, float]:
+                       *, device: Device, steps: int = 3, max_seconds: float = 60.0,
+                       progress: bool = False) -> dict[str, float]:
     """Seconds per training step (G and D half-steps, random data) of each candidate patch, smallest
-    first; stops early once a step takes more than ``max_seconds / 4`` (larger ones only cost more)."""
+    first; stops early once a step takes more than ``max_seconds / 4`` (larger ones only cost more).
+    ``progress`` shows a progress bar on stderr that vanishes when done."""
     table: dict[str, float] = {}
     spent = 0.0
-    for patch in candidates:
+    bar = tqdm(candidates, desc=f"plan: timing training steps of candidate patch sizes on {device.kind}",
+               leave=False, disable=not progress, file=sys.stderr)
+    for patch in bar:
         config = make_config(patch)
         state = build_state(config, device=torch.device(device.kind))
         g = torch.Generator().manual_seed(0)

@@ -94,17 +94,25 @@ def estimate_memory(config: Config, *, world_size: int = 1, amp: str | None = No
     amp = amp or ("bf16" if config.train.amp == "auto" else config.train.amp)
     ckpt = config.train.activation_checkpointing if activation_checkpointing is None else activation_checkpointing
     half = amp in ("bf16", "fp16")
-    with torch.device("meta"):
-        generator = build_generator(config.generator)
-        discriminator = Discriminator(config.discriminator)
-        image = torch.empty(batch, config.generator.in_channels, *config.train.patch_size)
-    n_g = sum(p.numel() for p in generator.parameters())
-    n_d = sum(p.numel() for p in discriminator.parameters())
+    try:
+        with torch.device("meta"):
+            generator = build_generator(config.generator)
+            discriminator = Discriminator(config.discriminator)
+            image = torch.empty(batch, config.generator.in_channels, *config.train.patch_size)
+        n_g = sum(p.numel() for p in generator.parameters())
+        n_d = sum(p.numel() for p in discriminator.parameters())
 
-    # Activations: what autograd keeps for backward, from shape-only forwards.
-    g_stats = _saved_tensors(generator, lambda: generator(image), per_block=ckpt)
-    probs = torch.empty(batch, config.generator.n_classes, *config.train.patch_size, device="meta", requires_grad=True)
-    d_stats = _saved_tensors(discriminator, lambda: discriminator(image, probs), per_block=False)
+        # Activations: what autograd keeps for backward, from shape-only forwards.
+        g_stats = _saved_tensors(generator, lambda: generator(image), per_block=ckpt)
+        probs = torch.empty(batch, config.generator.n_classes, *config.train.patch_size, device="meta",
+                            requires_grad=True)
+        d_stats = _saved_tensors(discriminator, lambda: discriminator(image, probs), per_block=False)
+    except (RuntimeError, OverflowError, MemoryError) as err:  # sizes past what torch can index
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise Vox2VoxError(
+            f"config: batch {batch} x patch {list(config.train.patch_size)} with these networks cannot be "
+            f"planned ({first[:120]}); use smaller sizes"
+        ) from err
     act_g = g_stats.checkpointed_bytes if ckpt else g_stats.total_bytes
     act_d = d_stats.total_bytes
     if half:

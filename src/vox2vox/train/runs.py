@@ -22,7 +22,7 @@ from tqdm import tqdm
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
 from vox2vox.data.augmentation import Augmenter, sample_patch
-from vox2vox.data.labels import get_convention
+from vox2vox.data.labels import IGNORE_INDEX, LabelConvention, get_convention, infer_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
 from vox2vox.device import tune_cpu_allocator
@@ -32,6 +32,7 @@ from vox2vox.model.checkpoint import ModelInfo
 from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
+from vox2vox.train.runlock import RunLock, check_run_folder
 from vox2vox.train.selection import choose_prediction_options, record_prediction_options
 from vox2vox.train.training import FitResult, Validator, fit
 
@@ -57,6 +58,7 @@ def train_on_dataset(
     progress: bool = True,
     split: tuple[Sequence[str], Sequence[str]] | None = None,
     started: float | None = None,
+    plan_toml: str | None = None,
 ) -> FitResult:
     """Discover, check, load and split ``config.data.path``, then :func:`fit` with validation by Dice.
 
@@ -68,10 +70,13 @@ def train_on_dataset(
     split is saved as ``split.json``, and checkpoints record the channel names, label convention
     and preprocessing so that ``predict`` needs nothing but the checkpoint. ``split`` gives the
     (train ids, validation ids) explicitly (cross-validation folds) instead of :func:`split_cases`.
+    ``plan_toml`` (the plan ``vox2vox train`` made) is written as ``plan.toml`` beside ``split.json``,
+    once the run folder is checked and locked.
     """
     started = time.perf_counter() if started is None else started
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
+    check_run_folder(run_dir, resume=resume)  # before anything is read or written
     # Under torchrun every rank loads the cases; rank 0 alone writes and shows progress.
     ctx = distributed.setup(config.train.device)
     progress = progress and ctx.is_main
@@ -88,8 +93,7 @@ def train_on_dataset(
     for case in tqdm(labelled, desc="loading cases", disable=not progress, leave=False, file=sys.stderr):
         cases[case.case_id] = load_case(case, convention=convention, prep=config.preprocess)
     if convention is None:
-        top = max(int(c.label.max()) for c in cases.values())
-        convention = get_convention({"name": "classes", "values": {str(v): f"class_{v}" for v in range(top + 1)}})
+        convention = apply_inferred_convention(cases, where=config.data.path, announce=progress)
     if split is None:
         train_ids, val_ids = split_cases(list(cases), val_fraction=config.data.val_fraction,
                                          val_cases=config.data.val_cases, seed=config.train.seed)
@@ -99,9 +103,30 @@ def train_on_dataset(
         if unknown:
             raise Vox2VoxError(f"{config.data.path}: the split names cases the data does not hold: {', '.join(unknown[:5])}")
     run_dir = Path(run_dir)
+    # One training process per run folder (rank 0 holds the lock for the job).
+    lock = RunLock(run_dir).acquire() if ctx.is_main else None
+    try:
+        return _train_locked(config, spec, cases, convention, train_ids, val_ids, run_dir, ctx=ctx,
+                             resume=resume, progress=progress, started=started, plan_toml=plan_toml)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: LabelConvention,
+                  train_ids: list[str], val_ids: list[str], run_dir: Path, *, ctx: distributed.DistContext,
+                  resume: bool, progress: bool, started: float, plan_toml: str | None) -> FitResult:
+    """The part of :func:`train_on_dataset` that writes into ``run_dir`` (under its lock)."""
+    check_run_folder(run_dir, resume=resume)  # again, now that no other process can change it
+    weights = config.loss.class_weights
+    if weights is not None and not resume and len(weights) != convention.n_classes:
+        raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
+                           f"({convention.n_classes} classes: {', '.join(map(str, convention.source_values))})")
     if ctx.is_main:
         ensure_folder(run_dir)
         atomic_write_text(RunDir(run_dir).split, json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
+        if plan_toml is not None:
+            atomic_write_text(RunDir(run_dir).plan, plan_toml)
 
     # The networks take the data's channel and class counts.
     n_channels, n_classes = len(spec.channel_names), convention.n_classes
@@ -136,6 +161,23 @@ def train_on_dataset(
     return result
 
 
+def apply_inferred_convention(cases: dict[str, Any], *, where: Any, announce: bool) -> LabelConvention:
+    """No convention given: infer one from the label values present in ``cases`` (loaded with raw
+    values), map every label to its classes in place, and return the convention.
+
+    Bounded by :data:`vox2vox.data.labels.MAX_INFERRED_CLASSES`; nothing is sized by the largest value.
+    """
+    values: set[int] = set()
+    for case in cases.values():
+        values.update(int(v) for v in np.unique(case.label))
+    convention, note = infer_convention(values, where=where)
+    for case in cases.values():
+        case.label = convention.to_classes(case.label)
+    if note and announce:
+        tqdm.write(f"note: {note}", file=sys.stderr)
+    return convention
+
+
 def make_validator(val_cases: Sequence[Any], convention: Any, config: Config) -> Validator:
     """Score the generator on whole, un-augmented validation volumes: mean Dice over regions.
 
@@ -151,8 +193,9 @@ def make_validator(val_cases: Sequence[Any], convention: Any, config: Config) ->
             probs = predict_probabilities([generator], case.image, config=infer, device=device)
             pred = convention.region_masks(convention.to_source(probs.argmax(0)))
             true = convention.region_masks(convention.to_source(case.label))
+            scored = case.label != IGNORE_INDEX  # the ignore label counts for neither side
             for name in true:
-                per_region.setdefault(name, []).append(dice(pred[name], true[name]))
+                per_region.setdefault(name, []).append(dice(pred[name] & scored, true[name] & scored))
         scores = {f"val_dice_{name}": float(np.mean(v)) for name, v in per_region.items()}
         scores["val_dice"] = float(np.mean(list(scores.values()))) if scores else 0.0
         return scores

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vox2vox.data.labels import LabelConvention
+from vox2vox.data.labels import IGNORE_INDEX, LabelConvention
 from vox2vox.infer.inference import InferenceConfig, predict_probabilities
 from vox2vox.infer.postprocessing import PostprocessConfig, postprocess
 from vox2vox.model.checkpoint import load_checkpoint, save_checkpoint
@@ -29,10 +29,14 @@ TTA_SECONDS_PER_CASE = 120.0
 MIN_GAIN = 1e-3
 
 
-def region_dice(pred_source: np.ndarray, true_source: np.ndarray, convention: LabelConvention) -> dict[str, float]:
-    """Dice per evaluation region (BraTS empty-mask rule) of two label maps in source values."""
+def region_dice(pred_source: np.ndarray, true_source: np.ndarray, convention: LabelConvention,
+                scored: np.ndarray | None = None) -> dict[str, float]:
+    """Dice per evaluation region (BraTS empty-mask rule) of two label maps in source values;
+    ``scored`` (boolean) leaves out the voxels it is False at (the ignore label) on both sides."""
     pred, true = convention.region_masks(pred_source), convention.region_masks(true_source)
-    return {name: dice(pred[name], true[name]) for name in true}
+    if scored is None:
+        return {name: dice(pred[name], true[name]) for name in true}
+    return {name: dice(pred[name] & scored, true[name] & scored) for name in true}
 
 
 def choose_prediction_options(generator: torch.nn.Module, val_cases: Sequence[Any], convention: LabelConvention,
@@ -44,6 +48,7 @@ def choose_prediction_options(generator: torch.nn.Module, val_cases: Sequence[An
     seconds = {False: 0.0, True: 0.0}
     for case in val_cases:
         truth = convention.to_source(case.label)
+        scored = case.label != IGNORE_INDEX  # the ignore label counts for neither side
         for tta in (False, True):
             t0 = time.perf_counter()
             infer = InferenceConfig(mode="auto", window=window, overlap=0.25, tta_flips=tta)
@@ -53,7 +58,7 @@ def choose_prediction_options(generator: torch.nn.Module, val_cases: Sequence[An
             for option in options:
                 pred = labels if option == "off" else postprocess(
                     labels, config=PostprocessConfig(largest_component=option), convention=convention)
-                per_region = region_dice(pred, truth, convention)
+                per_region = region_dice(pred, truth, convention, scored)
                 scores.setdefault(f"tta={tta},largest_component={option}", []).append(float(np.mean(list(per_region.values()))))
     mean = {k: float(np.mean(v)) for k, v in scores.items()}
     n = max(len(val_cases), 1)

@@ -59,6 +59,7 @@ from vox2vox.model.losses import (
     cross_entropy_from_probs,
     discriminator_accuracy,
     fixed_class_weights,
+    labelled_mask,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
     one_hot,
@@ -155,6 +156,7 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     (:func:`_update_generator`).
     """
     target = one_hot(label, config.generator.n_classes)
+    mask = labelled_mask(label)  # None unless the batch holds ignore-label voxels
     state.generator.train()
     state.discriminator.train()
     with autocast(state.device, state.amp):
@@ -162,19 +164,24 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     out: dict[str, float] = {}
     adversarial = config.loss.adversarial and progress >= config.loss.adversarial_start
     if adversarial:
-        out.update(_update_discriminator(state, image, target, fake, config))
-    out.update(_update_generator(state, image, target, fake, config, adversarial=adversarial))
+        out.update(_update_discriminator(state, image, target, fake, config, mask=mask))
+    out.update(_update_generator(state, image, target, fake, config, adversarial=adversarial, mask=mask))
     # Logged values are means over the global batch (each rank saw an equal share).
     return distributed.mean_over_ranks(out)
 
 
 def _update_discriminator(
-    state: TrainState, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, config: Config
+    state: TrainState, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, config: Config, *,
+    mask: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """D's half-step on (image, truth) and (image, detached fake), unless the accuracy gate holds it."""
+    """D's half-step on (image, truth) and (image, detached fake), unless the accuracy gate holds it.
+
+    Ignore-label voxels (``mask`` 0) show D the fake's own values there, so it cannot learn from them.
+    """
     D, gate = state.discriminator, config.train.d_accuracy_gate
+    real = target if mask is None else target * mask + fake.detach().float() * (1 - mask)
     with autocast(state.device, state.amp):
-        real_scores = D(image, target)
+        real_scores = D(image, real)
         fake_scores = D(image, fake.detach())
     loss_d = lsgan_discriminator_loss(real_scores, fake_scores)
     accuracy = distributed.mean_over_ranks(
@@ -191,23 +198,28 @@ def _update_discriminator(
 
 def _update_generator(
     state: TrainState, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, config: Config, *,
-    adversarial: bool,
+    adversarial: bool, mask: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """G's half-step with D frozen: lambda * Dice (+ cross-entropy) + lambda_adv * adversarial term."""
+    """G's half-step with D frozen: lambda * Dice (+ cross-entropy) + lambda_adv * adversarial term.
+
+    ``mask`` (:func:`vox2vox.model.losses.labelled_mask`) leaves ignore-label voxels out of the Dice
+    and cross-entropy terms.
+    """
     loss_cfg = config.loss
     out: dict[str, float] = {}
     if loss_cfg.dice == "per_sample":
         # A mean of per-sample terms: under DDP, averaging the ranks' gradients gives the global batch's.
-        loss_dice = per_sample_dice_loss(target, fake)
+        loss_dice = per_sample_dice_loss(target, fake, mask=mask)
     else:
         # The GDL is a ratio of sums over the whole (global) batch: under DDP its sums span all ranks.
         loss_dice = distributed.batch_dice_loss(
-            target, fake, weighting=loss_cfg.dice_weighting, class_weights=state.class_weights, eps=loss_cfg.eps
+            target, fake, weighting=loss_cfg.dice_weighting, class_weights=state.class_weights, eps=loss_cfg.eps,
+            mask=mask,
         )
     loss_g = loss_cfg.lambda_dice * loss_dice
     if loss_cfg.lambda_ce > 0:
         # A per-voxel mean: under DDP, averaging the ranks' gradients gives the global batch's.
-        loss_ce = cross_entropy_from_probs(target, fake)
+        loss_ce = cross_entropy_from_probs(target, fake, mask=mask)
         loss_g = loss_g + loss_cfg.lambda_ce * loss_ce
         out["loss_ce"] = loss_ce.item()
     if adversarial:
@@ -345,7 +357,7 @@ def fit(
     interrupted = _InterruptFlag()
     with interrupted:
         while not _finished(state, config):
-            row = _train_epoch(state, config, train_cases, state.epoch, sample_patch, augment,
+            row = _train_epoch(state, config, train_cases, state.epoch, sample_patch, augment, run=run,
                                ctx=ctx, interrupted=interrupted, progress=progress, on_step=on_step, clock=clock)
             state.seconds = clock()
             if row is None:  # Ctrl-C: keep the batches trained so far, then stop
@@ -382,7 +394,7 @@ def _start_or_resume(
         # The run's class weights were computed from its training labels: keep them.
         config = config.replace(loss=_replace(config.loss, class_weights=saved.loss.class_weights))
         state = build_state(config, device=ctx.device)
-        restore_training_state(state, ckpt)
+        restore_training_state(state, ckpt, last)
     else:
         if run.last.exists():
             raise Vox2VoxError(f"{run.root}: already holds a run; pass --resume to continue it or choose a new --out")
@@ -392,6 +404,10 @@ def _start_or_resume(
                 weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
                 config = config.replace(loss=_replace(config.loss, class_weights=weights))
         state = build_state(config, device=ctx.device)
+    weights = config.loss.class_weights
+    if weights is not None and len(weights) != config.generator.n_classes:
+        raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
+                           f"({config.generator.n_classes} classes)")
     state.generator = distributed.wrap(state.generator, ctx)
     state.discriminator = distributed.wrap(state.discriminator, ctx)
     history = read_metrics(run.metrics, upto_epoch=state.epoch)
@@ -412,6 +428,7 @@ def _train_epoch(
     sample_patch: PatchSampler,
     augment: Augment | None,
     *,
+    run: RunDir,
     ctx: distributed.DistContext,
     interrupted: _InterruptFlag,
     progress: bool,
@@ -422,7 +439,9 @@ def _train_epoch(
 
     Every random draw is seeded by ``(seed, epoch)``: one augmented patch per case (times
     ``patches_per_case``) and the dropout RNG. On Ctrl-C the batches done, their metric sums and
-    the RNG state go into ``state`` (for an exact resume) and the return value is None.
+    the RNG state go into ``state`` (for an exact resume) and the return value is None. A
+    non-finite loss (or, under fp16, non-finite weights at the epoch's end) stops training
+    (:func:`stop_if_not_finite`) before anything of the epoch is saved.
     """
     torch.manual_seed(distributed.rank_seed(derive_seed(config.train.seed, epoch, 1)))
     skip, sums = state.batches_done, dict(state.partial_sums)
@@ -445,6 +464,8 @@ def _train_epoch(
                               label.to(state.device, non_blocking=non_blocking), config, progress=done)
         if on_step is not None:
             on_step(state)
+        if not state.scaler.is_enabled():  # fp16's scaler skips non-finite steps itself
+            stop_if_not_finite(step_out, state, run, epoch=epoch + 1)
         for k, v in step_out.items():
             sums[k] = sums.get(k, 0.0) + v
         n += 1
@@ -459,7 +480,27 @@ def _train_epoch(
     row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0,
                            "lr_g": state.opt_g.param_groups[0]["lr"]}
     row.update({k: v / max(n, 1) for k, v in sums.items()})
+    # Under fp16 a skipped overflow step may leave an Inf in the mean: the weights decide.
+    stop_if_not_finite({} if state.scaler.is_enabled() else row, state, run, epoch=state.epoch, weights=True)
     return row
+
+
+def stop_if_not_finite(values: dict[str, Any], state: TrainState, run: RunDir, *, epoch: int,
+                       weights: bool = False) -> None:
+    """Stop training (one :class:`Vox2VoxError`) when a logged loss, or with ``weights`` a generator
+    weight, is NaN/Inf: nothing of the diverged epoch is saved, so ``last`` stays the last good
+    checkpoint and ``best`` is never a non-finite epoch."""
+    bad = [f"{k}={v}" for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    if weights and not bad:
+        if not all(bool(torch.isfinite(p).all()) for p in _unwrap(state.generator).parameters()):
+            bad = ["generator weights"]
+    if not bad:
+        return
+    kept = f"the last good checkpoint is {run.last}" if run.last.is_file() else "no checkpoint was written"
+    raise Vox2VoxError(
+        f"{run.root}: training stopped in epoch {epoch} (step {state.step}): non-finite "
+        f"{', '.join(bad[:3])}; {kept}; lower the learning rates or check the data and loss settings"
+    )
 
 
 def _end_epoch(
