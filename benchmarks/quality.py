@@ -74,8 +74,9 @@ from vox2vox.model.generator import count_parameters
 from vox2vox.model.losses import generalized_dice_loss, one_hot
 from vox2vox.report.metrics import dice, hd95
 from vox2vox.train.crossval import kfold_splits
+from vox2vox.train.patches import PatchDataset
 from vox2vox.train.planner import detect_device, make_plan, plan_from_fingerprint
-from vox2vox.train.training import PatchDataset, fit
+from vox2vox.train.training import fit
 
 METHODS = ("vox2vox", "dice-only", "monai-unet")
 METRICS = ("dice", "hd95", "dice_lcc", "hd95_lcc")

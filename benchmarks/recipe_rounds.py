@@ -33,7 +33,7 @@ from vox2vox.device import tune_cpu_allocator  # noqa: E402
 from vox2vox.model.discriminator import Discriminator, DiscriminatorConfig  # noqa: E402
 from vox2vox.model.losses import lsgan_discriminator_loss, lsgan_generator_loss, one_hot  # noqa: E402
 from vox2vox.train.crossval import kfold_splits  # noqa: E402
-from vox2vox.train.training import PatchDataset  # noqa: E402
+from vox2vox.train.patches import PatchDataset  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

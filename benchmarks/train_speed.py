@@ -47,7 +47,8 @@ from vox2vox.config import Config
 from vox2vox.device import tune_cpu_allocator
 from vox2vox.model.generator import count_parameters
 from vox2vox.model.losses import generalized_dice_loss, one_hot
-from vox2vox.train.training import build_state, train_step
+from vox2vox.train.state import build_state
+from vox2vox.train.training import train_step
 
 IN_CHANNELS, N_CLASSES = 4, 4
 

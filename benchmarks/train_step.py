@@ -32,7 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from vox2vox.config import Config
 from vox2vox.device import resolve_amp, resolve_device
 from vox2vox.model.generator import count_parameters
-from vox2vox.train.training import build_networks, build_state, train_step
+from vox2vox.train.state import build_networks, build_state
+from vox2vox.train.training import train_step
 
 IN_CHANNELS = 4
 N_CLASSES = 4

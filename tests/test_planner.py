@@ -218,3 +218,24 @@ def test_budget_stop_and_resume_continue_the_schedule(tmp_path):
     rows = [r for r in result.history if "lr_g" in r]
     assert rows[-1]["lr_g"] < 0.2 * 1e-3  # decayed near its end when the budget ran out
     assert (run / "checkpoints" / "best.safetensors").is_file()  # select=last: the final model
+
+
+def test_planned_train_then_predict_from_the_command_line(tmp_path):
+    """`train` without --config plans (plan.toml in the run), counts epochs when asked for them
+    without a budget, and `predict` applies the options chosen on validation."""
+    from helpers import make_manifest
+    from vox2vox.cli import main
+
+    manifest = make_manifest(tmp_path / "data", n_cases=4)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(manifest), "--out", str(run), "--set", "train.epochs=2",
+                 "--set", "generator.base_filters=4", "--set", "train.device=\"cpu\""]) == 0
+    plan = (run / "plan.toml").read_text()
+    assert "[generator]" in plan and 'arch = "residual"' in plan
+    config = Config.from_dict(__import__("json").loads((run / "config.json").read_text()))
+    assert config.train.budget is None and config.train.epochs == 2 and config.generator.base_filters == 4
+    chosen = load_checkpoint(run / "checkpoints" / "best.safetensors").state["predict"]
+    assert set(chosen) >= {"tta", "largest_component", "validation_dice"}
+    assert main(["predict", "--model", str(run), "--input", str(manifest), "--output", str(tmp_path / "pred"),
+                 "--no-progress"]) == 0
+    assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 4

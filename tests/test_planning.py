@@ -13,7 +13,8 @@ import torch
 from vox2vox.cli import main
 from vox2vox.config import Config
 from vox2vox.train.planning import estimate_memory
-from vox2vox.train.training import build_state, train_step
+from vox2vox.train.state import build_state
+from vox2vox.train.training import train_step
 
 # Runs in a fresh process whose peak-RSS mark (VmHWM) is reset before the step: warms up,
 # builds the networks and optimisers, runs two train steps (Adam's moments appear in the first)
@@ -23,7 +24,8 @@ import json, os, sys
 import torch
 torch.set_num_threads(1)
 from vox2vox.config import Config
-from vox2vox.train.training import build_state, train_step
+from vox2vox.train.state import build_state
+from vox2vox.train.training import train_step
 
 config = Config().with_overrides(json.loads(sys.argv[1]))
 g = torch.Generator().manual_seed(0)

@@ -14,8 +14,10 @@ from vox2vox.data.labels import get_convention
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import ModelInfo, load_checkpoint
+from vox2vox.train.patches import PatchDataset
 from vox2vox.train.runs import train_on_dataset
-from vox2vox.train.training import PatchDataset, build_state, fit, train_step
+from vox2vox.train.state import build_state
+from vox2vox.train.training import fit, train_step
 
 N_CLASSES = 3
 #: A label convention of N_CLASSES classes, as training stores it (checkpoints validate it on loading).

@@ -282,7 +282,10 @@ def _train(args: argparse.Namespace) -> int:
             print(f"plan: {line}")
         # The plan, then the user's data options and --set values on top of it.
         planned_config = Config.from_dict(plan.config, source="plan").replace(data=config.data)
-        config = planned_config.with_overrides(list(args.overrides))
+        overrides = list(args.overrides)
+        if args.budget is None and any(o.split("=", 1)[0].strip() == "train.epochs" for o in overrides):
+            overrides.append("train.budget=null")  # epochs asked for and no budget: count epochs
+        config = planned_config.with_overrides(overrides)
         plan_toml = plan_to_toml(plan)  # written into the run folder once training has checked it
     result = train_on_dataset(config, out, resume=args.resume, started=started, plan_toml=plan_toml)
     from vox2vox.train.distributed import is_main

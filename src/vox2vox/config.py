@@ -96,7 +96,7 @@ class TrainConfig:
     amp: AmpChoice = "auto"
     num_workers: int = 0
     # Recompute generator blocks in backward instead of storing their activations (less memory,
-    # about a third more compute); see vox2vox.train.training.enable_activation_checkpointing.
+    # about a third more compute); see vox2vox.train.state.enable_activation_checkpointing.
     activation_checkpointing: bool = False
     # A time budget ("30m", "12h", "1h30m") instead of epochs: training (and the learning-rate
     # schedule) ends when it is spent; every second of every `train` call of the run counts.

@@ -64,7 +64,7 @@ class ModelInfo:
 
 
 class ResumableState(Protocol):
-    """What a resumable checkpoint saves and restores (``vox2vox.train.training.TrainState``)."""
+    """What a resumable checkpoint saves and restores (``vox2vox.train.state.TrainState``)."""
 
     generator: torch.nn.Module
     discriminator: torch.nn.Module

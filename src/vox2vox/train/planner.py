@@ -28,7 +28,8 @@ from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.train.planning import estimate_memory
 from vox2vox.train.schedule import format_duration
-from vox2vox.train.training import build_state, train_step
+from vox2vox.train.state import build_state
+from vox2vox.train.training import train_step
 
 # Voxels of the median (foreground-cropped) case after resampling, by device: on a 2-core CPU a
 # 30-minute run learns BraTS well at 2 mm (about 80^3 voxels a brain) and poorly at 1 mm, where a

@@ -28,20 +28,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.checkpoint import checkpoint
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
 from vox2vox.device import (
-    AmpDtype,
     autocast,
-    make_grad_scaler,
-    resolve_amp,
-    resolve_device,
     tune_cpu_allocator,
 )
 from vox2vox.errors import Vox2VoxError
@@ -53,8 +46,6 @@ from vox2vox.model.checkpoint import (
     software_versions,
     training_checkpoint,
 )
-from vox2vox.model.discriminator import Discriminator
-from vox2vox.model.generator import Generator
 from vox2vox.model.losses import (
     cross_entropy_from_probs,
     discriminator_accuracy,
@@ -65,81 +56,14 @@ from vox2vox.model.losses import (
     one_hot,
     per_sample_dice_loss,
 )
-from vox2vox.model.residual import build_generator
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
+from vox2vox.train.patches import Augment, PatchSampler, TrainCase, derive_seed, patch_loader
 from vox2vox.train.schedule import lr_factor
-
-# A training case as the loop needs it: image (C, D, H, W) float32, label (D, H, W) class indices.
-TrainCase = tuple[np.ndarray, np.ndarray]
-Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
-PatchSampler = Callable[..., tuple[np.ndarray, np.ndarray]]
-
-
-# ---- the networks and their optimisers ---------------------------------------------------------
-@dataclass
-class TrainState:
-    """Everything a train step mutates, and the counters a checkpoint records."""
-
-    generator: torch.nn.Module
-    discriminator: torch.nn.Module
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    amp: AmpDtype
-    class_weights: torch.Tensor | None
-    epoch: int = 0  # completed epochs
-    step: int = 0  # completed train steps
-    best_score: float = -math.inf
-    best_epoch: int = -1
-    # After a Ctrl-C mid-epoch: batches of epoch ``epoch`` already trained, their summed step
-    # metrics, and the torch RNG state to continue from, so a resume skips exactly those batches.
-    batches_done: int = 0
-    partial_sums: dict[str, float] = dataclasses.field(default_factory=dict)
-    rng_state: torch.Tensor | None = None
-    # Seconds this run has spent so far, over all its `train` calls (the budget's clock), and the
-    # tenth of the budget at which it last validated.
-    seconds: float = 0.0
-    val_mark: int = 0
-
-
-def build_networks(config: Config) -> tuple[torch.nn.Module, Discriminator]:
-    return build_generator(config.generator), Discriminator(config.discriminator)
-
-
-def build_state(config: Config, *, device: torch.device | None = None) -> TrainState:
-    """Networks (seeded from ``config.train.seed``), Adam optimisers and the grad scaler."""
-    device = device or resolve_device(config.train.device)
-    amp = resolve_amp(config.train.amp, device)
-    torch.manual_seed(config.train.seed)
-    generator, discriminator = build_networks(config)
-    if config.train.activation_checkpointing:
-        enable_activation_checkpointing(generator)
-    generator.to(device)
-    discriminator.to(device)
-    optim = config.optim
-    beta1_d = optim.beta1 if optim.beta1_d is None else optim.beta1_d
-    opt_g = torch.optim.Adam(generator.parameters(), lr=optim.lr_g, betas=(optim.beta1, optim.beta2))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=optim.lr_d, betas=(beta1_d, optim.beta2))
-    weights = config.loss.class_weights
-    class_weights = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
-    return TrainState(generator, discriminator, opt_g, opt_d, make_grad_scaler(device, amp), device, amp, class_weights)
-
-
-def enable_activation_checkpointing(generator: Generator) -> Generator:
-    """Recompute each encoder, bottleneck and decoder block in backward instead of storing its activations.
-
-    Only each block's input stays in memory; the block runs a second time in backward (about a
-    third more compute). The state dict is unchanged (the blocks' ``forward`` is wrapped in place),
-    and dropout masks are replayed exactly (``torch.utils.checkpoint`` restores the RNG state).
-    """
-    if not hasattr(generator, "encoder"):
-        raise Vox2VoxError("train.activation_checkpointing=true works with generator.arch=paper only")
-    for blocks in (generator.encoder, generator.bottleneck, generator.decoder):
-        for block in blocks:
-            block.forward = partial(checkpoint, block.forward, use_reentrant=False)  # type: ignore[method-assign]
-    return generator
+from vox2vox.train.state import (
+    TrainState,
+    build_state,
+)
 
 
 # ---- one step -----------------------------------------------------------------------------------
@@ -244,53 +168,6 @@ def _update_generator(
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The bare network inside a DistributedDataParallel wrapper (G's half-step needs no D sync)."""
     return module.module if hasattr(module, "module") else module
-
-
-# ---- the data the loop sees ---------------------------------------------------------------------
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (numpy's SeedSequence mixing; stable across platforms)."""
-    hi, lo = (int(v) for v in np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32))
-    return ((hi & 0x7FFFFFFF) << 32) | lo
-
-
-class PatchDataset(Dataset):
-    """Epoch ``epoch`` of training patches: ``patches_per_case`` random patches of every case.
-
-    Item ``i`` is fully determined by ``(seed, epoch, i)``, whatever worker or rank loads it, so
-    runs are reproducible with any number of data-loading workers or processes.
-    """
-
-    def __init__(
-        self,
-        cases: Sequence[TrainCase],
-        *,
-        patch_size: tuple[int, int, int],
-        seed: int,
-        epoch: int,
-        patches_per_case: int,
-        sample_patch: PatchSampler,
-        augment: Augment | None,
-        foreground_prob: float,
-    ):
-        self.cases = cases
-        self.patch_size = patch_size
-        self.seed, self.epoch = seed, epoch
-        self.sample_patch, self.augment, self.foreground_prob = sample_patch, augment, foreground_prob
-        order = np.random.default_rng([seed, epoch, 0xC0FFEE]).permutation(len(cases) * patches_per_case)
-        self.order = order % len(cases)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, label = self.cases[self.order[index]]
-        image, label = self.sample_patch(image, label, self.patch_size, rng, foreground_prob=self.foreground_prob)
-        if self.augment is not None:
-            image, label = self.augment(image, label, rng)
-        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), torch.from_numpy(
-            np.ascontiguousarray(label, dtype=np.int64)
-        )
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -447,7 +324,7 @@ def _train_epoch(
     skip, sums = state.batches_done, dict(state.partial_sums)
     if skip and state.rng_state is not None:  # continue an epoch cut short by Ctrl-C
         torch.set_rng_state(state.rng_state)
-    loader = _loader(config, train_cases, epoch, sample_patch, augment, ctx=ctx, skip_batches=skip)
+    loader = patch_loader(config, train_cases, epoch, sample_patch, augment, ctx=ctx, skip_batches=skip)
     t0 = time.perf_counter()
     n = skip
     budget = config.train.budget_seconds
@@ -546,44 +423,6 @@ def _end_epoch(
             tqdm.write(_format_row(row, config), file=sys.stderr)
         if save_due:
             save(run.last)
-
-
-def _loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch: PatchSampler,
-            augment: Augment | None, *, ctx: distributed.DistContext | None = None,
-            skip_batches: int = 0) -> DataLoader:
-    """This rank's batches of epoch ``epoch``: its share of every global batch, loaded by workers.
-
-    Worker processes run sampling and augmentation beside the GPU (cases are preprocessed and in
-    memory already, see ``preprocess.cache_dir``); pinned memory lets host-to-GPU copies overlap.
-    """
-    dataset = PatchDataset(
-        cases,
-        patch_size=config.train.patch_size,
-        seed=config.train.seed,
-        epoch=epoch,
-        patches_per_case=config.train.patches_per_case,
-        sample_patch=sample_patch,
-        augment=augment if config.augment.p_untouched < 1.0 else None,
-        foreground_prob=config.train.foreground_prob,
-    )
-    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
-    workers = config.train.num_workers
-    return DataLoader(
-        dataset,
-        # The dataset's order is already a seeded permutation; the sampler only splits it by rank.
-        # ``skip_batches`` drops batches an interrupted run already trained on.
-        batch_sampler=list(distributed.RankBatchSampler(len(dataset), config.train.batch_size, rank=rank,
-                                                        world=world))[skip_batches:],
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        # A new loader per epoch (its dataset is seeded by the epoch), so workers cannot persist;
-        # fork start-up is cheap next to an epoch, and prefetching keeps batches queued meanwhile.
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
-        # Its own generator: the loader draws a worker base seed per iterator, which must not
-        # shift the global RNG that dropout uses (a resumed epoch restores that RNG exactly).
-        generator=torch.Generator().manual_seed(derive_seed(config.train.seed, epoch, 2)),
-    )
 
 
 def _format_row(row: dict[str, Any], config: Config) -> str:
