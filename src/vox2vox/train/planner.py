@@ -23,10 +23,9 @@ from tqdm import tqdm
 
 from vox2vox.config import Config
 from vox2vox.data.fingerprint import Fingerprint, fingerprint_dataset
-from vox2vox.data.labels import get_convention
-from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.train.planning import estimate_memory
+from vox2vox.train.runs import find_labelled_cases
 from vox2vox.train.schedule import format_duration
 from vox2vox.train.state import build_state
 from vox2vox.train.training import train_step
@@ -255,12 +254,7 @@ def plan_dataset(config: Config, *, budget_seconds: float | None, device: Device
     ``config`` supplies where the data is and how to read it (``data.*``); the plan replaces the
     rest. Timing runs real training steps on random data, smallest patch first.
     """
-    spec = discover(config.data.path, layout=config.data.layout, label_name=config.data.label_name,
-                    channel_names=config.data.channels)
-    labelled = [c for c in spec.cases if c.label is not None]
-    if not labelled:
-        raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
-    convention = get_convention(config.data.convention) if config.data.convention else spec.label_convention()
+    spec, labelled, convention = find_labelled_cases(config)
     fp, _ = fingerprint_dataset(labelled, spec.channel_names, convention, seed=config.train.seed, progress=progress)
     return plan_from_fingerprint(fp, device=device, budget_seconds=budget_seconds, progress=progress)
 

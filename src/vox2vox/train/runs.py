@@ -22,6 +22,7 @@ from tqdm import tqdm
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
 from vox2vox.data.augmentation import Augmenter, sample_patch
+from vox2vox.data.cases import CaseFiles, DatasetSpec
 from vox2vox.data.labels import IGNORE_INDEX, LabelConvention, get_convention, infer_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
@@ -48,6 +49,18 @@ def split_cases(case_ids: Sequence[str], *, val_fraction: float, val_cases: int 
     val = sorted(ids[i] for i in order[:n_val])
     train = sorted(ids[i] for i in order[n_val:])
     return train, val
+
+
+def find_labelled_cases(config: Config) -> tuple[DatasetSpec, list[CaseFiles], LabelConvention | None]:
+    """The dataset ``config.data`` names, its labelled cases, and the declared or layout's label
+    convention (None: to be inferred from the values present)."""
+    spec = discover(config.data.path, layout=config.data.layout, label_name=config.data.label_name,
+                    channel_names=config.data.channels)
+    labelled = [c for c in spec.cases if c.label is not None]
+    if not labelled:
+        raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
+    convention = get_convention(config.data.convention) if config.data.convention else spec.label_convention()
+    return spec, labelled, convention
 
 
 def train_on_dataset(
@@ -81,12 +94,7 @@ def train_on_dataset(
     ctx = distributed.setup(config.train.device)
     progress = progress and ctx.is_main
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
-    spec = discover(config.data.path, layout=config.data.layout, label_name=config.data.label_name,
-                    channel_names=config.data.channels)
-    labelled = [c for c in spec.cases if c.label is not None]
-    if not labelled:
-        raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
-    convention = get_convention(config.data.convention) if config.data.convention else spec.label_convention()
+    spec, labelled, convention = find_labelled_cases(config)
 
     # Load every case once (preprocessed, cached on disk if configured), then split by case id.
     cases = {}
