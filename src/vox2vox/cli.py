@@ -252,7 +252,7 @@ def _train(args: argparse.Namespace) -> int:
     import time
 
     from vox2vox.config import Config
-    from vox2vox.train.planner import detect_device, plan_dataset, plan_to_toml
+    from vox2vox.train.planner import default_budget, detect_device, plan_dataset, plan_to_toml
     from vox2vox.train.runlock import check_run_folder
     from vox2vox.train.runs import train_on_dataset
     from vox2vox.train.schedule import parse_duration
@@ -275,7 +275,7 @@ def _train(args: argparse.Namespace) -> int:
     if planned:
         check_run_folder(out, resume=False)  # before minutes of planning
         device = detect_device(config.train.device)
-        budget = config.train.budget_seconds or (3600.0 if device.kind == "cpu" else 12 * 3600.0)
+        budget = config.train.budget_seconds or default_budget(device)
         plan = plan_dataset(config, budget_seconds=budget, device=device)
         # On stdout: stderr carries progress and, for a user error, its one line.
         for line in plan.reasons:
@@ -371,7 +371,7 @@ def _cv(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from vox2vox.atomic import atomic_write_text
-    from vox2vox.train.planner import detect_device, plan_dataset, plan_to_toml
+    from vox2vox.train.planner import default_budget, detect_device, plan_dataset, plan_to_toml
     from vox2vox.train.planning import estimate_memory
     from vox2vox.train.schedule import parse_duration
 
@@ -379,7 +379,7 @@ def _plan(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
         budget = parse_duration(args.budget, key="--budget") if args.budget else None
         device = detect_device(args.device)
-        plan = plan_dataset(config, budget_seconds=budget or (3600.0 if device.kind == "cpu" else 12 * 3600.0),
+        plan = plan_dataset(config, budget_seconds=budget or default_budget(device),
                             device=device)
         for line in plan.reasons:
             print(line)

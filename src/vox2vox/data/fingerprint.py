@@ -24,7 +24,7 @@ from tqdm import tqdm
 from vox2vox.data.cases import CaseFiles
 from vox2vox.data.labels import LabelConvention, infer_convention
 from vox2vox.data.loading import read_case_and_mask
-from vox2vox.data.preprocessing import foreground_mask
+from vox2vox.data.preprocessing import bounding_box, foreground_mask
 
 # Intensities inside the label foreground, pooled over cases, set the CT window (as nnU-Net does);
 # a bounded random sample per case keeps the fingerprint small for big volumes.
@@ -86,7 +86,8 @@ def _fingerprint_case(case: CaseFiles, convention: LabelConvention | None, rng: 
     or without a label)."""
     image, label, mask, geometry = read_case_and_mask(case)
     fg = mask if mask is not None else foreground_mask(image)
-    box = _box_shape(fg) or tuple(image.shape[1:])
+    box = bounding_box(fg)
+    box_shape = tuple(int(hi - lo) for lo, hi in box) if box else tuple(int(n) for n in image.shape[1:])
     stats = []
     for channel in image:
         values = channel[fg] if fg.any() else channel.ravel()
@@ -115,7 +116,7 @@ def _fingerprint_case(case: CaseFiles, convention: LabelConvention | None, rng: 
                 values = rng.choice(values, _SAMPLES_PER_CASE, replace=False)
             samples.append(values)
     fp = CaseFingerprint(case.case_id, tuple(float(s) for s in geometry.spacing), tuple(int(s) for s in image.shape[1:]),
-                         box, tuple(stats), voxels, components)
+                         box_shape, tuple(stats), voxels, components)
     return fp, samples, label_values
 
 
@@ -199,10 +200,3 @@ def _looks_like_ct(stats: Sequence[dict[str, float]]) -> bool:
     """Hounsfield units: air near -1000 and bone or contrast above 300, in most cases (MR is >= 0 or z-scored)."""
     votes = [s["min"] <= -500 and s["max"] >= 300 for s in stats]
     return sum(votes) * 2 > len(votes)
-
-
-def _box_shape(mask: np.ndarray) -> tuple[int, int, int] | None:
-    if not mask.any():
-        return None
-    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3)]
-    return tuple(int(i[-1] - i[0] + 1) for i in idx)  # type: ignore[return-value]

@@ -175,7 +175,7 @@ def preprocess(
     record["channel_stats"] = stats
 
     # 3. crop to the foreground box (the whole volume when there is no foreground)
-    box = _bounding_box(mask) if config.crop_foreground else None
+    box = bounding_box(mask) if config.crop_foreground else None
     if box is None:
         box = [(0, n) for n in image.shape[1:]]
     slices = tuple(slice(lo, hi) for lo, hi in box)
@@ -267,7 +267,7 @@ def _scaled(channel: np.ndarray, mean: float, std: float) -> np.ndarray:
     return out
 
 
-def _bounding_box(mask: np.ndarray) -> list[tuple[int, int]] | None:
+def bounding_box(mask: np.ndarray) -> list[tuple[int, int]] | None:
     """Half-open ``[(lo, hi)] * 3`` of the True voxels, or None when there are none."""
     found = ndimage.find_objects(mask.astype(np.uint8))
     if not found or found[0] is None:

@@ -109,6 +109,11 @@ def target_spacing(fp: Fingerprint, voxel_budget: float) -> tuple[tuple[float, f
     return (spacing[0], spacing[1], spacing[2]), why
 
 
+def default_budget(device: Device) -> float:
+    """Seconds a planned run gets when no budget is given: an hour on a CPU, 12 on a GPU."""
+    return 3600.0 if device.kind == "cpu" else 12 * 3600.0
+
+
 def voxel_budget(device: Device, budget_seconds: float | None) -> float:
     if device.kind == "cuda":
         return GPU_VOXELS_MAX
