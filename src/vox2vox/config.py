@@ -24,6 +24,7 @@ from vox2vox.errors import Vox2VoxError
 from vox2vox.model.discriminator import DiscriminatorConfig
 from vox2vox.model.generator import GeneratorConfig
 from vox2vox.model.losses import LossConfig
+from vox2vox.model.translation import TaskConfig
 from vox2vox.train.schedule import Schedule, parse_duration
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -144,9 +145,13 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def __post_init__(self) -> None:
         _check_sizes(self)
+        if self.task.translate and self.task.head == "tanh" and self.preprocess.normalize != "ct-window":
+            raise Vox2VoxError(f"task.head='tanh' needs targets in a fixed range: preprocess.normalize='ct-window' "
+                               f"(this is {self.preprocess.normalize!r}); use task.head='linear' for z-scored targets")
         m = self.generator.size_multiple
         problem = self.generator.size_problem(self.train.patch_size)
         if problem == "multiple":
@@ -410,6 +415,7 @@ DESCRIPTIONS: dict[str, str] = {
     "generator.negative_slope": "LeakyReLU slope",
     "generator.norm": "instance, batch or none",
     "generator.norm_eps": "normalisation epsilon",
+    "generator.output": "head: softmax (segmentation), linear or tanh (translation; training sets it from task.head)",
     "discriminator.in_channels": "image channels (training sets it from the data)",
     "discriminator.n_classes": "segmentation classes it sees beside the image (set from the data)",
     "discriminator.base_filters": "filters of the first layer (doubling per strided layer)",
@@ -465,6 +471,13 @@ DESCRIPTIONS: dict[str, str] = {
     "augment.p_elastic": "probability of an elastic deformation",
     "augment.elastic_sigma": "elastic displacement, voxels",
     "augment.elastic_points": "control points per axis of the elastic grid",
+    "task.kind": "segment (label maps) or translate (synthesise task.target channels from task.source)",
+    "task.source": "translate: input channels, by name (e.g. [\"t1\"]); null: every channel but the targets",
+    "task.target": "translate: channel(s) to synthesise, by name (e.g. [\"flair\"])",
+    "task.head": "translate: linear (z-scored targets) or tanh (ct-window targets, scaled to [-1, 1])",
+    "task.lambda_l1": "translate: weight of the L1 term in the generator objective (pix2pix: 100)",
+    "task.lambda_ssim": "translate: weight of (1 - SSIM) in the generator objective (0: off)",
+    "task.select": "translate: best checkpoint by lowest validation mae or highest ssim",
 }
 
 

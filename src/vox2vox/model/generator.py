@@ -53,8 +53,13 @@ class GeneratorConfig:
     negative_slope: float = 0.3
     norm: NormKind = "instance"
     norm_eps: float = 1e-3
+    # The head: softmax class probabilities (segmentation), or continuous channels for a
+    # translation (linear for z-scored targets, tanh for targets in [-1, 1]; vox2vox.model.translation).
+    output: Literal["softmax", "linear", "tanh"] = "softmax"
 
     def __post_init__(self) -> None:
+        if self.output not in ("softmax", "linear", "tanh"):
+            raise Vox2VoxError(f"generator.output={self.output!r}: choose softmax, linear or tanh")
         check_positive_ints(self, "generator", "in_channels", "n_classes", "base_filters", "max_filters", "kernel_size")
         if self.arch not in ("paper", "residual"):
             raise Vox2VoxError(f"generator.arch={self.arch!r}: choose paper or residual")
@@ -212,8 +217,16 @@ class Generator(nn.Module):
         logits = self.head(x)
         if return_logits:
             return logits
-        # Softmax in float32: under fp16 autocast small class probabilities would underflow.
-        return torch.softmax(logits.float(), dim=1)
+        return activate(logits, self.config.output)
+
+
+def activate(logits: torch.Tensor, output: str) -> torch.Tensor:
+    """The head's activation, in float32 (under fp16 autocast small probabilities would underflow)."""
+    if output == "linear":
+        return logits.float()
+    if output == "tanh":
+        return torch.tanh(logits.float())
+    return torch.softmax(logits.float(), dim=1)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -15,7 +15,7 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from vox2vox.model.generator import Generator, GeneratorConfig
+from vox2vox.model.generator import Generator, GeneratorConfig, activate
 
 
 class ResidualGenerator(nn.Module):
@@ -44,7 +44,7 @@ class ResidualGenerator(nn.Module):
         logits = self.net(x).contiguous()
         if return_logits:
             return logits
-        return torch.softmax(logits.float(), dim=1)
+        return activate(logits, self.config.output)
 
 
 def build_generator(config: GeneratorConfig) -> nn.Module:

@@ -35,20 +35,9 @@ from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
 from vox2vox.train.runlock import RunLock, check_run_folder
 from vox2vox.train.selection import choose_prediction_options, record_prediction_options
+from vox2vox.train.splits import split_cases
 from vox2vox.train.training import FitResult, Validator, fit
-
-
-def split_cases(case_ids: Sequence[str], *, val_fraction: float, val_cases: int | None, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded case-level split into (train ids, validation ids); validation never takes the last case."""
-    ids = sorted(case_ids)
-    n_val = val_cases if val_cases is not None else int(round(val_fraction * len(ids)))
-    if val_fraction > 0 and val_cases is None and len(ids) >= 2:
-        n_val = max(n_val, 1)
-    n_val = min(n_val, len(ids) - 1)
-    order = np.random.default_rng([seed, 0x5B1]).permutation(len(ids))
-    val = sorted(ids[i] for i in order[:n_val])
-    train = sorted(ids[i] for i in order[n_val:])
-    return train, val
+from vox2vox.train.translation import train_translation
 
 
 def find_labelled_cases(config: Config) -> tuple[DatasetSpec, list[CaseFiles], LabelConvention | None]:
@@ -86,6 +75,8 @@ def train_on_dataset(
     ``plan_toml`` (the plan ``vox2vox train`` made) is written as ``plan.toml`` beside ``split.json``,
     once the run folder is checked and locked.
     """
+    if config.task.translate:  # synthesise channels instead of segmenting: no labels needed
+        return train_translation(config, run_dir, resume=resume, progress=progress, split=split, started=started)
     started = time.perf_counter() if started is None else started
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")

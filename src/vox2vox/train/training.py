@@ -33,10 +33,7 @@ from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
-from vox2vox.device import (
-    autocast,
-    tune_cpu_allocator,
-)
+from vox2vox.device import autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
     ModelInfo,
@@ -56,14 +53,12 @@ from vox2vox.model.losses import (
     one_hot,
     per_sample_dice_loss,
 )
+from vox2vox.model.translation import selection_key, split_source_target, translation_loss
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
 from vox2vox.train.patches import Augment, PatchSampler, TrainCase, derive_seed, patch_loader
 from vox2vox.train.schedule import lr_factor
-from vox2vox.train.state import (
-    TrainState,
-    build_state,
-)
+from vox2vox.train.state import TrainState, build_state
 
 
 # ---- one step -----------------------------------------------------------------------------------
@@ -79,8 +74,12 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     detached fake pair (:func:`_update_discriminator`); then G learns with D frozen
     (:func:`_update_generator`).
     """
-    target = one_hot(label, config.generator.n_classes)
-    mask = labelled_mask(label)  # None unless the batch holds ignore-label voxels
+    if config.task.translate:  # the image holds source then target channels (vox2vox.model.translation)
+        image, target = split_source_target(image, config.generator.in_channels)
+        mask = None
+    else:
+        target = one_hot(label, config.generator.n_classes)
+        mask = labelled_mask(label)  # None unless the batch holds ignore-label voxels
     state.generator.train()
     state.discriminator.train()
     with autocast(state.device, state.amp):
@@ -124,11 +123,34 @@ def _update_generator(
     state: TrainState, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, config: Config, *,
     adversarial: bool, mask: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """G's half-step with D frozen: lambda * Dice (+ cross-entropy) + lambda_adv * adversarial term.
+    """G's half-step with D frozen: the task's term (Dice + CE, or L1 + SSIM) + lambda_adv * adversarial term."""
+    loss_cfg = config.loss
+    if config.task.translate:
+        loss_g, out = translation_loss(fake, target, config.task)
+    else:
+        loss_g, out = _segmentation_loss(state, target, fake, config, mask=mask)
+    if adversarial:
+        frozen = _unwrap(state.discriminator)
+        frozen.requires_grad_(False)
+        try:
+            with autocast(state.device, state.amp):
+                loss_adv = lsgan_generator_loss(frozen(image, fake))
+        finally:
+            frozen.requires_grad_(True)
+        loss_g = loss_g + loss_cfg.lambda_adv * loss_adv
+        out["loss_adv"] = loss_adv.item()
+    state.opt_g.zero_grad(set_to_none=True)
+    state.scaler.scale(loss_g).backward()
+    state.scaler.step(state.opt_g)
+    state.scaler.update()
+    state.step += 1
+    out["loss_g"] = loss_g.item()
+    return out
 
-    ``mask`` (:func:`vox2vox.model.losses.labelled_mask`) leaves ignore-label voxels out of the Dice
-    and cross-entropy terms.
-    """
+
+def _segmentation_loss(state: TrainState, target: torch.Tensor, fake: torch.Tensor, config: Config, *,
+                       mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """lambda * Dice (+ cross-entropy); ``mask`` (:func:`vox2vox.model.losses.labelled_mask`): ignore-label voxels out."""
     loss_cfg = config.loss
     out: dict[str, float] = {}
     if loss_cfg.dice == "per_sample":
@@ -146,23 +168,8 @@ def _update_generator(
         loss_ce = cross_entropy_from_probs(target, fake, mask=mask)
         loss_g = loss_g + loss_cfg.lambda_ce * loss_ce
         out["loss_ce"] = loss_ce.item()
-    if adversarial:
-        frozen = _unwrap(state.discriminator)
-        frozen.requires_grad_(False)
-        try:
-            with autocast(state.device, state.amp):
-                loss_adv = lsgan_generator_loss(frozen(image, fake))
-        finally:
-            frozen.requires_grad_(True)
-        loss_g = loss_g + loss_cfg.lambda_adv * loss_adv
-        out["loss_adv"] = loss_adv.item()
-    state.opt_g.zero_grad(set_to_none=True)
-    state.scaler.scale(loss_g).backward()
-    state.scaler.step(state.opt_g)
-    state.scaler.update()
-    state.step += 1
-    out.update(loss_g=loss_g.item(), loss_dice=loss_dice.item())
-    return out
+    out["loss_dice"] = loss_dice.item()
+    return loss_g, out
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -275,7 +282,7 @@ def _start_or_resume(
     else:
         if run.last.exists():
             raise Vox2VoxError(f"{run.root}: already holds a run; pass --resume to continue it or choose a new --out")
-        if config.loss.adversarial or config.loss.lambda_dice > 0:
+        if not config.task.translate and (config.loss.adversarial or config.loss.lambda_dice > 0):
             if (config.loss.dice == "generalized" and config.loss.dice_weighting == "fixed"
                     and config.loss.class_weights is None):
                 weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
@@ -411,8 +418,9 @@ def _end_epoch(
     if validate is not None and due:
         scores = distributed.on_main(lambda: validate(_unwrap(state.generator)))
         row.update(scores)
-        if config.train.select == "best" and scores.get("val_dice", -math.inf) > state.best_score:
-            state.best_score, state.best_epoch = scores["val_dice"], state.epoch
+        key = selection_key(config.task)  # val_dice, or a translation's val_score
+        if config.train.select == "best" and scores.get(key, -math.inf) > state.best_score:
+            state.best_score, state.best_epoch = scores[key], state.epoch
             if ctx.is_main:
                 save(run.best)
     # Log and checkpoint on rank 0 (the last checkpoint is the resume point).
@@ -427,7 +435,7 @@ def _end_epoch(
 
 def _format_row(row: dict[str, Any], config: Config) -> str:
     parts = [f"epoch {row['epoch']}" + (f" (step {row['step']})" if config.train.budget else f"/{config.train.epochs}")]
-    for key in ("loss_g", "loss_dice", "loss_adv", "loss_d", "d_acc", "val_dice"):
+    for key in ("loss_g", "loss_dice", "loss_l1", "loss_adv", "loss_d", "d_acc", "val_dice", "val_mae", "val_ssim"):
         if key in row:
             parts.append(f"{key} {row[key]:.4f}")
     parts.append(f"{row['seconds']:.1f}s")
