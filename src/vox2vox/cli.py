@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only the largest connected component of each class (the default when given "
                         "alone) or region; off keeps all. Default: what the model's training chose on its "
                         "validation cases (planned runs), else off")
+    p.add_argument("--fill-missing", action="append", default=[], metavar="CHANNEL=MODEL",
+                   help="synthesise the model's channel CHANNEL with the translation model MODEL (run directory or "
+                        "checkpoint) from the channels the cases have, then segment (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", parents=[common], help="score predictions against ground truth (BraTS rules)")
@@ -116,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", default=None,
                    help="label convention of the truth (default: the dataset layout's, e.g. brats2023 for BraTS 2023)")
     p.add_argument("--out", default=None, help="per-case CSV (a summary JSON is written beside it)")
+    p.add_argument("--task", choices=("segment", "translate"), default="segment",
+                   help="segment: label maps (Dice, HD95); translate: synthesised volumes (MAE, PSNR, SSIM in a mask)")
+    p.add_argument("--mask", default=None, help="translate: mask file (one case) or folder of <case_id>.nii.gz "
+                                                "masks (default: the case's mask, else the real volume's foreground)")
+    p.add_argument("--target", default=None, help="translate: the real channel's name in a --truth dataset")
+    p.add_argument("--source", default=None, help="translate: the channel shown as source in the report's figures")
 
     p = sub.add_parser("report", parents=[common], help="one self-contained HTML report of a run, demo or evaluation")
     p.add_argument("folder", help="a run directory, a demo output folder, or a folder holding an evaluation CSV")
@@ -267,6 +276,7 @@ def _train(args: argparse.Namespace) -> int:
         parse_duration(args.budget, key="--budget")
         args.overrides = [*args.overrides, f"train.budget={json.dumps(args.budget)}"]
     config = _config_from_args(args, saved=RunDir(out).config if resuming else None)
+    planned = planned and not config.task.translate  # the planner sizes segmentation runs: translations are not planned
     if not config.data.path:
         raise Vox2VoxError("train: no data; pass --data PATH")
     if out is None:
@@ -292,13 +302,16 @@ def _train(args: argparse.Namespace) -> int:
 
     if not is_main():  # under torchrun, rank 0 alone reports
         return 0
+    metric = "score (-MAE)" if config.task.translate and config.task.select == "mae" else (
+        "SSIM" if config.task.translate else "Dice")
+    key = "val_score" if config.task.translate else "val_dice"
     if config.train.select == "last":
-        final = next((r["val_dice"] for r in reversed(result.history) if "val_dice" in r), None)
-        score = f"final validation Dice {final:.4f}" if final is not None else "no validation cases"
+        final = next((r[key] for r in reversed(result.history) if key in r), None)
+        score = f"final validation {metric} {final:.4f}" if final is not None else "no validation cases"
         print(f"trained {result.epochs} epochs ({result.steps} steps); the final model is used: {score}")
     else:
         best = f"{result.best_score:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else "n/a (no validation cases)"
-        print(f"trained {result.epochs} epochs ({result.steps} steps); best validation Dice {best}")
+        print(f"trained {result.epochs} epochs ({result.steps} steps); best validation {metric} {best}")
     print(f"run directory: {out}")
     return 0
 
@@ -318,9 +331,20 @@ def _predict(args: argparse.Namespace) -> int:
     config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap,
                              tta_flips=tta, amp=resolve_prediction_amp(args.amp, device))
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest)
-    report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout,
-                             postprocess=post, save_probabilities=args.save_probabilities,
-                             progress=not args.no_progress)
+    options = {"postprocess": post, "save_probabilities": args.save_probabilities, "progress": not args.no_progress}
+    if models[0].config.task.translate or args.fill_missing:
+        from vox2vox.infer.translation import parse_fill, predict_with_filled, synthesise_dataset
+
+        if models[0].config.task.translate:  # a translation model writes synthesised volumes
+            report = synthesise_dataset(models, args.input, args.output, config=config, device=device,
+                                        layout=args.layout, progress=not args.no_progress)
+        else:
+            fill = {c: load_model(m, device=device) for c, m in parse_fill(args.fill_missing).items()}
+            report = predict_with_filled(models, fill, args.input, args.output, config=config, device=device,
+                                         layout=args.layout, **options)
+    else:
+        report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout,
+                                 **options)
     print(f"wrote {len(report.written)} prediction(s) to {args.output}")
     for case_id, reason in report.failed.items():
         print(f"  failed: {one_line(case_id)}: {one_line(reason)}", file=sys.stderr)
@@ -331,6 +355,16 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from vox2vox.report.evaluation import evaluate_folder
+
+    if args.task == "translate":
+        from vox2vox.report.translation import evaluate_translation
+
+        result = evaluate_translation(args.pred, args.truth, target=args.target, source=args.source, mask=args.mask,
+                                      out_csv=args.out)
+        print(result.format_summary())
+        if args.out:
+            print(f"Report: {Path(args.out).with_name(Path(args.out).stem + '_report.html')}")
+        return 0
 
     result = evaluate_folder(args.pred, args.truth, regions=args.regions, convention=args.convention, out_csv=args.out)
     print(result.format_summary())

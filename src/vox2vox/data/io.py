@@ -342,6 +342,7 @@ def write_volume(
     path: str | Path,
     *,
     dtype: np.dtype | type | str | None = None,
+    description: str | None = None,
 ) -> None:
     """Write a canonical ``(X, Y, Z)`` array as NIfTI on the file's original grid, atomically.
 
@@ -351,7 +352,8 @@ def write_volume(
     ``array`` must have ``geometry.shape``; it is reoriented back to the source orientation and
     stored with ``geometry.source_affine`` (as both qform and sform), so it overlays its input
     exactly. ``dtype`` sets the on-disk type (default: the array's own; int64 labels are stored as
-    the smallest integer type that holds them since many viewers reject int64).
+    the smallest integer type that holds them since many viewers reject int64). ``description``
+    goes into the header's ``descrip`` field (ASCII, at most 79 characters kept).
     """
     path = Path(path)
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
@@ -370,6 +372,8 @@ def write_volume(
     img.set_qform(geometry.source_affine, code=1)
     img.set_sform(geometry.source_affine, code=1)
     img.header.set_xyzt_units("mm")
+    if description:
+        img.header["descrip"] = description.encode("ascii", "replace")[:79]
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 

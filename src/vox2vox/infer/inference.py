@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vox2vox.config import Config
-from vox2vox.data.cases import CaseFiles, check_case_id
+from vox2vox.data.cases import CaseFiles, DatasetSpec, check_case_id
 from vox2vox.data.io import write_probabilities_npz, write_volume
 from vox2vox.data.labels import get_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
-from vox2vox.data.preprocessing import undo_preprocessing
+from vox2vox.data.preprocessing import LoadedCase, undo_preprocessing
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
@@ -305,6 +305,8 @@ def predict_dataset(
     postprocess: PostprocessConfig | None = None,
     save_probabilities: ProbabilityFormat | None = None,
     progress: bool = True,
+    spec: DatasetSpec | None = None,
+    load_input: Callable[[CaseFiles], LoadedCase] | None = None,
 ) -> PredictionReport:
     """Predict every case under ``input_path`` and write ``<output_dir>/<case_id>.nii.gz``.
 
@@ -325,6 +327,10 @@ def predict_dataset(
 
     A case that fails (unreadable file, too little memory, ...) is reported in the result and,
     with ``progress``, on stderr; the others go on.
+
+    ``spec`` (the cases, instead of discovering ``input_path``) and ``load_input`` (a case's
+    preprocessed image, instead of reading its channels) let a caller supply channels the input
+    lacks: :func:`vox2vox.infer.translation.predict_with_filled` synthesises them.
     """
     if not models:
         raise Vox2VoxError("no model given; pass at least one checkpoint")
@@ -352,7 +358,7 @@ def predict_dataset(
             f"{first.path}: the generator predicts {first.config.generator.n_classes} classes but the label "
             f"convention it records has {convention.n_classes}; the checkpoint's metadata is inconsistent"
         )
-    spec = _discover_like_training(first, input_path, layout)
+    spec = spec if spec is not None else _discover_like_training(first, input_path, layout)
     n_in = first.config.generator.in_channels
     if len(spec.channel_names) != n_in:
         raise Vox2VoxError(
@@ -369,7 +375,8 @@ def predict_dataset(
     report = PredictionReport({}, {})
     for case in tqdm(spec.cases, desc="predicting", unit="case", disable=not progress, file=sys.stderr):
         try:
-            loaded = load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep)
+            loaded = (load_input(case) if load_input is not None else
+                      load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep))
             probs = predict_probabilities(nets, loaded.image, config=config, device=device)
             if not np.all(np.isfinite(probs)):  # argmax of NaN is class 0: silently all background
                 raise Vox2VoxError(

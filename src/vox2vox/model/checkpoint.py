@@ -56,11 +56,12 @@ class ModelInfo:
 
     channels: tuple[str, ...]
     layout: str
-    convention: dict[str, Any]
+    convention: dict[str, Any] | None  # None: a translation model, which has no labels
 
     def to_state(self) -> dict[str, Any]:
-        """The checkpoint ``state`` entries (``channels``, ``layout``, ``convention``)."""
-        return {"channels": list(self.channels), "layout": self.layout, "convention": self.convention}
+        """The checkpoint ``state`` entries (``channels``, ``layout``, ``convention`` unless None)."""
+        state = {"channels": list(self.channels), "layout": self.layout, "convention": self.convention}
+        return state if self.convention is not None else {k: v for k, v in state.items() if k != "convention"}
 
 
 class ResumableState(Protocol):

@@ -1,0 +1,182 @@
+"""Prediction with translation models: synthesised volumes on disk, and missing channels filled in.
+
+``synthesise_dataset`` writes every case's synthesised target as float32 NIfTI on the input's grid
+(preprocessing undone as for label maps, :func:`vox2vox.data.translation.restore_synthesis` for
+the intensity scale), named ``<case_id>.nii.gz`` (one target) or ``<case_id>_<target>.nii.gz``.
+The header's description says what the values are, e.g. ``vox2vox synthetic flair, z-scored
+(target mean/std unknown)``.
+
+``predict_with_filled`` segments cases that lack a channel the segmentation model needs: a
+translation model synthesises it from the channels the case has, on the case's own grid, and
+the segmentation model's preprocessing then treats it like a real channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vox2vox.data.cases import CaseFiles, DatasetSpec, check_case_id
+from vox2vox.data.io import Geometry, write_volume
+from vox2vox.data.layouts import discover
+from vox2vox.data.loading import read_case_and_mask
+from vox2vox.data.preprocessing import LoadedCase, preprocess
+from vox2vox.data.translation import read_translation_case, restore_synthesis, synthesis_description
+from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.inference import (
+    InferenceConfig,
+    LoadedModel,
+    PredictionReport,
+    predict_dataset,
+    predict_probabilities,
+)
+
+#: Prediction's default settings (whole volume when it fits, else sliding windows; no flips).
+DEFAULT_INFERENCE = InferenceConfig()
+
+
+def is_translation(model: LoadedModel) -> bool:
+    return model.config.task.translate
+
+
+def check_translation_models(models: Sequence[LoadedModel]) -> None:
+    """Every model translates, and an ensemble shares sources, targets, head and preprocessing."""
+    if not models:
+        raise Vox2VoxError("no model given; pass at least one checkpoint")
+    first = models[0]
+    for model in models:
+        if not is_translation(model):
+            raise Vox2VoxError(f"{model.path}: a segmentation model; a translation ensemble takes translation models only")
+        task, other = model.config.task, first.config.task
+        if (task.source, task.target, task.head) != (other.source, other.target, other.head) or (
+                model.config.preprocess != first.config.preprocess):
+            raise Vox2VoxError(f"{model.path}: ensemble members must share sources, targets, head and preprocessing "
+                               f"with {first.path}")
+
+
+def synthesise_case(models: Sequence[LoadedModel], case: CaseFiles, *, config: InferenceConfig = DEFAULT_INFERENCE,
+                    device: torch.device | str = "cpu") -> tuple[np.ndarray, str, Geometry]:
+    """The targets of ``case`` synthesised from its source channels: ``(T, X, Y, Z)`` float32 on the
+    case's canonical grid, the intensity scale's name and the grid's geometry."""
+    first = models[0]
+    task, prep = first.config.task, dataclasses.replace(first.config.preprocess, cache_dir=None)
+    source = tuple(task.source or ())
+    loaded, mask = read_translation_case(case, source, n_source=len(source), prep=prep)
+    out = predict_probabilities([m.generator for m in models], loaded.image, config=config, device=device)
+    if not np.all(np.isfinite(out)):
+        raise Vox2VoxError(f"{next(iter(case.channels.values()))}: the model's output is NaN/Inf for this case "
+                           "(intensities far outside what it was trained on?)")
+    restored, scale = restore_synthesis(out, loaded, mask, prep=prep, head=task.head)
+    return restored, scale, loaded.geometry
+
+
+def synthesise_dataset(models: Sequence[LoadedModel], input_path: str | Path, output_dir: str | Path, *,
+                       config: InferenceConfig = DEFAULT_INFERENCE, device: torch.device | str = "cpu",
+                       layout: str = "auto", progress: bool = True) -> PredictionReport:
+    """Synthesise the targets of every case under ``input_path`` into ``output_dir`` (module docstring)."""
+    check_translation_models(models)
+    task = models[0].config.task
+    spec = discover(input_path, layout=layout)
+    _require_channels(spec, task.source or (), input_path, models[0].path)
+    targets = tuple(task.target or ())
+    output_dir = Path(output_dir)
+    report = PredictionReport({}, {})
+    for case in tqdm(spec.cases, desc="synthesising", unit="case", disable=not progress, file=sys.stderr):
+        try:
+            volumes, scale, geometry = synthesise_case(models, case, config=config, device=device)
+            check_case_id(case.case_id, where=output_dir)
+            for name, volume in zip(targets, volumes, strict=True):
+                path = output_dir / (f"{case.case_id}.nii.gz" if len(targets) == 1 else f"{case.case_id}_{name}.nii.gz")
+                write_volume(volume, geometry, path, dtype=np.float32, description=synthesis_description(name, scale))
+                report.written.setdefault(case.case_id, path)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # one bad case must not stop the others
+            reason = str(err) if isinstance(err, Vox2VoxError) else f"{type(err).__name__}: {err}"
+            report.failed[case.case_id] = " | ".join(p.strip() for p in reason.splitlines() if p.strip())
+            if progress:
+                tqdm.write(f"{case.case_id}: failed: {report.failed[case.case_id]}", file=sys.stderr)
+    return report
+
+
+def parse_fill(items: Sequence[str]) -> dict[str, str]:
+    """``CHANNEL=MODEL`` strings (``--fill-missing``) -> {channel: model path}; one line per mistake."""
+    fill: dict[str, str] = {}
+    for item in items:
+        channel, sep, model = item.partition("=")
+        if not sep or not channel.strip() or not model.strip():
+            raise Vox2VoxError(f"--fill-missing {item!r}: write CHANNEL=MODEL, e.g. flair=runs/t1-to-flair")
+        if channel.strip() in fill:
+            raise Vox2VoxError(f"--fill-missing: channel {channel.strip()!r} is given twice")
+        fill[channel.strip()] = model.strip()
+    return fill
+
+
+def predict_with_filled(models: Sequence[LoadedModel], fill: Mapping[str, LoadedModel], input_path: str | Path,
+                        output_dir: str | Path, *, config: InferenceConfig = DEFAULT_INFERENCE,
+                        device: torch.device | str = "cpu", layout: str = "auto", **options: Any) -> PredictionReport:
+    """Segment the cases under ``input_path`` with ``models``, each channel named in ``fill``
+    synthesised by its translation model from the channels the case has (module docstring).
+    ``options`` are :func:`vox2vox.infer.inference.predict_dataset`'s."""
+    seg = models[0]
+    channels = tuple(seg.channels or ())
+    for name, model in fill.items():
+        if name not in channels:
+            raise Vox2VoxError(f"--fill-missing {name}: the segmentation model {seg.path} has no channel {name!r}; "
+                               f"its channels are {', '.join(channels) or 'not recorded'}")
+        check_translation_models([model])
+        targets = tuple(model.config.task.target or ())
+        if name not in targets and len(targets) != 1:
+            raise Vox2VoxError(f"--fill-missing {name}: {model.path} synthesises {', '.join(targets)}, not {name}")
+    spec = discover(input_path, layout=layout)
+    needed = {c for c in channels if c not in fill}
+    for model in fill.values():
+        needed.update(model.config.task.source or ())
+    _require_channels(spec, sorted(needed), input_path, seg.path)
+    prep = dataclasses.replace(seg.config.preprocess, cache_dir=None)
+    loader = _filling_loader(channels, fill, prep=prep, config=config, device=device)
+    spec = dataclasses.replace(spec, channel_names=channels)
+    return predict_dataset(models, input_path, output_dir, config=config, device=device, layout=layout,
+                           spec=spec, load_input=loader, **options)
+
+
+def _filling_loader(channels: Sequence[str], fill: Mapping[str, LoadedModel], *, prep: Any, config: InferenceConfig,
+                    device: torch.device | str) -> Callable[[CaseFiles], LoadedCase]:
+    """A case's preprocessed image in the segmentation model's channel order, filled channels synthesised."""
+
+    def load(case: CaseFiles) -> LoadedCase:
+        real = [c for c in channels if c not in fill]
+        volumes: dict[str, np.ndarray] = {}
+        mask, geometry = None, None
+        if real:
+            image, _, mask, geometry = read_case_and_mask(CaseFiles(case.case_id, {c: case.channels[c] for c in real},
+                                                                    None, case.mask))
+            volumes.update(zip(real, image, strict=True))
+        for name, model in fill.items():
+            synthetic, _, geo = synthesise_case([model], case, config=config, device=device)
+            targets = tuple(model.config.task.target or ())
+            volumes[name] = synthetic[targets.index(name) if name in targets else 0]
+            if geometry is not None and not geometry.same_grid(geo):
+                raise Vox2VoxError(f"case {case.case_id}: the synthesised {name} is not on the grid of the case's "
+                                   "other channels; their files must share one grid")
+            geometry = geometry or geo
+        assert geometry is not None
+        image = np.stack([volumes[c] for c in channels]).astype(np.float32)
+        image, _, record = preprocess(image, None, spacing=geometry.spacing, config=prep, mask=mask)
+        return LoadedCase(case.case_id, image, None, geometry, record)
+
+    return load
+
+
+def _require_channels(spec: DatasetSpec, names: Sequence[str], input_path: object, model_path: object) -> None:
+    missing = [n for n in names if n not in spec.channel_names]
+    if missing:
+        raise Vox2VoxError(f"{input_path}: has no channel {missing[0]!r}, which {model_path} needs; its channels are "
+                           f"{', '.join(spec.channel_names)}")
