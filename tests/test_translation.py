@@ -1,0 +1,270 @@
+"""The translate task: training learns, predictions sit on the input grid, metrics are right,
+--fill-missing segments cases without a channel, and bad task configs are one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from helpers import assert_user_error, cli, tiny_overrides
+from vox2vox.config import Config
+from vox2vox.data.cases import CaseFiles
+from vox2vox.data.io import read_volume
+from vox2vox.data.labels import get_convention
+from vox2vox.data.layouts import discover
+from vox2vox.data.preprocessing import PreprocessConfig
+from vox2vox.data.synthetic import write_brats_folder
+from vox2vox.data.translation import read_translation_case, restore_synthesis
+from vox2vox.infer.inference import load_model
+from vox2vox.infer.translation import synthesise_case
+from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
+from vox2vox.model.residual import build_generator
+from vox2vox.report.image_metrics import mae, normalise_pair, psnr, ssim, translation_scores
+
+SHAPE = (32, 32, 32)
+
+#: T1 -> FLAIR with tiny networks: seconds on one core.
+TRANSLATE = tiny_overrides({
+    "task.kind": '"translate"', "task.source": '["t1"]', "task.target": '["flair"]',
+    "train.patch_size": "[32,32,32]", "train.batch_size": "2", "train.patches_per_case": "2",
+    "train.foreground_prob": "1.0", "data.val_cases": "1", "train.device": '"cpu"',
+    "optim.lr_g": "0.002", "augment.p_untouched": "1.0", "generator.dropout": "0.0",
+})
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms") / "data"
+    write_brats_folder(root, n_cases=4, seed=3, shape=SHAPE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def translator(phantoms, tmp_path_factory) -> Path:
+    """A T1 -> FLAIR model trained for a few seconds (a module fixture: several tests use it)."""
+    run = tmp_path_factory.mktemp("runs") / "t1-flair"
+    code = _cli_main("train", "--config", "paper", "--data", phantoms, "--out", run, *TRANSLATE,
+                     "--set", "train.epochs=40", "--set", "train.val_every=40")
+    assert code == 0
+    return run
+
+
+def _cli_main(*argv) -> int:
+    from vox2vox.cli import main
+
+    return main([str(a) for a in argv])
+
+
+@pytest.mark.slow
+def test_translation_learns_beyond_the_untrained_model(phantoms, translator):
+    model = load_model(translator)
+    assert model.config.task.translate and model.config.generator.output == "linear"
+    assert model.config.generator.in_channels == 1 and model.config.generator.n_classes == 1
+    untrained = dataclasses.replace(model, generator=_fresh_generator(model))
+    case = discover(phantoms).cases[0]
+    real, _ = read_volume(case.channels["flair"])
+    inside = real > 0
+    scores = {}
+    for name, m in (("trained", model), ("untrained", untrained)):
+        volumes, scale, _ = synthesise_case([m], case)
+        assert scale == "z-scored"
+        scores[name] = translation_scores(volumes[0], real, inside)
+    assert scores["trained"]["ssim"] > scores["untrained"]["ssim"] + 0.2, scores
+    assert scores["trained"]["mae"] < scores["untrained"]["mae"], scores
+
+
+def _fresh_generator(model) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_generator(model.config.generator).eval()
+
+
+def test_synthesised_volume_is_float32_on_the_input_grid(phantoms, translator, tmp_path, capsys):
+    out = tmp_path / "synth"
+    code, stdout, err = cli(capsys, "predict", "--model", translator, "--input", phantoms, "--output", out, "--no-progress")
+    assert code == 0, err
+    for case in discover(phantoms).cases:
+        written = nib.load(out / f"{case.case_id}.nii.gz")
+        source = nib.load(case.channels["t1"])
+        assert written.shape == source.shape
+        np.testing.assert_allclose(written.affine, source.affine)
+        assert written.get_data_dtype() == np.float32
+        description = written.header["descrip"].tobytes().decode()
+        assert "synthetic flair" in description and "z-scored" in description
+        data = np.asanyarray(written.dataobj)
+        assert np.all(data[np.asanyarray(source.dataobj) == 0] == 0)  # background outside the source's head
+
+
+def test_resampled_synthesis_comes_back_on_the_input_grid(phantoms):
+    """With resampling and cropping in preprocessing, the undo still gives the input's shape and grid."""
+    prep = PreprocessConfig(target_spacing=(2.0, 1.5, 1.0), pad_multiple=8)
+    case = discover(phantoms).cases[1]
+    loaded, mask = read_translation_case(case, ["t1"], n_source=1, prep=prep)
+    assert loaded.image.shape[1:] != SHAPE
+    fake = loaded.image[:1] * 2.0  # any volume on the preprocessed grid
+    restored, scale = restore_synthesis(fake, loaded, mask, prep=prep, head="linear")
+    assert restored.shape == (1, *SHAPE) and scale == "z-scored"
+    assert np.all(restored[0][~mask] == 0)
+
+
+def test_ct_window_synthesis_is_restored_to_hounsfield_units():
+    geometry_case = np.zeros((1, 16, 16, 16), np.float32)
+    prep = PreprocessConfig(normalize="ct-window", ct_window=(-1000.0, 1000.0), crop_foreground=False, pad_multiple=1)
+    from vox2vox.data.preprocessing import LoadedCase, preprocess
+
+    _, _, record = preprocess(geometry_case, None, spacing=(1.0, 1.0, 1.0), config=prep)
+    loaded = LoadedCase("c", geometry_case, None, None, record)  # type: ignore[arg-type]
+    mask = np.zeros((16, 16, 16), bool)
+    mask[4:12, 4:12, 4:12] = True
+    tanh_out = np.full((1, 16, 16, 16), 0.5, np.float32)  # tanh 0.5 -> window 0.75 -> 500 HU
+    restored, scale = restore_synthesis(tanh_out, loaded, mask, prep=prep, head="tanh")
+    assert scale == "HU"
+    assert np.allclose(restored[0][mask], 500.0) and np.allclose(restored[0][~mask], -1000.0)
+
+
+# ---- metrics against independent computations -------------------------------------------------
+def _numpy_ssim_map(x: np.ndarray, y: np.ndarray, data_range: float, win: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """SSIM (Wang et al. 2004) with a separable Gaussian window, 'valid' region only, in float64."""
+    t = np.arange(win) - (win - 1) / 2
+    g = np.exp(-(t**2) / (2 * sigma**2))
+    g /= g.sum()
+
+    def blur(a):
+        for axis in range(3):
+            a = ndimage.correlate1d(a, g, axis=axis, mode="constant")
+        h = win // 2
+        return a[h:-h, h:-h, h:-h]
+
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+
+
+def test_metrics_match_independent_computations():
+    rng = np.random.default_rng(0)
+    truth = ndimage.gaussian_filter(rng.normal(size=(30, 28, 26)), 2).astype(np.float32)
+    pred = (truth + 0.1 * rng.normal(size=truth.shape)).astype(np.float32)
+    mask = np.zeros(truth.shape, bool)
+    mask[3:25, 4:22, 2:24] = True
+    diff = (pred - truth)[mask].astype(np.float64)
+    assert mae(pred, truth, mask) == pytest.approx(np.abs(diff).mean(), rel=1e-5)
+    span = 2.5
+    assert psnr(pred, truth, mask, value_range=span) == pytest.approx(10 * np.log10(span**2 / (diff**2).mean()), rel=1e-5)
+    full = np.ones(truth.shape, bool)
+    expected = _numpy_ssim_map(pred, truth, span).mean()
+    assert ssim(pred, truth, full, value_range=span) == pytest.approx(expected, abs=1e-4)
+    # Inside a mask: the map's values at the mask's voxels (window centres) only.
+    ssim_map = _numpy_ssim_map(pred, truth, span)
+    centres = mask[5:-5, 5:-5, 5:-5]
+    assert ssim(pred, truth, mask, value_range=span) == pytest.approx(ssim_map[centres].mean(), abs=1e-4)
+
+
+def test_identical_volumes_score_perfectly_whatever_their_scale():
+    rng = np.random.default_rng(1)
+    truth = ndimage.gaussian_filter(rng.normal(size=(24, 24, 24)), 1.5).astype(np.float32) * 300 + 900
+    mask = np.zeros(truth.shape, bool)
+    mask[2:22, 3:21, 4:20] = True
+    scores = translation_scores(0.01 * truth - 4.0, truth, mask)  # another gain and offset: z-scoring removes them
+    assert scores["mae"] == pytest.approx(0.0, abs=1e-5)
+    assert scores["ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert scores["psnr"] > 80 or scores["psnr"] == float("inf")
+    p, t = normalise_pair(0.01 * truth - 4.0, truth, mask)
+    assert abs(float(t[mask].mean())) < 1e-5 and float(t[mask].std()) == pytest.approx(1.0, rel=1e-4)
+    assert np.all(p[~mask] == 0)
+
+
+def test_evaluate_translate_writes_csv_summary_and_report(phantoms, tmp_path, capsys):
+    # Predictions: each case's real FLAIR with noise (a stand-in for a synthesis).
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for case in discover(phantoms).cases:
+        real = nib.load(case.channels["flair"])
+        data = np.asanyarray(real.dataobj).astype(np.float32)
+        noisy = data + np.random.default_rng(0).normal(0, 50, data.shape).astype(np.float32) * (data > 0)
+        nib.save(nib.Nifti1Image(noisy, real.affine), str(pred / f"{case.case_id}.nii.gz"))
+    out = tmp_path / "eval" / "scores.csv"
+    code, stdout, err = cli(capsys, "evaluate", "--task", "translate", "--pred", pred, "--truth", phantoms,
+                            "--target", "flair", "--source", "t1", "--out", out)
+    assert code == 0, err
+    rows = out.read_text().splitlines()
+    assert rows[0] == "case,mae,psnr,ssim,voxels,mask" and len(rows) == 5
+    assert "real foreground" in rows[1]
+    assert (out.parent / "scores_summary.json").is_file()
+    page = (out.parent / "scores_report.html").read_text()
+    assert "data:image/png;base64" in page and "SSIM" in page
+    # Several channels and no --target: one line asking for it.
+    assert_user_error(cli(capsys, "evaluate", "--task", "translate", "--pred", pred, "--truth", phantoms), "--target")
+
+
+# ---- missing-modality segmentation ------------------------------------------------------------
+def _segmentation_model(path: Path) -> Path:
+    """A tiny untrained BraTS segmenter on (t1, flair): the fill-missing path only needs it to run."""
+    config = Config.from_dict({
+        "generator": {"in_channels": 2, "n_classes": 4, "base_filters": 4, "max_filters": 8, "depth": 3,
+                      "bottleneck_blocks": 1},
+        "discriminator": {"in_channels": 2, "n_classes": 4, "base_filters": 4, "max_filters": 8},
+        "train": {"patch_size": [32, 32, 32]},
+    })
+    torch.manual_seed(1)
+    generator = build_generator(config.generator)
+    state = {"channels": ["t1", "flair"], "convention": get_convention("brats").to_json(), "layout": "brats",
+             "epoch": 1, "step": 1}
+    save_checkpoint(path, Checkpoint(config=config.to_dict(), generator=generator.state_dict(), state=state))
+    return path
+
+
+@pytest.mark.slow
+def test_fill_missing_segments_with_the_synthesised_channel(phantoms, translator, tmp_path, capsys):
+    seg = _segmentation_model(tmp_path / "seg.safetensors")
+    cases = [c.case_id for c in discover(phantoms).cases][:2]
+    # The input: t1 only (the FLAIR files removed).
+    missing = tmp_path / "no_flair"
+    for case_id in cases:
+        shutil.copytree(phantoms / case_id, missing / case_id)
+        (missing / case_id / f"{case_id}_flair.nii.gz").unlink()
+    assert_user_error(cli(capsys, "predict", "--model", seg, "--input", missing, "--output", tmp_path / "x",
+                          "--fill-missing", "t2=" + str(translator), "--layout", "brats", "--no-progress"), "t2", "t1, flair")
+    filled = tmp_path / "filled"
+    code, _, err = cli(capsys, "predict", "--model", seg, "--input", missing, "--output", filled,
+                       "--fill-missing", f"flair={translator}", "--layout", "brats", "--no-progress")
+    assert code == 0, err
+    # The same as writing the synthesised FLAIR into the cases and segmenting them as usual.
+    synth = tmp_path / "synth"
+    assert cli(capsys, "predict", "--model", translator, "--input", missing, "--output", synth, "--layout", "brats",
+               "--no-progress")[0] == 0
+    with_synth = tmp_path / "with_synth"
+    for case_id in cases:
+        shutil.copytree(missing / case_id, with_synth / case_id)
+        shutil.copy(synth / f"{case_id}.nii.gz", with_synth / case_id / f"{case_id}_flair.nii.gz")
+    reference = tmp_path / "reference"
+    assert cli(capsys, "predict", "--model", seg, "--input", with_synth, "--output", reference, "--no-progress")[0] == 0
+    for case_id in cases:
+        a, geo = read_volume(filled / f"{case_id}.nii.gz")
+        b, _ = read_volume(reference / f"{case_id}.nii.gz")
+        assert a.shape == SHAPE and np.array_equal(a, b)
+        source = CaseFiles(case_id, {"t1": missing / case_id / f"{case_id}_t1.nii.gz"}, None)
+        assert geo.same_grid(read_volume(source.channels["t1"])[1])
+
+
+# ---- bad task configs -------------------------------------------------------------------------
+@pytest.mark.parametrize(("settings", "needles"), [
+    ({"task.target": '["t3"]'}, ["'t3'", "t1, t1ce, t2, flair"]),
+    ({"task.source": '["flair"]'}, ["'flair'", "source"]),
+    ({"task.source": '["t1", "t1"]'}, ["named twice"]),
+    ({"task.target": "null"}, ["task.target"]),
+    ({"task.head": '"tanh"'}, ["tanh", "ct-window"]),
+    ({"task.lambda_l1": "0"}, ["lambda_l1"]),
+])
+def test_bad_task_configs_are_refused_in_one_line(phantoms, tmp_path, capsys, settings, needles):
+    args = [*TRANSLATE, *(a for k, v in settings.items() for a in ("--set", f"{k}={v}")), "--set", "train.epochs=1"]
+    result = cli(capsys, "train", "--config", "paper", "--data", phantoms, "--out", tmp_path / "run", *args)
+    assert_user_error(result, *needles)
+    assert not (tmp_path / "run" / "checkpoints").exists()
