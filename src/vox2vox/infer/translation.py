@@ -132,8 +132,8 @@ def predict_with_filled(models: Sequence[LoadedModel], fill: Mapping[str, Loaded
             raise Vox2VoxError(f"--fill-missing {name}: the segmentation model {seg.path} has no channel {name!r}; "
                                f"its channels are {', '.join(channels) or 'not recorded'}")
         check_translation_models([model])
-        targets = tuple(model.config.task.target or ())
-        if name not in targets and len(targets) != 1:
+        if _target_index(model, name) is None:
+            targets = tuple(model.config.task.target or ())
             raise Vox2VoxError(f"--fill-missing {name}: {model.path} synthesises {', '.join(targets)}, not {name}")
     spec = discover(input_path, layout=layout)
     needed = {c for c in channels if c not in fill}
@@ -161,8 +161,7 @@ def _filling_loader(channels: Sequence[str], fill: Mapping[str, LoadedModel], *,
             volumes.update(zip(real, image, strict=True))
         for name, model in fill.items():
             synthetic, _, geo = synthesise_case([model], case, config=config, device=device)
-            targets = tuple(model.config.task.target or ())
-            volumes[name] = synthetic[targets.index(name) if name in targets else 0]
+            volumes[name] = synthetic[_target_index(model, name)]
             if geometry is not None and not geometry.same_grid(geo):
                 raise Vox2VoxError(f"case {case.case_id}: the synthesised {name} is not on the grid of the case's "
                                    "other channels; their files must share one grid")
@@ -173,6 +172,13 @@ def _filling_loader(channels: Sequence[str], fill: Mapping[str, LoadedModel], *,
         return LoadedCase(case.case_id, image, None, geometry, record)
 
     return load
+
+
+def _target_index(model: LoadedModel, name: str) -> int | None:
+    """Which of the model's targets is channel ``name`` (names compared without case: ``FLAIR`` of a
+    folders layout is ``flair`` of BraTS); None when it synthesises no such channel."""
+    targets = [t.lower() for t in model.config.task.target or ()]
+    return targets.index(name.lower()) if name.lower() in targets else None
 
 
 def _require_channels(spec: DatasetSpec, names: Sequence[str], input_path: object, model_path: object) -> None:
