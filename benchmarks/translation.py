@@ -165,15 +165,28 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--segmentation", action="store_true")
     parser.add_argument("--seg-steps", type=int, default=300)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--only-folds", default=None, metavar="I,J",
+                        help="run only these folds (of the same seeded split), e.g. one process per fold")
+    parser.add_argument("--summarise", type=Path, nargs="+", default=None, metavar="OUT",
+                        help="print the table over the results.json of these output folders and stop")
+    parser.add_argument("--out", type=Path, required=False)
     args = parser.parse_args()
+    if args.summarise:
+        merged: dict = {"folds": []}
+        for folder in args.summarise:
+            merged["folds"] += json.loads((folder / "results.json").read_text())["folds"]
+        summarise(merged)
+        return
     torch.set_num_threads(1)
     spec = discover(args.data)
     cases = {c.case_id: c for c in spec.cases}
     folds = kfold_splits(sorted(cases), args.folds, seed=args.seed)
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "folds": []}
     ensure_folder(args.out)
+    only = None if args.only_folds is None else {int(v) for v in args.only_folds.split(",")}
     for i, fold in enumerate(folds):
+        if only is not None and i not in only:
+            continue
         train_ids, test_ids = sorted(fold["train"]), sorted(fold["val"])
         fold_dir = ensure_folder(args.out / f"fold_{i}")
         row: dict = {"fold": i, "train": train_ids, "test": test_ids, "methods": {}}
@@ -212,7 +225,8 @@ def main() -> None:
 
 
 def summarise(results: dict) -> None:
-    print("\nmethod   | MAE (mean over cases) | PSNR dB | SSIM   | steps per fold")
+    print(f"\n{len(results['folds'])} fold(s): {', '.join(str(f['fold']) for f in results['folds'])}")
+    print("method   | MAE (mean over cases) | PSNR dB | SSIM   | steps per fold")
     for method in ("vox2vox", "l1", "linear"):
         per_case = [c for f in results["folds"] for c in f["methods"][method]["cases"].values()]
         steps = [str(f["methods"][method].get("steps", "-")) for f in results["folds"]]
