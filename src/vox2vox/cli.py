@@ -398,7 +398,7 @@ def _cv(args: argparse.Namespace) -> int:
     results = run_cross_validation(config, args.out, folds=args.folds, fold=args.fold, resume=args.resume)
     for i, result in results.items():
         best = f"{result.best_score:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else "n/a"
-        print(f"fold {i}: {result.epochs} epochs; best validation Dice {best}")
+        print(f"fold {i}: {result.epochs} epochs; best validation {'score' if config.task.translate else 'Dice'} {best}")
     print(f"cross-validation directory: {args.out} (predict with --model {args.out} for the fold ensemble)")
     return 0
 

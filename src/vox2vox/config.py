@@ -152,6 +152,9 @@ class Config:
         if self.task.translate and self.task.head == "tanh" and self.preprocess.normalize != "ct-window":
             raise Vox2VoxError(f"task.head='tanh' needs targets in a fixed range: preprocess.normalize='ct-window' "
                                f"(this is {self.preprocess.normalize!r}); use task.head='linear' for z-scored targets")
+        if self.task.translate and self.train.tune_prediction:
+            raise Vox2VoxError("train.tune_prediction chooses segmentation clean-up (TTA, largest component); "
+                               "a translation has none: set it to false")
         m = self.generator.size_multiple
         problem = self.generator.size_problem(self.train.patch_size)
         if problem == "multiple":

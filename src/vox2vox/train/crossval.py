@@ -114,7 +114,7 @@ def run_cross_validation(
     if fold is not None and not 0 <= fold < folds:
         raise Vox2VoxError(f"--fold {fold}: choose a fold from 0 to {folds - 1}")
     spec = discover(config.data.path, layout=config.data.layout)
-    labelled = [c.case_id for c in spec.cases if c.label is not None]
+    labelled = [c.case_id for c in spec.cases if c.label is not None or config.task.translate]  # translations need none
     if not labelled:
         raise Vox2VoxError(f"{config.data.path}: no case has a label map; training needs labels")
     cv_dir = Path(cv_dir)
