@@ -223,6 +223,7 @@ def save_translation_slices(path: str | os.PathLike[str], result: TranslationEva
                             masks: dict[str, Path]) -> None:
     """A PNG: rows axial, coronal, sagittal; columns source, synthesised, real, |difference|."""
     # Lazy: matplotlib takes a second to import and only figures need it.
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     case = result.truth_cases[case_id]
@@ -243,7 +244,8 @@ def save_translation_slices(path: str | os.PathLike[str], result: TranslationEva
     for row, (view, axis, (h, v)) in enumerate(views):
         for col, (name, volume) in enumerate(panels):
             ax = fig.add_subplot(3, len(panels), row * len(panels) + col + 1)
-            plane = np.take(volume, centre[axis], axis=axis).T
+            # Outside the mask (not scored) drawn black.
+            plane = np.where(np.take(region, centre[axis], axis=axis), np.take(volume, centre[axis], axis=axis), np.nan).T
             if name == "source":
                 inside = volume[region]
                 vmin, vmax = np.percentile(inside, [1, 99]) if inside.size else (0, 1)
@@ -251,7 +253,8 @@ def save_translation_slices(path: str | os.PathLike[str], result: TranslationEva
                 vmin, vmax = 0.0, max(float(hi - lo) / 2, 1e-6)
             else:
                 vmin, vmax = lo, hi
-            ax.imshow(plane, cmap="magma" if name == "|difference|" else "gray", origin="lower", vmin=vmin, vmax=vmax,
+            cmap = colormaps["magma" if name == "|difference|" else "gray"].with_extremes(bad="black")
+            ax.imshow(plane, cmap=cmap, origin="lower", vmin=vmin, vmax=vmax,
                       aspect=spacing[v] / spacing[h], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
