@@ -27,6 +27,7 @@ from vox2vox.infer.inference import load_model
 from vox2vox.infer.translation import synthesise_case
 from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.model.residual import build_generator
+from vox2vox.model.translation import TaskConfig, translation_loss
 from vox2vox.report.image_metrics import mae, normalise_pair, psnr, ssim, translation_scores
 
 SHAPE = (32, 32, 32)
@@ -95,6 +96,7 @@ def _fresh_generator(model) -> torch.nn.Module:
     return build_generator(model.config.generator).eval()
 
 
+@pytest.mark.slow
 def test_synthesised_volume_is_float32_on_the_input_grid(phantoms, translator, tmp_path, capsys):
     out = tmp_path / "synth"
     code, stdout, err = cli(capsys, "predict", "--model", translator, "--input", phantoms, "--output", out, "--no-progress")
@@ -136,6 +138,21 @@ def test_ct_window_synthesis_is_restored_to_hounsfield_units():
     restored, scale = restore_synthesis(tanh_out, loaded, mask, prep=prep, head="tanh")
     assert scale == "HU"
     assert np.allclose(restored[0][mask], 500.0) and np.allclose(restored[0][~mask], -1000.0)
+
+
+def test_translation_loss_is_l1_plus_ssim():
+    torch.manual_seed(0)
+    real = torch.randn(2, 1, 24, 24, 24)
+    fake = real + 0.5
+    task = TaskConfig(kind="translate", target=("flair",), lambda_l1=100.0, lambda_ssim=0.0)
+    loss, parts = translation_loss(fake, real, task)
+    assert float(loss) == pytest.approx(50.0, rel=1e-5) and parts["loss_l1"] == pytest.approx(0.5, rel=1e-5)
+    with_ssim = dataclasses.replace(task, lambda_ssim=2.0)
+    loss, parts = translation_loss(fake, real, with_ssim)
+    assert parts["loss_ssim"] > 0.05  # a shifted volume is not structurally identical
+    assert float(loss) == pytest.approx(50.0 + 2.0 * parts["loss_ssim"], rel=1e-5)
+    loss, parts = translation_loss(real, real, with_ssim)
+    assert float(loss) == pytest.approx(0.0, abs=1e-4)
 
 
 # ---- metrics against independent computations -------------------------------------------------
@@ -280,6 +297,7 @@ def test_bad_task_configs_are_refused_in_one_line(phantoms, tmp_path, capsys, se
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_fill_missing_and_evaluate_mistakes_are_one_line(phantoms, translator, tmp_path, capsys):
     seg = _segmentation_model(tmp_path / "seg.safetensors")
     assert_user_error(cli(capsys, "predict", "--model", seg, "--input", phantoms, "--output", tmp_path / "x",
