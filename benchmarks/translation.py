@@ -61,12 +61,14 @@ from vox2vox.train.crossval import kfold_splits
 from vox2vox.train.runs import train_on_dataset
 
 #: The networks: MONAI's residual U-Net (the generator the quality study found fastest to learn on
-#: a CPU), small enough for minutes per fold on one core.
+#: a CPU), small enough for minutes per fold on one core, trained at 2 mm (48^3 patches see 96 mm)
+#: and mapped back to the 1 mm input grid for scoring. A first round at 1 mm with 64^3 patches and
+#: lr 5e-4 gave a nearly flat synthesis after 600 steps (benchmarks/RESULTS.md).
 NETWORK = [
     'generator.arch="residual"', "generator.base_filters=8", "generator.max_filters=64", "generator.depth=3",
-    "discriminator.base_filters=8", "discriminator.max_filters=64",
-    "train.patch_size=[64,64,64]", "train.batch_size=2", "train.patches_per_case=2",
-    "train.foreground_prob=0.9", "optim.lr_g=0.0005", "optim.lr_d=0.0005", 'optim.schedule="poly"',
+    "discriminator.base_filters=8", "discriminator.max_filters=64", "preprocess.target_spacing=[2.0,2.0,2.0]",
+    "preprocess.pad_multiple=8", "train.patch_size=[48,48,48]", "train.batch_size=2", "train.patches_per_case=2",
+    "train.foreground_prob=0.9", "optim.lr_g=0.001", "optim.lr_d=0.001", 'optim.schedule="poly"',
     'train.device="cpu"', 'train.select="last"', "data.val_cases=0", "train.checkpoint_every=1000000",
 ]
 
