@@ -304,6 +304,8 @@ def test_fill_missing_and_evaluate_mistakes_are_one_line(phantoms, translator, t
                           "--fill-missing", "flair"), "CHANNEL=MODEL")
     assert_user_error(cli(capsys, "predict", "--model", seg, "--input", phantoms, "--output", tmp_path / "x",
                           "--fill-missing", f"t1={translator}"), "synthesises flair, not t1")
+    assert_user_error(cli(capsys, "predict", "--model", translator, "--input", phantoms, "--output", tmp_path / "x",
+                          "--largest-component"), "a translation model", "--largest-component")
     # A synthesised volume on another grid than the real one.
     case = discover(phantoms).cases[0]
     real = nib.load(case.channels["flair"])

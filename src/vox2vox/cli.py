@@ -336,6 +336,11 @@ def _predict(args: argparse.Namespace) -> int:
         from vox2vox.infer.translation import parse_fill, predict_with_filled, synthesise_dataset
 
         if models[0].config.task.translate:  # a translation model writes synthesised volumes
+            seg_only = [o for o, v in (("--save-probabilities", args.save_probabilities), ("--min-et-voxels",
+                        args.min_et_voxels), ("--largest-component", args.largest_component), ("--fill-missing",
+                        args.fill_missing)) if v]
+            if seg_only:
+                raise Vox2VoxError(f"{models[0].path}: a translation model; {seg_only[0]} applies to segmentation")
             report = synthesise_dataset(models, args.input, args.output, config=config, device=device,
                                         layout=args.layout, progress=not args.no_progress)
         else:
