@@ -30,6 +30,7 @@ from vox2vox.model.blocks import (
     make_norm,
     same_padding,
 )
+from vox2vox.model.outputs import activate
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,9 @@ class GeneratorConfig:
 
     arch: Literal["paper", "residual"] = "paper"
     in_channels: int = 4
+    # Output channels: the classes, or with output="regions" the label convention's nested regions.
     n_classes: int = 4
+    output: Literal["classes", "regions"] = "classes"
     base_filters: int = 64
     max_filters: int = 512
     depth: int = 4
@@ -58,6 +61,8 @@ class GeneratorConfig:
         check_positive_ints(self, "generator", "in_channels", "n_classes", "base_filters", "max_filters", "kernel_size")
         if self.arch not in ("paper", "residual"):
             raise Vox2VoxError(f"generator.arch={self.arch!r}: choose paper or residual")
+        if self.output not in ("classes", "regions"):
+            raise Vox2VoxError(f"generator.output={self.output!r}: choose classes or regions")
         if not 2 <= self.depth <= 7:
             raise Vox2VoxError(f"generator.depth={self.depth}: must be between 2 and 7")
         if self.bottleneck_blocks < 0:
@@ -212,8 +217,7 @@ class Generator(nn.Module):
         logits = self.head(x)
         if return_logits:
             return logits
-        # Softmax in float32: under fp16 autocast small class probabilities would underflow.
-        return torch.softmax(logits.float(), dim=1)
+        return activate(logits, self.config.output)
 
 
 def count_parameters(module: nn.Module) -> int:
