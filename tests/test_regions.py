@@ -144,6 +144,7 @@ def test_the_plan_trains_nested_regions_where_the_convention_has_them():
     cpu, table = Device("cpu", 24 * 2**30, "cpu", 2), {"48x48x48": 0.30, "64x64x64": 0.70}
     brats = make_plan(fp, device=cpu, budget_seconds=1800, throughput=table, convention=get_convention("brats"))
     assert brats.config["generator"]["output"] == "regions"
+    assert brats.config["generator"]["n_classes"] == brats.config["discriminator"]["n_classes"] == 3
     assert any("WT/TC/ET" in reason for reason in brats.reasons)
     assert Config.from_dict(brats.config).generator.output == "regions"
     # No nested regions (inferred classes, or side-by-side organs): one softmax output per class.

@@ -4,7 +4,8 @@ Defaults follow the authors' current code (docs/method.md, "Generator"): four st
 convolutions (64-128-256-512 filters, kernel 4), four bottleneck blocks at 1/16 resolution that
 each concatenate their activated output with their own pre-norm convolution output, three
 transposed-convolution decoder stages with skip connections, and a final transposed convolution to
-``n_classes`` channels followed by a softmax. At 4 input channels and 4 classes this is about
+``n_classes`` channels followed by a softmax (a sigmoid per region with ``output="regions"``, see
+:mod:`vox2vox.model.outputs`). At 4 input channels and 4 classes this is about
 150 M parameters, most of them in the bottleneck.
 
 Shapes: input ``(B, in_channels, D, H, W)`` with each of D, H, W a multiple of ``2 ** depth``;

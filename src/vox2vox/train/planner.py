@@ -182,9 +182,11 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     plan.why(why)
     depth = depth_for(patch)
     width = 8 if device.kind == "cpu" and (budget_seconds or math.inf) <= 4 * 3600 else (16 if device.kind == "cpu" else 32)
-    cfg["generator"].update(arch="residual", base_filters=width, max_filters=16 * width, depth=depth, dropout=0.0,
-                            in_channels=len(fp.channels), n_classes=fp.n_classes)
     regions = _nested_regions(convention)
+    # One output per class, or per nested region (then the critic sees the same region maps).
+    n_outputs = len(regions) if len(regions) >= 2 else fp.n_classes
+    cfg["generator"].update(arch="residual", base_filters=width, max_filters=16 * width, depth=depth, dropout=0.0,
+                            in_channels=len(fp.channels), n_classes=n_outputs)
     if len(regions) >= 2:
         cfg["generator"]["output"] = "regions"
         plan.why(f"outputs: the nested regions {'/'.join(regions)} as sigmoids (region-based training, as the "
@@ -194,7 +196,7 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
              f"{'x'.join(str(p // 2**depth) for p in patch)} bottom map")
     d_width = 8 if device.kind == "cpu" else 32
     cfg["discriminator"].update(base_filters=d_width, max_filters=8 * d_width, dropout=0.0,
-                                in_channels=len(fp.channels), n_classes=fp.n_classes)
+                                in_channels=len(fp.channels), n_classes=n_outputs)
     plan.why(f"discriminator width {d_width}: a small critic costs about a fifth of a step")
 
     # Objective.
