@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import sys
 import weakref
 from collections.abc import Sequence
@@ -42,12 +43,7 @@ from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.outputs import ProbabilityFormat, write_case
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
-from vox2vox.infer.uncertainty import (
-    UNCERTAINTY_CSV,
-    UncertaintyScores,
-    normalised_entropy,
-    write_uncertainty_csv,
-)
+from vox2vox.infer.uncertainty import UNCERTAINTY_CSV, UncertaintyScores, write_uncertainty_csv
 from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
 from vox2vox.model.residual import build_generator
@@ -198,7 +194,8 @@ def predict_averaged(
             if axes:
                 probs = torch.flip(probs, axes)
             if track_entropy:
-                entropy = normalised_entropy(probs, dim=1)
+                # This member's entropy -sum p log p (0 log 0 = 0), normalised once at the end.
+                entropy = torch.special.xlogy(probs, probs).sum(dim=1).neg_()
                 entropy_total = entropy if entropy_total is None else entropy_total.add_(entropy)
                 del entropy
             if total is None:
@@ -213,7 +210,8 @@ def predict_averaged(
         total.div_(n)
     expected = None
     if entropy_total is not None:
-        expected = entropy_total.div_(n)[0].cpu().numpy()
+        # The mean of the members' normalised entropies, as uncertainty.normalised_entropy scales them.
+        expected = entropy_total.div_(n * math.log(total.shape[1])).clamp_(0.0, 1.0)[0].cpu().numpy()
     return Prediction(total[0].cpu().numpy(), n, expected)
 
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import torch
+from scipy import special
 
 from vox2vox.atomic import atomic_write_text
 from vox2vox.errors import Vox2VoxError
@@ -39,12 +39,16 @@ from vox2vox.errors import Vox2VoxError
 UNCERTAINTY_CSV = "uncertainty.csv"
 
 
-def normalised_entropy(probs: torch.Tensor, *, dim: int) -> torch.Tensor:
-    """``-sum p log p / log K`` over ``dim`` (K = its length), float32, in [0, 1]; ``0 log 0 = 0``."""
-    k = probs.shape[dim]
-    # xlogy gives 0 at p = 0 (no NaN); the clamp keeps float rounding of sum(p) != 1 inside [0, 1].
-    h = -torch.special.xlogy(probs, probs).sum(dim=dim)
-    return h.div_(math.log(k)).clamp_(0.0, 1.0)
+def normalised_entropy(probs: np.ndarray, *, axis: int = 0) -> np.ndarray:
+    """``-sum p log p / log K`` over ``axis`` (K = its length), float32, in [0, 1]; ``0 log 0 = 0``.
+
+    (Prediction sums its members' entropies on the device with torch, the same formula:
+    :func:`vox2vox.infer.inference.predict_averaged`.)
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    # xlogy gives 0 at p = 0 (no NaN); the clip keeps float rounding of sum(p) != 1 inside [0, 1].
+    h = -special.xlogy(probs, probs).sum(axis=axis, dtype=np.float32)
+    return np.clip(h / np.float32(math.log(probs.shape[axis])), 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def uncertainty_maps(
@@ -55,8 +59,7 @@ def uncertainty_maps(
     ``mean_probs``: the averaged softmax ``(K, D, H, W)``; ``expected_entropy``: the mean over
     members of each member's :func:`normalised_entropy` (None with a single member: no spread).
     """
-    entropy = normalised_entropy(torch.from_numpy(np.ascontiguousarray(mean_probs, dtype=np.float32)), dim=0)
-    entropy_map = entropy.numpy()
+    entropy_map = normalised_entropy(mean_probs, axis=0)
     if expected_entropy is None:
         return entropy_map, None
     # Jensen: H(mean) >= mean H, so the difference is >= 0 up to float rounding.
