@@ -25,6 +25,7 @@ from vox2vox import __version__
 from vox2vox.config import Config
 from vox2vox.data import seg_formats
 from vox2vox.data.colours import colours_for
+from vox2vox.data.io import Geometry, read_volume
 from vox2vox.data.labels import get_convention
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import LoadedModel, predict_dataset
@@ -246,3 +247,31 @@ def test_seg_nrrd_of_a_dicom_series_lies_on_the_series(series, tmp_path):
     labels = sitk.GetArrayFromImage(read)  # (slices, rows, columns), as the series stacks
     hu = sitk.GetArrayFromImage(reference)
     np.testing.assert_array_equal(labels, expected_values(hu, [-200.0, 200.0], [0, 1, 5]))
+
+
+def test_series_with_a_repeated_instance_uid_is_refused(series, tmp_path):
+    folder, _, _ = series
+    copy = tmp_path / "dup"
+    copy.mkdir()
+    files = sorted(folder.iterdir())
+    for path in files:
+        ds = pydicom.dcmread(path)
+        if path == files[1]:  # the second slice claims the first one's identity
+            ds.file_meta.MediaStorageSOPInstanceUID = pydicom.dcmread(files[0]).file_meta.MediaStorageSOPInstanceUID
+        ds.save_as(copy / path.name)
+    with pytest.raises(Vox2VoxError, match="two slices share one SOPInstanceUID"):
+        seg_formats.read_dicom_source(copy)
+
+
+def test_labels_off_the_series_grid_are_refused(series, tmp_path):
+    folder, _, _ = series
+    _, geometry = read_volume(folder)
+    source = seg_formats.read_dicom_source(folder)
+    shifted = geometry.source_affine.copy()
+    shifted[:3, 3] += [5.0, 0.0, 0.0]  # five millimetres off in x
+    moved = Geometry(geometry.affine, geometry.shape, shifted, geometry.source_shape)
+    segments = seg_formats.segments_of(get_convention(CT_BANDS))
+    labels = np.zeros(geometry.shape, np.uint8)
+    with pytest.raises(Vox2VoxError, match="does not lie on the label map's grid"):
+        seg_formats.write_dicom_seg(labels, moved, source, tmp_path / "x.dcm", segments)
+    assert not list(tmp_path.glob("*.dcm"))
