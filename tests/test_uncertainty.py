@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import PAPER, ball, cli, make_manifest, make_model, save_nifti, tiny_overrides
+from helpers import (
+    PAPER,
+    assert_user_error,
+    ball,
+    cli,
+    make_manifest,
+    make_model,
+    save_nifti,
+    tiny_overrides,
+)
 from vox2vox.infer.inference import predict_averaged
 from vox2vox.infer.uncertainty import (
     UNCERTAINTY_CSV,
@@ -117,6 +126,17 @@ def test_maps_lie_on_the_input_grid(shared_data, tmp_path, capsys):
     assert row.members == 1 and math.isnan(row.spread_mean)
 
 
+def test_a_damaged_uncertainty_table_stops_the_run_before_any_case(tmp_path, capsys):
+    image = save_nifti(tmp_path / "case.nii.gz", np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32))
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / UNCERTAINTY_CSV).write_text("case,members\nx,many\n")
+    assert_user_error(cli(capsys, "predict", "--model", make_model(tmp_path / "m.safetensors"), "--input", image,
+                          "--output", out, "--save-uncertainty", "--no-progress"),
+                      out / UNCERTAINTY_CSV, "malformed uncertainty row")
+    assert sorted(p.name for p in out.iterdir()) == [UNCERTAINTY_CSV]
+
+
 @pytest.mark.slow
 def test_a_trained_model_is_less_sure_of_shuffled_intensities(tmp_path, capsys):
     # Seconds of training on noisy phantom balls: Dice about 0.8 on a new ball.
@@ -139,7 +159,9 @@ def test_a_trained_model_is_less_sure_of_shuffled_intensities(tmp_path, capsys):
         code, _, err = cli(capsys, "predict", "--model", run, "--input", cases / f"{name}.nii.gz", "--output", out,
                            "--save-uncertainty", "--no-progress")
         assert code == 0, err
-    # uncertainty.csv holds the last run's cases; the entropy maps of both stay beside it.
+    # Two runs into one folder: uncertainty.csv keeps the first run's case beside the second's.
+    table = read_uncertainty_csv(out / UNCERTAINTY_CSV)
+    assert set(table) == {"clean", "shuffled"}
     clean = float(np.asarray(nib.load(out / "clean_entropy.nii.gz").dataobj).mean())
     noisy = float(np.asarray(nib.load(out / "shuffled_entropy.nii.gz").dataobj).mean())
     prediction = np.asarray(nib.load(out / "clean.nii.gz").dataobj)
@@ -147,7 +169,8 @@ def test_a_trained_model_is_less_sure_of_shuffled_intensities(tmp_path, capsys):
     assert dice > 0.6, dice  # the model learnt the task, so its certainty means something
     # Measured about 0.12 (clean) vs 0.20 (shuffled) over several training lengths and rates.
     assert noisy > 1.3 * clean and noisy - clean > 0.03, (clean, noisy)
-    assert read_uncertainty_csv(out / UNCERTAINTY_CSV)["shuffled"].entropy_mean == pytest.approx(noisy, abs=1e-5)
+    assert table["shuffled"].entropy_mean == pytest.approx(noisy, abs=1e-5)
+    assert table["clean"].entropy_mean == pytest.approx(clean, abs=1e-5)
 
     # The HTML report of an evaluation of these predictions shows the scores per case.
     both = tmp_path / "both"

@@ -43,7 +43,12 @@ from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.outputs import ProbabilityFormat, write_case
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
-from vox2vox.infer.uncertainty import UNCERTAINTY_CSV, UncertaintyScores, write_uncertainty_csv
+from vox2vox.infer.uncertainty import (
+    UNCERTAINTY_CSV,
+    UncertaintyScores,
+    read_uncertainty_csv,
+    write_uncertainty_csv,
+)
 from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
 from vox2vox.model.residual import build_generator
@@ -381,7 +386,8 @@ def predict_dataset(
     or ``seg-nrrd`` (``<case_id>.seg.nrrd`` for 3D Slicer), see :mod:`vox2vox.data.seg_formats`.
     ``save_uncertainty``: also write ``<case_id>_entropy.nii.gz`` (and with several members,
     TTA or an ensemble, ``<case_id>_spread.nii.gz``) and ``uncertainty.csv`` with per-case
-    scores, see :mod:`vox2vox.infer.uncertainty`.
+    scores (rows of cases predicted into the folder earlier are kept), see
+    :mod:`vox2vox.infer.uncertainty`.
 
     A case that fails (unreadable file, too little memory, ...) is reported in the result and,
     with ``progress``, on stderr; the others go on.
@@ -424,11 +430,15 @@ def predict_dataset(
     if output_format == "dicom-seg":
         check_dicom_seg_inputs([(c.case_id, next(iter(c.channels.values()))) for c in spec.cases])
     segments = segments_of(convention)
+    output_dir = Path(output_dir)
+    # Scores of cases predicted into this folder before stay (unless predicted again); read now so
+    # a damaged table stops the run before any work.
+    scores_path = output_dir / UNCERTAINTY_CSV
+    earlier = read_uncertainty_csv(scores_path) if save_uncertainty and scores_path.is_file() else {}
     postprocess = postprocess or PostprocessConfig()
     # Check post-processing against the convention once, not once per case.
     check_postprocess(postprocess, convention)
     prep = dataclasses.replace(first.config.preprocess, cache_dir=None)
-    output_dir = Path(output_dir)
     nets = [m.generator for m in models]
     report = PredictionReport({}, {})
     for case in tqdm(spec.cases, desc="predicting", unit="case", disable=not progress, file=sys.stderr):
@@ -468,6 +478,6 @@ def predict_dataset(
             if progress:
                 tqdm.write(f"{case.case_id}: failed: {reason}", file=sys.stderr)
     if report.uncertainty:
-        report.uncertainty_csv = write_uncertainty_csv(output_dir / UNCERTAINTY_CSV, report.uncertainty)
+        report.uncertainty_csv = write_uncertainty_csv(scores_path, {**earlier, **report.uncertainty})
     return report
 

@@ -287,11 +287,10 @@ def _uncertainty_section(inputs: ReportInputs, rows: Sequence[Mapping[str, str]]
              "<p>Per voxel, the entropy of the averaged softmax and, with test-time flips or an ensemble, "
              "the spread (mutual information between members), both divided by log(classes) so they lie in "
              f"[0, 1]; per case their means over the volume and inside the predicted foreground ({_e(str(path))}).</p>"]
-    scored = [(case, s.entropy_foreground, dice[case]) for case, s in scores.items()
-              if case in dice and math.isfinite(s.entropy_foreground)]
+    scored = [(s.entropy_mean, s.entropy_foreground, dice[case]) for case, s in scores.items() if case in dice]
     if len(scored) >= 2:
         parts.append(_figure(lambda p: _save_uncertainty_scatter(p, scored),
-                             "mean Dice per case against its mean entropy inside the predicted foreground"))
+                             "mean Dice per case against its mean entropy over the volume and in the foreground"))
     table = [[_e(case), str(s.members), str(s.foreground_voxels),
               *(_fmt(v, 4) for v in (s.entropy_mean, s.entropy_foreground, s.spread_mean, s.spread_foreground)),
               _fmt(dice.get(case), 3)]
@@ -350,19 +349,22 @@ def _save_box_plots(path: Path, rows: Sequence[Mapping[str, str]], regions: Sequ
         fig.savefig(handle, format="png")
 
 
-def _save_uncertainty_scatter(path: Path, scored: Sequence[tuple[str, float, float]]) -> None:
+def _save_uncertainty_scatter(path: Path, scored: Sequence[tuple[float, float, float]]) -> None:
+    """Mean Dice per case against (volume entropy, foreground entropy, Dice) triples."""
     # Lazy: matplotlib takes about a second to import and only figure writing needs it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.6, 3.6), dpi=100)
+    fig = Figure(figsize=(9.6, 3.4), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.scatter([e for _, e, _ in scored], [d for _, _, d in scored], s=16, alpha=0.7, color="#1f77b4")
-    ax.set_xlabel("mean entropy inside the predicted foreground")
-    ax.set_ylabel("mean Dice over regions")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
+    for ax, column, label in zip(fig.subplots(1, 2), (0, 1), ("over the volume", "inside the predicted foreground"),
+                                 strict=True):
+        points = [(row[column], row[2]) for row in scored if math.isfinite(row[column])]
+        ax.scatter([x for x, _ in points], [y for _, y in points], s=16, alpha=0.7, color="#1f77b4")
+        ax.set_xlabel(f"mean entropy {label}")
+        ax.set_ylabel("mean Dice over regions")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     with open(path, "wb") as handle:
         fig.savefig(handle, format="png")
