@@ -25,7 +25,9 @@ from helpers import (
     save_nifti,
     tiny_overrides,
 )
-from vox2vox.infer.inference import predict_averaged
+from vox2vox.config import Config
+from vox2vox.data.labels import get_convention
+from vox2vox.infer.inference import LoadedModel, predict_averaged, predict_dataset
 from vox2vox.infer.uncertainty import (
     UNCERTAINTY_CSV,
     normalised_entropy,
@@ -78,6 +80,38 @@ def test_spread_is_the_members_mutual_information():
     same = predict_averaged([FixedNet(a), FixedNet(a)], image, member_entropy=True)
     assert np.abs(uncertainty_maps(same.probabilities, same.expected_entropy)[1]).max() < 1e-6
     assert predict_averaged([FixedNet(a)], image, member_entropy=True).expected_entropy is None
+
+
+def _binary_entropy(q: float) -> float:
+    return -(q * math.log(q) + (1 - q) * math.log(1 - q)) / math.log(2)
+
+
+def test_region_models_get_the_mean_binary_entropy_of_their_sigmoids(tmp_path):
+    # Independent sigmoids (they need not sum to 1): each region's binary entropy, averaged.
+    sigmoids = np.array([[0.5, 1.0], [0.5, 0.0], [0.5, 1.0]], np.float32)
+    np.testing.assert_allclose(normalised_entropy(sigmoids, axis=0, kind="regions"), [1.0, 0.0], atol=1e-6)
+    image = np.zeros((1, 4, 4, 4), np.float32)
+    a, b = [0.9, 0.5, 0.1], [0.6, 0.2, 0.3]
+    both = predict_averaged([FixedNet(a), FixedNet(b)], image, member_entropy=True, output_kind="regions")
+    members = [np.mean([_binary_entropy(q) for q in m]) for m in (a, b)]
+    np.testing.assert_allclose(both.expected_entropy, np.mean(members), atol=1e-6)
+    entropy, spread = uncertainty_maps(both.probabilities, both.expected_entropy, kind="regions")
+    mean = np.mean([_binary_entropy((x + y) / 2) for x, y in zip(a, b, strict=True)])
+    np.testing.assert_allclose(entropy, mean, atol=1e-6)
+    np.testing.assert_allclose(spread, mean - np.mean(members), atol=1e-6)
+    # Through predict: a region "model" (BraTS WT/TC/ET) writes the same value on the input grid.
+    config = Config().with_overrides(['preprocess.normalize="none"', "preprocess.crop_foreground=false",
+                                      "preprocess.pad_multiple=4", "generator.in_channels=1",
+                                      "generator.n_classes=3", 'generator.output="regions"'])
+    state = {"channels": ["image"], "convention": get_convention("brats").to_json()}
+    model = LoadedModel(FixedNet(a), config, state, Path("fixed"))  # type: ignore[arg-type]
+    source = save_nifti(tmp_path / "case.nii.gz", np.ones((6, 5, 4), np.float32))
+    report = predict_dataset([model], source, tmp_path / "pred", save_uncertainty=True, progress=False)
+    written = np.asarray(nib.load(tmp_path / "pred" / "case_entropy.nii.gz").dataobj)
+    assert written.shape == (6, 5, 4)
+    np.testing.assert_allclose(written, np.mean([_binary_entropy(q) for q in a]), atol=1e-6)
+    # WT 0.9, TC 0.5 (not above 0.5), ET 0.1: edema (2) everywhere, so all of it is foreground.
+    assert report.uncertainty["case"].foreground_voxels == 6 * 5 * 4
 
 
 def test_scores_and_their_csv_round_trip(tmp_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import sys
 import weakref
 from collections.abc import Sequence
@@ -46,11 +45,13 @@ from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.uncertainty import (
     UNCERTAINTY_CSV,
     UncertaintyScores,
+    entropy_scale,
     read_uncertainty_csv,
     write_uncertainty_csv,
 )
 from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
+from vox2vox.model.outputs import OutputKind, head_for
 from vox2vox.model.residual import build_generator
 
 Mode = Literal["auto", "whole", "sliding"]
@@ -173,9 +174,11 @@ def predict_averaged(
     config: InferenceConfig = InferenceConfig(),
     device: torch.device | str = "cpu",
     member_entropy: bool = False,
+    output_kind: OutputKind = "classes",
 ) -> Prediction:
     """:func:`predict_probabilities` as a :class:`Prediction`; with ``member_entropy`` it also
-    sums each member's entropy as it goes (one extra volume, never all members in memory)."""
+    sums each member's entropy as it goes (one extra volume, never all members in memory), of a
+    softmax or, with ``output_kind="regions"``, of independent region sigmoids."""
     if not models:
         raise Vox2VoxError("no model to predict with; give at least one checkpoint")
     device = torch.device(device)
@@ -199,8 +202,7 @@ def predict_averaged(
             if axes:
                 probs = torch.flip(probs, axes)
             if track_entropy:
-                # This member's entropy -sum p log p (0 log 0 = 0), normalised once at the end.
-                entropy = torch.special.xlogy(probs, probs).sum(dim=1).neg_()
+                entropy = _entropy_sum(probs, output_kind)
                 entropy_total = entropy if entropy_total is None else entropy_total.add_(entropy)
                 del entropy
             if total is None:
@@ -216,8 +218,19 @@ def predict_averaged(
     expected = None
     if entropy_total is not None:
         # The mean of the members' normalised entropies, as uncertainty.normalised_entropy scales them.
-        expected = entropy_total.div_(n * math.log(total.shape[1])).clamp_(0.0, 1.0)[0].cpu().numpy()
+        scale = n * entropy_scale(total.shape[1], output_kind)
+        expected = entropy_total.div_(scale).clamp_(0.0, 1.0)[0].cpu().numpy()
     return Prediction(total[0].cpu().numpy(), n, expected)
+
+
+def _entropy_sum(probs: torch.Tensor, kind: OutputKind) -> torch.Tensor:
+    """``(1, K, ...)`` -> ``(1, ...)``: -sum p log p over the softmax classes, or the summed binary
+    entropies of sigmoid regions (0 log 0 = 0); :func:`entropy_scale` normalises it."""
+    h = torch.special.xlogy(probs, probs)
+    if kind == "regions":
+        rest = 1.0 - probs
+        h.add_(torch.special.xlogy(rest, rest))
+    return h.sum(dim=1).neg_()
 
 
 def _run(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig, device: torch.device) -> torch.Tensor:
@@ -403,6 +416,7 @@ def predict_dataset(
             other.config.preprocess != first.config.preprocess
             or other.state.get("convention") != first.state.get("convention")
             or other.config.generator.n_classes != first.config.generator.n_classes
+            or other.config.generator.output != first.config.generator.output
         ):
             raise Vox2VoxError(
                 f"{other.path}: ensemble members must share preprocessing, classes and label "
@@ -414,11 +428,10 @@ def predict_dataset(
             "state={'convention': ..., 'channels': [...]} as training does"
         )
     convention = get_convention(first.state["convention"])
-    if convention.n_classes != first.config.generator.n_classes:
-        raise Vox2VoxError(
-            f"{first.path}: the generator predicts {first.config.generator.n_classes} classes but the label "
-            f"convention it records has {convention.n_classes}; the checkpoint's metadata is inconsistent"
-        )
+    try:
+        head = head_for(first.config.generator.n_classes, first.config.generator.output, convention)
+    except Vox2VoxError as err:
+        raise Vox2VoxError(f"{first.path}: {err}; the checkpoint's metadata is inconsistent") from None
     spec = _discover_like_training(first, input_path, layout)
     n_in = first.config.generator.in_channels
     if len(spec.channel_names) != n_in:
@@ -448,7 +461,7 @@ def predict_dataset(
             source = read_dicom_source(first_channel) if output_format == "dicom-seg" else None
             loaded = load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep)
             prediction = predict_averaged(nets, loaded.image, config=config, device=device,
-                                          member_entropy=save_uncertainty)
+                                          member_entropy=save_uncertainty, output_kind=head.kind)
             if not np.all(np.isfinite(prediction.probabilities)):  # argmax of NaN is class 0: all background
                 raise Vox2VoxError(
                     f"{first_channel}: the model's output is NaN/Inf for this case "
@@ -456,7 +469,8 @@ def predict_dataset(
                 )
             loaded.image = np.empty(0, np.float32)  # free the preprocessed image before writing
             written = write_case(
-                prediction.probabilities, loaded, output_dir, convention=convention, postprocess=postprocess,
+                prediction.probabilities, loaded, output_dir, convention=convention, head=head,
+                postprocess=postprocess,
                 save_probabilities=save_probabilities, output_format=output_format, segments=segments,
                 dicom_source=source, expected_entropy=prediction.expected_entropy, members=prediction.members,
                 save_uncertainty=save_uncertainty,

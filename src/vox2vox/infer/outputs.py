@@ -24,6 +24,7 @@ from vox2vox.data.seg_formats import SUFFIXES, DicomSource, OutputFormat, Segmen
 from vox2vox.infer.postprocessing import PostprocessConfig
 from vox2vox.infer.postprocessing import postprocess as apply_postprocess
 from vox2vox.infer.uncertainty import UncertaintyScores, score_case, uncertainty_maps
+from vox2vox.model.outputs import OutputHead
 
 ProbabilityFormat = Literal["npz", "nifti"]
 
@@ -47,6 +48,7 @@ def write_case(
     output_dir: Path,
     *,
     convention: LabelConvention,
+    head: OutputHead,
     postprocess: PostprocessConfig,
     save_probabilities: ProbabilityFormat | None = None,
     output_format: OutputFormat = "nifti",
@@ -56,20 +58,20 @@ def write_case(
     members: int = 1,
     save_uncertainty: bool = False,
 ) -> CaseOutputs:
-    """Undo preprocessing, argmax, post-process and write one case's files.
+    """Undo preprocessing, take classes (``head``), post-process and write one case's files.
 
-    ``probs``: the averaged softmax ``(K, D, H, W)`` on the preprocessed grid of ``loaded`` (a
-    :class:`vox2vox.data.loading.LoadedCase`); ``expected_entropy``: the members' mean entropy on
-    that grid (for the spread map; None with one member).
+    ``probs``: the averaged softmax (or region sigmoids) ``(K, D, H, W)`` on the preprocessed grid
+    of ``loaded`` (a :class:`vox2vox.data.loading.LoadedCase`); ``expected_entropy``: the members'
+    mean entropy on that grid (for the spread map; None with one member).
     """
     # Case ids are output names: never let one reach outside output_dir (discover checks too).
     check_case_id(loaded.case_id, where=output_dir)
     # Network-grid uncertainty first: the probabilities are mapped back (and freed) below.
-    maps = uncertainty_maps(probs, expected_entropy) if save_uncertainty else None
-    # Back to the input grid as probabilities (linear where it was resampled), then argmax:
+    maps = uncertainty_maps(probs, expected_entropy, kind=head.kind) if save_uncertainty else None
+    # Back to the input grid as probabilities (linear where it was resampled), then to classes:
     # interpolating probabilities, not labels, keeps boundaries smooth under resampling.
-    probs = undo_preprocessing(probs, loaded.record, order=1)
-    labels = convention.to_source(probs.argmax(0))
+    probs = undo_preprocessing(probs, loaded.record, order=1, background_channel=head.kind == "classes")
+    labels = convention.to_source(head.to_classes(probs))
     if postprocess.active:
         labels = apply_postprocess(labels, config=postprocess, convention=convention)
     foreground = labels != convention.source_values[0]
@@ -78,7 +80,7 @@ def write_case(
                     dicom_source=dicom_source)
     out = CaseOutputs(labels=target, empty=not foreground.any())
     if save_probabilities is not None:
-        out.probabilities = _write_probabilities(probs, loaded, output_dir, convention, save_probabilities)
+        out.probabilities = _write_probabilities(probs, loaded, output_dir, convention, head, save_probabilities)
     del probs
     if maps is not None:
         entropy = undo_preprocessing(maps[0], loaded.record, order=1)
@@ -93,7 +95,8 @@ def write_case(
 
 
 def _write_probabilities(
-    probs: np.ndarray, loaded: Any, output_dir: Path, convention: LabelConvention, fmt: ProbabilityFormat
+    probs: np.ndarray, loaded: Any, output_dir: Path, convention: LabelConvention, head: OutputHead,
+    fmt: ProbabilityFormat,
 ) -> Path:
     # (C, X, Y, Z) canonical -> (X, Y, Z, C) in the file's own voxel order.
     on_disk = np.moveaxis(probs.astype(np.float32, copy=False), 0, -1)
@@ -102,5 +105,8 @@ def _write_probabilities(
         write_volume(on_disk, loaded.geometry, path, dtype=np.float32)
         return path
     path = output_dir / f"{loaded.case_id}.npz"
-    write_probabilities_npz(on_disk, loaded.geometry, path, label_values=convention.source_values)
+    values = convention.source_values
+    if head.kind == "regions":  # each region channel stands for the class it adds
+        values = tuple(convention.source_values[c] for c in head.region_class)
+    write_probabilities_npz(on_disk, loaded.geometry, path, label_values=values, channel_names=head.names)
     return path

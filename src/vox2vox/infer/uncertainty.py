@@ -1,11 +1,13 @@
 """How sure a prediction is: per-voxel maps and one score per case (``predict --save-uncertainty``).
 
-Both maps are normalised by ``log K`` (K classes), so they lie in [0, 1] whatever K is:
+Both maps are normalised so they lie in [0, 1] whatever the number of outputs:
 
 - **entropy** of the averaged softmax ``p`` (the mean over ensemble members and test-time flips,
-  the probabilities the label map is the argmax of): ``H(p) = -sum_c p_c log p_c / log K``; 0
-  where one class has all the probability, 1 where all K are equally likely. The total
-  (predictive) uncertainty.
+  the probabilities the label map is the argmax of): ``H(p) = -sum_c p_c log p_c / log K`` for
+  K classes; 0 where one class has all the probability, 1 where all K are equally likely. The
+  total (predictive) uncertainty. A region-based model (``generator.output = "regions"``: one
+  sigmoid per nested region, not a softmax) gets the mean over its regions of each region's
+  binary entropy ``-(q log q + (1-q) log(1-q)) / log 2``, the same 0-to-1 scale.
 - **spread**: the mutual information between the prediction and the member (BALD):
   ``H(p) - mean_m H(p_m)``, the part of the entropy that comes from members disagreeing; 0 when
   every member predicts the same distribution, at most ``H(p)``. Only with several members
@@ -28,6 +30,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from scipy import special
@@ -35,31 +38,45 @@ from scipy import special
 from vox2vox.atomic import atomic_write_text
 from vox2vox.errors import Vox2VoxError
 
+#: ``vox2vox.model.outputs.OutputKind``, spelled out: importing it would load torch into the report.
+OutputKind = Literal["classes", "regions"]
+
 #: The per-case table predict writes beside the label maps.
 UNCERTAINTY_CSV = "uncertainty.csv"
 
 
-def normalised_entropy(probs: np.ndarray, *, axis: int = 0) -> np.ndarray:
-    """``-sum p log p / log K`` over ``axis`` (K = its length), float32, in [0, 1]; ``0 log 0 = 0``.
+def entropy_scale(n_outputs: int, kind: OutputKind = "classes") -> float:
+    """What the summed entropy is divided by to lie in [0, 1]: ``log K`` for K softmax classes,
+    ``R log 2`` for R sigmoid regions (their mean binary entropy)."""
+    return math.log(n_outputs) if kind == "classes" else n_outputs * math.log(2.0)
+
+
+def normalised_entropy(probs: np.ndarray, *, axis: int = 0, kind: OutputKind = "classes") -> np.ndarray:
+    """The normalised entropy of ``probs`` over ``axis``, float32 in [0, 1], ``0 log 0 = 0``:
+    categorical over softmax classes, or the mean binary entropy of sigmoid regions.
 
     (Prediction sums its members' entropies on the device with torch, the same formula:
     :func:`vox2vox.infer.inference.predict_averaged`.)
     """
     probs = np.asarray(probs, dtype=np.float32)
     # xlogy gives 0 at p = 0 (no NaN); the clip keeps float rounding of sum(p) != 1 inside [0, 1].
-    h = -special.xlogy(probs, probs).sum(axis=axis, dtype=np.float32)
-    return np.clip(h / np.float32(math.log(probs.shape[axis])), 0.0, 1.0).astype(np.float32, copy=False)
+    h = special.xlogy(probs, probs)
+    if kind == "regions":
+        h += special.xlogy(1.0 - probs, 1.0 - probs)
+    total = -h.sum(axis=axis, dtype=np.float32)
+    return np.clip(total / np.float32(entropy_scale(probs.shape[axis], kind)), 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def uncertainty_maps(
-    mean_probs: np.ndarray, expected_entropy: np.ndarray | None
+    mean_probs: np.ndarray, expected_entropy: np.ndarray | None, *, kind: OutputKind = "classes"
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(entropy, spread) maps ``(D, H, W)`` float32 on the probabilities' grid.
 
-    ``mean_probs``: the averaged softmax ``(K, D, H, W)``; ``expected_entropy``: the mean over
-    members of each member's :func:`normalised_entropy` (None with a single member: no spread).
+    ``mean_probs``: the averaged softmax (or region sigmoids) ``(K, D, H, W)``;
+    ``expected_entropy``: the mean over members of each member's :func:`normalised_entropy`
+    (None with a single member: no spread).
     """
-    entropy_map = normalised_entropy(mean_probs, axis=0)
+    entropy_map = normalised_entropy(mean_probs, axis=0, kind=kind)
     if expected_entropy is None:
         return entropy_map, None
     # Jensen: H(mean) >= mean H, so the difference is >= 0 up to float rounding.

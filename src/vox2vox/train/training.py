@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
+from vox2vox.data.labels import get_convention
 from vox2vox.device import (
     autocast,
     tune_cpu_allocator,
@@ -47,6 +48,7 @@ from vox2vox.model.checkpoint import (
     training_checkpoint,
 )
 from vox2vox.model.losses import (
+    binary_cross_entropy_from_probs,
     cross_entropy_from_probs,
     discriminator_accuracy,
     fixed_class_weights,
@@ -56,6 +58,7 @@ from vox2vox.model.losses import (
     one_hot,
     per_sample_dice_loss,
 )
+from vox2vox.model.outputs import OutputHead, head_for
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
 from vox2vox.train.patches import Augment, PatchSampler, TrainCase, derive_seed, patch_loader
@@ -79,7 +82,7 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     detached fake pair (:func:`_update_discriminator`); then G learns with D frozen
     (:func:`_update_generator`).
     """
-    target = one_hot(label, config.generator.n_classes)
+    target = state.head.targets(label) if state.head is not None else one_hot(label, config.generator.n_classes)
     mask = labelled_mask(label)  # None unless the batch holds ignore-label voxels
     state.generator.train()
     state.discriminator.train()
@@ -143,7 +146,10 @@ def _update_generator(
     loss_g = loss_cfg.lambda_dice * loss_dice
     if loss_cfg.lambda_ce > 0:
         # A per-voxel mean: under DDP, averaging the ranks' gradients gives the global batch's.
-        loss_ce = cross_entropy_from_probs(target, fake, mask=mask)
+        if config.generator.output == "regions":
+            loss_ce = binary_cross_entropy_from_probs(target, fake, mask=mask)
+        else:
+            loss_ce = cross_entropy_from_probs(target, fake, mask=mask)
         loss_g = loss_g + loss_cfg.lambda_ce * loss_ce
         out["loss_ce"] = loss_ce.item()
     if adversarial:
@@ -226,7 +232,9 @@ def fit(
     progress = progress and ctx.is_main
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
     distributed.per_rank_batch(config.train.batch_size, ctx.world_size)
-    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume)
+    convention = get_convention(model_info.convention) if model_info and model_info.convention else None
+    head = head_for(config.generator.n_classes, config.generator.output, convention)
+    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume, head=head)
     save = partial(_save, state, config, model_info=model_info)
 
     clock = _Clock(state.seconds, started)
@@ -252,7 +260,8 @@ def fit(
 
 
 def _start_or_resume(
-    config: Config, train_cases: Sequence[TrainCase], run: RunDir, ctx: distributed.DistContext, *, resume: bool
+    config: Config, train_cases: Sequence[TrainCase], run: RunDir, ctx: distributed.DistContext, *, resume: bool,
+    head: OutputHead,
 ) -> tuple[Config, TrainState, list[dict[str, Any]]]:
     """The resolved config, the (DDP-wrapped) training state and the log rows so far.
 
@@ -278,13 +287,15 @@ def _start_or_resume(
         if config.loss.adversarial or config.loss.lambda_dice > 0:
             if (config.loss.dice == "generalized" and config.loss.dice_weighting == "fixed"
                     and config.loss.class_weights is None):
-                weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
+                weights = fixed_class_weights([label for _, label in train_cases], head.n_classes,
+                                              membership=head.membership)
                 config = config.replace(loss=_replace(config.loss, class_weights=weights))
         state = build_state(config, device=ctx.device)
     weights = config.loss.class_weights
     if weights is not None and len(weights) != config.generator.n_classes:
         raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
                            f"({config.generator.n_classes} classes)")
+    state.head = head
     state.generator = distributed.wrap(state.generator, ctx)
     state.discriminator = distributed.wrap(state.discriminator, ctx)
     history = read_metrics(run.metrics, upto_epoch=state.epoch)
