@@ -40,7 +40,7 @@ from vox2vox.data.seg_formats import (
 )
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.outputs import ProbabilityFormat, write_case
+from vox2vox.infer.case_files import ProbabilityFormat, write_case
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.uncertainty import (
     UNCERTAINTY_CSV,
