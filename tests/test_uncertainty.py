@@ -216,6 +216,7 @@ def test_a_trained_model_is_less_sure_of_shuffled_intensities(tmp_path, capsys):
     code, stdout, err = cli(capsys, "evaluate", "--pred", both, "--truth", truth, "--out", csv_path,
                             "--regions", "labels")
     assert code == 0, err
+    assert "no truth case" not in stdout  # the entropy maps beside the label maps are not strays
     page = (tmp_path / "eval" / "evaluation_report.html").read_text(encoding="utf-8")
     assert "<h2>Uncertainty</h2>" in page and "entropy (foreground)" in page
     section = page[page.index("<h2>Uncertainty</h2>"):]

@@ -184,7 +184,10 @@ def evaluate_folder(
 
     missing_ids = tuple(c for c, _, p, _ in pairs if p is None)
     used = {predictions[c] for c in truth_files if c in predictions}
-    unmatched = tuple(sorted({p.name for p in predictions.values() if p not in used}))
+    # What predict writes beside a scored case's label map (probabilities, uncertainty) is no
+    # stray prediction: leave it out of the "ignored" list.
+    beside = {f"{c}{tail}" for c in truth_files if c in predictions for tail in _SIDE_FILES}
+    unmatched = tuple(sorted({p.name for p in predictions.values() if p not in used and p.name not in beside}))
     result = EvaluationResult(
         regions=tuple(region_map),
         case_ids=tuple(truth_files),
@@ -314,6 +317,10 @@ def _label_folder(folder: Path) -> dict[str, Path]:
         if path.is_file() and case_id is not None:
             found.setdefault(case_id, path)
     return found
+
+
+#: Files ``predict`` writes beside ``<case>.nii.gz``: probabilities and uncertainty maps.
+_SIDE_FILES = ("_probs.nii.gz", "_entropy.nii.gz", "_spread.nii.gz")
 
 
 def index_predictions(pred_dir: Path) -> dict[str, Path]:
