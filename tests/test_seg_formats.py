@@ -285,3 +285,65 @@ def test_labels_off_the_series_grid_are_refused(series, tmp_path):
     with pytest.raises(Vox2VoxError, match="does not lie on the label map's grid"):
         seg_formats.write_dicom_seg(labels, moved, source, tmp_path / "x.dcm", segments)
     assert not list(tmp_path.glob("*.dcm"))
+
+
+def _write_oblique_series(folder: Path, volume: np.ndarray) -> tuple[str, str]:
+    """``volume`` ``(slices, rows, columns)`` int16 as an uncompressed CT series whose rows run
+    obliquely through sagittal-ish planes (30 degrees about the x axis), files named against the
+    slice order, without the optional Type 2 patient/study attributes; returns (study, series)."""
+    folder.mkdir(parents=True)
+    angle = np.deg2rad(30.0)
+    row_dir = np.array([0.0, np.cos(angle), np.sin(angle)])  # along a row (increasing column)
+    col_dir = np.array([0.0, -np.sin(angle), np.cos(angle)])  # down a column (increasing row)
+    col_dir = np.cross(np.cross(row_dir, col_dir), row_dir)
+    normal = np.cross(row_dir, col_dir)
+    study, series, frame = (pydicom.uid.generate_uid() for _ in range(3))
+    for k, plane in enumerate(volume):
+        meta = pydicom.dataset.FileMetaDataset()
+        meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+        meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality, ds.PatientID, ds.PatientName, ds.SeriesNumber, ds.InstanceNumber = "CT", "p", "p", 3, k + 1
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row_dir, *col_dir)]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array([10.0, -20.0, 30.0]) + 2.5 * k * normal]
+        ds.PixelSpacing, ds.SliceThickness = ["0.8", "1.2"], "2.5"  # between rows, between columns
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = "0", "1"
+        ds.PixelData = np.ascontiguousarray(plane, dtype="<i2").tobytes()
+        ds.save_as(folder / f"slice_{len(volume) - k:03d}.dcm", enforce_file_format=True)
+    return study, series
+
+
+@pytest.mark.filterwarnings("error")  # nothing from highdicom about the source's one-part patient name
+def test_dicom_seg_frames_follow_an_oblique_series_with_rectangular_slices(tmp_path):
+    rng = np.random.default_rng(5)
+    volume = rng.integers(-500, 500, size=(7, 12, 20)).astype(np.int16)  # 7 slices of 12 rows x 20 columns
+    folder = tmp_path / "oblique"
+    study, series_uid = _write_oblique_series(folder, volume)
+    edges, values = [-100.0, 250.0], [0, 1, 5]
+    report = predict_dataset([band_model(edges, CT_BANDS)], folder, tmp_path / "seg", output_format="dicom-seg",
+                             progress=False)
+    assert not report.failed, report.failed
+    seg = pydicom.dcmread(report.written["oblique"])
+    assert seg.StudyInstanceUID == study and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+    sources = {pydicom.dcmread(p).SOPInstanceUID: p for p in folder.iterdir()}
+    pairs = set()
+    for frame, group in zip(seg.pixel_array, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        path = sources[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        source = pydicom.dcmread(path)
+        value = values[group.SegmentIdentificationSequence[0].ReferencedSegmentNumber]
+        np.testing.assert_allclose([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient],
+                                   [float(v) for v in source.ImagePositionPatient], atol=1e-3)
+        np.testing.assert_allclose([float(v) for v in seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+                                    .ImageOrientationPatient], [float(v) for v in source.ImageOrientationPatient],
+                                   atol=1e-5)
+        assert frame.shape == (12, 20)
+        np.testing.assert_array_equal(frame.astype(bool), expected_values(source.pixel_array, edges, values) == value)
+        pairs.add((path.name, value))
+    assert len(pairs) == 7 * 2  # both classes on every slice of random intensities

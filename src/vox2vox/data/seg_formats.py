@@ -21,6 +21,7 @@ import); :func:`require_writer` says when the extra is missing, before any work.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,10 @@ _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _IN_PLANE_TOLERANCE = 0.05
 #: The SEG's own series number: high, so viewers list it after the acquired series.
 SEG_SERIES_NUMBER = 1000
+#: Type 2 attributes (present, may be empty) of the patient and study a SEG copies from its
+#: source; exports often leave them out, and an absent one means the same as an empty one.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "AccessionNumber", "StudyID")
 #: Generic SNOMED CT "Tissue" (Slicer's default too): the convention names a class, not its anatomy.
 _TISSUE = ("85756007", "SCT", "Tissue")
 
@@ -203,7 +208,7 @@ def read_dicom_source(folder: str | Path) -> DicomSource:
     """Read the headers of the series in ``folder`` (the slices :func:`series_files` picks).
 
     Empty SOP Class/Instance UIDs are taken from each file's meta header (PS3.10 makes them
-    equal); a series without Study, Series or Frame of Reference UIDs (an anonymised export) is
+    equal), absent Type 2 patient/study attributes the SEG copies are added empty; a series without Study, Series or Frame of Reference UIDs (an anonymised export) is
     refused: a SEG that referenced made-up UIDs would not find its images.
     """
     # Lazy: pydicom comes with the optional highdicom extra (vox2vox[dicom]).
@@ -221,6 +226,9 @@ def read_dicom_source(folder: str | Path) -> DicomSource:
         for key, meta_key in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
             if not str(ds.get(key, "") or "").strip() and meta is not None and str(meta.get(meta_key, "") or "").strip():
                 setattr(ds, key, meta.get(meta_key))
+        for key in _TYPE2_COPIED:
+            if key not in ds:
+                setattr(ds, key, "")
         datasets.append(ds)
     for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID", "SOPClassUID"):
         missing = [Path(d.filename).name for d in datasets if not str(d.get(key, "") or "").strip()]
@@ -278,26 +286,30 @@ def write_dicom_seg(
         for s in segments
     ]
     try:
-        seg = hd.seg.Segmentation(
-            source_images=source.datasets,
-            pixel_array=frames,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(),
-            series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="vox2vox",
-            manufacturer_model_name="vox2vox",
-            software_versions=__version__,
-            device_serial_number="0",
-            content_label="VOX2VOX",
-            content_description=f"vox2vox {__version__} automatic segmentation",
-            series_description="vox2vox segmentation",
-            content_qualification=hd.ContentQualificationValues.RESEARCH,
-            # An all-background prediction keeps every frame (highdicom cannot omit them all).
-            omit_empty_frames=bool(frames.any()),
-        )
+        with warnings.catch_warnings():
+            # highdicom warns about the source's own values (e.g. a one-part patient name) that the
+            # SEG copies unchanged; nothing the user of predict can act on, so not on their terminal.
+            warnings.simplefilter("ignore", UserWarning)
+            seg = hd.seg.Segmentation(
+                source_images=source.datasets,
+                pixel_array=frames,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=descriptions,
+                series_instance_uid=hd.UID(),
+                series_number=SEG_SERIES_NUMBER,
+                sop_instance_uid=hd.UID(),
+                instance_number=1,
+                manufacturer="vox2vox",
+                manufacturer_model_name="vox2vox",
+                software_versions=__version__,
+                device_serial_number="0",
+                content_label="VOX2VOX",
+                content_description=f"vox2vox {__version__} automatic segmentation",
+                series_description="vox2vox segmentation",
+                content_qualification=hd.ContentQualificationValues.RESEARCH,
+                # An all-background prediction keeps every frame (highdicom cannot omit them all).
+                omit_empty_frames=bool(frames.any()),
+            )
     except (ValueError, TypeError, AttributeError, KeyError) as err:
         raise Vox2VoxError(f"{source.folder}: cannot build a DICOM SEG over this series ({err})") from err
     with atomic_path(path) as tmp:
