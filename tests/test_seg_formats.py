@@ -26,6 +26,7 @@ from vox2vox import __version__
 from vox2vox.config import Config
 from vox2vox.data import seg_formats
 from vox2vox.data.colours import colours_for
+from vox2vox.data.dicom import allow_nonuniform
 from vox2vox.data.io import Geometry, read_volume
 from vox2vox.data.labels import get_convention
 from vox2vox.errors import Vox2VoxError
@@ -347,3 +348,28 @@ def test_dicom_seg_frames_follow_an_oblique_series_with_rectangular_slices(tmp_p
         np.testing.assert_array_equal(frame.astype(bool), expected_values(source.pixel_array, edges, values) == value)
         pairs.add((path.name, value))
     assert len(pairs) == 7 * 2  # both classes on every slice of random intensities
+
+
+@pytest.mark.slow
+def test_dicom_seg_of_a_resampled_series_references_the_slices_it_has(series, tmp_path):
+    folder, _, _ = series
+    gappy = tmp_path / "gappy"
+    gappy.mkdir()
+    ordered = sorted(folder.iterdir(), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True)
+                                                           .ImagePositionPatient[2]))
+    kept = [p for i, p in enumerate(ordered) if i not in (8, 9)]  # a 6 mm gap in a 2 mm series
+    for path in kept:
+        (gappy / path.name).write_bytes(path.read_bytes())
+    edges, values = [-200.0, 200.0], [0, 1, 5]
+    with allow_nonuniform():
+        report = predict_dataset([band_model(edges, CT_BANDS)], gappy, tmp_path / "seg", output_format="dicom-seg",
+                                 progress=False)
+    assert not report.failed, report.failed
+    seg = pydicom.dcmread(report.written["gappy"])
+    by_uid = {pydicom.dcmread(p, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID: p for p in kept}
+    assert {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == set(by_uid)
+    # Kept slices lie on planes of the resampled grid, so each frame is its own slice's bands.
+    for frame, group in zip(seg.pixel_array, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        path = by_uid[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        value = values[group.SegmentIdentificationSequence[0].ReferencedSegmentNumber]
+        np.testing.assert_array_equal(frame.astype(bool), expected_values(_slice_pixels(path), edges, values) == value)
