@@ -265,26 +265,10 @@ def write_dicom_seg(
     """
     # Lazy: highdicom is an optional extra (vox2vox[dicom]) and takes seconds to import.
     import highdicom as hd
-    from pydicom.sr.codedict import codes
 
     path = Path(path)
     frames = _frames_on_source_slices(np.asarray(labels), geometry, source, segments)
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name="vox2vox", version=__version__, family=codes.cid7162.ArtificialIntelligence,
-    )
-    tissue = hd.sr.CodedConcept(*_TISSUE)
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=s.number,
-            segment_label=s.name[:64],  # LO: at most 64 characters
-            segmented_property_category=tissue,
-            segmented_property_type=tissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            display_color=hd.color.CIELabColor.from_rgb(*(int(round(255 * c)) for c in s.colour)),
-        )
-        for s in segments
-    ]
+    descriptions = _segment_descriptions(segments)
     try:
         with warnings.catch_warnings():
             # highdicom warns about the source's own values (e.g. a one-part patient name) that the
@@ -314,6 +298,30 @@ def write_dicom_seg(
         raise Vox2VoxError(f"{source.folder}: cannot build a DICOM SEG over this series ({err})") from err
     with atomic_path(path) as tmp:
         seg.save_as(str(tmp), enforce_file_format=True)
+
+
+def _segment_descriptions(segments: Sequence[Segment]) -> list[Any]:
+    """highdicom descriptions: label, colour (CIELab), vox2vox as the automatic algorithm."""
+    # Lazy: highdicom is an optional extra (vox2vox[dicom]) and takes seconds to import.
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="vox2vox", version=__version__, family=codes.cid7162.ArtificialIntelligence,
+    )
+    tissue = hd.sr.CodedConcept(*_TISSUE)
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=s.number,
+            segment_label=s.name[:64],  # LO: at most 64 characters
+            segmented_property_category=tissue,
+            segmented_property_type=tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*(int(round(255 * c)) for c in s.colour)),
+        )
+        for s in segments
+    ]
 
 
 def _frames_on_source_slices(
