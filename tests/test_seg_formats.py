@@ -31,6 +31,7 @@ from vox2vox.data.io import Geometry, read_volume
 from vox2vox.data.labels import get_convention
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import LoadedModel, predict_dataset
+from vox2vox.report.evaluation import evaluate_folder
 
 SERIES = Path("ct-totalsegmentator") / "dicom_case" / "example_ct_dicom"
 SPINE_T2 = Path("mri-spinalcord") / "t2" / "t2.nii.gz"
@@ -242,6 +243,13 @@ def test_seg_nrrd_reads_back_with_names_colours_values_and_the_input_geometry(sh
             for s in parsed["segments"]] == [(names[v], v, 0, False, False) for v in (1, 2, 4)]
     for segment in parsed["segments"]:
         np.testing.assert_allclose(segment["color"], colours[segment["labelValue"]], atol=1e-6)
+    # evaluate scores .seg.nrrd predictions: against the expected labels as truth, Dice 1.
+    truth = tmp_path / "truth"
+    save_nifti(truth / "t2.nii.gz", expected.astype(np.uint8), image.affine)
+    result = evaluate_folder(tmp_path / "pred", truth, regions="labels", convention="brats")
+    assert result.case_ids == ("t2",) and not result.missing
+    dice = {row["region"]: row["dice"] for row in result.rows}
+    assert dice and all(v == pytest.approx(1.0) for v in dice.values()), dice
 
 
 def test_seg_nrrd_of_a_dicom_series_lies_on_the_series(series, tmp_path):

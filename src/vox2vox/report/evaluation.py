@@ -321,15 +321,18 @@ def _label_folder(folder: Path) -> dict[str, Path]:
 
 #: Files ``predict`` writes beside ``<case>.nii.gz``: probabilities and uncertainty maps.
 _SIDE_FILES = ("_probs.nii.gz", "_entropy.nii.gz", "_spread.nii.gz")
+#: 3D Slicer's segmentation file (a labelmap NRRD), one of predict's label-map formats.
+_SEG_NRRD = ".seg.nrrd"
 
 
 def index_predictions(pred_dir: Path) -> dict[str, Path]:
     """Case id -> prediction file.
 
     A top-level file ``<name>.nii[.gz]`` offers id ``<name>`` and, when ``<name>`` ends in
-    ``_seg``/``-seg``, also the id without that tail; a subfolder ``<id>/`` offers ``<id>`` through
-    ``<id>/<id>_seg.nii.gz`` (or ``-seg``, or ``<id>.nii.gz``). An exact file name wins over a
-    ``_seg`` one, which wins over a subfolder.
+    ``_seg``/``-seg``, also the id without that tail; ``<name>.seg.nrrd`` (``predict
+    --output-format seg-nrrd``) offers ``<name>``; a subfolder ``<id>/`` offers ``<id>`` through
+    ``<id>/<id>_seg.nii.gz`` (or ``-seg``, or ``<id>.nii.gz``). An exact NIfTI name wins over a
+    ``_seg`` one or a ``.seg.nrrd``, which win over a subfolder.
     """
     ranked: dict[str, tuple[int, Path]] = {}
 
@@ -341,6 +344,9 @@ def index_predictions(pred_dir: Path) -> dict[str, Path]:
         if path.is_file():
             bare = strip_volume_suffix(path.name, NIFTI_SUFFIXES)
             if bare is None:
+                seg_nrrd = strip_volume_suffix(path.name, (_SEG_NRRD,))
+                if seg_nrrd:
+                    offer(seg_nrrd, 1, path)
                 continue
             offer(bare, 0, path)
             case_id = _case_id_of(path.name)
