@@ -15,11 +15,12 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from vox2vox.model.generator import Generator, GeneratorConfig, activate
+from vox2vox.model.generator import Generator, GeneratorConfig
+from vox2vox.model.outputs import activate
 
 
 class ResidualGenerator(nn.Module):
-    """``forward(x)`` -> ``(B, n_classes, D, H, W)`` softmax probabilities (float32)."""
+    """``forward(x)`` -> ``(B, n_classes, D, H, W)`` probabilities (float32; softmax, or sigmoid per region)."""
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()

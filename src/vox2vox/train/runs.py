@@ -30,6 +30,7 @@ from vox2vox.device import tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
 from vox2vox.model.checkpoint import ModelInfo
+from vox2vox.model.outputs import OutputHead, output_head
 from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
@@ -118,23 +119,26 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
     """The part of :func:`train_on_dataset` that writes into ``run_dir`` (under its lock)."""
     check_run_folder(run_dir, resume=resume)  # again, now that no other process can change it
     weights = config.loss.class_weights
-    if weights is not None and not resume and len(weights) != convention.n_classes:
-        raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
-                           f"({convention.n_classes} classes: {', '.join(map(str, convention.source_values))})")
+    n_outputs = output_head(convention, config.generator.output).n_outputs
+    if weights is not None and not resume and len(weights) != n_outputs:
+        what = "class" if config.generator.output == "classes" else "region (generator.output=regions)"
+        raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per {what}: {n_outputs} "
+                           f"({', '.join(output_head(convention, config.generator.output).names)})")
     if ctx.is_main:
         ensure_folder(run_dir)
         atomic_write_text(RunDir(run_dir).split, json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
         if plan_toml is not None:
             atomic_write_text(RunDir(run_dir).plan, plan_toml)
 
-    # The networks take the data's channel and class counts.
-    n_channels, n_classes = len(spec.channel_names), convention.n_classes
+    # The networks take the data's channel count and one output per class (or per nested region).
+    head = output_head(convention, config.generator.output)
+    n_channels, n_classes = len(spec.channel_names), head.n_outputs
     config = config.replace(
         generator=dataclasses.replace(config.generator, in_channels=n_channels, n_classes=n_classes),
         discriminator=dataclasses.replace(config.discriminator, in_channels=n_channels, n_classes=n_classes),
     )
     model_info = ModelInfo(channels=tuple(spec.channel_names), layout=spec.layout, convention=convention.to_json())
-    validate = make_validator([cases[i] for i in val_ids], convention, config) if val_ids else None
+    validate = make_validator([cases[i] for i in val_ids], convention, config, head) if val_ids else None
     result = fit(
         config,
         [(cases[i].image, cases[i].label) for i in train_ids],
@@ -151,7 +155,7 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
     if config.train.tune_prediction and val_ids and ctx.is_main:
         best = RunDir(run_dir).best
         choice = choose_prediction_options(load_model(best).generator, [cases[i] for i in val_ids], convention,
-                                           config.train.patch_size)
+                                           config.train.patch_size, head=head)
         record_prediction_options(best, choice)
         if progress:
             print(f"prediction options from validation: tta {choice['tta']}, largest component "
@@ -177,20 +181,22 @@ def apply_inferred_convention(cases: dict[str, Any], *, where: Any, announce: bo
     return convention
 
 
-def make_validator(val_cases: Sequence[Any], convention: Any, config: Config) -> Validator:
+def make_validator(val_cases: Sequence[Any], convention: Any, config: Config,
+                   head: OutputHead | None = None) -> Validator:
     """Score the generator on whole, un-augmented validation volumes: mean Dice over regions.
 
     Regions are the convention's (BraTS: WT, TC, ET) or one per foreground class; the score per
     case follows the BraTS rule for empty masks (both empty: Dice 1).
     """
     infer = InferenceConfig(mode="auto", window=config.train.patch_size, overlap=0.25)
+    head = head or output_head(convention)
 
     def validate(generator: torch.nn.Module) -> dict[str, float]:
         device = next(generator.parameters()).device
         per_region: dict[str, list[float]] = {}
         for case in val_cases:
             probs = predict_probabilities([generator], case.image, config=infer, device=device)
-            pred = convention.region_masks(convention.to_source(probs.argmax(0)))
+            pred = convention.region_masks(convention.to_source(head.to_classes(probs)))
             true = convention.region_masks(convention.to_source(case.label))
             scored = case.label != IGNORE_INDEX  # the ignore label counts for neither side
             for name in true:

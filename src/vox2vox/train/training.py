@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
+from vox2vox.data.labels import get_convention
 from vox2vox.device import autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
@@ -44,6 +45,7 @@ from vox2vox.model.checkpoint import (
     training_checkpoint,
 )
 from vox2vox.model.losses import (
+    binary_cross_entropy_from_probs,
     cross_entropy_from_probs,
     discriminator_accuracy,
     fixed_class_weights,
@@ -53,6 +55,7 @@ from vox2vox.model.losses import (
     one_hot,
     per_sample_dice_loss,
 )
+from vox2vox.model.outputs import OutputHead, head_for
 from vox2vox.model.translation import selection_key, split_source_target, translation_loss
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
@@ -64,21 +67,16 @@ from vox2vox.train.state import TrainState, build_state
 # ---- one step -----------------------------------------------------------------------------------
 def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, config: Config, *,
                progress: float = 1.0) -> dict[str, float]:
-    """One Vox2Vox update on a batch; returns the step's losses and D accuracy.
-
-    ``progress`` (the completed fraction of training) decides whether the adversarial term has
-    started (``loss.adversarial_start``); before it, D is not run at all.
-
-    ``image`` is ``(B, C, D, H, W)`` float, ``label`` ``(B, D, H, W)`` class indices, both on the
-    state's device. The fake segmentation is computed once; D learns from the real pair and the
-    detached fake pair (:func:`_update_discriminator`); then G learns with D frozen
-    (:func:`_update_generator`).
-    """
+    """One Vox2Vox update on a batch; returns the step's losses and D accuracy. ``progress`` (the
+    completed fraction of training) decides whether the adversarial term has started
+    (``loss.adversarial_start``); before it, D is not run at all. ``image`` is ``(B, C, D, H, W)`` float
+    (a translation's: source then target channels), ``label`` ``(B, D, H, W)`` class indices, both on the
+    state's device. The fake is computed once; D learns from the real pair and the detached fake pair
+    (:func:`_update_discriminator`); then G learns with D frozen (:func:`_update_generator`)."""
     if config.task.translate:  # the image holds source then target channels (vox2vox.model.translation)
-        image, target = split_source_target(image, config.generator.in_channels)
-        mask = None
+        (image, target), mask = split_source_target(image, config.generator.in_channels), None
     else:
-        target = one_hot(label, config.generator.n_classes)
+        target = state.head.targets(label) if state.head is not None else one_hot(label, config.generator.n_classes)
         mask = labelled_mask(label)  # None unless the batch holds ignore-label voxels
     state.generator.train()
     state.discriminator.train()
@@ -98,9 +96,7 @@ def _update_discriminator(
     mask: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """D's half-step on (image, truth) and (image, detached fake), unless the accuracy gate holds it.
-
-    Ignore-label voxels (``mask`` 0) show D the fake's own values there, so it cannot learn from them.
-    """
+    Ignore-label voxels (``mask`` 0) show D the fake's own values there, so it cannot learn from them."""
     D, gate = state.discriminator, config.train.d_accuracy_gate
     real = target if mask is None else target * mask + fake.detach().float() * (1 - mask)
     with autocast(state.device, state.amp):
@@ -148,8 +144,7 @@ def _update_generator(
     return out
 
 
-def _segmentation_loss(state: TrainState, target: torch.Tensor, fake: torch.Tensor, config: Config, *,
-                       mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+def _segmentation_loss(state: TrainState, target: torch.Tensor, fake: torch.Tensor, config: Config, *, mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
     """lambda * Dice (+ cross-entropy); ``mask`` (:func:`vox2vox.model.losses.labelled_mask`): ignore-label voxels out."""
     loss_cfg = config.loss
     out: dict[str, float] = {}
@@ -165,7 +160,10 @@ def _segmentation_loss(state: TrainState, target: torch.Tensor, fake: torch.Tens
     loss_g = loss_cfg.lambda_dice * loss_dice
     if loss_cfg.lambda_ce > 0:
         # A per-voxel mean: under DDP, averaging the ranks' gradients gives the global batch's.
-        loss_ce = cross_entropy_from_probs(target, fake, mask=mask)
+        if config.generator.output == "regions":
+            loss_ce = binary_cross_entropy_from_probs(target, fake, mask=mask)
+        else:
+            loss_ce = cross_entropy_from_probs(target, fake, mask=mask)
         loss_g = loss_g + loss_cfg.lambda_ce * loss_ce
         out["loss_ce"] = loss_ce.item()
     out["loss_dice"] = loss_dice.item()
@@ -233,7 +231,9 @@ def fit(
     progress = progress and ctx.is_main
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
     distributed.per_rank_batch(config.train.batch_size, ctx.world_size)
-    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume)
+    convention = get_convention(model_info.convention) if model_info and model_info.convention else None
+    head = head_for(config.generator.n_classes, config.generator.output, convention)
+    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume, head=head)
     save = partial(_save, state, config, model_info=model_info)
 
     clock = _Clock(state.seconds, started)
@@ -259,7 +259,8 @@ def fit(
 
 
 def _start_or_resume(
-    config: Config, train_cases: Sequence[TrainCase], run: RunDir, ctx: distributed.DistContext, *, resume: bool
+    config: Config, train_cases: Sequence[TrainCase], run: RunDir, ctx: distributed.DistContext, *, resume: bool,
+    head: OutputHead,
 ) -> tuple[Config, TrainState, list[dict[str, Any]]]:
     """The resolved config, the (DDP-wrapped) training state and the log rows so far.
 
@@ -285,13 +286,15 @@ def _start_or_resume(
         if not config.task.translate and (config.loss.adversarial or config.loss.lambda_dice > 0):
             if (config.loss.dice == "generalized" and config.loss.dice_weighting == "fixed"
                     and config.loss.class_weights is None):
-                weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
+                weights = fixed_class_weights([label for _, label in train_cases], head.n_classes,
+                                              membership=head.membership)
                 config = config.replace(loss=_replace(config.loss, class_weights=weights))
         state = build_state(config, device=ctx.device)
     weights = config.loss.class_weights
     if weights is not None and len(weights) != config.generator.n_classes:
         raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
                            f"({config.generator.n_classes} classes)")
+    state.head = head
     state.generator = distributed.wrap(state.generator, ctx)
     state.discriminator = distributed.wrap(state.discriminator, ctx)
     history = read_metrics(run.metrics, upto_epoch=state.epoch)
@@ -399,10 +402,9 @@ def _end_epoch(
     ctx: distributed.DistContext,
     progress: bool,
 ) -> None:
-    """Validate (when due), keep the best checkpoint by Dice, log the row and save the last checkpoint.
-
-    With a budget, epochs are short and many: validation and the last checkpoint come at every
-    tenth of the budget instead of every ``val_every``/``checkpoint_every`` epochs.
+    """Validate (when due), keep the best checkpoint by Dice (a translation: ``val_score``), log the
+    row and save the last checkpoint. With a budget, epochs are short and many: validation and the
+    last checkpoint come at every tenth of the budget instead of every ``val_every``/``checkpoint_every`` epochs.
     """
     budget = config.train.budget_seconds
     if budget:
