@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--segmentation", action="store_true")
     parser.add_argument("--seg-steps", type=int, default=300)
+    parser.add_argument("--methods", default="vox2vox,l1,linear", help="comma-separated subset of vox2vox,l1,linear")
     parser.add_argument("--only-folds", default=None, metavar="I,J",
                         help="run only these folds (of the same seeded split), e.g. one process per fold")
     parser.add_argument("--summarise", type=Path, nargs="+", default=None, metavar="OUT",
@@ -192,7 +193,7 @@ def main() -> None:
         train_ids, test_ids = sorted(fold["train"]), sorted(fold["val"])
         fold_dir = ensure_folder(args.out / f"fold_{i}")
         row: dict = {"fold": i, "train": train_ids, "test": test_ids, "methods": {}}
-        for method in ("vox2vox", "l1", "linear"):
+        for method in args.methods.split(","):
             out = ensure_folder(fold_dir / method / "pred")
             t0 = time.perf_counter()
             info: dict = {}
@@ -230,6 +231,8 @@ def summarise(results: dict) -> None:
     print(f"\n{len(results['folds'])} fold(s): {', '.join(str(f['fold']) for f in results['folds'])}")
     print("method   | MAE (mean over cases) | PSNR dB | SSIM   | steps per fold")
     for method in ("vox2vox", "l1", "linear"):
+        if not all(method in f["methods"] for f in results["folds"]):
+            continue
         per_case = [c for f in results["folds"] for c in f["methods"][method]["cases"].values()]
         steps = [str(f["methods"][method].get("steps", "-")) for f in results["folds"]]
         print(f"{method:8s} | {np.mean([c['mae'] for c in per_case]):.4f} +- {np.std([c['mae'] for c in per_case]):.4f}"
