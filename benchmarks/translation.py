@@ -159,7 +159,7 @@ def segmentation_fold(args: argparse.Namespace, fold_dir: Path, train_ids: list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--source", default="T1")
     parser.add_argument("--target", default="FLAIR")
     parser.add_argument("--folds", type=int, default=3)
@@ -180,6 +180,8 @@ def main() -> None:
             merged["folds"] += json.loads((folder / "results.json").read_text())["folds"]
         summarise(merged)
         return
+    if args.data is None or args.out is None:
+        parser.error("--data and --out are needed (unless --summarise)")
     torch.set_num_threads(1)
     spec = discover(args.data)
     cases = {c.case_id: c for c in spec.cases}
