@@ -175,10 +175,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=False)
     args = parser.parse_args()
     if args.summarise:
-        merged: dict = {"folds": []}
+        by_fold: dict[int, dict] = {}  # one process per fold and method: merge their rows by fold
         for folder in args.summarise:
-            merged["folds"] += json.loads((folder / "results.json").read_text())["folds"]
-        summarise(merged)
+            for row in json.loads((folder / "results.json").read_text())["folds"]:
+                into = by_fold.setdefault(row["fold"], {**row, "methods": {}})
+                into["methods"].update(row["methods"])
+                if "segmentation" in row:
+                    into["segmentation"] = row["segmentation"]
+        summarise({"folds": [by_fold[i] for i in sorted(by_fold)]})
         return
     if args.data is None or args.out is None:
         parser.error("--data and --out are needed (unless --summarise)")
