@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", parents=[common], help="segment volumes with a trained model")
     p.add_argument("--model", required=True, action="append",
-                   help="run directory or .safetensors checkpoint (repeat for an ensemble)")
+                   help="run directory, .safetensors checkpoint, or a file of `vox2vox export` (.onnx, "
+                        "TorchScript .pt); repeat for an ensemble")
     p.add_argument("--input", required=True, help="an image, a dataset folder or a manifest")
     p.add_argument("--output", required=True, help="folder for <case_id>.nii.gz label maps")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -107,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "alone) or region; off keeps all. Default: what the model's training chose on its "
                         "validation cases (planned runs), else off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("export", parents=[common], help="the generator as one ONNX or TorchScript file with its "
+                       "input contract (channels, normalisation, spacing, labels) in the file's metadata")
+    p.add_argument("model", help="run directory or .safetensors checkpoint")
+    p.add_argument("--format", default=None, metavar="onnx|torchscript",
+                   help="onnx (needs the onnx extra) or torchscript; default: from --out's suffix (.onnx, .pt)")
+    p.add_argument("--out", required=True, help="file to write: model.onnx or model.pt")
 
     p = sub.add_parser("evaluate", parents=[common], help="score predictions against ground truth (BraTS rules)")
     p.add_argument("--pred", required=True, help="folder of predicted label maps")
@@ -305,16 +313,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from vox2vox.device import resolve_device, resolve_prediction_amp
-    from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
+    from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset, prediction_options
     from vox2vox.infer.postprocessing import PostprocessConfig
     from vox2vox.train.crossval import expand_model_paths
 
     device = resolve_device(args.device)
     models = [load_model(m, device=device) for m in expand_model_paths(args.model)]
     # Choices training made on its validation cases (train.tune_prediction), unless given here.
-    chosen = models[0].state.get("predict") or {}
-    tta = args.tta if args.tta is not None else bool(chosen.get("tta", False))
-    largest = args.largest_component or chosen.get("largest_component", "off")
+    tta, largest = prediction_options(models, tta=args.tta, largest_component=args.largest_component)
     config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap,
                              tta_flips=tta, amp=resolve_prediction_amp(args.amp, device))
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest)
@@ -326,6 +332,19 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"  failed: {one_line(case_id)}: {one_line(reason)}", file=sys.stderr)
     if report.failed:
         return 2
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from vox2vox.infer.export import export_model
+
+    result = export_model(args.model, args.out, fmt=args.format)
+    contract = result.contract
+    print(f"exported the {contract['generator']['arch']} generator ({result.parameters:,} parameters) of "
+          f"{contract['source']['file']} to {result.path} ({result.format}; matches PyTorch within "
+          f"{result.max_difference:.1g})")
+    print(f"input: {', '.join(contract['input']['channels'])}, sizes multiples of {contract['input']['size_multiple']}; "
+          f"classes: {', '.join(c['name'] for c in contract['labels']['classes'])}")
     return 0
 
 
@@ -404,6 +423,7 @@ _COMMANDS = {
     "dataset": _dataset,
     "train": _train,
     "predict": _predict,
+    "export": _export,
     "evaluate": _evaluate,
     "cv": _cv,
     "plan": _plan,

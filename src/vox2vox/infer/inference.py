@@ -28,13 +28,14 @@ from tqdm import tqdm
 
 from vox2vox.config import Config
 from vox2vox.data.cases import CaseFiles, check_case_id
-from vox2vox.data.io import write_probabilities_npz, write_volume
-from vox2vox.data.labels import get_convention
+from vox2vox.data.io import Geometry, write_probabilities_npz, write_volume
+from vox2vox.data.labels import LabelConvention, get_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
-from vox2vox.data.preprocessing import undo_preprocessing
+from vox2vox.data.preprocessing import LoadedCase, undo_preprocessing
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.backends import exported_format, load_exported
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.postprocessing import postprocess as apply_postprocess
 from vox2vox.model.blocks import PhaseTransposedConv3d
@@ -111,9 +112,19 @@ class LoadedModel:
     def channels(self) -> list[str] | None:
         return self.state.get("channels")
 
+    @property
+    def backend(self) -> str:
+        """``pytorch``, or the exported file's runtime (``onnx``, ``torchscript``)."""
+        return getattr(self.generator, "backend", "pytorch")
+
 
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
-    """Rebuild the generator from a run directory or a ``.safetensors`` checkpoint (eval mode)."""
+    """Rebuild the generator from a run directory or a ``.safetensors`` checkpoint (eval mode), or
+    load a ``vox2vox export`` file (``.onnx``; ``.pt``/``.ts`` TorchScript) with the same contract
+    (see :mod:`vox2vox.infer.backends`)."""
+    if exported_format(path) is not None:
+        generator, config, state, _ = load_exported(path, device=device)
+        return LoadedModel(generator, config, state, Path(path))
     ckpt_path = resolve_checkpoint(path, which="best")
     ckpt = load_checkpoint(ckpt_path)
     config = Config.from_dict(ckpt.config, source=str(ckpt_path), ignore_unknown=True)
@@ -141,6 +152,9 @@ def predict_probabilities(
     device = torch.device(device)
     if device.type == "cpu" and config.amp == "fp16":
         raise Vox2VoxError("amp='fp16' is for CUDA; on a CPU use amp='bf16' or 'off'")
+    onnx = [m for m in models if getattr(m, "backend", "") == "onnx"]
+    if onnx and config.amp != "off":  # autocast does not reach ONNX Runtime: refuse, not ignore
+        raise Vox2VoxError(f"{onnx[0].path}: an ONNX model runs in float32; predict it with --amp off")
     x = torch.as_tensor(image, dtype=torch.float32)
     if x.ndim != 4:
         raise Vox2VoxError(f"image must be (C, D, H, W); got shape {tuple(x.shape)}")
@@ -294,42 +308,19 @@ def _discover_like_training(model: LoadedModel, input_path: str | Path, layout: 
     return spec
 
 
-def predict_dataset(
-    models: Sequence[LoadedModel],
-    input_path: str | Path,
-    output_dir: str | Path,
-    *,
-    config: InferenceConfig = InferenceConfig(),
-    device: torch.device | str = "cpu",
-    layout: str = "auto",
-    postprocess: PostprocessConfig | None = None,
-    save_probabilities: ProbabilityFormat | None = None,
-    progress: bool = True,
-) -> PredictionReport:
-    """Predict every case under ``input_path`` and write ``<output_dir>/<case_id>.nii.gz``.
+def prediction_options(models: Sequence[LoadedModel], *, tta: bool | None = None,
+                       largest_component: str | None = None) -> tuple[bool, str]:
+    """Flip TTA and largest-component clean-up: as given, else what the first model's training
+    chose on its validation cases (``state["predict"]``, planned runs), else off."""
+    chosen = (models[0].state.get("predict") or {}) if models else {}
+    return (tta if tta is not None else bool(chosen.get("tta", False)),
+            largest_component or str(chosen.get("largest_component", "off")))
 
-    ``input_path``: one image file (or DICOM folder), a dataset folder in any layout
-    :func:`vox2vox.data.layouts.discover` knows, or a manifest. Each case is preprocessed as the models
-    were trained, run (ensemble and flips averaged), mapped back to the input's grid and
-    orientation (crop, resampling and reorientation undone) and written atomically as integer
-    labels in the training data's convention (e.g. BraTS 4 for enhancing tumour), with the first
-    channel's shape and affine. An existing file of the same name is replaced atomically.
 
-    ``postprocess``: optional clean-up of the label map (see :mod:`vox2vox.infer.postprocessing`).
-    ``save_probabilities``: also write the averaged softmax on the input grid, float32:
-    ``"npz"`` -> ``<case_id>.npz`` as nnU-Net's ``--save_probabilities`` does (key
-    ``probabilities``, axes ``(C, Z, Y, X)`` = the reverse of the file's voxel axes, nnU-Net's
-    order for SimpleITK-read images; plus ``affine`` (4x4, the file's) and ``labels`` (the value
-    each channel stands for)); ``"nifti"`` -> ``<case_id>_probs.nii.gz``, 4D ``(X, Y, Z, C)``
-    on the input's grid, which any viewer overlays.
-
-    A case that fails (unreadable file, too little memory, ...) is reported in the result and,
-    with ``progress``, on stderr; the others go on.
-    """
+def check_ensemble(models: Sequence[LoadedModel]) -> LabelConvention:
+    """The label convention the models share; refuses members that do not fit together."""
     if not models:
         raise Vox2VoxError("no model given; pass at least one checkpoint")
-    if save_probabilities not in (None, "npz", "nifti"):
-        raise Vox2VoxError(f"save_probabilities={save_probabilities!r}: choose npz or nifti")
     first = models[0]
     for other in models[1:]:
         if (
@@ -352,35 +343,105 @@ def predict_dataset(
             f"{first.path}: the generator predicts {first.config.generator.n_classes} classes but the label "
             f"convention it records has {convention.n_classes}; the checkpoint's metadata is inconsistent"
         )
-    spec = _discover_like_training(first, input_path, layout)
-    n_in = first.config.generator.in_channels
-    if len(spec.channel_names) != n_in:
+    return convention
+
+
+@dataclass
+class CasePrediction:
+    """One case predicted, on the canonical input grid (``geometry``; the file's own orientation
+    is restored when writing): ``labels`` ``(X, Y, Z)`` in on-disk label values (e.g. BraTS 4),
+    post-processed; ``probabilities`` ``(K, X, Y, Z)`` float32, the averaged softmax."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    geometry: Geometry
+
+
+def predict_case(
+    models: Sequence[LoadedModel],
+    loaded: LoadedCase,
+    *,
+    convention: LabelConvention,
+    config: InferenceConfig = InferenceConfig(),
+    device: torch.device | str = "cpu",
+    postprocess: PostprocessConfig | None = None,
+    where: str | Path = "input",
+) -> CasePrediction:
+    """Run one preprocessed case (ensemble and flips averaged), check the output, map it back to
+    the input grid (crop, resampling undone), argmax to label values and post-process.
+
+    The one per-case step of ``predict_dataset`` and the Python API (:mod:`vox2vox.api`).
+    ``loaded.image`` is released once the network has run.
+    """
+    postprocess = postprocess or PostprocessConfig()
+    probs = predict_probabilities([m.generator for m in models], loaded.image, config=config, device=device)
+    if not np.all(np.isfinite(probs)):  # argmax of NaN is class 0: silently all background
         raise Vox2VoxError(
-            f"{input_path}: cases have {len(spec.channel_names)} channel(s) ({', '.join(spec.channel_names)}) "
-            f"but the model was trained on {n_in} ({', '.join(first.channels or [])}); give cases "
-            "with the model's channels"
+            f"{where}: the model's output is NaN/Inf for this case "
+            "(intensities far outside what it was trained on?); check the image and its preprocessing"
         )
+    loaded.image = np.empty(0, np.float32)  # free the preprocessed image before undoing
+    # Back to the input grid as probabilities (linear where it was resampled), then argmax:
+    # interpolating probabilities, not labels, keeps boundaries smooth under resampling.
+    probs = undo_preprocessing(probs, loaded.record, order=1)
+    labels = convention.to_source(probs.argmax(0))
+    if postprocess.active:
+        labels = apply_postprocess(labels, config=postprocess, convention=convention)
+    return CasePrediction(labels, probs, loaded.geometry)
+
+
+def predict_dataset(
+    models: Sequence[LoadedModel],
+    input_path: str | Path,
+    output_dir: str | Path,
+    *,
+    config: InferenceConfig = InferenceConfig(),
+    device: torch.device | str = "cpu",
+    layout: str = "auto",
+    postprocess: PostprocessConfig | None = None,
+    save_probabilities: ProbabilityFormat | None = None,
+    progress: bool = True,
+) -> PredictionReport:
+    """Predict every case under ``input_path`` and write ``<output_dir>/<case_id>.nii.gz``.
+
+    ``input_path``: one image file (or DICOM folder), a dataset folder in any layout
+    :func:`vox2vox.data.layouts.discover` knows, or a manifest. Each case is preprocessed as the models
+    were trained, run (ensemble and flips averaged), mapped back to the input's grid and
+    orientation (crop, resampling and reorientation undone) and written atomically as integer
+    labels in the training data's convention (e.g. BraTS 4 for enhancing tumour), with the first
+    channel's shape and affine. An existing file of the same name is replaced atomically.
+    ``models`` may be checkpoints or exported files (:func:`load_model` loads both).
+
+    ``postprocess``: optional clean-up of the label map (see :mod:`vox2vox.infer.postprocessing`).
+    ``save_probabilities``: also write the averaged softmax on the input grid, float32:
+    ``"npz"`` -> ``<case_id>.npz`` as nnU-Net's ``--save_probabilities`` does (key
+    ``probabilities``, axes ``(C, Z, Y, X)`` = the reverse of the file's voxel axes, nnU-Net's
+    order for SimpleITK-read images; plus ``affine`` (4x4, the file's) and ``labels`` (the value
+    each channel stands for)); ``"nifti"`` -> ``<case_id>_probs.nii.gz``, 4D ``(X, Y, Z, C)``
+    on the input's grid, which any viewer overlays.
+
+    A case that fails (unreadable file, too little memory, ...) is reported in the result and,
+    with ``progress``, on stderr; the others go on.
+    """
+    if save_probabilities not in (None, "npz", "nifti"):
+        raise Vox2VoxError(f"save_probabilities={save_probabilities!r}: choose npz or nifti")
+    convention = check_ensemble(models)
+    first = models[0]
+    spec = _discover_like_training(first, input_path, layout)
+    check_channels(first, spec.channel_names, input_path)
     postprocess = postprocess or PostprocessConfig()
     # Check post-processing against the convention once, not once per case.
     check_postprocess(postprocess, convention)
     prep = dataclasses.replace(first.config.preprocess, cache_dir=None)
     output_dir = Path(output_dir)
-    nets = [m.generator for m in models]
     report = PredictionReport({}, {})
     for case in tqdm(spec.cases, desc="predicting", unit="case", disable=not progress, file=sys.stderr):
         try:
             loaded = load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep)
-            probs = predict_probabilities(nets, loaded.image, config=config, device=device)
-            if not np.all(np.isfinite(probs)):  # argmax of NaN is class 0: silently all background
-                raise Vox2VoxError(
-                    f"{next(iter(case.channels.values()))}: the model's output is NaN/Inf for this case "
-                    "(intensities far outside what it was trained on?); check the image and its preprocessing"
-                )
-            loaded.image = np.empty(0, np.float32)  # free the preprocessed image before writing
-            written = _write_case(
-                probs, loaded, output_dir, convention=convention, postprocess=postprocess,
-                save_probabilities=save_probabilities,
-            )
+            result = predict_case(models, loaded, convention=convention, config=config, device=device,
+                                  postprocess=postprocess, where=next(iter(case.channels.values())))
+            written = _write_case(result, case.case_id, output_dir, convention=convention,
+                                  save_probabilities=save_probabilities)
             report.written[case.case_id] = written[0]
             if written[1] is not None:
                 report.probabilities[case.case_id] = written[1]
@@ -395,34 +456,38 @@ def predict_dataset(
     return report
 
 
+def check_channels(model: LoadedModel, channel_names: Sequence[str], where: str | Path) -> None:
+    """Refuse input with another number of channels than the model was trained on."""
+    n_in = model.config.generator.in_channels
+    if len(channel_names) != n_in:
+        raise Vox2VoxError(
+            f"{where}: cases have {len(channel_names)} channel(s) ({', '.join(channel_names)}) "
+            f"but the model was trained on {n_in} ({', '.join(model.channels or [])}); give cases "
+            "with the model's channels"
+        )
+
+
 def _write_case(
-    probs: np.ndarray,
-    loaded: Any,
+    result: CasePrediction,
+    case_id: str,
     output_dir: Path,
     *,
-    convention: Any,
-    postprocess: PostprocessConfig,
+    convention: LabelConvention,
     save_probabilities: ProbabilityFormat | None,
 ) -> tuple[Path, Path | None]:
-    """Undo preprocessing, argmax, post-process and write one case's files atomically."""
-    # Back to the input grid as probabilities (linear where it was resampled), then argmax:
-    # interpolating probabilities, not labels, keeps boundaries smooth under resampling.
-    probs = undo_preprocessing(probs, loaded.record, order=1)
-    labels = convention.to_source(probs.argmax(0))
-    if postprocess.active:
-        labels = apply_postprocess(labels, config=postprocess, convention=convention)
+    """Write one case's label map (and probabilities) atomically on the input's own grid."""
     # Case ids are output names: never let one reach outside output_dir (discover checks too).
-    check_case_id(loaded.case_id, where=output_dir)
-    target = output_dir / f"{loaded.case_id}.nii.gz"
-    write_volume(labels, loaded.geometry, target)
+    check_case_id(case_id, where=output_dir)
+    target = output_dir / f"{case_id}.nii.gz"
+    write_volume(result.labels, result.geometry, target)
     if save_probabilities is None:
         return target, None
     # (C, X, Y, Z) canonical -> (X, Y, Z, C) in the file's own voxel order.
-    on_disk = np.moveaxis(probs.astype(np.float32, copy=False), 0, -1)
+    on_disk = np.moveaxis(result.probabilities.astype(np.float32, copy=False), 0, -1)
     if save_probabilities == "nifti":
-        prob_path = output_dir / f"{loaded.case_id}_probs.nii.gz"
-        write_volume(on_disk, loaded.geometry, prob_path, dtype=np.float32)
+        prob_path = output_dir / f"{case_id}_probs.nii.gz"
+        write_volume(on_disk, result.geometry, prob_path, dtype=np.float32)
         return target, prob_path
-    prob_path = output_dir / f"{loaded.case_id}.npz"
-    write_probabilities_npz(on_disk, loaded.geometry, prob_path, label_values=convention.source_values)
+    prob_path = output_dir / f"{case_id}.npz"
+    write_probabilities_npz(on_disk, result.geometry, prob_path, label_values=convention.source_values)
     return target, prob_path

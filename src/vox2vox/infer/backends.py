@@ -1,0 +1,175 @@
+"""Run an exported generator (ONNX Runtime or TorchScript) where prediction runs a PyTorch one.
+
+A backend here is an ``nn.Module`` whose ``forward`` takes a float32 ``(B, C, D, H, W)`` tensor and
+returns the softmax probabilities ``(B, K, D, H, W)`` float32 on the same device, and whose
+``config`` is the :class:`GeneratorConfig` it was exported from (``size_multiple``, channel and
+class counts). That is all :func:`vox2vox.infer.inference.predict_probabilities` asks of the
+PyTorch generator, so the padding, sliding windows, flips, ensembles, post-processing and the
+writing of label maps are one code path for every kind of model file; only loading differs.
+
+Loading checks the file's vox2vox metadata (:mod:`vox2vox.infer.contract`) before anything runs:
+a TorchScript archive is a zip, and its ``extra/vox2vox.json`` is read with :mod:`zipfile`, so a
+file without it (a ``torch.save`` pickle, say) is refused without being deserialised. A
+TorchScript file holds a TorchScript program (not Python), which ``torch.jit.load`` runs: load
+only files you trust. ONNX files hold a graph of operators and no code.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from vox2vox.config import Config
+from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.contract import INPUT_NAME, METADATA_KEY, parse_contract
+from vox2vox.model.generator import Generator, GeneratorConfig
+
+ExportFormat = Literal["onnx", "torchscript"]
+#: File suffixes of exported models (``predict --model`` tells them from checkpoints by these).
+SUFFIXES: dict[str, ExportFormat] = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
+TORCHSCRIPT_EXTRA = f"{METADATA_KEY}.json"
+ONNX_EXTRA_HINT = "pip install 'vox2vox[onnx]'"
+
+
+def exported_format(path: str | Path) -> ExportFormat | None:
+    """``onnx`` / ``torchscript`` for a file named like an export, else None (a checkpoint or run)."""
+    path = Path(path)
+    return SUFFIXES.get(path.suffix.lower()) if not path.is_dir() else None
+
+
+class ExportedGenerator(nn.Module):
+    """The common part of the backends: the config, the input checks, no parameters of its own."""
+
+    backend: str = ""
+
+    def __init__(self, config: GeneratorConfig, path: Path):
+        super().__init__()
+        self.config = config
+        self.path = path
+
+    def check_input(self, x: torch.Tensor) -> None:
+        # The PyTorch generator's own rules and messages (an exported graph checks nothing itself).
+        Generator.check_input(self, x)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            # Autocast does not reach an exported graph; half precision would only lose accuracy.
+            x = x.float()
+        self.check_input(x)
+        return self.run(x)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class OnnxRuntimeGenerator(ExportedGenerator):
+    """An ONNX file run by ONNX Runtime: the CPU provider, or CUDA's when asked for and available."""
+
+    backend = "onnx"
+
+    def __init__(self, config: GeneratorConfig, path: Path, session: Any):
+        super().__init__(config, path)
+        self.session = session
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        # ONNX Runtime takes C-contiguous host arrays (a channels-last tensor is not one).
+        feed = {INPUT_NAME: np.ascontiguousarray(x.detach().cpu().numpy())}
+        try:
+            out = self.session.run(None, feed)[0]
+        except Exception as err:  # ORT raises its own exception types, one per failure kind
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise Vox2VoxError(f"{self.path}: ONNX Runtime failed on input {tuple(x.shape)} ({first})") from err
+        return torch.from_numpy(out).to(x.device)
+
+
+class TorchScriptGenerator(ExportedGenerator):
+    """A traced TorchScript generator (its input-size checks ran at trace time; ours run here)."""
+
+    backend = "torchscript"
+
+    def __init__(self, config: GeneratorConfig, path: Path, module: torch.jit.ScriptModule):
+        super().__init__(config, path)
+        self.module = module
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x).float()
+
+
+def load_exported(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict[str, Any], dict[str, Any]]:
+    """An exported model file -> (backend module, its :class:`Config`, the checkpoint state it
+    recorded, the whole metadata document). Refuses files without valid vox2vox metadata."""
+    path = Path(path)
+    kind = exported_format(path)
+    if kind is None:
+        raise Vox2VoxError(f"{path}: not an exported model (expected .onnx, or .pt/.ts for TorchScript)")
+    if not path.is_file():
+        raise Vox2VoxError(f"{path}: model file not found")
+    device = torch.device(device)
+    if kind == "onnx":
+        return _load_onnx(path, device)
+    return _load_torchscript(path, device)
+
+
+def _load_onnx(path: Path, device: torch.device) -> tuple[nn.Module, Config, dict[str, Any], dict[str, Any]]:
+    try:
+        # Lazy: ONNX Runtime is an optional extra, needed only for .onnx models.
+        import onnxruntime as ort
+    except ImportError as err:
+        raise Vox2VoxError(f"{path}: running ONNX models needs ONNX Runtime; install the onnx extra "
+                           f"({ONNX_EXTRA_HINT})") from err
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise Vox2VoxError(f"{path}: --device cuda, but this ONNX Runtime has no CUDA provider; install "
+                               "onnxruntime-gpu or predict with --device cpu")
+        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise
+    threads = torch.get_num_threads()
+    options.intra_op_num_threads = threads  # the thread count torch uses (OMP_NUM_THREADS), not all cores
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as err:  # ORT's Fail/InvalidProtobuf/... share no public base class
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise Vox2VoxError(f"{path}: not a readable ONNX model ({first[:200]})") from err
+    meta = session.get_modelmeta().custom_metadata_map
+    doc, config = parse_contract(meta.get(METADATA_KEY), path, backend="onnx")
+    _check_graph_io(path, [i.name for i in session.get_inputs()])
+    return OnnxRuntimeGenerator(config.generator, path, session), config, doc["state"], doc
+
+
+def _check_graph_io(path: Path, inputs: list[str]) -> None:
+    if inputs != [INPUT_NAME]:
+        raise Vox2VoxError(f"{path}: the ONNX graph's inputs are {inputs}, its vox2vox metadata expects "
+                           f"[{INPUT_NAME!r}]; export the model again")
+
+
+def read_torchscript_metadata(path: Path) -> str | None:
+    """The vox2vox JSON inside a TorchScript archive (``<archive>/extra/vox2vox.json``), read
+    with :mod:`zipfile` so that nothing in the file is deserialised or run; None if absent."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.split("/")[-2:] == ["extra", TORCHSCRIPT_EXTRA]]
+            if len(names) != 1:
+                return None
+            return archive.read(names[0]).decode("utf-8")
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as err:
+        raise Vox2VoxError(f"{path}: not a TorchScript archive ({err}); TorchScript models are written by "
+                           "`vox2vox export --format torchscript`") from err
+
+
+def _load_torchscript(path: Path, device: torch.device) -> tuple[nn.Module, Config, dict[str, Any], dict[str, Any]]:
+    doc, config = parse_contract(read_torchscript_metadata(path), path, backend="torchscript")
+    try:
+        module = torch.jit.load(str(path), map_location=device)
+    except (RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise Vox2VoxError(f"{path}: cannot load the TorchScript program ({first[:200]}); export the model again") from err
+    module.eval()
+    return TorchScriptGenerator(config.generator, path, module), config, doc["state"], doc
