@@ -313,7 +313,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from vox2vox.device import resolve_device, resolve_prediction_amp
-    from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset, prediction_options
+    from vox2vox.infer.inference import (
+        InferenceConfig,
+        load_model,
+        predict_dataset,
+        prediction_options,
+    )
     from vox2vox.infer.postprocessing import PostprocessConfig
     from vox2vox.train.crossval import expand_model_paths
 

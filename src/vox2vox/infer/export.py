@@ -31,8 +31,20 @@ from torch import nn
 
 from vox2vox.atomic import atomic_write_bytes, ensure_folder
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.backends import ONNX_EXTRA_HINT, SUFFIXES, TORCHSCRIPT_EXTRA, ExportFormat, exported_format
-from vox2vox.infer.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, build_contract, dump_contract
+from vox2vox.infer.backends import (
+    ONNX_EXTRA_HINT,
+    SUFFIXES,
+    TORCHSCRIPT_EXTRA,
+    ExportFormat,
+    exported_format,
+)
+from vox2vox.infer.contract import (
+    INPUT_NAME,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    build_contract,
+    dump_contract,
+)
 from vox2vox.infer.inference import load_model
 from vox2vox.model import blocks
 from vox2vox.model.checkpoint import resolve_checkpoint

@@ -290,7 +290,7 @@ class PredictionReport:
     probabilities: dict[str, Path] = dataclasses.field(default_factory=dict)
 
 
-def _discover_like_training(model: LoadedModel, input_path: str | Path, layout: str) -> Any:
+def discover_like_training(model: LoadedModel, input_path: str | Path, layout: str) -> Any:
     """Find the cases to predict, choosing channels (and a case-folder label) as in training."""
     label_name = model.config.data.label_name
     try:
@@ -427,7 +427,7 @@ def predict_dataset(
         raise Vox2VoxError(f"save_probabilities={save_probabilities!r}: choose npz or nifti")
     convention = check_ensemble(models)
     first = models[0]
-    spec = _discover_like_training(first, input_path, layout)
+    spec = discover_like_training(first, input_path, layout)
     check_channels(first, spec.channel_names, input_path)
     postprocess = postprocess or PostprocessConfig()
     # Check post-processing against the convention once, not once per case.
