@@ -16,6 +16,7 @@ only files you trust. ONNX files hold a graph of operators and no code.
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Literal
@@ -152,22 +153,39 @@ def _check_graph_io(path: Path, inputs: list[str]) -> None:
 
 def read_torchscript_metadata(path: Path) -> str | None:
     """The vox2vox JSON inside a TorchScript archive (``<archive>/extra/vox2vox.json``), read
-    with :mod:`zipfile` so that nothing in the file is deserialised or run; None if absent."""
+    with :mod:`zipfile` so that nothing in the file is deserialised or run; None if absent.
+
+    A ``torch.save`` file under a TorchScript name (a raw pickle, or a zip of pickles without
+    TorchScript code) is refused as the pickle it is.
+    """
+    pickled = Vox2VoxError(f"{path}: refusing a pickle-based file (torch.save output could run code when "
+                           "loaded); vox2vox loads .safetensors checkpoints and the .onnx / TorchScript "
+                           "files `vox2vox export` writes")
     try:
         with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.split("/")[-2:] == ["extra", TORCHSCRIPT_EXTRA]]
-            if len(names) != 1:
-                return None
-            return archive.read(names[0]).decode("utf-8")
-    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as err:
+            names = archive.namelist()
+            found = [n for n in names if n.split("/")[-2:] == ["extra", TORCHSCRIPT_EXTRA]]
+            if len(found) == 1:
+                return archive.read(found[0]).decode("utf-8")
+            if not any("/code/" in n for n in names):
+                raise pickled  # a zip of pickles and no TorchScript program: torch.save's format
+            return None
+    except zipfile.BadZipFile as err:
+        with path.open("rb") as f:
+            if f.read(1) == b"\x80":  # the pickle protocol marker
+                raise pickled from err
         raise Vox2VoxError(f"{path}: not a TorchScript archive ({err}); TorchScript models are written by "
                            "`vox2vox export --format torchscript`") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise Vox2VoxError(f"{path}: unreadable TorchScript archive ({err}); export the model again") from err
 
 
 def _load_torchscript(path: Path, device: torch.device) -> tuple[nn.Module, Config, dict[str, Any], dict[str, Any]]:
     doc, config = parse_contract(read_torchscript_metadata(path), path, backend="torchscript")
     try:
-        module = torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():  # torch.jit's deprecation notice is not the user's business
+            warnings.filterwarnings("ignore", message=".*`torch.jit.load` is deprecated.*")
+            module = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise Vox2VoxError(f"{path}: cannot load the TorchScript program ({first[:200]}); export the model again") from err

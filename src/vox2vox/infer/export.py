@@ -190,7 +190,7 @@ def _quiet_trace() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*(legacy TorchScript-based ONNX export|Constant folding|"
-                                "instance_norm|will be removed).*")
+                                "instance_norm|will be removed|`torch.jit.[a-z_]+` is deprecated).*")
         yield
 
 
@@ -241,13 +241,14 @@ def _torchscript_bytes(generator: nn.Module, contract: dict[str, Any], source: P
     with _quiet_trace(), torch.no_grad():
         # Traced, not scripted: the generators' forward has Python-only input checks. The trace
         # keeps the CPU layout rule, so the TorchScript model runs as fast as the PyTorch one here.
+        # (torch 2.13 marks torch.jit deprecated in favour of torch.export, whose programs do
+        # not take dynamic spatial sizes for these networks, see _onnx_bytes: TorchScript stays
+        # the PyTorch-native format that does.)
         traced = torch.jit.trace(_Probabilities(generator), (trace,), check_trace=False)
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_EXTRA: dump_contract(contract)})
-    data = buffer.getvalue()
-    reloaded = torch.jit.load(io.BytesIO(data))
-    with torch.no_grad():
-        got = reloaded(check)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_EXTRA: dump_contract(contract)})
+        data = buffer.getvalue()
+        got = torch.jit.load(io.BytesIO(data))(check)
     return data, _verify(generator, check, got, source)
 
 
