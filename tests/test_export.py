@@ -300,3 +300,19 @@ def test_predict_refuses_mixed_precision_for_onnx(capsys, tmp_path, shared_data,
     line = assert_user_error(cli(capsys, *_predict_args(exported["models"]["onnx"], shared_data, tmp_path / "o"),
                                  "--amp", "bf16", "--device", "cpu", "--no-progress"), "float32")
     assert "--amp off" in line
+
+
+def test_python_api_predict_folder_is_predict_and_predict_takes_one_case(tmp_path, shared_data, small_ckpt):
+    import vox2vox
+
+    image = shared_data / CASE
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(f"id,t2\na,{image}\nb,{image}\n")
+    model = vox2vox.load_model(small_ckpt, device="cpu")
+    report = model.predict_folder(manifest, tmp_path / "out", progress=False, tta=False)
+    assert sorted(report.written) == ["a", "b"] and not report.failed
+    expected = model.predict(image, tta=False).labels
+    for case in ("a", "b"):
+        np.testing.assert_array_equal(np.asarray(nib.load(report.written[case]).dataobj), expected)
+    assert_api_error(lambda: model.predict(manifest), "holds 2 cases")
+    assert_api_error(lambda: model.predict(image, spacing=(1, 1, 1)), "for arrays")

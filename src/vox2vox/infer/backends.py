@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,6 +100,13 @@ class TorchScriptGenerator(ExportedGenerator):
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x).float()
+
+
+def check_precision(models: Sequence[nn.Module], amp: str) -> None:
+    """Autocast does not reach ONNX Runtime: refuse mixed precision for an ONNX model, not ignore it."""
+    onnx = [m for m in models if getattr(m, "backend", "") == "onnx"]
+    if onnx and amp != "off":
+        raise Vox2VoxError(f"{onnx[0].path}: an ONNX model runs in float32; predict it with --amp off")
 
 
 def load_exported(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict[str, Any], dict[str, Any]]:

@@ -35,7 +35,7 @@ from vox2vox.data.loading import load_case
 from vox2vox.data.preprocessing import LoadedCase, undo_preprocessing
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.backends import exported_format, load_exported
+from vox2vox.infer.backends import check_precision, exported_format, load_exported
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.postprocessing import postprocess as apply_postprocess
 from vox2vox.model.blocks import PhaseTransposedConv3d
@@ -152,7 +152,7 @@ def predict_probabilities(
     device = torch.device(device)
     if device.type == "cpu" and config.amp == "fp16":
         raise Vox2VoxError("amp='fp16' is for CUDA; on a CPU use amp='bf16' or 'off'")
-    check_precision(models, config)
+    check_precision(models, config.amp)
     x = torch.as_tensor(image, dtype=torch.float32)
     if x.ndim != 4:
         raise Vox2VoxError(f"image must be (C, D, H, W); got shape {tuple(x.shape)}")
@@ -179,13 +179,6 @@ def predict_probabilities(
     if n > 1:
         total.div_(n)
     return total[0].cpu().numpy()
-
-
-def check_precision(models: Sequence[torch.nn.Module], config: InferenceConfig) -> None:
-    """Autocast does not reach ONNX Runtime: refuse mixed precision for an ONNX model, not ignore it."""
-    onnx = [m for m in models if getattr(m, "backend", "") == "onnx"]
-    if onnx and config.amp != "off":
-        raise Vox2VoxError(f"{onnx[0].path}: an ONNX model runs in float32; predict it with --amp off")
 
 
 def _run(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig, device: torch.device) -> torch.Tensor:
@@ -431,7 +424,7 @@ def predict_dataset(
     if save_probabilities not in (None, "npz", "nifti"):
         raise Vox2VoxError(f"save_probabilities={save_probabilities!r}: choose npz or nifti")
     convention = check_ensemble(models)
-    check_precision([m.generator for m in models], config)
+    check_precision([m.generator for m in models], config.amp)
     first = models[0]
     spec = discover_like_training(first, input_path, layout)
     check_channels(first, spec.channel_names, input_path)
