@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", parents=[common], help="the generator as one ONNX or TorchScript file with its "
                        "input contract (channels, normalisation, spacing, labels) in the file's metadata")
-    p.add_argument("model", help="run directory or .safetensors checkpoint")
+    p.add_argument("model", metavar="MODEL", help="run directory or .safetensors checkpoint")
     p.add_argument("--format", default=None, metavar="onnx|torchscript",
                    help="onnx (needs the onnx extra) or torchscript; default: from --out's suffix (.onnx, .pt)")
     p.add_argument("--out", required=True, help="file to write: model.onnx or model.pt")
