@@ -344,3 +344,12 @@ def test_two_pass_instance_norm_is_accurate_in_onnx_runtime():
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     error = float(np.abs(session.run(None, {"x": x.numpy()})[0] - reference.numpy()).max())
     assert error < 1e-5
+
+
+def test_onnx_on_a_cuda_device_without_the_cuda_provider_runs_on_the_cpu(exported, capsys, monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    model = load_model(exported["models"]["onnx"], device="cuda")
+    assert model.generator.session.get_providers() == ["CPUExecutionProvider"]
+    assert "no CUDA provider" in capsys.readouterr().err

@@ -16,6 +16,7 @@ only files you trust. ONNX files hold a graph of operators and no code.
 
 from __future__ import annotations
 
+import sys
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -131,12 +132,13 @@ def _load_onnx(path: Path, device: torch.device) -> tuple[nn.Module, Config, dic
     except ImportError as err:
         raise Vox2VoxError(f"{path}: running ONNX models needs ONNX Runtime; install the onnx extra "
                            f"({ONNX_EXTRA_HINT})") from err
-    providers = ["CPUExecutionProvider"]
+    providers: list[Any] = ["CPUExecutionProvider"]
     if device.type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise Vox2VoxError(f"{path}: --device cuda, but this ONNX Runtime has no CUDA provider; install "
-                               "onnxruntime-gpu or predict with --device cpu")
-        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        else:  # the CPU gives the same result, slower: say so rather than refuse a GPU machine
+            print(f"note: {path}: this ONNX Runtime has no CUDA provider, so the model runs on the CPU "
+                  "(pip install onnxruntime-gpu for the GPU)", file=sys.stderr)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise
     threads = torch.get_num_threads()
