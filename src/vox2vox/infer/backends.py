@@ -144,10 +144,10 @@ def _load_onnx(path: Path, device: torch.device) -> tuple[nn.Module, Config, dic
     threads = torch.get_num_threads()
     options.intra_op_num_threads = threads  # the thread count torch uses (OMP_NUM_THREADS), not all cores
     options.inter_op_num_threads = 1
-    # No CPU memory arena: each case has its own shape, so the arena only keeps growing buffers
-    # of earlier shapes; without it a BraTS-size pass of the residual generator peaked at 1.16
-    # instead of 1.6 GiB at the same speed (ONNX Runtime 1.32, this 2-core CPU).
-    options.enable_cpu_mem_arena = False
+    # ONNX Runtime's CPU memory arena stays on: alone it costs memory (a BraTS-size pass of the
+    # residual generator: 1.6 GiB with it, 1.16 without), but inside prediction, where
+    # device.tune_cpu_allocator makes glibc keep freed memory, the arena's own reuse peaked
+    # lower (2.31 against 2.51-2.58 GiB) and ran as fast (ONNX Runtime 1.32, this 2-core CPU).
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as err:  # ORT's Fail/InvalidProtobuf/... share no public base class
