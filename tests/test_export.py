@@ -353,3 +353,18 @@ def test_onnx_on_a_cuda_device_without_the_cuda_provider_runs_on_the_cpu(exporte
     model = load_model(exported["models"]["onnx"], device="cuda")
     assert model.generator.session.get_providers() == ["CPUExecutionProvider"]
     assert "no CUDA provider" in capsys.readouterr().err
+
+
+def test_amp_auto_is_off_for_onnx_and_explicit_amp_is_refused():
+    from vox2vox.errors import Vox2VoxError
+    from vox2vox.infer.backends import check_precision, prediction_amp
+
+    assert prediction_amp("auto", torch.device("cuda"), ["pytorch", "onnx"]) == "off"  # no GPU needed
+    assert prediction_amp("bf16", torch.device("cpu"), ["onnx"]) == "bf16"
+
+    class Onnx(torch.nn.Module):
+        backend, path = "onnx", Path("m.onnx")
+
+    check_precision([Onnx()], "off")
+    with pytest.raises(Vox2VoxError, match="m.onnx: an ONNX model runs in float32"):
+        check_precision([Onnx()], "bf16")

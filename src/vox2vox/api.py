@@ -27,8 +27,9 @@ from vox2vox.data.cases import CaseFiles
 from vox2vox.data.io import Geometry, canonical_from_array, to_source_orientation, write_volume
 from vox2vox.data.loading import load_case
 from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig, preprocess
-from vox2vox.device import resolve_device, resolve_prediction_amp
+from vox2vox.device import resolve_device
 from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.backends import prediction_amp
 from vox2vox.infer.inference import (
     CasePrediction,
     InferenceConfig,
@@ -133,7 +134,7 @@ class Model:
         """
         inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
                                     tta_flips=prediction_options(self.models, tta=tta)[0],
-                                    amp=resolve_prediction_amp(amp, self.device))
+                                    amp=prediction_amp(amp, self.device, [m.backend for m in self.models]))
         post = self._postprocess(largest_component, min_et_voxels)
         if isinstance(image, str | Path) or _is_file_list(image):
             if spacing is not None or affine is not None or mask is not None:
@@ -153,7 +154,7 @@ class Model:
         """``vox2vox predict`` on a dataset folder, manifest or image: ``<output_dir>/<case_id>.nii.gz``."""
         inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
                                     tta_flips=prediction_options(self.models, tta=tta)[0],
-                                    amp=resolve_prediction_amp(amp, self.device))
+                                    amp=prediction_amp(amp, self.device, [m.backend for m in self.models]))
         return predict_dataset(self.models, input_path, output_dir, config=inference, device=self.device,
                                layout=layout, postprocess=self._postprocess(largest_component, min_et_voxels),
                                save_probabilities=save_probabilities, progress=progress)  # type: ignore[arg-type]

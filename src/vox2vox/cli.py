@@ -312,7 +312,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from vox2vox.device import resolve_device, resolve_prediction_amp
+    from vox2vox.device import resolve_device
+    from vox2vox.infer.backends import prediction_amp
     from vox2vox.infer.inference import (
         InferenceConfig,
         load_model,
@@ -327,7 +328,7 @@ def _predict(args: argparse.Namespace) -> int:
     # Choices training made on its validation cases (train.tune_prediction), unless given here.
     tta, largest = prediction_options(models, tta=args.tta, largest_component=args.largest_component)
     config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap,
-                             tta_flips=tta, amp=resolve_prediction_amp(args.amp, device))
+                             tta_flips=tta, amp=prediction_amp(args.amp, device, [m.backend for m in models]))
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest)
     report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout,
                              postprocess=post, save_probabilities=args.save_probabilities,

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from vox2vox.config import Config
+from vox2vox.device import AmpDtype, resolve_prediction_amp
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.contract import INPUT_NAME, METADATA_KEY, parse_contract
 from vox2vox.model.generator import Generator, GeneratorConfig
@@ -101,6 +102,14 @@ class TorchScriptGenerator(ExportedGenerator):
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x).float()
+
+
+def prediction_amp(choice: str, device: torch.device, backends: Sequence[str]) -> AmpDtype:
+    """``--amp`` for these models: ``auto`` is off when an ONNX model is among them (autocast does
+    not reach ONNX Runtime); otherwise :func:`vox2vox.device.resolve_prediction_amp`."""
+    if choice == "auto" and "onnx" in backends:
+        return "off"
+    return resolve_prediction_amp(choice, device)
 
 
 def check_precision(models: Sequence[nn.Module], amp: str) -> None:
