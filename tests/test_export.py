@@ -110,6 +110,7 @@ def test_metadata_carries_the_input_contract(exported):
         assert contract["channels"] == ["t2"] and contract["size_multiple"] == 8
         assert contract["normalization"]["method"] == "zscore-nonzero"
         assert contract["target_spacing_mm"] == [1.5, 1.5, 1.5] and contract["preprocess"]["pad_multiple"] == 8
+        assert contract["training_patch"] == [24, 24, 24]
         assert doc["labels"]["classes"] == [{"class": 0, "value": 0, "name": "background"},
                                             {"class": 1, "value": 1, "name": "foreground"}]
         assert doc["predict"] == CHOSEN[exported["arch"]]

@@ -77,6 +77,9 @@ def build_contract(config: Config, state: dict[str, Any], *, backend: str, sourc
             "normalization": {"method": prep["normalize"], "ct_window": prep["ct_window"],
                               "meaning": _NORMALIZATION.get(prep["normalize"], "")},
             "target_spacing_mm": prep["target_spacing"],
+            "spacing": ("cases are resampled to target_spacing_mm before the network" if prep["target_spacing"]
+                        else "cases run at their own voxel spacing (no resampling)"),
+            "training_patch": list(config.train.patch_size),
             "preprocess": prep,
         },
         "output": {
