@@ -125,6 +125,7 @@ def test_metadata_carries_the_input_contract(exported):
     for fmt in ("onnx", "torchscript"):
         model = load_model(exported["models"][fmt])
         assert model.backend == fmt and model.config == original.config
+        assert model.generator.contract["source"]["sha256"] == sha
         for key in ("channels", "convention", "layout", "predict"):
             assert model.state[key] == original.state[key]
 
@@ -225,6 +226,15 @@ def test_export_refuses_bad_format_names_and_outputs(capsys, tmp_path, small_ckp
     assert_user_error(cli(capsys, "export", tmp_path / "missing_run", "--out", tmp_path / "m.onnx"),
                       "no checkpoint found")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.onnx", "plain"]  # nothing written
+
+
+def test_export_refuses_a_folder_it_may_not_write_in(capsys, tmp_path, small_ckpt, monkeypatch):
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == tmp_path else real_access(path, mode))
+    assert_user_error(cli(capsys, "export", small_ckpt, "--out", tmp_path / "m.onnx"), "permission denied")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_export_without_onnx_packages_names_the_extra(capsys, tmp_path, small_ckpt, monkeypatch):

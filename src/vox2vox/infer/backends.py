@@ -55,6 +55,7 @@ class ExportedGenerator(nn.Module):
         super().__init__()
         self.config = config
         self.path = path
+        self.contract: dict[str, Any] = {}  # the file's metadata document (vox2vox.infer.contract)
 
     def check_input(self, x: torch.Tensor) -> None:
         # The PyTorch generator's own rules and messages (an exported graph checks nothing itself).
@@ -165,7 +166,9 @@ def _load_onnx(path: Path, device: torch.device) -> tuple[nn.Module, Config, dic
     meta = session.get_modelmeta().custom_metadata_map
     doc, config = parse_contract(meta.get(METADATA_KEY), path, backend="onnx")
     _check_graph_io(path, [i.name for i in session.get_inputs()])
-    return OnnxRuntimeGenerator(config.generator, path, session), config, doc["state"], doc
+    backend = OnnxRuntimeGenerator(config.generator, path, session)
+    backend.contract = doc
+    return backend, config, doc["state"], doc
 
 
 def _check_graph_io(path: Path, inputs: list[str]) -> None:
@@ -213,4 +216,6 @@ def _load_torchscript(path: Path, device: torch.device) -> tuple[nn.Module, Conf
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise Vox2VoxError(f"{path}: cannot load the TorchScript program ({first[:200]}); export the model again") from err
     module.eval()
-    return TorchScriptGenerator(config.generator, path, module), config, doc["state"], doc
+    backend = TorchScriptGenerator(config.generator, path, module)
+    backend.contract = doc
+    return backend, config, doc["state"], doc
