@@ -78,12 +78,12 @@ def export_model(model: str | Path, out: str | Path, *, fmt: str | None = None) 
     """
     out = Path(out)
     fmt = _check_format(fmt, out)
-    _check_writable(out)
-    if fmt == "onnx":
-        _require_onnx(out)
     if exported_format(model) is not None:
         raise Vox2VoxError(f"{model}: already an exported model; export a run folder or .safetensors checkpoint")
     ckpt_path = resolve_checkpoint(model, which="best")
+    _check_writable(out)
+    if fmt == "onnx":
+        _require_onnx(out)
     loaded = load_model(ckpt_path)
     generator = loaded.generator.eval()
     contract = build_contract(loaded.config, loaded.state, backend=fmt, source=ckpt_path,
@@ -105,8 +105,8 @@ def _check_format(fmt: str | None, out: Path) -> ExportFormat:
         raise Vox2VoxError(f"--format {fmt}: unknown export format; choose onnx or torchscript")
     if by_suffix != fmt:
         wanted = ".onnx" if fmt == "onnx" else ".pt (or .ts)"
-        raise Vox2VoxError(f"{out}: a {fmt} export must be named {wanted}; `vox2vox predict` tells model "
-                           "files apart by their suffix")
+        raise Vox2VoxError(f"{out}: --format {fmt} writes files named {wanted}; `vox2vox predict` tells "
+                           "model files apart by their suffix")
     return fmt  # type: ignore[return-value]
 
 
