@@ -76,7 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=50 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="fine-tune: start a new run from this run directory's or .safetensors file's weights "
+                        "(its network and preprocessing; fresh optimiser and schedule; without --config nothing "
+                        "is planned and the model's settings are used)")
+    p.add_argument("--reinit-head", action="store_true",
+                   help="with --init-from: a fresh output layer, for data with other labels (train.reinit_output)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides train.device)")
+
+    p = sub.add_parser("info", parents=[common], help="a model's card: channels, normalisation, spacing, labels, "
+                       "training data, scores, versions, sha256")
+    p.add_argument("model", help="run directory or .safetensors checkpoint")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
 
     p = sub.add_parser("predict", parents=[common], help="segment volumes with a trained model")
     p.add_argument("--model", required=True, action="append",
@@ -252,14 +263,22 @@ def _train(args: argparse.Namespace) -> int:
     import time
 
     from vox2vox.config import Config
+    from vox2vox.train.finetune import explicit_keys, finetune_config, load_source
     from vox2vox.train.planner import default_budget, detect_device, plan_dataset, plan_to_toml
     from vox2vox.train.runlock import check_run_folder
     from vox2vox.train.runs import train_on_dataset
     from vox2vox.train.schedule import parse_duration
+    from vox2vox.train.tracking import check_tracking
 
     started = time.perf_counter()  # a budget counts planning and loading too
     out = Path(args.out) if args.out else None
     resuming = args.resume and out is not None
+    if args.init_from and args.resume:
+        raise Vox2VoxError("train: --init-from starts a new run and --resume continues one; pass one of them")
+    if args.reinit_head and not args.init_from:
+        raise Vox2VoxError("train: --reinit-head re-initialises the output layer of an --init-from model; pass --init-from")
+    if args.reinit_head:
+        args.overrides = [*args.overrides, "train.reinit_output=true"]
     planned = not args.config and not resuming
     if args.config == "paper":
         args.config = None
@@ -271,7 +290,14 @@ def _train(args: argparse.Namespace) -> int:
         raise Vox2VoxError("train: no data; pass --data PATH")
     if out is None:
         out = Path("runs") / Path(config.data.path).name.replace(".csv", "")
-    plan_toml = None
+    check_tracking(config)  # a missing extra is one line now, not after planning and loading
+    plan_toml = finetune = None
+    if args.init_from:
+        check_run_folder(out, resume=False)
+        finetune = load_source(args.init_from)
+        explicit = explicit_keys(args.config, [*args.overrides, *_implied_keys(args)])
+        config = finetune_config(finetune, config, explicit=explicit, planned=planned)
+        planned = False  # the source model's settings, not a new plan
     if planned:
         check_run_folder(out, resume=False)  # before minutes of planning
         device = detect_device(config.train.device)
@@ -287,7 +313,8 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append("train.budget=null")  # epochs asked for and no budget: count epochs
         config = planned_config.with_overrides(overrides)
         plan_toml = plan_to_toml(plan)  # written into the run folder once training has checked it
-    result = train_on_dataset(config, out, resume=args.resume, started=started, plan_toml=plan_toml)
+    result = train_on_dataset(config, out, resume=args.resume, started=started, plan_toml=plan_toml,
+                              finetune=finetune)
     from vox2vox.train.distributed import is_main
 
     if not is_main():  # under torchrun, rank 0 alone reports
@@ -300,6 +327,24 @@ def _train(args: argparse.Namespace) -> int:
         best = f"{result.best_score:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else "n/a (no validation cases)"
         print(f"trained {result.epochs} epochs ({result.steps} steps); best validation Dice {best}")
     print(f"run directory: {out}")
+    return 0
+
+
+def _implied_keys(args: argparse.Namespace) -> list[str]:
+    """Config keys set by options other than --set: --data, --device, and train.budget (none)
+    when epochs are asked for without --budget."""
+    keys = ["data.path"] if args.data else []
+    keys += ["train.device"] if args.device else []
+    if args.budget is None and any(o.split("=", 1)[0].strip() == "train.epochs" for o in args.overrides):
+        keys.append("train.budget")
+    return keys
+
+
+def _info(args: argparse.Namespace) -> int:
+    from vox2vox.model.card import card_json_text, format_card, read_card
+
+    card = read_card(args.model)
+    print(card_json_text(card) if args.json else format_card(card))
     return 0
 
 
@@ -403,6 +448,7 @@ _COMMANDS = {
     "demo": _demo,
     "dataset": _dataset,
     "train": _train,
+    "info": _info,
     "predict": _predict,
     "evaluate": _evaluate,
     "cv": _cv,

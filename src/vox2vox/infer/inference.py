@@ -33,12 +33,13 @@ from vox2vox.data.labels import get_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
 from vox2vox.data.preprocessing import undo_preprocessing
+from vox2vox.data.profile import distribution_problems
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.postprocessing import postprocess as apply_postprocess
 from vox2vox.model.blocks import PhaseTransposedConv3d
-from vox2vox.model.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
+from vox2vox.model.checkpoint import ModelInfo, load_checkpoint, load_weights, resolve_checkpoint
 from vox2vox.model.residual import build_generator
 
 Mode = Literal["auto", "whole", "sliding"]
@@ -268,12 +269,14 @@ def _sliding(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig) -
 # ---- predicting cases on disk -------------------------------------------------------------------
 @dataclass
 class PredictionReport:
-    """What :func:`predict_dataset` did: label maps written, probability files written, and
-    cases that failed (case id -> one-line reason)."""
+    """What :func:`predict_dataset` did: label maps written, probability files written, cases
+    that failed (case id -> one-line reason), and cases unlike the training data (case id -> what
+    differs; they were still segmented)."""
 
     written: dict[str, Path]
     failed: dict[str, str]
     probabilities: dict[str, Path] = dataclasses.field(default_factory=dict)
+    warnings: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _discover_like_training(model: LoadedModel, input_path: str | Path, layout: str) -> Any:
@@ -324,7 +327,9 @@ def predict_dataset(
     on the input's grid, which any viewer overlays.
 
     A case that fails (unreadable file, too little memory, ...) is reported in the result and,
-    with ``progress``, on stderr; the others go on.
+    with ``progress``, on stderr; the others go on. A case whose spacing, intensities or channels
+    are far from the first model's training data (:func:`vox2vox.data.profile.distribution_problems`)
+    is segmented and gets one warning line on stderr (and in the result's ``warnings``).
     """
     if not models:
         raise Vox2VoxError("no model given; pass at least one checkpoint")
@@ -366,10 +371,20 @@ def predict_dataset(
     prep = dataclasses.replace(first.config.preprocess, cache_dir=None)
     output_dir = Path(output_dir)
     nets = [m.generator for m in models]
+    info = ModelInfo.from_state(first.state, first.path)
+    profile = info.data if info is not None else None
+    # A single image's one channel is always called "image": only named channels are compared by name.
+    names = spec.channel_names if spec.layout != "single" else None
     report = PredictionReport({}, {})
     for case in tqdm(spec.cases, desc="predicting", unit="case", disable=not progress, file=sys.stderr):
         try:
             loaded = load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep)
+            problems = [] if profile is None else distribution_problems(
+                profile, loaded.record, normalize=prep.normalize, channel_names=names)
+            if problems:
+                report.warnings[case.case_id] = "; ".join(problems)
+                tqdm.write(f"warning: {case.case_id}: unlike the model's training data: {'; '.join(problems)}",
+                           file=sys.stderr)
             probs = predict_probabilities(nets, loaded.image, config=config, device=device)
             if not np.all(np.isfinite(probs)):  # argmax of NaN is class 0: silently all background
                 raise Vox2VoxError(

@@ -33,10 +33,7 @@ from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
-from vox2vox.device import (
-    autocast,
-    tune_cpu_allocator,
-)
+from vox2vox.device import autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
     ModelInfo,
@@ -60,10 +57,7 @@ from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
 from vox2vox.train.patches import Augment, PatchSampler, TrainCase, derive_seed, patch_loader
 from vox2vox.train.schedule import lr_factor
-from vox2vox.train.state import (
-    TrainState,
-    build_state,
-)
+from vox2vox.train.state import TrainState, build_state
 
 
 # ---- one step -----------------------------------------------------------------------------------
@@ -183,6 +177,7 @@ class FitResult:
 
 Validator = Callable[[torch.nn.Module], dict[str, float]]
 StepHook = Callable[[TrainState], None]
+EpochHook = Callable[[dict[str, Any], torch.nn.Module], None]
 
 
 def fit(
@@ -198,6 +193,8 @@ def fit(
     progress: bool = True,
     on_step: StepHook | None = None,
     started: float | None = None,
+    init: StepHook | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> FitResult:
     """Train Vox2Vox on ``train_cases`` and write the run to ``run_dir``.
 
@@ -211,7 +208,9 @@ def fit(
     foreground_prob=...)`` and ``augment(image, label, rng)`` make one training sample.
     ``model_info`` (channel names, layout, label convention) is stored in checkpoints so a
     checkpoint alone can predict. ``on_step(state)`` runs after every train step (e.g.
-    :func:`vox2vox.train.distributed.checksum_hook`). Writes the run folder (:class:`vox2vox.rundir.RunDir`:
+    :func:`vox2vox.train.distributed.checksum_hook`); ``init(state)`` sets a new run's first weights
+    (fine-tuning); ``on_epoch(row, generator)`` gets every logged row on rank 0 (experiment tracking).
+    Writes the run folder (:class:`vox2vox.rundir.RunDir`:
     ``config.json``, ``metrics.jsonl``, ``checkpoints/{last,best}.safetensors``);
     ``resume=True`` continues from ``last``.
 
@@ -226,7 +225,7 @@ def fit(
     progress = progress and ctx.is_main
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
     distributed.per_rank_batch(config.train.batch_size, ctx.world_size)
-    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume)
+    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume, init=init)
     save = partial(_save, state, config, model_info=model_info)
 
     clock = _Clock(state.seconds, started)
@@ -242,7 +241,7 @@ def fit(
                     save(run.last)
                 distributed.barrier()
                 raise KeyboardInterrupt
-            _end_epoch(state, config, row, history, run, validate, save, ctx=ctx, progress=progress)
+            _end_epoch(state, config, row, history, run, validate, save, ctx=ctx, progress=progress, on_epoch=on_epoch)
             state.seconds = clock()  # validation and checkpoints count too
     if (validate is None or config.train.select == "last") and ctx.is_main:
         save(run.best)
@@ -252,7 +251,8 @@ def fit(
 
 
 def _start_or_resume(
-    config: Config, train_cases: Sequence[TrainCase], run: RunDir, ctx: distributed.DistContext, *, resume: bool
+    config: Config, train_cases: Sequence[TrainCase], run: RunDir, ctx: distributed.DistContext, *, resume: bool,
+    init: StepHook | None = None,
 ) -> tuple[Config, TrainState, list[dict[str, Any]]]:
     """The resolved config, the (DDP-wrapped) training state and the log rows so far.
 
@@ -281,6 +281,8 @@ def _start_or_resume(
                 weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
                 config = config.replace(loss=_replace(config.loss, class_weights=weights))
         state = build_state(config, device=ctx.device)
+        if init is not None:
+            init(state)
     weights = config.loss.class_weights
     if weights is not None and len(weights) != config.generator.n_classes:
         raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
@@ -391,6 +393,7 @@ def _end_epoch(
     *,
     ctx: distributed.DistContext,
     progress: bool,
+    on_epoch: EpochHook | None = None,
 ) -> None:
     """Validate (when due), keep the best checkpoint by Dice, log the row and save the last checkpoint.
 
@@ -411,6 +414,7 @@ def _end_epoch(
     if validate is not None and due:
         scores = distributed.on_main(lambda: validate(_unwrap(state.generator)))
         row.update(scores)
+        state.last_score = scores.get("val_dice")
         if config.train.select == "best" and scores.get("val_dice", -math.inf) > state.best_score:
             state.best_score, state.best_epoch = scores["val_dice"], state.epoch
             if ctx.is_main:
@@ -419,6 +423,8 @@ def _end_epoch(
     history.append(row)
     if ctx.is_main:
         write_metrics(run.metrics, history)
+        if on_epoch is not None:
+            on_epoch(row, _unwrap(state.generator))
         if progress and (due or not budget):
             tqdm.write(_format_row(row, config), file=sys.stderr)
         if save_due:
