@@ -34,7 +34,7 @@ from vox2vox.data.fingerprint import looks_like_ct
 from vox2vox.errors import Vox2VoxError
 
 SPACING_FACTOR = 2.0
-INTENSITY_MARGIN = 0.5
+INTENSITY_MARGIN = 0.25
 SCALE_FACTOR = 10.0
 #: Percentiles of the foreground intensities compared for models that see raw intensities.
 PERCENTILES = ("p00_5", "median", "p99_5")

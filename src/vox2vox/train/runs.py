@@ -30,7 +30,13 @@ from vox2vox.data.profile import profile_from_records
 from vox2vox.device import tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
-from vox2vox.model.checkpoint import ModelInfo, SourceModel, load_checkpoint, read_metadata, save_checkpoint
+from vox2vox.model.checkpoint import (
+    ModelInfo,
+    SourceModel,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
