@@ -15,6 +15,9 @@ import torch
 from helpers import TINY, assert_user_error, ball, cli, make_manifest, make_model, save_nifti
 from vox2vox.cli import main
 from vox2vox.config import Config
+from vox2vox.data.cases import CaseFiles
+from vox2vox.data.loading import load_case
+from vox2vox.data.preprocessing import PreprocessConfig
 from vox2vox.data.profile import distribution_problems, profile_from_records
 from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.model.generator import Generator
@@ -149,3 +152,28 @@ def test_raw_intensity_models_compare_percentiles_and_modality():
     assert any("looks like MR, training was CT" in p for p in mr)
     assert distribution_problems(profile, _record(-1000.0, 45.0, 1250.0), normalize="ct-window",
                                  channel_names=["t1"]) == ["channels t1 given for the model's ct"]
+
+
+@pytest.mark.slow
+def test_real_cases_like_the_training_data_stay_silent_and_others_are_named(shared_data):
+    """Leave-one-out on real data: each sarcoma CT against the others (raw HU, ct-window) and each
+    BraTS case against the others (z-scored) gives no warning; a CT against the BraTS profile does."""
+    ct = PreprocessConfig(normalize="ct-window", ct_window=(-1000.0, 1000.0))
+    sarcoma = {p.name: load_case(CaseFiles(p.name, {"ct": p / "CT_image.nii.gz"}, None), convention=None,
+                                 prep=ct).record for p in sorted((shared_data / "ct-sarcoma").glob("STS_*"))}
+    brats = {p.name: load_case(CaseFiles(p.name, {"flair": p / "FLAIR.nii.gz", "t1": p / "T1.nii.gz"}, None),
+                               convention=None, prep=PreprocessConfig()).record
+             for p in sorted((shared_data / "brats2018-deepvoxnet2").glob("case_*"))}
+    assert len(sarcoma) == 5 and len(brats) == 6
+    for records, names, normalize in ((sarcoma, ["ct"], "ct-window"), (brats, ["flair", "t1"], "zscore-nonzero")):
+        for held_out, record in records.items():
+            others = [r for name, r in records.items() if name != held_out]
+            profile = profile_from_records(others, names, n_train=len(others), n_val=0)
+            assert distribution_problems(profile, record, normalize=normalize, channel_names=names) == [], held_out
+    profile = profile_from_records(list(brats.values()), ["flair", "t1"], n_train=6, n_val=0)
+    ct_case = dict(sarcoma["STS_041"], intensity=sarcoma["STS_041"]["intensity"] * 2)
+    problems = distribution_problems(profile, ct_case, normalize="zscore-nonzero")
+    assert any("spacing 3.27 mm on axis 2" in p for p in problems)
+    assert any("flair looks like CT, training was MR" in p for p in problems)
+    scaled = dict(brats["case_0"], intensity=[{k: v * 1000 for k, v in s.items()} for s in brats["case_0"]["intensity"]])
+    assert any("wrong units or scaling" in p for p in distribution_problems(profile, scaled, normalize="zscore-nonzero"))

@@ -12,9 +12,11 @@ still segmented). What "far" means, and why, is in docs/bad-inputs.md ("Inputs u
 training data"):
 
 - spacing: an axis more than :data:`SPACING_FACTOR` times finer or coarser than any training case;
-- intensities, when the model sees them as they are (``ct-window``, ``none``): a percentile more
-  than :data:`INTENSITY_MARGIN` of the training cases' typical foreground range outside the
-  training cases' range of that percentile;
+- intensities, when the model sees them as they are (``ct-window``, ``none``): the 0.5th or
+  99.5th foreground percentile more than :data:`INTENSITY_MARGIN` of the training cases' typical
+  foreground range outside the training cases' range of that percentile (the tails show a unit or
+  offset error, e.g. CT stored without its rescale intercept; the median is left out, as a CT's
+  foreground median moves with how much air or lung the volume holds);
 - intensities, when the model z-scores every case (scale and offset do not matter to it): a
   foreground range more than :data:`SCALE_FACTOR` times wider or narrower than any training
   case's, which points at wrong units or a wrongly rescaled file;
@@ -36,9 +38,9 @@ from vox2vox.errors import Vox2VoxError
 SPACING_FACTOR = 2.0
 INTENSITY_MARGIN = 0.25
 SCALE_FACTOR = 10.0
-#: Percentiles of the foreground intensities compared for models that see raw intensities.
+#: Percentiles of the foreground intensities a profile records per channel.
 PERCENTILES = ("p00_5", "median", "p99_5")
-_SAID = {"p00_5": "0.5th percentile", "median": "median", "p99_5": "99.5th percentile"}
+_SAID = {"p00_5": "0.5th percentile", "p99_5": "99.5th percentile"}
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def distribution_problems(profile: DataProfile, record: dict[str, Any], *, norma
                                 f"(training {channel.width.format()}): wrong units or scaling?")
             continue
         margin = INTENSITY_MARGIN * max(channel.width.median, 1e-6)
-        for key in PERCENTILES:
+        for key in ("p00_5", "p99_5"):
             spread: Spread = getattr(channel, key)
             if not spread.low - margin <= stats[key] <= spread.high + margin:
                 problems.append(f"channel {channel.name} foreground {_SAID[key]} {stats[key]:.4g} "
