@@ -128,7 +128,7 @@ class _TensorBoard:
         if resume and RunDir(run_dir).last.is_file():
             # Events after the resume point were trained again: drop the first attempt's.
             purge = int(read_metadata(RunDir(run_dir).last).get("state", {}).get("step", 0)) + 1
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+        self.writer = SummaryWriter(log_dir=str(RunDir(run_dir).tensorboard), purge_step=purge)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for name, value in values.items():
@@ -158,9 +158,9 @@ class _MLflow:
             # MLflow 3 keeps its file store working only on request; a folder of plain files in the
             # run is what a local user wants (no database to set up, copied along with the run).
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            uri = (run_dir / "mlruns").resolve().as_uri()
+            uri = RunDir(run_dir).mlruns.resolve().as_uri()
         self.client = MlflowClient(tracking_uri=uri)
-        self.ids = run_dir / "tracking.json"
+        self.ids = RunDir(run_dir).tracking
         known = json.loads(self.ids.read_text(encoding="utf-8")).get("mlflow_run_id") if resume and self.ids.is_file() else None
         self.resumed = known is not None
         if known is None:
