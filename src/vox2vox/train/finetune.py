@@ -50,8 +50,10 @@ from vox2vox.train.state import TrainState
 _DATA_KEYS = ("in_channels", "n_classes")
 #: Network keys that change no weight's shape: a fine-tuned run may choose its own.
 _FREE_KEYS = ("dropout",)
-#: Keys that describe this machine or this run, not the model: the new run's own settings are kept.
-_RUN_KEYS = (("train", "device"), ("train", "num_workers"), ("train", "log"), ("preprocess", "cache_dir"))
+#: Keys that describe this machine or this run, not the model: the new run's own settings are kept
+#: (a source that was itself fine-tuned with a fresh head must not pass that choice on).
+_RUN_KEYS = (("train", "device"), ("train", "num_workers"), ("train", "log"), ("train", "reinit_output"),
+             ("preprocess", "cache_dir"))
 
 
 @dataclass(frozen=True)
