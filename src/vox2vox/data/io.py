@@ -375,13 +375,15 @@ def write_volume(
 
 
 def write_probabilities_npz(
-    probabilities: np.ndarray, geometry: Geometry, path: str | Path, *, label_values: Sequence[int]
+    probabilities: np.ndarray, geometry: Geometry, path: str | Path, *, label_values: Sequence[int],
+    channel_names: Sequence[str] | None = None,
 ) -> None:
     """Write canonical ``(X, Y, Z, C)`` class probabilities as a compressed ``.npz``, atomically.
 
     Arrays: ``probabilities`` float32 ``(C, Z, Y, X)`` in the source file's voxel order (C-order
-    readers index it as ``[c, k, j, i]``), ``affine`` the source voxel-to-world matrix, and
-    ``labels`` the on-disk label value of each class.
+    readers index it as ``[c, k, j, i]``), ``affine`` the source voxel-to-world matrix,
+    ``labels`` the on-disk label value of each class, and ``channels`` each channel's name (for a
+    region-based model: the region; its ``labels`` entry is the value of the class it adds).
     """
     source = to_source_orientation(probabilities, geometry)
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
@@ -390,6 +392,9 @@ def write_probabilities_npz(
             probabilities=np.ascontiguousarray(source.transpose(3, 2, 1, 0)),
             affine=np.asarray(geometry.source_affine, dtype=np.float64),
             labels=np.asarray(label_values, dtype=np.int64),
+            # A unicode array (not object): readable with np.load(allow_pickle=False).
+            channels=np.asarray(list(channel_names) if channel_names is not None else
+                                [str(v) for v in label_values], dtype=str),
         )
 
 

@@ -323,14 +323,15 @@ def resize(array: np.ndarray, shape: tuple[int, ...], *, order: int) -> np.ndarr
 
 
 def undo_preprocessing(
-    classes_or_probs: np.ndarray, record: dict, *, order: int = 0
+    classes_or_probs: np.ndarray, record: dict, *, order: int = 0, background_channel: bool = True
 ) -> np.ndarray:
     """Map a prediction on the preprocessed grid back to the canonical original grid.
 
     Input: ``(D, H, W)`` class indices, or ``(C, D, H, W)`` per-class probabilities, on the grid
     ``record["shape"]``. Output: the same kind of array on ``record["original_shape"]``: padding
     removed, resampling undone (``order`` 0 nearest for labels; use 1 for probabilities), and voxels
-    outside the crop set to background (class 0, or probability 1 for class 0).
+    outside the crop set to background (class 0, or probability 1 for class 0; with
+    ``background_channel=False``, for independent region probabilities, probability 0 everywhere).
     """
     array = np.asarray(classes_or_probs)
     probs = array.ndim == 4
@@ -352,7 +353,8 @@ def undo_preprocessing(
     original = tuple(record["original_shape"])
     if probs:
         out = np.zeros((array.shape[0], *original), dtype=array.dtype)
-        out[0] = 1
+        if background_channel:
+            out[0] = 1
     else:
         out = np.zeros(original, dtype=array.dtype)
     out[(..., *(slice(lo, hi) for lo, hi in crop))] = array

@@ -40,6 +40,7 @@ from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.postprocessing import postprocess as apply_postprocess
 from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import ModelInfo, load_checkpoint, load_weights, resolve_checkpoint
+from vox2vox.model.outputs import OutputHead, head_for
 from vox2vox.model.residual import build_generator
 
 Mode = Literal["auto", "whole", "sliding"]
@@ -341,6 +342,7 @@ def predict_dataset(
             other.config.preprocess != first.config.preprocess
             or other.state.get("convention") != first.state.get("convention")
             or other.config.generator.n_classes != first.config.generator.n_classes
+            or other.config.generator.output != first.config.generator.output
         ):
             raise Vox2VoxError(
                 f"{other.path}: ensemble members must share preprocessing, classes and label "
@@ -352,11 +354,10 @@ def predict_dataset(
             "state={'convention': ..., 'channels': [...]} as training does"
         )
     convention = get_convention(first.state["convention"])
-    if convention.n_classes != first.config.generator.n_classes:
-        raise Vox2VoxError(
-            f"{first.path}: the generator predicts {first.config.generator.n_classes} classes but the label "
-            f"convention it records has {convention.n_classes}; the checkpoint's metadata is inconsistent"
-        )
+    try:
+        head = head_for(first.config.generator.n_classes, first.config.generator.output, convention)
+    except Vox2VoxError as err:
+        raise Vox2VoxError(f"{first.path}: {err}; the checkpoint's metadata is inconsistent") from None
     spec = _discover_like_training(first, input_path, layout)
     n_in = first.config.generator.in_channels
     if len(spec.channel_names) != n_in:
@@ -393,7 +394,7 @@ def predict_dataset(
                 )
             loaded.image = np.empty(0, np.float32)  # free the preprocessed image before writing
             written = _write_case(
-                probs, loaded, output_dir, convention=convention, postprocess=postprocess,
+                probs, loaded, output_dir, convention=convention, head=head, postprocess=postprocess,
                 save_probabilities=save_probabilities,
             )
             report.written[case.case_id] = written[0]
@@ -416,14 +417,15 @@ def _write_case(
     output_dir: Path,
     *,
     convention: Any,
+    head: OutputHead,
     postprocess: PostprocessConfig,
     save_probabilities: ProbabilityFormat | None,
 ) -> tuple[Path, Path | None]:
-    """Undo preprocessing, argmax, post-process and write one case's files atomically."""
-    # Back to the input grid as probabilities (linear where it was resampled), then argmax:
+    """Undo preprocessing, take classes, post-process and write one case's files atomically."""
+    # Back to the input grid as probabilities (linear where it was resampled), then to classes:
     # interpolating probabilities, not labels, keeps boundaries smooth under resampling.
-    probs = undo_preprocessing(probs, loaded.record, order=1)
-    labels = convention.to_source(probs.argmax(0))
+    probs = undo_preprocessing(probs, loaded.record, order=1, background_channel=head.kind == "classes")
+    labels = convention.to_source(head.to_classes(probs))
     if postprocess.active:
         labels = apply_postprocess(labels, config=postprocess, convention=convention)
     # Case ids are output names: never let one reach outside output_dir (discover checks too).
@@ -439,5 +441,8 @@ def _write_case(
         write_volume(on_disk, loaded.geometry, prob_path, dtype=np.float32)
         return target, prob_path
     prob_path = output_dir / f"{loaded.case_id}.npz"
-    write_probabilities_npz(on_disk, loaded.geometry, prob_path, label_values=convention.source_values)
+    values = convention.source_values
+    if head.kind == "regions":
+        values = tuple(convention.source_values[c] for c in head.region_class)
+    write_probabilities_npz(on_disk, loaded.geometry, prob_path, label_values=values, channel_names=head.names)
     return target, prob_path

@@ -37,6 +37,7 @@ from vox2vox.model.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
+from vox2vox.model.outputs import OutputHead, output_head
 from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
@@ -149,17 +150,19 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
     """The part of :func:`train_on_dataset` that writes into ``run_dir`` (under its lock)."""
     check_run_folder(run_dir, resume=resume)  # again, now that no other process can change it
     weights = config.loss.class_weights
-    if weights is not None and not resume and len(weights) != convention.n_classes:
-        raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
-                           f"({convention.n_classes} classes: {', '.join(map(str, convention.source_values))})")
+    n_outputs = output_head(convention, config.generator.output).n_outputs
+    if weights is not None and not resume and len(weights) != n_outputs:
+        raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per generator output "
+                           f"({n_outputs} {config.generator.output}: {', '.join(output_head(convention, config.generator.output).names)})")
     if ctx.is_main:
         ensure_folder(run_dir)
         atomic_write_text(RunDir(run_dir).split, json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
         if plan_toml is not None:
             atomic_write_text(RunDir(run_dir).plan, plan_toml)
 
-    # The networks take the data's channel and class counts.
-    n_channels, n_classes = len(spec.channel_names), convention.n_classes
+    # The networks take the data's channel count and one output per class (or per nested region).
+    head = output_head(convention, config.generator.output)
+    n_channels, n_classes = len(spec.channel_names), head.n_outputs
     config = config.replace(
         generator=dataclasses.replace(config.generator, in_channels=n_channels, n_classes=n_classes),
         discriminator=dataclasses.replace(config.discriminator, in_channels=n_channels, n_classes=n_classes),
@@ -172,7 +175,7 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
     model_info = ModelInfo(channels=tuple(spec.channel_names), layout=spec.layout, convention=convention.to_json(),
                            data=profile, source=source)
     example: dict[str, np.ndarray] = {}  # one validation slice for the tracker's overlays
-    validate = make_validator([cases[i] for i in val_ids], convention, config, example=example) if val_ids else None
+    validate = make_validator([cases[i] for i in val_ids], convention, config, head, example=example) if val_ids else None
     init = None
     if finetune is not None:
         if progress:
@@ -190,7 +193,7 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
     if config.train.tune_prediction and val_ids and ctx.is_main:
         best = RunDir(run_dir).best
         choice = choose_prediction_options(load_model(best).generator, [cases[i] for i in val_ids], convention,
-                                           config.train.patch_size)
+                                           config.train.patch_size, head=head)
         record_prediction_options(best, choice)
         if progress:
             print(f"prediction options from validation: tta {choice['tta']}, largest component "
@@ -243,8 +246,8 @@ def apply_inferred_convention(cases: dict[str, Any], *, where: Any, announce: bo
     return convention
 
 
-def make_validator(val_cases: Sequence[Any], convention: Any, config: Config, *,
-                   example: dict[str, np.ndarray] | None = None) -> Validator:
+def make_validator(val_cases: Sequence[Any], convention: Any, config: Config,
+                   head: OutputHead | None = None, *, example: dict[str, np.ndarray] | None = None) -> Validator:
     """Score the generator on whole, un-augmented validation volumes: mean Dice over regions.
 
     Regions are the convention's (BraTS: WT, TC, ET) or one per foreground class; the score per
@@ -253,17 +256,18 @@ def make_validator(val_cases: Sequence[Any], convention: Any, config: Config, *,
     ``image`` (first channel), ``truth`` and ``prediction`` (class indices), for the tracker.
     """
     infer = InferenceConfig(mode="auto", window=config.train.patch_size, overlap=0.25)
+    head = head or output_head(convention)
 
     def validate(generator: torch.nn.Module) -> dict[str, float]:
         device = next(generator.parameters()).device
         per_region: dict[str, list[float]] = {}
         for index, case in enumerate(val_cases):
             probs = predict_probabilities([generator], case.image, config=infer, device=device)
+            classes = head.to_classes(probs)
             if index == 0 and example is not None:
                 k = int(np.argmax((case.label > 0).sum(axis=(0, 1))))  # axial slice with most foreground
-                example.update(image=case.image[0, :, :, k], truth=case.label[:, :, k],
-                               prediction=probs.argmax(0)[:, :, k])
-            pred = convention.region_masks(convention.to_source(probs.argmax(0)))
+                example.update(image=case.image[0, :, :, k], truth=case.label[:, :, k], prediction=classes[:, :, k])
+            pred = convention.region_masks(convention.to_source(classes))
             true = convention.region_masks(convention.to_source(case.label))
             scored = case.label != IGNORE_INDEX  # the ignore label counts for neither side
             for name in true:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
+from vox2vox.data.labels import get_convention
 from vox2vox.device import autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
@@ -44,6 +44,7 @@ from vox2vox.model.checkpoint import (
     training_checkpoint,
 )
 from vox2vox.model.losses import (
+    binary_cross_entropy_from_probs,
     cross_entropy_from_probs,
     discriminator_accuracy,
     fixed_class_weights,
@@ -53,8 +54,10 @@ from vox2vox.model.losses import (
     one_hot,
     per_sample_dice_loss,
 )
+from vox2vox.model.outputs import OutputHead, head_for
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
+from vox2vox.train.control import InterruptFlag, RunClock
 from vox2vox.train.patches import Augment, PatchSampler, TrainCase, derive_seed, patch_loader
 from vox2vox.train.schedule import lr_factor
 from vox2vox.train.state import TrainState, build_state
@@ -73,7 +76,7 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     detached fake pair (:func:`_update_discriminator`); then G learns with D frozen
     (:func:`_update_generator`).
     """
-    target = one_hot(label, config.generator.n_classes)
+    target = state.head.targets(label) if state.head is not None else one_hot(label, config.generator.n_classes)
     mask = labelled_mask(label)  # None unless the batch holds ignore-label voxels
     state.generator.train()
     state.discriminator.train()
@@ -137,7 +140,10 @@ def _update_generator(
     loss_g = loss_cfg.lambda_dice * loss_dice
     if loss_cfg.lambda_ce > 0:
         # A per-voxel mean: under DDP, averaging the ranks' gradients gives the global batch's.
-        loss_ce = cross_entropy_from_probs(target, fake, mask=mask)
+        if config.generator.output == "regions":
+            loss_ce = binary_cross_entropy_from_probs(target, fake, mask=mask)
+        else:
+            loss_ce = cross_entropy_from_probs(target, fake, mask=mask)
         loss_g = loss_g + loss_cfg.lambda_ce * loss_ce
         out["loss_ce"] = loss_ce.item()
     if adversarial:
@@ -225,12 +231,14 @@ def fit(
     progress = progress and ctx.is_main
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
     distributed.per_rank_batch(config.train.batch_size, ctx.world_size)
-    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume, init=init)
+    convention = get_convention(model_info.convention) if model_info and model_info.convention else None
+    head = head_for(config.generator.n_classes, config.generator.output, convention)
+    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume, head=head, init=init)
     save = partial(_save, state, config, model_info=model_info)
 
-    clock = _Clock(state.seconds, started)
+    clock = RunClock(state.seconds, started)
 
-    interrupted = _InterruptFlag()
+    interrupted = InterruptFlag()
     with interrupted:
         while not _finished(state, config):
             row = _train_epoch(state, config, train_cases, state.epoch, sample_patch, augment, run=run,
@@ -252,7 +260,7 @@ def fit(
 
 def _start_or_resume(
     config: Config, train_cases: Sequence[TrainCase], run: RunDir, ctx: distributed.DistContext, *, resume: bool,
-    init: StepHook | None = None,
+    head: OutputHead, init: StepHook | None = None,
 ) -> tuple[Config, TrainState, list[dict[str, Any]]]:
     """The resolved config, the (DDP-wrapped) training state and the log rows so far.
 
@@ -278,7 +286,8 @@ def _start_or_resume(
         if config.loss.adversarial or config.loss.lambda_dice > 0:
             if (config.loss.dice == "generalized" and config.loss.dice_weighting == "fixed"
                     and config.loss.class_weights is None):
-                weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
+                weights = fixed_class_weights([label for _, label in train_cases], head.n_classes,
+                                              membership=head.membership)
                 config = config.replace(loss=_replace(config.loss, class_weights=weights))
         state = build_state(config, device=ctx.device)
         if init is not None:
@@ -287,6 +296,7 @@ def _start_or_resume(
     if weights is not None and len(weights) != config.generator.n_classes:
         raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
                            f"({config.generator.n_classes} classes)")
+    state.head = head
     state.generator = distributed.wrap(state.generator, ctx)
     state.discriminator = distributed.wrap(state.discriminator, ctx)
     history = read_metrics(run.metrics, upto_epoch=state.epoch)
@@ -309,7 +319,7 @@ def _train_epoch(
     *,
     run: RunDir,
     ctx: distributed.DistContext,
-    interrupted: _InterruptFlag,
+    interrupted: InterruptFlag,
     progress: bool,
     on_step: StepHook | None = None,
     clock: Callable[[], float],
@@ -459,38 +469,3 @@ def _set_learning_rates(state: TrainState, config: Config, progress: float) -> N
     for opt, base in ((state.opt_g, config.optim.lr_g), (state.opt_d, config.optim.lr_d)):
         for group in opt.param_groups:
             group["lr"] = base * factor
-
-
-class _Clock:
-    """Seconds the run has spent: what earlier calls spent plus the time since ``started``."""
-
-    def __init__(self, before: float, started: float | None) -> None:
-        self.before = before
-        self.started = time.perf_counter() if started is None else started
-
-    def __call__(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-
-class _InterruptFlag:
-    """Turns the first Ctrl-C into a flag the loop checks after the current step (then saves)."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _InterruptFlag:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.flag:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.flag = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
