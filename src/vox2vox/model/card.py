@@ -87,7 +87,7 @@ def format_card(card: ModelCard) -> str:
     prep, gen = config.preprocess, config.generator
     lines = [("model", str(card.path)), ("sha256", card.sha256), ("size", f"{card.size_bytes / 1e6:.1f} MB")]
     lines.append(("network", f"{gen.arch} generator, depth {gen.depth}, {gen.base_filters}-{gen.max_filters} filters, "
-                             f"{gen.in_channels} channel(s) in, {gen.n_classes} classes out; trained on "
+                             f"{gen.in_channels} channel(s) in, {gen.n_classes} {gen.output} out; trained on "
                              f"{'x'.join(map(str, config.train.patch_size))} patches"))
     lines.append(("channels", ", ".join(info.channels) if info else NOT_RECORDED))
     lines.append(("normalization", _normalization(config)))
