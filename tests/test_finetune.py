@@ -86,6 +86,17 @@ def test_init_from_starts_from_the_source_weights_with_a_fresh_optimiser(source,
     assert "fine-tuning from" in err
 
 
+def test_a_resumed_fine_tuned_run_keeps_its_source(source, tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data", n_cases=2)
+    out = tmp_path / "ft"
+    assert cli(capsys, "train", "--data", manifest, "--out", out, "--init-from", source, *TINY)[0] == 0
+    recorded = read_metadata(out / "checkpoints" / "last.safetensors")["state"]["init_from"]
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", out, "--resume", "--set", "train.epochs=2")
+    assert code == 0, err
+    resumed = read_metadata(out / "checkpoints" / "last.safetensors")["state"]
+    assert resumed["epoch"] == 2 and resumed["init_from"] == recorded
+
+
 def test_planned_init_from_adopts_the_source_settings_instead_of_planning(source, tmp_path, capsys):
     manifest = make_manifest(tmp_path / "data", n_cases=2)
     out = tmp_path / "ft"

@@ -87,3 +87,23 @@ def test_overlay_puts_image_truth_and_prediction_side_by_side():
     assert np.array_equal(left, right)  # nothing predicted: the plain slice
     assert not np.array_equal(left, middle)  # the truth is drawn in colour
     assert (middle[..., 0] != middle[..., 2]).any() and (left[..., 0] == left[..., 2]).all()
+
+
+def test_a_resumed_run_goes_on_logging_into_the_same_places(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    manifest = make_manifest(tmp_path / "data", n_cases=3)
+    out = tmp_path / "run"
+    settings = [*TINY, "--set", "data.val_cases=1", "--set", 'train.log="tensorboard"']
+    assert cli(capsys, "train", "--data", manifest, "--out", out, *settings)[0] == 0
+    after_one = (out / "checkpoints" / "last.safetensors").read_bytes()
+    assert cli(capsys, "train", "--data", manifest, "--out", out, "--resume", "--set", "train.epochs=2")[0] == 0
+    # As if epoch 2 had been logged but its checkpoint lost: the resume trains epoch 2 again.
+    (out / "checkpoints" / "last.safetensors").write_bytes(after_one)
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", out, "--resume", "--set", "train.epochs=2")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("epoch")] == [r["step"] for r in rows]  # each epoch once
+    assert [e.value for e in events.Scalars("epoch")] == [1.0, 2.0]
