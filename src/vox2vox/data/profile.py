@@ -19,7 +19,8 @@ training data"):
   foreground median moves with how much air or lung the volume holds);
 - intensities, when the model z-scores every case (scale and offset do not matter to it): a
   foreground range more than :data:`SCALE_FACTOR` times wider or narrower than any training
-  case's, which points at wrong units or a wrongly rescaled file;
+  case's, which points at wrong units or a wrongly rescaled file (already z-scored inputs, about
+  50 times narrower than raw MR, are normalised the same and stay silent);
 - modality: a channel that looks like CT (Hounsfield units) where training saw MR, or the reverse.
 """
 
@@ -37,7 +38,7 @@ from vox2vox.errors import Vox2VoxError
 
 SPACING_FACTOR = 2.0
 INTENSITY_MARGIN = 0.25
-SCALE_FACTOR = 10.0
+SCALE_FACTOR = 100.0
 #: Percentiles of the foreground intensities a profile records per channel.
 PERCENTILES = ("p00_5", "median", "p99_5")
 _SAID = {"p00_5": "0.5th percentile", "p99_5": "99.5th percentile"}
