@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import vox2vox.train.tracking as tracking
 from helpers import TINY, assert_nothing_written, assert_user_error, cli, make_manifest
 from vox2vox.train.tracking import overlay
 
@@ -107,3 +108,27 @@ def test_a_resumed_run_goes_on_logging_into_the_same_places(tmp_path, capsys, mo
     events.Reload()
     assert [e.step for e in events.Scalars("epoch")] == [r["step"] for r in rows]  # each epoch once
     assert [e.value for e in events.Scalars("epoch")] == [1.0, 2.0]
+
+
+def test_a_tracking_store_that_cannot_start_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+    manifest = make_manifest(tmp_path / "data", n_cases=2)
+    out = tmp_path / "run"
+    assert_user_error(cli(capsys, "train", "--data", manifest, "--out", out, *TINY, "--set", 'train.log="mlflow"'),
+                      "train.log=mlflow: cannot start logging to nosuchscheme://nowhere", "train.log=none")
+    assert_nothing_written(out)
+
+
+def test_logging_that_fails_mid_run_warns_once_and_training_goes_on(tmp_path, capsys, monkeypatch):
+    def broken(self, values, step):
+        raise OSError("disk quota exceeded")
+
+    monkeypatch.setattr(tracking._TensorBoard, "scalars", broken)
+    manifest = make_manifest(tmp_path / "data", n_cases=2)
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", out, *TINY, "--set", "train.epochs=2",
+                       "--set", 'train.log="tensorboard"')
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "logging failed (disk quota exceeded)" in warnings[0], err
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

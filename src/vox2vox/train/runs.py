@@ -44,7 +44,7 @@ from vox2vox.train import distributed
 from vox2vox.train.finetune import FineTune, check_channels, check_classes, initial_weights
 from vox2vox.train.runlock import RunLock, check_run_folder
 from vox2vox.train.selection import choose_prediction_options, record_prediction_options
-from vox2vox.train.tracking import check_tracking, open_tracker
+from vox2vox.train.tracking import Tracker, check_tracking, open_tracker
 from vox2vox.train.training import FitResult, Validator, fit
 
 
@@ -154,6 +154,23 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
     if weights is not None and not resume and len(weights) != n_outputs:
         raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per generator output "
                            f"({n_outputs} {config.generator.output}: {', '.join(output_head(convention, config.generator.output).names)})")
+    # A tracker that cannot start (unreachable MLflow server) is one error before the run writes a file.
+    example: dict[str, np.ndarray] = {}  # one validation slice for the tracker's overlays
+    tracker = open_tracker(config, run_dir, resume=resume, example=example) if ctx.is_main else None
+    try:
+        return _train_tracked(config, spec, cases, convention, train_ids, val_ids, run_dir, ctx=ctx, resume=resume,
+                              progress=progress, started=started, plan_toml=plan_toml, finetune=finetune,
+                              tracker=tracker, example=example)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def _train_tracked(config: Config, spec: Any, cases: dict[str, Any], convention: LabelConvention,
+                   train_ids: list[str], val_ids: list[str], run_dir: Path, *, ctx: distributed.DistContext,
+                   resume: bool, progress: bool, started: float, plan_toml: str | None,
+                   finetune: FineTune | None, tracker: Tracker | None, example: dict[str, np.ndarray]) -> FitResult:
+    """Write the run's files and train (the tracker, when there is one, is open)."""
     if ctx.is_main:
         ensure_folder(run_dir)
         atomic_write_text(RunDir(run_dir).split, json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
@@ -174,20 +191,14 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
                                    n_train=len(train_ids), n_val=len(val_ids))
     model_info = ModelInfo(channels=tuple(spec.channel_names), layout=spec.layout, convention=convention.to_json(),
                            data=profile, source=source)
-    example: dict[str, np.ndarray] = {}  # one validation slice for the tracker's overlays
     validate = make_validator([cases[i] for i in val_ids], convention, config, head, example=example) if val_ids else None
     init = None
     if finetune is not None:
         if progress:
             print(f"fine-tuning from {finetune.path} (sha256 {finetune.sha256[:16]}...)", file=sys.stderr)
         init = initial_weights(finetune, reinit_output=config.train.reinit_output, announce=progress)
-    tracker = open_tracker(config, run_dir, resume=resume, example=example) if ctx.is_main else None
-    try:
-        result = _fit(config, cases, train_ids, run_dir, validate, model_info, resume=resume, progress=progress,
-                      started=started, init=init, on_epoch=tracker)
-    finally:
-        if tracker is not None:
-            tracker.close()
+    result = _fit(config, cases, train_ids, run_dir, validate, model_info, resume=resume, progress=progress,
+                  started=started, init=init, on_epoch=tracker)
     if ctx.is_main:
         record_run_summary(RunDir(run_dir))
     if config.train.tune_prediction and val_ids and ctx.is_main:

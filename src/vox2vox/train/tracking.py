@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,38 +65,58 @@ class Tracker:
     validation slice: ``image`` (2D float), ``truth`` and ``prediction`` (2D class indices).
     """
 
-    def __init__(self, backend: Backend, run_dir: Path, example: dict[str, np.ndarray] | None) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend, run_dir: Path, example: dict[str, np.ndarray] | None, name: str) -> None:
+        self.backend: Backend | None = backend
         self.run = RunDir(run_dir)
         self.example = example
+        self.name = name
         self._config_logged = False
 
     def __call__(self, row: dict[str, Any], generator: torch.nn.Module) -> None:
+        if self.backend is None:
+            return
+        try:
+            self._log(self.backend, row)
+        except Exception as err:  # noqa: BLE001 - a tracking outage must not end hours of training
+            self.backend = None
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"warning: train.log={self.name}: logging failed ({first}); training goes on without it, "
+                  f"{self.run.metrics} keeps the record", file=sys.stderr)
+
+    def _log(self, backend: Backend, row: dict[str, Any]) -> None:
         step = int(row.get("step", 0))
         if not self._config_logged and self.run.config.is_file():
             # The config as the run wrote it (class weights resolved), once per process.
-            self.backend.config(json.loads(self.run.config.read_text(encoding="utf-8")))
+            backend.config(json.loads(self.run.config.read_text(encoding="utf-8")))
             self._config_logged = True
         numbers = {k: float(v) for k, v in row.items()
                    if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
-        self.backend.scalars(numbers, step)
+        backend.scalars(numbers, step)
         if "val_dice" in row and self.example:
-            self.backend.image("validation/overlay", overlay(**self.example), step)
+            backend.image("validation/overlay", overlay(**self.example), step)
 
     def close(self) -> None:
-        self.backend.close()
+        if self.backend is not None:
+            self.backend.close()
 
 
 def open_tracker(config: Config, run_dir: str | Path, *, resume: bool,
                  example: dict[str, np.ndarray] | None = None) -> Tracker | None:
     """The tracker ``config.train.log`` names for ``run_dir`` (None for ``none``)."""
     check_tracking(config)
-    run_dir = Path(run_dir)
-    if config.train.log == "none":
+    run_dir, name = Path(run_dir), config.train.log
+    if name == "none":
         return None
-    if config.train.log == "tensorboard":
-        return Tracker(_TensorBoard(run_dir, resume=resume), run_dir, example)
-    return Tracker(_MLflow(run_dir, resume=resume), run_dir, example)
+    try:
+        backend: Backend = _TensorBoard(run_dir, resume=resume) if name == "tensorboard" else _MLflow(run_dir, resume=resume)
+    except Vox2VoxError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the libraries' own errors (an unreachable server, a bad URI)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = os.environ.get("MLFLOW_TRACKING_URI") if name == "mlflow" else None
+        raise Vox2VoxError(f"train.log={name}: cannot start logging{f' to {where}' if where else ''} ({first}); "
+                           "fix the tracking store or set train.log=none") from err
+    return Tracker(backend, run_dir, example, name)
 
 
 def overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
