@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", nargs="?", const="npz", choices=("npz", "nifti"), default=None,
                    help="also write class probabilities: npz (default; <id>.npz, key 'probabilities', "
                         "axes (C, Z, Y, X) as nnU-Net writes) or nifti (<id>_probs.nii.gz, 4D on the input grid)")
+    p.add_argument("--output-format", choices=("nifti", "dicom-seg", "seg-nrrd"), default="nifti",
+                   help="label map file: nifti (<id>.nii.gz; default), dicom-seg (<id>.dcm, a DICOM SEG "
+                        "referencing the input series; DICOM input only; needs the dicom extra) or seg-nrrd "
+                        "(<id>.seg.nrrd, opens in 3D Slicer as a segmentation with names and colours)")
+    p.add_argument("--save-uncertainty", action="store_true",
+                   help="also write <id>_entropy.nii.gz (normalised entropy of the averaged softmax, in [0, 1]), "
+                        "with --tta or an ensemble <id>_spread.nii.gz (mutual information between members), and "
+                        "per-case scores in uncertainty.csv")
     p.add_argument("--min-et-voxels", type=int, default=0, metavar="N",
                    help="relabel enhancing-tumour components under N voxels as necrotic core (BraTS; 0: off)")
     p.add_argument("--largest-component", nargs="?", const="class", choices=("class", "region", "off"), default=None,
@@ -365,8 +373,15 @@ def _predict(args: argparse.Namespace) -> int:
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest)
     report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout,
                              postprocess=post, save_probabilities=args.save_probabilities,
+                             output_format=args.output_format, save_uncertainty=args.save_uncertainty,
                              progress=not args.no_progress)
     print(f"wrote {len(report.written)} prediction(s) to {args.output}")
+    if report.empty:
+        print(f"  no foreground predicted in {len(report.empty)} case(s): {', '.join(one_line(c) for c in report.empty)}")
+    if report.uncertainty_csv is not None:
+        case, scores = max(report.uncertainty.items(), key=lambda item: item[1].entropy_mean)
+        print(f"uncertainty scores: {report.uncertainty_csv} (highest mean entropy: {one_line(case)}, "
+              f"{scores.entropy_mean:.4f})")
     for case_id, reason in report.failed.items():
         print(f"  failed: {one_line(case_id)}: {one_line(reason)}", file=sys.stderr)
     if report.failed:

@@ -27,24 +27,35 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vox2vox.config import Config
-from vox2vox.data.cases import CaseFiles, check_case_id
-from vox2vox.data.io import write_probabilities_npz, write_volume
+from vox2vox.data.cases import CaseFiles
 from vox2vox.data.labels import get_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
-from vox2vox.data.preprocessing import undo_preprocessing
 from vox2vox.data.profile import distribution_problems
+from vox2vox.data.seg_formats import (
+    OutputFormat,
+    check_dicom_seg_inputs,
+    check_output_format,
+    read_dicom_source,
+    segments_of,
+)
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.case_files import ProbabilityFormat, write_case
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
-from vox2vox.infer.postprocessing import postprocess as apply_postprocess
+from vox2vox.infer.uncertainty import (
+    UNCERTAINTY_CSV,
+    UncertaintyScores,
+    entropy_scale,
+    read_uncertainty_csv,
+    write_uncertainty_csv,
+)
 from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import ModelInfo, load_checkpoint, load_weights, resolve_checkpoint
-from vox2vox.model.outputs import OutputHead, head_for
+from vox2vox.model.outputs import OutputKind, head_for
 from vox2vox.model.residual import build_generator
 
 Mode = Literal["auto", "whole", "sliding"]
-ProbabilityFormat = Literal["npz", "nifti"]
 
 #: The 8 combinations of flips along the three spatial axes of a ``(B, C, D, H, W)`` tensor
 #: (the identity first), as nnU-Net's test-time mirroring.
@@ -125,6 +136,21 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
     return LoadedModel(generator, config, ckpt.state, ckpt_path)
 
 
+@dataclass
+class Prediction:
+    """The averaged softmax of one image and what uncertainty needs from its members.
+
+    ``probabilities``: ``(n_classes, D, H, W)`` float32, the mean over members; ``members``: how
+    many softmax outputs were averaged (models x flips); ``expected_entropy``: ``(D, H, W)``, the
+    mean over members of each one's normalised entropy (:mod:`vox2vox.infer.uncertainty`), only
+    when asked for and there are several members, else None.
+    """
+
+    probabilities: np.ndarray
+    members: int
+    expected_entropy: np.ndarray | None = None
+
+
 @torch.inference_mode()
 def predict_probabilities(
     models: Sequence[torch.nn.Module],
@@ -138,6 +164,22 @@ def predict_probabilities(
     With several models (an ensemble) and/or flips, the softmax outputs are averaged (the mean
     over models of the mean over flips). A float32 numpy image on the CPU is used without a copy.
     """
+    return predict_averaged(models, image, config=config, device=device).probabilities
+
+
+@torch.inference_mode()
+def predict_averaged(
+    models: Sequence[torch.nn.Module],
+    image: np.ndarray | torch.Tensor,
+    *,
+    config: InferenceConfig = InferenceConfig(),
+    device: torch.device | str = "cpu",
+    member_entropy: bool = False,
+    output_kind: OutputKind = "classes",
+) -> Prediction:
+    """:func:`predict_probabilities` as a :class:`Prediction`; with ``member_entropy`` it also
+    sums each member's entropy as it goes (one extra volume, never all members in memory), of a
+    softmax or, with ``output_kind="regions"``, of independent region sigmoids."""
     if not models:
         raise Vox2VoxError("no model to predict with; give at least one checkpoint")
     device = torch.device(device)
@@ -149,7 +191,10 @@ def predict_probabilities(
     x = x.unsqueeze(0).to(device)
     tune_cpu_allocator()
     flips = FLIP_AXES if config.tta_flips else FLIP_AXES[:1]
+    n = len(models) * len(flips)
+    track_entropy = member_entropy and n > 1
     total: torch.Tensor | None = None
+    entropy_total: torch.Tensor | None = None
     for model in models:
         model.eval()
         model = fast_inference_model(model) if config.fast_layers else model
@@ -157,6 +202,10 @@ def predict_probabilities(
             probs = _run(model, torch.flip(x, axes) if axes else x, config, device)
             if axes:
                 probs = torch.flip(probs, axes)
+            if track_entropy:
+                entropy = _entropy_sum(probs, output_kind)
+                entropy_total = entropy if entropy_total is None else entropy_total.add_(entropy)
+                del entropy
             if total is None:
                 # Own the memory of the running sum: the first output may be a view into the
                 # padded network output, which would otherwise stay alive (and be written to).
@@ -165,10 +214,24 @@ def predict_probabilities(
                 total.add_(probs)
             del probs
     assert total is not None
-    n = len(models) * len(flips)
     if n > 1:
         total.div_(n)
-    return total[0].cpu().numpy()
+    expected = None
+    if entropy_total is not None:
+        # The mean of the members' normalised entropies, as uncertainty.normalised_entropy scales them.
+        scale = n * entropy_scale(total.shape[1], output_kind)
+        expected = entropy_total.div_(scale).clamp_(0.0, 1.0)[0].cpu().numpy()
+    return Prediction(total[0].cpu().numpy(), n, expected)
+
+
+def _entropy_sum(probs: torch.Tensor, kind: OutputKind) -> torch.Tensor:
+    """``(1, K, ...)`` -> ``(1, ...)``: -sum p log p over the softmax classes, or the summed binary
+    entropies of sigmoid regions (0 log 0 = 0); :func:`entropy_scale` normalises it."""
+    h = torch.special.xlogy(probs, probs)
+    if kind == "regions":
+        rest = 1.0 - probs
+        h.add_(torch.special.xlogy(rest, rest))
+    return h.sum(dim=1).neg_()
 
 
 def _run(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig, device: torch.device) -> torch.Tensor:
@@ -271,12 +334,17 @@ def _sliding(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig) -
 @dataclass
 class PredictionReport:
     """What :func:`predict_dataset` did: label maps written, probability files written, cases
-    that failed (case id -> one-line reason), and cases unlike the training data (case id -> what
-    differs; they were still segmented)."""
+    that failed (case id -> one-line reason), cases unlike the training data (case id -> what
+    differs; they were still segmented); uncertainty scores when asked for."""
 
     written: dict[str, Path]
     failed: dict[str, str]
     probabilities: dict[str, Path] = dataclasses.field(default_factory=dict)
+    #: Per-case uncertainty scores (``save_uncertainty``) and the CSV they were written to.
+    uncertainty: dict[str, UncertaintyScores] = dataclasses.field(default_factory=dict)
+    uncertainty_csv: Path | None = None
+    #: Cases whose label map holds no foreground at all.
+    empty: list[str] = dataclasses.field(default_factory=list)
     warnings: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -308,6 +376,8 @@ def predict_dataset(
     layout: str = "auto",
     postprocess: PostprocessConfig | None = None,
     save_probabilities: ProbabilityFormat | None = None,
+    output_format: OutputFormat = "nifti",
+    save_uncertainty: bool = False,
     progress: bool = True,
 ) -> PredictionReport:
     """Predict every case under ``input_path`` and write ``<output_dir>/<case_id>.nii.gz``.
@@ -327,6 +397,14 @@ def predict_dataset(
     each channel stands for)); ``"nifti"`` -> ``<case_id>_probs.nii.gz``, 4D ``(X, Y, Z, C)``
     on the input's grid, which any viewer overlays.
 
+    ``output_format``: the label map as ``nifti`` (above), ``dicom-seg`` (``<case_id>.dcm``, a
+    DICOM SEG referencing the input series; DICOM input only, refused before any case otherwise)
+    or ``seg-nrrd`` (``<case_id>.seg.nrrd`` for 3D Slicer), see :mod:`vox2vox.data.seg_formats`.
+    ``save_uncertainty``: also write ``<case_id>_entropy.nii.gz`` (and with several members,
+    TTA or an ensemble, ``<case_id>_spread.nii.gz``) and ``uncertainty.csv`` with per-case
+    scores (rows of cases predicted into the folder earlier are kept), see
+    :mod:`vox2vox.infer.uncertainty`.
+
     A case that fails (unreadable file, too little memory, ...) is reported in the result and,
     with ``progress``, on stderr; the others go on. A case whose spacing, intensities or channels
     are far from the first model's training data (:func:`vox2vox.data.profile.distribution_problems`)
@@ -336,6 +414,7 @@ def predict_dataset(
         raise Vox2VoxError("no model given; pass at least one checkpoint")
     if save_probabilities not in (None, "npz", "nifti"):
         raise Vox2VoxError(f"save_probabilities={save_probabilities!r}: choose npz or nifti")
+    check_output_format(output_format)
     first = models[0]
     for other in models[1:]:
         if (
@@ -366,11 +445,18 @@ def predict_dataset(
             f"but the model was trained on {n_in} ({', '.join(first.channels or [])}); give cases "
             "with the model's channels"
         )
+    if output_format == "dicom-seg":
+        check_dicom_seg_inputs([(c.case_id, next(iter(c.channels.values()))) for c in spec.cases])
+    segments = segments_of(convention)
+    output_dir = Path(output_dir)
+    # Scores of cases predicted into this folder before stay (unless predicted again); read now so
+    # a damaged table stops the run before any work.
+    scores_path = output_dir / UNCERTAINTY_CSV
+    earlier = read_uncertainty_csv(scores_path) if save_uncertainty and scores_path.is_file() else {}
     postprocess = postprocess or PostprocessConfig()
     # Check post-processing against the convention once, not once per case.
     check_postprocess(postprocess, convention)
     prep = dataclasses.replace(first.config.preprocess, cache_dir=None)
-    output_dir = Path(output_dir)
     nets = [m.generator for m in models]
     info = ModelInfo.from_state(first.state, first.path)
     profile = info.data if info is not None else None
@@ -379,6 +465,9 @@ def predict_dataset(
     report = PredictionReport({}, {})
     for case in tqdm(spec.cases, desc="predicting", unit="case", disable=not progress, file=sys.stderr):
         try:
+            first_channel = next(iter(case.channels.values()))
+            # The series' headers first: a SEG that cannot reference them costs no prediction.
+            source = read_dicom_source(first_channel) if output_format == "dicom-seg" else None
             loaded = load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep)
             problems = [] if profile is None else distribution_problems(
                 profile, loaded.record, normalize=prep.normalize, channel_names=names)
@@ -386,20 +475,29 @@ def predict_dataset(
                 report.warnings[case.case_id] = "; ".join(problems)
                 tqdm.write(f"warning: {case.case_id}: unlike the model's training data: {'; '.join(problems)}",
                            file=sys.stderr)
-            probs = predict_probabilities(nets, loaded.image, config=config, device=device)
-            if not np.all(np.isfinite(probs)):  # argmax of NaN is class 0: silently all background
+            prediction = predict_averaged(nets, loaded.image, config=config, device=device,
+                                          member_entropy=save_uncertainty, output_kind=head.kind)
+            if not np.all(np.isfinite(prediction.probabilities)):  # argmax of NaN is class 0: all background
                 raise Vox2VoxError(
-                    f"{next(iter(case.channels.values()))}: the model's output is NaN/Inf for this case "
+                    f"{first_channel}: the model's output is NaN/Inf for this case "
                     "(intensities far outside what it was trained on?); check the image and its preprocessing"
                 )
             loaded.image = np.empty(0, np.float32)  # free the preprocessed image before writing
-            written = _write_case(
-                probs, loaded, output_dir, convention=convention, head=head, postprocess=postprocess,
-                save_probabilities=save_probabilities,
+            written = write_case(
+                prediction.probabilities, loaded, output_dir, convention=convention, head=head,
+                postprocess=postprocess,
+                save_probabilities=save_probabilities, output_format=output_format, segments=segments,
+                dicom_source=source, expected_entropy=prediction.expected_entropy, members=prediction.members,
+                save_uncertainty=save_uncertainty,
             )
-            report.written[case.case_id] = written[0]
-            if written[1] is not None:
-                report.probabilities[case.case_id] = written[1]
+            del prediction
+            report.written[case.case_id] = written.labels
+            if written.probabilities is not None:
+                report.probabilities[case.case_id] = written.probabilities
+            if written.uncertainty is not None:
+                report.uncertainty[case.case_id] = written.uncertainty
+            if written.empty:
+                report.empty.append(case.case_id)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # one bad case must not stop the others (issue 4)
@@ -408,41 +506,7 @@ def predict_dataset(
             report.failed[case.case_id] = reason
             if progress:
                 tqdm.write(f"{case.case_id}: failed: {reason}", file=sys.stderr)
+    if report.uncertainty:
+        report.uncertainty_csv = write_uncertainty_csv(scores_path, {**earlier, **report.uncertainty})
     return report
 
-
-def _write_case(
-    probs: np.ndarray,
-    loaded: Any,
-    output_dir: Path,
-    *,
-    convention: Any,
-    head: OutputHead,
-    postprocess: PostprocessConfig,
-    save_probabilities: ProbabilityFormat | None,
-) -> tuple[Path, Path | None]:
-    """Undo preprocessing, take classes, post-process and write one case's files atomically."""
-    # Back to the input grid as probabilities (linear where it was resampled), then to classes:
-    # interpolating probabilities, not labels, keeps boundaries smooth under resampling.
-    probs = undo_preprocessing(probs, loaded.record, order=1, background_channel=head.kind == "classes")
-    labels = convention.to_source(head.to_classes(probs))
-    if postprocess.active:
-        labels = apply_postprocess(labels, config=postprocess, convention=convention)
-    # Case ids are output names: never let one reach outside output_dir (discover checks too).
-    check_case_id(loaded.case_id, where=output_dir)
-    target = output_dir / f"{loaded.case_id}.nii.gz"
-    write_volume(labels, loaded.geometry, target)
-    if save_probabilities is None:
-        return target, None
-    # (C, X, Y, Z) canonical -> (X, Y, Z, C) in the file's own voxel order.
-    on_disk = np.moveaxis(probs.astype(np.float32, copy=False), 0, -1)
-    if save_probabilities == "nifti":
-        prob_path = output_dir / f"{loaded.case_id}_probs.nii.gz"
-        write_volume(on_disk, loaded.geometry, prob_path, dtype=np.float32)
-        return target, prob_path
-    prob_path = output_dir / f"{loaded.case_id}.npz"
-    values = convention.source_values
-    if head.kind == "regions":
-        values = tuple(convention.source_values[c] for c in head.region_class)
-    write_probabilities_npz(on_disk, loaded.geometry, prob_path, label_values=values, channel_names=head.names)
-    return target, prob_path

@@ -152,8 +152,9 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
     weights = config.loss.class_weights
     n_outputs = output_head(convention, config.generator.output).n_outputs
     if weights is not None and not resume and len(weights) != n_outputs:
-        raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per generator output "
-                           f"({n_outputs} {config.generator.output}: {', '.join(output_head(convention, config.generator.output).names)})")
+        what = "class" if config.generator.output == "classes" else "region (generator.output=regions)"
+        raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per {what}: {n_outputs} "
+                           f"({', '.join(output_head(convention, config.generator.output).names)})")
     # A tracker that cannot start (unreachable MLflow server) is one error before the run writes a file.
     example: dict[str, np.ndarray] = {}  # one validation slice for the tracker's overlays
     tracker = open_tracker(config, run_dir, resume=resume, example=example) if ctx.is_main else None
