@@ -72,6 +72,7 @@ from vox2vox.infer.postprocessing import PostprocessConfig, postprocess
 from vox2vox.model.checkpoint import ModelInfo
 from vox2vox.model.generator import count_parameters
 from vox2vox.model.losses import generalized_dice_loss, one_hot
+from vox2vox.model.outputs import output_head
 from vox2vox.report.metrics import dice, hd95
 from vox2vox.train.crossval import kfold_splits
 from vox2vox.train.patches import PatchDataset
@@ -359,7 +360,9 @@ def score(models: list[torch.nn.Module], case: Any, files: Any, study: Study) ->
     case: it shows how much of the HD95 comes from stray blobs far from the tumour.
     """
     probs = predict_probabilities(models, case.image, config=InferenceConfig(mode="whole"))
-    pred = study.convention.to_source(undo_preprocessing(probs.argmax(0), case.record, order=0))
+    # Softmax classes (the U-Net, Vox2Vox by default) or sigmoid regions (generator.output=regions).
+    head = output_head(study.convention, getattr(getattr(models[0], "config", None), "output", "classes"))
+    pred = study.convention.to_source(undo_preprocessing(head.to_classes(probs), case.record, order=0))
     pred_lcc = postprocess(pred, config=PostprocessConfig(largest_component="region"), convention=study.convention)
     _, raw_label, geometry = read_case(files)
     truth = study.convention.to_source(study.convention.to_classes(raw_label))
@@ -420,9 +423,10 @@ def planned_config(spec: Any, study: Study, seconds: float, args: argparse.Names
     fp, _ = fingerprint_dataset(cases, study.channels, study.convention, seed=0)
     device = detect_device("cpu")
     if throughput is None:
-        plan = plan_from_fingerprint(fp, device=device, budget_seconds=seconds, progress=False)
+        plan = plan_from_fingerprint(fp, device=device, budget_seconds=seconds, progress=False,
+                                     convention=study.convention)
     else:
-        plan = make_plan(fp, device=device, budget_seconds=seconds, throughput=throughput)
+        plan = make_plan(fp, device=device, budget_seconds=seconds, throughput=throughput, convention=study.convention)
     overrides = [f"train.seed={args.seed}", f"preprocess.cache_dir={json.dumps(str(Path(args.out) / 'cache'))}",
                  *args.overrides]
     if args.method == "dice-only":

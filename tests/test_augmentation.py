@@ -89,3 +89,19 @@ def test_sample_patch_foreground_oversampling():
     a = sample_patch(image, label, (16, 16, 16), np.random.default_rng(3), foreground_prob=0.5)
     b = sample_patch(image, label, (16, 16, 16), np.random.default_rng(3), foreground_prob=0.5)
     assert np.array_equal(a[1], b[1])
+
+
+def test_elastic_field_is_the_cubic_spline_zoom_of_its_control_grid():
+    """The separable matrices give what a 3D cubic-spline zoom of the control displacements gives."""
+    from scipy import ndimage
+
+    from vox2vox.data.augmentation import elastic_field
+
+    shape, points = (12, 10, 9), 4
+    field = elastic_field(shape, sigma=3.0, points=points, rng=np.random.default_rng(5))
+    coarse = np.random.default_rng(5).normal(0.0, 3.0, size=(3, points, points, points))
+    expected = np.stack([ndimage.zoom(c, [n / points for n in shape], order=3, mode="nearest", grid_mode=False)
+                         for c in coarse])
+    assert field.shape == (3, *shape) and field.dtype == np.float32
+    np.testing.assert_allclose(field, expected, atol=1e-5)
+    assert field.std() > 1.0  # displacements of the order of sigma, not a constant

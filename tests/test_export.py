@@ -24,6 +24,8 @@ import torch
 from helpers import assert_user_error, cli
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
+from vox2vox.data.profile import profile_from_records
+from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.contract import FORMAT
 from vox2vox.infer.inference import load_model
 from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
@@ -379,3 +381,70 @@ def test_amp_auto_is_off_for_onnx_and_explicit_amp_is_refused():
     check_precision([Onnx()], "off")
     with pytest.raises(Vox2VoxError, match="m.onnx: an ONNX model runs in float32"):
         check_precision([Onnx()], "bf16")
+
+
+def test_exported_region_model_predicts_the_checkpoints_labels(tmp_path, shared_data, capsys):
+    """A region-output model (sigmoid WT/TC/ET of BraTS) exported: the contract says so, and the
+    ONNX file (CLI and Python API) gives the checkpoint's labels, read back through the regions."""
+    import vox2vox
+    from vox2vox.model.outputs import output_head
+
+    convention = get_convention("brats")
+    config = Config.from_dict({
+        "generator": {"arch": "residual", "in_channels": 1, "n_classes": 3, "output": "regions",
+                      "base_filters": 4, "max_filters": 16, "depth": 3},
+        "discriminator": {"in_channels": 1, "n_classes": 3, "base_filters": 4, "max_filters": 8},
+        "preprocess": {"target_spacing": [1.5, 1.5, 1.5], "pad_multiple": 8},
+        "train": {"patch_size": [24, 24, 24]},
+    })
+    torch.manual_seed(2)
+    generator = build_generator(config.generator)
+    with torch.no_grad():  # wide logits: several regions present, no ties at 0.5 between runtimes
+        last = [m for m in generator.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)][-1]
+        last.weight.mul_(8.0)
+    # A training-data profile of 0.1 mm cases: the real case (about 1 mm) is out of distribution.
+    profile = profile_from_records([{"intensity": [{"min": 0.0, "max": 1000.0, "p00_5": 0.0, "median": 300.0, "p99_5": 900.0}],
+                                     "original_spacing": [0.1, 0.1, 0.1], "original_shape": [60, 55, 52]}],
+                                   ["t2"], n_train=1, n_val=0)
+    ckpt = tmp_path / "best.safetensors"
+    save_checkpoint(ckpt, Checkpoint(config=config.to_dict(), generator=generator.state_dict(),
+                                     state={"channels": ["t2"], "convention": convention.to_json(), "layout": "single",
+                                            "data_profile": profile.to_json()}))
+    onnx_path = tmp_path / "regions.onnx"
+    assert cli(capsys, "export", ckpt, "--format", "onnx", "--out", onnx_path)[0] == 0
+    contract = json.loads({p.key: p.value for p in onnx.load(onnx_path).metadata_props}["vox2vox"])
+    assert contract["generator"]["output"] == contract["output"]["kind"] == "regions"
+    assert contract["output"]["channels"] == ["WT", "TC", "ET"]
+    assert [r["innermost_value"] for r in contract["output"]["regions"]] == [2, 1, 4]
+
+    image = shared_data / CASE
+    labels = {}
+    for name, model in (("pytorch", ckpt), ("onnx", onnx_path)):
+        out = tmp_path / f"pred_{name}"
+        code, _, err = cli(capsys, "predict", "--model", model, "--input", image, "--output", out,
+                           "--save-probabilities", "--no-progress")
+        assert code == 0 and "unlike the model's training data: spacing" in err, err
+        labels[name] = np.asarray(nib.load(out / "t2.nii.gz").dataobj)
+    np.testing.assert_array_equal(labels["onnx"], labels["pytorch"])
+    assert len(np.unique(labels["pytorch"])) >= 3 and set(np.unique(labels["pytorch"])) <= {0, 1, 2, 4}
+    # The labels follow the regions' chain (not an argmax over WT/TC/ET): read back from the probabilities.
+    with np.load(tmp_path / "pred_onnx" / "t2.npz") as npz:
+        probs = npz["probabilities"].transpose(0, 3, 2, 1)
+        assert list(npz["channels"]) == ["WT", "TC", "ET"]
+    head = output_head(convention, "regions")
+    np.testing.assert_array_equal(convention.to_source(head.to_classes(probs)), labels["onnx"])
+    assert not np.array_equal(convention.to_source(probs.argmax(0)), labels["onnx"])
+    # The Python API on the export: the same labels, the probabilities named by region.
+    with pytest.warns(UserWarning, match="unlike the model's training data: spacing"):
+        result = vox2vox.load_model(onnx_path, device="cpu").predict(image, probabilities=True)
+    np.testing.assert_array_equal(result.labels, labels["pytorch"])
+    assert result.channel_names == ("WT", "TC", "ET") and result.probabilities.shape[0] == 3
+    assert result.warnings and "spacing" in result.warnings[0]
+    # A contract whose output kind contradicts its config is refused, not read as classes.
+    proto = onnx.load(onnx_path)
+    entry = next(p for p in proto.metadata_props if p.key == "vox2vox")
+    contract["generator"]["output"] = "classes"
+    entry.value = json.dumps(contract)
+    onnx.save(proto, tmp_path / "tampered.onnx")
+    with pytest.raises(Vox2VoxError, match="generator.output is 'classes' in the contract but 'regions'"):
+        load_model(tmp_path / "tampered.onnx")

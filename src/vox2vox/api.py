@@ -15,6 +15,7 @@ makes (``predict_case``), so an array, a file and the command line give the same
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +31,19 @@ from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig, preprocess
 from vox2vox.device import resolve_device
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.backends import prediction_amp
-from vox2vox.infer.inference import (
-    CasePrediction,
-    InferenceConfig,
-    LoadedModel,
-    PredictionReport,
+from vox2vox.infer.case_files import CasePrediction
+from vox2vox.infer.ensemble import (
     check_channels,
     check_ensemble,
     discover_like_training,
+    prediction_options,
+)
+from vox2vox.infer.inference import (
+    InferenceConfig,
+    LoadedModel,
+    PredictionReport,
     predict_case,
     predict_dataset,
-    prediction_options,
 )
 from vox2vox.infer.inference import load_model as load_one
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
@@ -56,7 +59,11 @@ class Prediction:
     ``labels``: ``(X, Y, Z)`` integer label map in the training data's on-disk values (e.g. BraTS
     4 for enhancing tumour), in the input's voxel order (a file's as stored; an array's as given).
     ``affine``: 4x4 voxel -> world (RAS+ mm) of that grid. ``probabilities``: ``(K, X, Y, Z)``
-    float32 softmax (class ``k`` stands for ``label_values[k]``) when asked for, else None.
+    float32 when asked for, else None: the softmax (channel ``k`` is class ``label_values[k]``),
+    or for a model with region outputs one sigmoid per region (``channel_names``, e.g. WT, TC,
+    ET). ``entropy`` / ``spread``: ``(X, Y, Z)`` uncertainty maps in [0, 1] when asked for (spread
+    only with TTA or an ensemble; :mod:`vox2vox.infer.uncertainty`). ``warnings``: how the case
+    differs from the model's training data (it was still segmented; also issued as Python warnings).
     """
 
     labels: np.ndarray
@@ -65,6 +72,10 @@ class Prediction:
     label_values: tuple[int, ...]
     class_names: tuple[str, ...]
     geometry: Geometry
+    channel_names: tuple[str, ...] = ()
+    entropy: np.ndarray | None = None
+    spread: np.ndarray | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -84,7 +95,8 @@ class Model:
     def __init__(self, models: Sequence[LoadedModel], device: torch.device):
         self.models = list(models)
         self.device = device
-        self.convention = check_ensemble(self.models)
+        # The output head (classes or regions) turns probabilities into labels, as predict does.
+        self.convention, self.head = check_ensemble(self.models)
 
     @property
     def channels(self) -> list[str]:
@@ -113,6 +125,7 @@ class Model:
         affine: np.ndarray | None = None,
         mask: np.ndarray | None = None,
         probabilities: bool = False,
+        uncertainty: bool = False,
         tta: bool | None = None,
         largest_component: str | None = None,
         min_et_voxels: int = 0,
@@ -129,8 +142,9 @@ class Model:
         ``affine`` (4x4 voxel -> RAS+ mm; default: 1 mm, identity). An array is read as a file of
         that affine would be (reoriented to the canonical axes the model was trained on, and back).
         ``mask``: optional ``(X, Y, Z)`` brain/body mask for an array (normalisation and cropping use
-        it, as a manifest's mask column). ``tta`` / ``largest_component``: default what the model's
-        training chose (``vox2vox predict``'s defaults); the other options are ``predict``'s too.
+        it, as a manifest's mask column). ``uncertainty``: also the entropy (and spread) maps.
+        ``tta`` / ``largest_component``: default what the model's training chose (``vox2vox
+        predict``'s defaults); the other options are ``predict``'s too.
         """
         inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
                                     tta_flips=prediction_options(self.models, tta=tta)[0],
@@ -139,25 +153,33 @@ class Model:
         if isinstance(image, str | Path) or _is_file_list(image):
             if spacing is not None or affine is not None or mask is not None:
                 raise Vox2VoxError("spacing=, affine= and mask= are for arrays; a file's header gives its grid")
-            loaded, where = self._load_files(image), str(image)
+            (loaded, names), where = self._load_files(image), str(image)
         else:
-            loaded, where = self._load_array(image, spacing=spacing, affine=affine, mask=mask), "array"
-        result = predict_case(self.models, loaded, convention=self.convention, config=inference,
-                              device=self.device, postprocess=post, where=where)
+            loaded, names, where = self._load_array(image, spacing=spacing, affine=affine, mask=mask), None, "array"
+        result = predict_case(self.models, loaded, convention=self.convention, head=self.head, config=inference,
+                              device=self.device, postprocess=post, where=where, uncertainty=uncertainty,
+                              channel_names=names)
+        for problem in result.warnings:
+            warnings.warn(f"{where}: unlike the model's training data: {problem}", stacklevel=2)
         return self._prediction(result, probabilities)
 
     def predict_folder(self, input_path: PathLike, output_dir: PathLike, *, layout: str = "auto",
-                       save_probabilities: str | None = None, progress: bool = True,
+                       save_probabilities: str | None = None, output_format: str = "nifti",
+                       save_uncertainty: bool = False, progress: bool = True,
                        tta: bool | None = None, largest_component: str | None = None, min_et_voxels: int = 0,
                        mode: str = "auto", window: tuple[int, int, int] = (128, 128, 128),
                        overlap: float = 0.5, amp: str = "off") -> PredictionReport:
-        """``vox2vox predict`` on a dataset folder, manifest or image: ``<output_dir>/<case_id>.nii.gz``."""
+        """``vox2vox predict`` on a dataset folder, manifest or image: ``<output_dir>/<case_id>.nii.gz``
+        (``output_format``: ``nifti``, ``seg-nrrd`` or ``dicom-seg``; ``save_uncertainty``: entropy
+        and spread maps with ``uncertainty.csv``, as ``predict --save-uncertainty``)."""
         inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
                                     tta_flips=prediction_options(self.models, tta=tta)[0],
                                     amp=prediction_amp(amp, self.device, [m.backend for m in self.models]))
         return predict_dataset(self.models, input_path, output_dir, config=inference, device=self.device,
                                layout=layout, postprocess=self._postprocess(largest_component, min_et_voxels),
-                               save_probabilities=save_probabilities, progress=progress)  # type: ignore[arg-type]
+                               save_probabilities=save_probabilities,  # type: ignore[arg-type]
+                               output_format=output_format, save_uncertainty=save_uncertainty,  # type: ignore[arg-type]
+                               progress=progress)
 
     # ---- the pieces --------------------------------------------------------------------------
     def _postprocess(self, largest_component: str | None, min_et_voxels: int) -> PostprocessConfig:
@@ -169,8 +191,10 @@ class Model:
     def _prep(self) -> PreprocessConfig:  # the training preprocessing, without the training machine's cache
         return dataclasses.replace(self.models[0].config.preprocess, cache_dir=None)
 
-    def _load_files(self, image: Any) -> LoadedCase:
+    def _load_files(self, image: Any) -> tuple[LoadedCase, tuple[str, ...] | None]:
+        """The case and its channel names when they come from the files (compared with training's)."""
         first = self.models[0]
+        names = None
         if isinstance(image, str | Path):
             spec = discover_like_training(first, image, "auto")
             if len(spec.cases) != 1:
@@ -179,10 +203,12 @@ class Model:
             check_channels(first, spec.channel_names, image)
             case = spec.cases[0]
             files = CaseFiles(case.case_id, case.channels, None, case.mask)
+            # A single image's one channel is always called "image": named channels only.
+            names = tuple(spec.channel_names) if spec.layout != "single" else None
         else:
             channels = self._channel_files(image)
             files = CaseFiles("case", channels, None)
-        return load_case(files, convention=None, prep=self._prep())
+        return load_case(files, convention=None, prep=self._prep()), names
 
     def _channel_files(self, image: Sequence[PathLike] | Mapping[str, PathLike]) -> dict[str, Path]:
         names = self.channels
@@ -235,9 +261,13 @@ class Model:
         if probabilities:
             moved = np.moveaxis(result.probabilities.astype(np.float32, copy=False), 0, -1)
             probs = np.moveaxis(to_source_orientation(moved, geometry), -1, 0)
+        entropy, spread = (None if m is None else to_source_orientation(m.astype(np.float32, copy=False), geometry)
+                           for m in (result.entropy, result.spread))
         return Prediction(labels=to_source_orientation(result.labels, geometry), affine=geometry.source_affine,
                           probabilities=probs, label_values=tuple(self.convention.source_values),
-                          class_names=tuple(self.convention.class_names), geometry=geometry)
+                          class_names=tuple(self.convention.class_names), geometry=geometry,
+                          channel_names=tuple(self.head.names), entropy=entropy, spread=spread,
+                          warnings=result.warnings)
 
 
 def load_model(path: PathLike | Sequence[PathLike], *, device: str = "auto") -> Model:

@@ -76,7 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=50 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="fine-tune: start a new run from this run directory's or .safetensors file's weights "
+                        "(its network and preprocessing; fresh optimiser and schedule; without --config nothing "
+                        "is planned and the model's settings are used)")
+    p.add_argument("--reinit-head", action="store_true",
+                   help="with --init-from: a fresh output layer, for data with other labels (train.reinit_output)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides train.device)")
+
+    p = sub.add_parser("info", parents=[common], help="a model's card: channels, normalisation, spacing, labels, "
+                       "training data, scores, versions, sha256")
+    p.add_argument("model", help="run directory or .safetensors checkpoint")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
 
     p = sub.add_parser("predict", parents=[common], help="segment volumes with a trained model")
     p.add_argument("--model", required=True, action="append",
@@ -101,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", nargs="?", const="npz", choices=("npz", "nifti"), default=None,
                    help="also write class probabilities: npz (default; <id>.npz, key 'probabilities', "
                         "axes (C, Z, Y, X) as nnU-Net writes) or nifti (<id>_probs.nii.gz, 4D on the input grid)")
+    p.add_argument("--output-format", choices=("nifti", "dicom-seg", "seg-nrrd"), default="nifti",
+                   help="label map file: nifti (<id>.nii.gz; default), dicom-seg (<id>.dcm, a DICOM SEG "
+                        "referencing the input series; DICOM input only; needs the dicom extra) or seg-nrrd "
+                        "(<id>.seg.nrrd, opens in 3D Slicer as a segmentation with names and colours)")
+    p.add_argument("--save-uncertainty", action="store_true",
+                   help="also write <id>_entropy.nii.gz (normalised entropy of the averaged softmax, in [0, 1]), "
+                        "with --tta or an ensemble <id>_spread.nii.gz (mutual information between members), and "
+                        "per-case scores in uncertainty.csv")
     p.add_argument("--min-et-voxels", type=int, default=0, metavar="N",
                    help="relabel enhancing-tumour components under N voxels as necrotic core (BraTS; 0: off)")
     p.add_argument("--largest-component", nargs="?", const="class", choices=("class", "region", "off"), default=None,
@@ -260,14 +279,22 @@ def _train(args: argparse.Namespace) -> int:
     import time
 
     from vox2vox.config import Config
+    from vox2vox.train.finetune import explicit_keys, finetune_config, load_source
     from vox2vox.train.planner import default_budget, detect_device, plan_dataset, plan_to_toml
     from vox2vox.train.runlock import check_run_folder
     from vox2vox.train.runs import train_on_dataset
     from vox2vox.train.schedule import parse_duration
+    from vox2vox.train.tracking import check_tracking
 
     started = time.perf_counter()  # a budget counts planning and loading too
     out = Path(args.out) if args.out else None
     resuming = args.resume and out is not None
+    if args.init_from and args.resume:
+        raise Vox2VoxError("train: --init-from starts a new run and --resume continues one; pass one of them")
+    if args.reinit_head and not args.init_from:
+        raise Vox2VoxError("train: --reinit-head re-initialises the output layer of an --init-from model; pass --init-from")
+    if args.reinit_head:
+        args.overrides = [*args.overrides, "train.reinit_output=true"]
     planned = not args.config and not resuming
     if args.config == "paper":
         args.config = None
@@ -279,7 +306,14 @@ def _train(args: argparse.Namespace) -> int:
         raise Vox2VoxError("train: no data; pass --data PATH")
     if out is None:
         out = Path("runs") / Path(config.data.path).name.replace(".csv", "")
-    plan_toml = None
+    check_tracking(config)  # a missing extra is one line now, not after planning and loading
+    plan_toml = finetune = None
+    if args.init_from:
+        check_run_folder(out, resume=False)
+        finetune = load_source(args.init_from)
+        explicit = explicit_keys(args.config, [*args.overrides, *_implied_keys(args)])
+        config = finetune_config(finetune, config, explicit=explicit, planned=planned)
+        planned = False  # the source model's settings, not a new plan
     if planned:
         check_run_folder(out, resume=False)  # before minutes of planning
         device = detect_device(config.train.device)
@@ -295,7 +329,8 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append("train.budget=null")  # epochs asked for and no budget: count epochs
         config = planned_config.with_overrides(overrides)
         plan_toml = plan_to_toml(plan)  # written into the run folder once training has checked it
-    result = train_on_dataset(config, out, resume=args.resume, started=started, plan_toml=plan_toml)
+    result = train_on_dataset(config, out, resume=args.resume, started=started, plan_toml=plan_toml,
+                              finetune=finetune)
     from vox2vox.train.distributed import is_main
 
     if not is_main():  # under torchrun, rank 0 alone reports
@@ -311,15 +346,29 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _implied_keys(args: argparse.Namespace) -> list[str]:
+    """Config keys set by options other than --set: --data, --device, and train.budget (none)
+    when epochs are asked for without --budget."""
+    keys = ["data.path"] if args.data else []
+    keys += ["train.device"] if args.device else []
+    if args.budget is None and any(o.split("=", 1)[0].strip() == "train.epochs" for o in args.overrides):
+        keys.append("train.budget")
+    return keys
+
+
+def _info(args: argparse.Namespace) -> int:
+    from vox2vox.model.card import card_json_text, format_card, read_card
+
+    card = read_card(args.model)
+    print(card_json_text(card) if args.json else format_card(card))
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from vox2vox.device import resolve_device
     from vox2vox.infer.backends import prediction_amp
-    from vox2vox.infer.inference import (
-        InferenceConfig,
-        load_model,
-        predict_dataset,
-        prediction_options,
-    )
+    from vox2vox.infer.ensemble import prediction_options
+    from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
     from vox2vox.infer.postprocessing import PostprocessConfig
     from vox2vox.train.crossval import expand_model_paths
 
@@ -332,8 +381,15 @@ def _predict(args: argparse.Namespace) -> int:
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest)
     report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout,
                              postprocess=post, save_probabilities=args.save_probabilities,
+                             output_format=args.output_format, save_uncertainty=args.save_uncertainty,
                              progress=not args.no_progress)
     print(f"wrote {len(report.written)} prediction(s) to {args.output}")
+    if report.empty:
+        print(f"  no foreground predicted in {len(report.empty)} case(s): {', '.join(one_line(c) for c in report.empty)}")
+    if report.uncertainty_csv is not None:
+        case, scores = max(report.uncertainty.items(), key=lambda item: item[1].entropy_mean)
+        print(f"uncertainty scores: {report.uncertainty_csv} (highest mean entropy: {one_line(case)}, "
+              f"{scores.entropy_mean:.4f})")
     for case_id, reason in report.failed.items():
         print(f"  failed: {one_line(case_id)}: {one_line(reason)}", file=sys.stderr)
     if report.failed:
@@ -428,6 +484,7 @@ _COMMANDS = {
     "demo": _demo,
     "dataset": _dataset,
     "train": _train,
+    "info": _info,
     "predict": _predict,
     "export": _export,
     "evaluate": _evaluate,

@@ -98,6 +98,31 @@ def read_slice_info(folder: Path, file: str) -> SliceInfo:
                      (float(spacing[0]), float(spacing[1])))
 
 
+def series_files(folder: str | Path) -> list[str]:
+    """The files of the one DICOM series in ``folder`` (GDCM's grouping and order); a folder with
+    no series or several is refused. Reading a volume and writing a DICOM SEG both use it, so the
+    SEG references exactly the slices the volume was stacked from."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    reader = sitk.ImageSeriesReader()
+    # GDCM prints "No Series were found" on stderr for a folder without DICOM; the error below
+    # says it once, in our words.
+    shown = sitk.ProcessObject_GetGlobalWarningDisplay()
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    try:
+        series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(shown)
+    if not series_ids:
+        raise Vox2VoxError(f"{folder}: folder holds no DICOM series; point at a folder of DICOM slices")
+    if len(series_ids) > 1:
+        raise Vox2VoxError(
+            f"{folder}: folder holds {len(series_ids)} DICOM series; put each series in its own folder"
+        )
+    return list(reader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
+
+
 def read_series(folder: str | Path, files: Sequence[str], *, allow: bool | None = None):
     """A 3D ``SimpleITK.Image`` of the series ``files`` (one series, any order), geometry checked.
 

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from nibabel import orientations as ornt
 
 from vox2vox.atomic import atomic_path
-from vox2vox.data.dicom import read_series
+from vox2vox.data.dicom import read_series, series_files
 from vox2vox.data.guards import check_data_file_references, check_declared_size
 from vox2vox.data.hdf5 import file_of, is_hdf5_address, read_hdf5
 from vox2vox.errors import Vox2VoxError
@@ -230,25 +230,7 @@ def _read_sitk(path: Path, *, series: bool) -> tuple[np.ndarray, np.ndarray]:
     """Decode a file (or DICOM series folder) with SimpleITK into ``(X, Y, Z, C)`` + RAS affine."""
     try:
         if series:
-            reader = sitk.ImageSeriesReader()
-            # GDCM prints "No Series were found" on stderr for a folder without DICOM; the
-            # error below says it once, in our words.
-            shown = sitk.ProcessObject_GetGlobalWarningDisplay()
-            sitk.ProcessObject_SetGlobalWarningDisplay(False)
-            try:
-                series_ids = reader.GetGDCMSeriesIDs(str(path))
-            finally:
-                sitk.ProcessObject_SetGlobalWarningDisplay(shown)
-            if not series_ids:
-                raise Vox2VoxError(
-                    f"{path}: folder holds no DICOM series; point at a folder of DICOM slices"
-                )
-            if len(series_ids) > 1:
-                raise Vox2VoxError(
-                    f"{path}: folder holds {len(series_ids)} DICOM series; put each series in "
-                    "its own folder"
-                )
-            image = read_series(path, reader.GetGDCMSeriesFileNames(str(path), series_ids[0]))
+            image = read_series(path, series_files(path))
         else:
             check_data_file_references(path)
             info = sitk.ImageFileReader()
@@ -381,13 +363,15 @@ def write_volume(
 
 
 def write_probabilities_npz(
-    probabilities: np.ndarray, geometry: Geometry, path: str | Path, *, label_values: Sequence[int]
+    probabilities: np.ndarray, geometry: Geometry, path: str | Path, *, label_values: Sequence[int],
+    channel_names: Sequence[str] | None = None,
 ) -> None:
     """Write canonical ``(X, Y, Z, C)`` class probabilities as a compressed ``.npz``, atomically.
 
     Arrays: ``probabilities`` float32 ``(C, Z, Y, X)`` in the source file's voxel order (C-order
-    readers index it as ``[c, k, j, i]``), ``affine`` the source voxel-to-world matrix, and
-    ``labels`` the on-disk label value of each class.
+    readers index it as ``[c, k, j, i]``), ``affine`` the source voxel-to-world matrix,
+    ``labels`` the on-disk label value of each class, and ``channels`` each channel's name (for a
+    region-based model: the region; its ``labels`` entry is the value of the class it adds).
     """
     source = to_source_orientation(probabilities, geometry)
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
@@ -396,6 +380,9 @@ def write_probabilities_npz(
             probabilities=np.ascontiguousarray(source.transpose(3, 2, 1, 0)),
             affine=np.asarray(geometry.source_affine, dtype=np.float64),
             labels=np.asarray(label_values, dtype=np.int64),
+            # A unicode array (not object): readable with np.load(allow_pickle=False).
+            channels=np.asarray(list(channel_names) if channel_names is not None else
+                                [str(v) for v in label_values], dtype=str),
         )
 
 

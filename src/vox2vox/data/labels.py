@@ -159,6 +159,36 @@ class LabelConvention:
         }
         return {name: np.isin(label_source, values) for name, values in regions.items()}
 
+    def nested_regions(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """The regions as CLASS indices, outermost first, when they nest into a chain that names every
+        class: each region holds the next one and exactly one more class, the first one holds every
+        foreground class (BraTS: WT > TC > ET). Region-based training (``generator.output =
+        "regions"``) predicts these as overlapping sigmoid outputs and needs the chain to turn them
+        back into one class per voxel; anything else raises :class:`Vox2VoxError` saying why.
+        """
+        regions = self.regions or {
+            name: (value,) for name, value in zip(self.class_names, self.source_values, strict=True)
+            if value != self.source_values[0]
+        }
+        index = {value: c for c, value in enumerate(self.source_values)}
+        chain = sorted(((name, frozenset(index[v] for v in values)) for name, values in regions.items()),
+                       key=lambda item: -len(item[1]))
+        foreground = frozenset(range(1, self.n_classes))
+        why = None
+        if not chain or chain[0][1] != foreground:
+            why = "the largest region must hold every foreground class"
+        for (outer_name, outer), (inner_name, inner) in zip(chain, chain[1:], strict=False):
+            if why is None and not (inner < outer and len(outer - inner) == 1):
+                why = f"region {inner_name} must lie inside {outer_name} and leave exactly one class of it out"
+        if why is None and len(chain[-1][1]) != 1:
+            why = f"the innermost region {chain[-1][0]} must be a single class"
+        if why is not None:
+            raise Vox2VoxError(
+                f"label convention {self.name!r}: its regions {sorted(regions)} do not nest into a chain "
+                f"({why}); use generator.output=classes"
+            )
+        return tuple((name, tuple(sorted(classes))) for name, classes in chain)
+
     def to_json(self) -> dict:
         """A JSON-serialisable dict accepted back by :func:`get_convention`."""
         return {

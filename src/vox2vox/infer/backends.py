@@ -1,7 +1,7 @@
 """Run an exported generator (ONNX Runtime or TorchScript) where prediction runs a PyTorch one.
 
 A backend here is an ``nn.Module`` whose ``forward`` takes a float32 ``(B, C, D, H, W)`` tensor and
-returns the softmax probabilities ``(B, K, D, H, W)`` float32 on the same device, and whose
+returns the probabilities ``(B, K, D, H, W)`` float32 (softmax, or region sigmoids) on the same device, and whose
 ``config`` is the :class:`GeneratorConfig` it was exported from (``size_multiple``, channel and
 class counts). That is all :func:`vox2vox.infer.inference.predict_probabilities` asks of the
 PyTorch generator, so the padding, sliding windows, flips, ensembles, post-processing and the

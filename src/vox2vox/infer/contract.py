@@ -25,6 +25,7 @@ from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import check_metadata
+from vox2vox.model.outputs import head_for
 
 FORMAT = "vox2vox-export"
 FORMAT_VERSION = 1
@@ -34,10 +35,18 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
 #: What an exported file's ``state`` keeps of the checkpoint's (the rest is training progress).
-_STATE_KEYS = ("channels", "layout", "convention", "predict")
+# data_profile: so predictions from an export warn about cases unlike the training data too.
+_STATE_KEYS = ("channels", "layout", "convention", "predict", "data_profile")
 
 _AXES = ("D, H, W: the NIfTI voxel axes (i, j, k) after reorientation to the closest canonical "
          "(RAS+) orientation, as nibabel's as_closest_canonical gives them")
+
+# What the output channels are, and how the label map follows from them (model/outputs.py).
+_OUTPUT_MEANING = {
+    "classes": "softmax class probabilities; the label map is the argmax mapped through labels.classes",
+    "regions": "independent sigmoid per nested region (output.regions, outermost first); a voxel's label "
+               "is the innermost_value of the innermost region above 0.5, else the background value",
+}
 
 _NORMALIZATION = {
     "zscore-nonzero": "per channel: (x - mean) / std over the foreground voxels (those differing from "
@@ -55,9 +64,10 @@ def build_contract(config: Config, state: dict[str, Any], *, backend: str, sourc
         raise Vox2VoxError(f"{source}: the checkpoint does not record its label convention; export needs "
                            "a checkpoint written by vox2vox train")
     convention = get_convention(state["convention"])
+    gen = config.generator
+    head = head_for(gen.n_classes, gen.output, convention)  # refuses a checkpoint that contradicts itself
     prep = config.preprocess.to_json()
     prep.pop("cache_dir", None)  # a training machine's folder, not part of the contract
-    gen = config.generator
     predict = dict(state.get("predict") or {})
     return {
         "format": FORMAT,
@@ -84,9 +94,15 @@ def build_contract(config: Config, state: dict[str, Any], *, backend: str, sourc
         },
         "output": {
             "name": OUTPUT_NAME,
-            "shape": ["batch", "classes", "D", "H", "W"],
+            "shape": ["batch", gen.output, "D", "H", "W"],
             "dtype": "float32",
-            "what": "softmax class probabilities; the label map is the argmax mapped through labels.classes",
+            "kind": gen.output,
+            "channels": list(head.names),
+            "what": _OUTPUT_MEANING[gen.output],
+            **({"regions": [{"name": n, "classes": [int(convention.source_values[c]) for c in range(head.n_classes)
+                                                     if head.membership[c, r]],
+                             "innermost_value": int(convention.source_values[head.region_class[r]])}
+                            for r, n in enumerate(head.names)]} if gen.output == "regions" else {}),
         },
         "labels": {
             "convention": convention.name,
@@ -95,7 +111,8 @@ def build_contract(config: Config, state: dict[str, Any], *, backend: str, sourc
         },
         "predict": {"tta": bool(predict.get("tta", False)),
                     "largest_component": str(predict.get("largest_component", "off"))},
-        "generator": {"arch": gen.arch, "in_channels": gen.in_channels, "n_classes": gen.n_classes},
+        "generator": {"arch": gen.arch, "in_channels": gen.in_channels, "n_classes": gen.n_classes,
+                      "output": gen.output},
         "config": config.to_dict(),
         "state": {k: state[k] for k in _STATE_KEYS if k in state},
     }
@@ -134,7 +151,13 @@ def parse_contract(text: str | bytes | None, path: Path, *, backend: str) -> tup
     # The checkpoint's own checks: the config through the typed Config, the state fields by type.
     check_metadata({"config": doc.get("config"), "state": state}, path)
     config = Config.from_dict(doc["config"], source=f"{path}: exported config", ignore_unknown=True)
-    if get_convention(state["convention"]).n_classes != config.generator.n_classes:
-        raise Vox2VoxError(f"{path}: malformed vox2vox metadata: the label convention and the generator "
-                           "disagree on the number of classes; export the model again")
+    gen = config.generator
+    recorded = doc.get("generator", {}).get("output", "classes") if isinstance(doc.get("generator"), dict) else None
+    if recorded != gen.output:
+        raise Vox2VoxError(f"{path}: malformed vox2vox metadata: generator.output is {recorded!r} in the "
+                           f"contract but {gen.output!r} in its config; export the model again")
+    try:
+        head_for(gen.n_classes, gen.output, get_convention(state["convention"]))
+    except Vox2VoxError as err:
+        raise Vox2VoxError(f"{path}: malformed vox2vox metadata: {err}; export the model again") from None
     return doc, config

@@ -1,6 +1,6 @@
 """``vox2vox export``: a checkpoint's generator as one ONNX or TorchScript file with its contract.
 
-The file holds the generator with its softmax head (``(B, C, D, H, W)`` float32 image in,
+The file holds the generator with its output activation (softmax, or a sigmoid per region; ``(B, C, D, H, W)`` float32 image in,
 ``(B, K, D, H, W)`` probabilities out; batch and spatial axes dynamic) and, as metadata, the
 input contract of :mod:`vox2vox.infer.contract`. Before the file is written, the export is run
 on an input of another size and batch than the one it was traced with and compared with the
@@ -263,7 +263,7 @@ def _onnx_bytes(generator: nn.Module, contract: dict[str, Any], source: Path) ->
     proto.producer_name, proto.producer_version = "vox2vox", contract["vox2vox_version"]
     proto.doc_string = (f"vox2vox {contract['generator']['arch']} generator from {contract['source']['file']} "
                         f"(sha256 {contract['source']['sha256'][:12]}): image (B, {contract['generator']['in_channels']}, "
-                        f"D, H, W) -> probabilities (B, {contract['generator']['n_classes']}, D, H, W); "
+                        f"D, H, W) -> {contract['generator']['output']} probabilities (B, {contract['generator']['n_classes']}, D, H, W); "
                         f"the input contract is the '{METADATA_KEY}' metadata entry")
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()

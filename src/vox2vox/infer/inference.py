@@ -27,23 +27,36 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vox2vox.config import Config
-from vox2vox.data.cases import CaseFiles, check_case_id
-from vox2vox.data.io import Geometry, write_probabilities_npz, write_volume
-from vox2vox.data.labels import LabelConvention, get_convention
-from vox2vox.data.layouts import discover
+from vox2vox.data.cases import CaseFiles
+from vox2vox.data.labels import LabelConvention
 from vox2vox.data.loading import load_case
-from vox2vox.data.preprocessing import LoadedCase, undo_preprocessing
+from vox2vox.data.preprocessing import LoadedCase
+from vox2vox.data.seg_formats import (
+    OutputFormat,
+    check_dicom_seg_inputs,
+    check_output_format,
+    read_dicom_source,
+    segments_of,
+)
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
+from vox2vox.infer import ensemble
 from vox2vox.infer.backends import check_precision, exported_format, load_exported
+from vox2vox.infer.case_files import CasePrediction, ProbabilityFormat, finish_case, write_case
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
-from vox2vox.infer.postprocessing import postprocess as apply_postprocess
+from vox2vox.infer.uncertainty import (
+    UNCERTAINTY_CSV,
+    UncertaintyScores,
+    entropy_scale,
+    read_uncertainty_csv,
+    write_uncertainty_csv,
+)
 from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
+from vox2vox.model.outputs import OutputHead, OutputKind
 from vox2vox.model.residual import build_generator
 
 Mode = Literal["auto", "whole", "sliding"]
-ProbabilityFormat = Literal["npz", "nifti"]
 
 #: The 8 combinations of flips along the three spatial axes of a ``(B, C, D, H, W)`` tensor
 #: (the identity first), as nnU-Net's test-time mirroring.
@@ -134,6 +147,21 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
     return LoadedModel(generator, config, ckpt.state, ckpt_path)
 
 
+@dataclass
+class Prediction:
+    """The averaged softmax of one image and what uncertainty needs from its members.
+
+    ``probabilities``: ``(n_classes, D, H, W)`` float32, the mean over members; ``members``: how
+    many softmax outputs were averaged (models x flips); ``expected_entropy``: ``(D, H, W)``, the
+    mean over members of each one's normalised entropy (:mod:`vox2vox.infer.uncertainty`), only
+    when asked for and there are several members, else None.
+    """
+
+    probabilities: np.ndarray
+    members: int
+    expected_entropy: np.ndarray | None = None
+
+
 @torch.inference_mode()
 def predict_probabilities(
     models: Sequence[torch.nn.Module],
@@ -147,6 +175,22 @@ def predict_probabilities(
     With several models (an ensemble) and/or flips, the softmax outputs are averaged (the mean
     over models of the mean over flips). A float32 numpy image on the CPU is used without a copy.
     """
+    return predict_averaged(models, image, config=config, device=device).probabilities
+
+
+@torch.inference_mode()
+def predict_averaged(
+    models: Sequence[torch.nn.Module],
+    image: np.ndarray | torch.Tensor,
+    *,
+    config: InferenceConfig = InferenceConfig(),
+    device: torch.device | str = "cpu",
+    member_entropy: bool = False,
+    output_kind: OutputKind = "classes",
+) -> Prediction:
+    """:func:`predict_probabilities` as a :class:`Prediction`; with ``member_entropy`` it also
+    sums each member's entropy as it goes (one extra volume, never all members in memory), of a
+    softmax or, with ``output_kind="regions"``, of independent region sigmoids."""
     if not models:
         raise Vox2VoxError("no model to predict with; give at least one checkpoint")
     device = torch.device(device)
@@ -159,7 +203,10 @@ def predict_probabilities(
     x = x.unsqueeze(0).to(device)
     tune_cpu_allocator()
     flips = FLIP_AXES if config.tta_flips else FLIP_AXES[:1]
+    n = len(models) * len(flips)
+    track_entropy = member_entropy and n > 1
     total: torch.Tensor | None = None
+    entropy_total: torch.Tensor | None = None
     for model in models:
         model.eval()
         model = fast_inference_model(model) if config.fast_layers else model
@@ -167,6 +214,10 @@ def predict_probabilities(
             probs = _run(model, torch.flip(x, axes) if axes else x, config, device)
             if axes:
                 probs = torch.flip(probs, axes)
+            if track_entropy:
+                entropy = _entropy_sum(probs, output_kind)
+                entropy_total = entropy if entropy_total is None else entropy_total.add_(entropy)
+                del entropy
             if total is None:
                 # Own the memory of the running sum: the first output may be a view into the
                 # padded network output, which would otherwise stay alive (and be written to).
@@ -175,10 +226,24 @@ def predict_probabilities(
                 total.add_(probs)
             del probs
     assert total is not None
-    n = len(models) * len(flips)
     if n > 1:
         total.div_(n)
-    return total[0].cpu().numpy()
+    expected = None
+    if entropy_total is not None:
+        # The mean of the members' normalised entropies, as uncertainty.normalised_entropy scales them.
+        scale = n * entropy_scale(total.shape[1], output_kind)
+        expected = entropy_total.div_(scale).clamp_(0.0, 1.0)[0].cpu().numpy()
+    return Prediction(total[0].cpu().numpy(), n, expected)
+
+
+def _entropy_sum(probs: torch.Tensor, kind: OutputKind) -> torch.Tensor:
+    """``(1, K, ...)`` -> ``(1, ...)``: -sum p log p over the softmax classes, or the summed binary
+    entropies of sigmoid regions (0 log 0 = 0); :func:`entropy_scale` normalises it."""
+    h = torch.special.xlogy(probs, probs)
+    if kind == "regions":
+        rest = 1.0 - probs
+        h.add_(torch.special.xlogy(rest, rest))
+    return h.sum(dim=1).neg_()
 
 
 def _run(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig, device: torch.device) -> torch.Tensor:
@@ -280,79 +345,19 @@ def _sliding(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig) -
 # ---- predicting cases on disk -------------------------------------------------------------------
 @dataclass
 class PredictionReport:
-    """What :func:`predict_dataset` did: label maps written, probability files written, and
-    cases that failed (case id -> one-line reason)."""
+    """What :func:`predict_dataset` did: label maps written, probability files written, cases
+    that failed (case id -> one-line reason), cases unlike the training data (case id -> what
+    differs; they were still segmented); uncertainty scores when asked for."""
 
     written: dict[str, Path]
     failed: dict[str, str]
     probabilities: dict[str, Path] = dataclasses.field(default_factory=dict)
-
-
-def discover_like_training(model: LoadedModel, input_path: str | Path, layout: str) -> Any:
-    """Find the cases to predict, choosing channels (and a case-folder label) as in training."""
-    label_name = model.config.data.label_name
-    try:
-        # A 'folders' dataset may need the label name training used to tell label from channels.
-        spec = discover(input_path, layout=layout, label_name=label_name) if label_name else None
-    except Vox2VoxError:
-        spec = None
-    if spec is None:
-        spec = discover(input_path, layout=layout)
-    trained = tuple(model.channels or ())
-    if trained and set(trained) <= set(spec.channel_names) and trained != spec.channel_names:
-        # The training channels by name, when the input orders them differently or has extras.
-        spec = discover(input_path, layout=layout, channel_names=trained,
-                        **({"label_name": label_name} if spec.layout == "folders" and label_name else {}))
-    return spec
-
-
-def prediction_options(models: Sequence[LoadedModel], *, tta: bool | None = None,
-                       largest_component: str | None = None) -> tuple[bool, str]:
-    """Flip TTA and largest-component clean-up: as given, else what the first model's training
-    chose on its validation cases (``state["predict"]``, planned runs), else off."""
-    chosen = (models[0].state.get("predict") or {}) if models else {}
-    return (tta if tta is not None else bool(chosen.get("tta", False)),
-            largest_component or str(chosen.get("largest_component", "off")))
-
-
-def check_ensemble(models: Sequence[LoadedModel]) -> LabelConvention:
-    """The label convention the models share; refuses members that do not fit together."""
-    if not models:
-        raise Vox2VoxError("no model given; pass at least one checkpoint")
-    first = models[0]
-    for other in models[1:]:
-        if (
-            other.config.preprocess != first.config.preprocess
-            or other.state.get("convention") != first.state.get("convention")
-            or other.config.generator.n_classes != first.config.generator.n_classes
-        ):
-            raise Vox2VoxError(
-                f"{other.path}: ensemble members must share preprocessing, classes and label "
-                f"convention with {first.path}; ensemble models of one training setup"
-            )
-    if "convention" not in first.state:
-        raise Vox2VoxError(
-            f"{first.path}: checkpoint does not record its label convention; save it with "
-            "state={'convention': ..., 'channels': [...]} as training does"
-        )
-    convention = get_convention(first.state["convention"])
-    if convention.n_classes != first.config.generator.n_classes:
-        raise Vox2VoxError(
-            f"{first.path}: the generator predicts {first.config.generator.n_classes} classes but the label "
-            f"convention it records has {convention.n_classes}; the checkpoint's metadata is inconsistent"
-        )
-    return convention
-
-
-@dataclass
-class CasePrediction:
-    """One case predicted, on the canonical input grid (``geometry``; the file's own orientation
-    is restored when writing): ``labels`` ``(X, Y, Z)`` in on-disk label values (e.g. BraTS 4),
-    post-processed; ``probabilities`` ``(K, X, Y, Z)`` float32, the averaged softmax."""
-
-    labels: np.ndarray
-    probabilities: np.ndarray
-    geometry: Geometry
+    #: Per-case uncertainty scores (``save_uncertainty``) and the CSV they were written to.
+    uncertainty: dict[str, UncertaintyScores] = dataclasses.field(default_factory=dict)
+    uncertainty_csv: Path | None = None
+    #: Cases whose label map holds no foreground at all.
+    empty: list[str] = dataclasses.field(default_factory=list)
+    warnings: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def predict_case(
@@ -360,32 +365,32 @@ def predict_case(
     loaded: LoadedCase,
     *,
     convention: LabelConvention,
+    head: OutputHead,
     config: InferenceConfig = InferenceConfig(),
     device: torch.device | str = "cpu",
     postprocess: PostprocessConfig | None = None,
     where: str | Path = "input",
+    uncertainty: bool = False,
+    channel_names: Sequence[str] | None = None,
 ) -> CasePrediction:
-    """Run one preprocessed case (ensemble and flips averaged), check the output, map it back to
-    the input grid (crop, resampling undone), argmax to label values and post-process.
-
-    The one per-case step of ``predict_dataset`` and the Python API (:mod:`vox2vox.api`).
-    ``loaded.image`` is released once the network has run.
-    """
-    postprocess = postprocess or PostprocessConfig()
-    probs = predict_probabilities([m.generator for m in models], loaded.image, config=config, device=device)
-    if not np.all(np.isfinite(probs)):  # argmax of NaN is class 0: silently all background
+    """The one per-case step of :func:`predict_dataset` and the Python API (:mod:`vox2vox.api`):
+    compare the case with the training data (``warnings``; ``channel_names`` by name when given),
+    run it (ensemble and flips averaged; ``loaded.image`` is then released), check the output,
+    and :func:`~vox2vox.infer.case_files.finish_case` (input grid, classes through ``head``,
+    post-processing; with ``uncertainty`` the entropy and spread maps)."""
+    problems = ensemble.training_data_problems(models[0], loaded.record, channel_names)
+    prediction = predict_averaged([m.generator for m in models], loaded.image, config=config, device=device,
+                                  member_entropy=uncertainty, output_kind=head.kind)
+    if not np.all(np.isfinite(prediction.probabilities)):  # argmax of NaN is class 0: all background
         raise Vox2VoxError(
             f"{where}: the model's output is NaN/Inf for this case "
             "(intensities far outside what it was trained on?); check the image and its preprocessing"
         )
     loaded.image = np.empty(0, np.float32)  # free the preprocessed image before undoing
-    # Back to the input grid as probabilities (linear where it was resampled), then argmax:
-    # interpolating probabilities, not labels, keeps boundaries smooth under resampling.
-    probs = undo_preprocessing(probs, loaded.record, order=1)
-    labels = convention.to_source(probs.argmax(0))
-    if postprocess.active:
-        labels = apply_postprocess(labels, config=postprocess, convention=convention)
-    return CasePrediction(labels, probs, loaded.geometry)
+    return finish_case(prediction.probabilities, loaded, convention=convention, head=head,
+                       postprocess=postprocess or PostprocessConfig(),
+                       expected_entropy=prediction.expected_entropy, members=prediction.members,
+                       uncertainty=uncertainty, warnings=problems)
 
 
 def predict_dataset(
@@ -398,6 +403,8 @@ def predict_dataset(
     layout: str = "auto",
     postprocess: PostprocessConfig | None = None,
     save_probabilities: ProbabilityFormat | None = None,
+    output_format: OutputFormat = "nifti",
+    save_uncertainty: bool = False,
     progress: bool = True,
 ) -> PredictionReport:
     """Predict every case under ``input_path`` and write ``<output_dir>/<case_id>.nii.gz``.
@@ -418,32 +425,66 @@ def predict_dataset(
     each channel stands for)); ``"nifti"`` -> ``<case_id>_probs.nii.gz``, 4D ``(X, Y, Z, C)``
     on the input's grid, which any viewer overlays.
 
+    ``output_format``: the label map as ``nifti`` (above), ``dicom-seg`` (``<case_id>.dcm``, a
+    DICOM SEG referencing the input series; DICOM input only, refused before any case otherwise)
+    or ``seg-nrrd`` (``<case_id>.seg.nrrd`` for 3D Slicer), see :mod:`vox2vox.data.seg_formats`.
+    ``save_uncertainty``: also write ``<case_id>_entropy.nii.gz`` (and with several members,
+    TTA or an ensemble, ``<case_id>_spread.nii.gz``) and ``uncertainty.csv`` with per-case
+    scores (rows of cases predicted into the folder earlier are kept), see
+    :mod:`vox2vox.infer.uncertainty`.
+
     A case that fails (unreadable file, too little memory, ...) is reported in the result and,
-    with ``progress``, on stderr; the others go on.
+    with ``progress``, on stderr; the others go on. A case whose spacing, intensities or channels
+    are far from the first model's training data (:func:`vox2vox.data.profile.distribution_problems`)
+    is segmented and gets one warning line on stderr (and in the result's ``warnings``).
     """
     if save_probabilities not in (None, "npz", "nifti"):
         raise Vox2VoxError(f"save_probabilities={save_probabilities!r}: choose npz or nifti")
-    convention = check_ensemble(models)
+    check_output_format(output_format)
+    convention, head = ensemble.check_ensemble(models)
     check_precision([m.generator for m in models], config.amp)
     first = models[0]
-    spec = discover_like_training(first, input_path, layout)
-    check_channels(first, spec.channel_names, input_path)
+    spec = ensemble.discover_like_training(first, input_path, layout)
+    ensemble.check_channels(first, spec.channel_names, input_path)
+    if output_format == "dicom-seg":
+        check_dicom_seg_inputs([(c.case_id, next(iter(c.channels.values()))) for c in spec.cases])
+    segments = segments_of(convention)
+    output_dir = Path(output_dir)
+    # Scores of cases predicted into this folder before stay (unless predicted again); read now so
+    # a damaged table stops the run before any work.
+    scores_path = output_dir / UNCERTAINTY_CSV
+    earlier = read_uncertainty_csv(scores_path) if save_uncertainty and scores_path.is_file() else {}
     postprocess = postprocess or PostprocessConfig()
     # Check post-processing against the convention once, not once per case.
     check_postprocess(postprocess, convention)
     prep = dataclasses.replace(first.config.preprocess, cache_dir=None)
-    output_dir = Path(output_dir)
+    # A single image's one channel is always called "image": only named channels are compared by name.
+    names = spec.channel_names if spec.layout != "single" else None
     report = PredictionReport({}, {})
     for case in tqdm(spec.cases, desc="predicting", unit="case", disable=not progress, file=sys.stderr):
         try:
+            first_channel = next(iter(case.channels.values()))
+            # The series' headers first: a SEG that cannot reference them costs no prediction.
+            source = read_dicom_source(first_channel) if output_format == "dicom-seg" else None
             loaded = load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep)
-            result = predict_case(models, loaded, convention=convention, config=config, device=device,
-                                  postprocess=postprocess, where=next(iter(case.channels.values())))
-            written = _write_case(result, case.case_id, output_dir, convention=convention,
-                                  save_probabilities=save_probabilities)
-            report.written[case.case_id] = written[0]
-            if written[1] is not None:
-                report.probabilities[case.case_id] = written[1]
+            result = predict_case(models, loaded, convention=convention, head=head, config=config, device=device,
+                                  postprocess=postprocess, where=first_channel, uncertainty=save_uncertainty,
+                                  channel_names=names)
+            if result.warnings:
+                report.warnings[case.case_id] = "; ".join(result.warnings)
+                tqdm.write(f"warning: {case.case_id}: unlike the model's training data: {'; '.join(result.warnings)}",
+                           file=sys.stderr)
+            written = write_case(result, output_dir, convention=convention, head=head,
+                                 save_probabilities=save_probabilities, output_format=output_format,
+                                 segments=segments, dicom_source=source)
+            del result
+            report.written[case.case_id] = written.labels
+            if written.probabilities is not None:
+                report.probabilities[case.case_id] = written.probabilities
+            if written.uncertainty is not None:
+                report.uncertainty[case.case_id] = written.uncertainty
+            if written.empty:
+                report.empty.append(case.case_id)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # one bad case must not stop the others (issue 4)
@@ -452,41 +493,7 @@ def predict_dataset(
             report.failed[case.case_id] = reason
             if progress:
                 tqdm.write(f"{case.case_id}: failed: {reason}", file=sys.stderr)
+    if report.uncertainty:
+        report.uncertainty_csv = write_uncertainty_csv(scores_path, {**earlier, **report.uncertainty})
     return report
 
-
-def check_channels(model: LoadedModel, channel_names: Sequence[str], where: str | Path) -> None:
-    """Refuse input with another number of channels than the model was trained on."""
-    n_in = model.config.generator.in_channels
-    if len(channel_names) != n_in:
-        raise Vox2VoxError(
-            f"{where}: cases have {len(channel_names)} channel(s) ({', '.join(channel_names)}) "
-            f"but the model was trained on {n_in} ({', '.join(model.channels or [])}); give cases "
-            "with the model's channels"
-        )
-
-
-def _write_case(
-    result: CasePrediction,
-    case_id: str,
-    output_dir: Path,
-    *,
-    convention: LabelConvention,
-    save_probabilities: ProbabilityFormat | None,
-) -> tuple[Path, Path | None]:
-    """Write one case's label map (and probabilities) atomically on the input's own grid."""
-    # Case ids are output names: never let one reach outside output_dir (discover checks too).
-    check_case_id(case_id, where=output_dir)
-    target = output_dir / f"{case_id}.nii.gz"
-    write_volume(result.labels, result.geometry, target)
-    if save_probabilities is None:
-        return target, None
-    # (C, X, Y, Z) canonical -> (X, Y, Z, C) in the file's own voxel order.
-    on_disk = np.moveaxis(result.probabilities.astype(np.float32, copy=False), 0, -1)
-    if save_probabilities == "nifti":
-        prob_path = output_dir / f"{case_id}_probs.nii.gz"
-        write_volume(on_disk, result.geometry, prob_path, dtype=np.float32)
-        return target, prob_path
-    prob_path = output_dir / f"{case_id}.npz"
-    write_probabilities_npz(on_disk, result.geometry, prob_path, label_values=convention.source_values)
-    return target, prob_path

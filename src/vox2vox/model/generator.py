@@ -4,7 +4,8 @@ Defaults follow the authors' current code (docs/method.md, "Generator"): four st
 convolutions (64-128-256-512 filters, kernel 4), four bottleneck blocks at 1/16 resolution that
 each concatenate their activated output with their own pre-norm convolution output, three
 transposed-convolution decoder stages with skip connections, and a final transposed convolution to
-``n_classes`` channels followed by a softmax. At 4 input channels and 4 classes this is about
+``n_classes`` channels followed by a softmax (a sigmoid per region with ``output="regions"``, see
+:mod:`vox2vox.model.outputs`). At 4 input channels and 4 classes this is about
 150 M parameters, most of them in the bottleneck.
 
 Shapes: input ``(B, in_channels, D, H, W)`` with each of D, H, W a multiple of ``2 ** depth``;
@@ -30,6 +31,7 @@ from vox2vox.model.blocks import (
     make_norm,
     same_padding,
 )
+from vox2vox.model.outputs import activate
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ class GeneratorConfig:
 
     arch: Literal["paper", "residual"] = "paper"
     in_channels: int = 4
+    # Output channels: the classes, or with output="regions" the label convention's nested regions.
     n_classes: int = 4
+    output: Literal["classes", "regions"] = "classes"
     base_filters: int = 64
     max_filters: int = 512
     depth: int = 4
@@ -58,6 +62,8 @@ class GeneratorConfig:
         check_positive_ints(self, "generator", "in_channels", "n_classes", "base_filters", "max_filters", "kernel_size")
         if self.arch not in ("paper", "residual"):
             raise Vox2VoxError(f"generator.arch={self.arch!r}: choose paper or residual")
+        if self.output not in ("classes", "regions"):
+            raise Vox2VoxError(f"generator.output={self.output!r}: choose classes or regions")
         if not 2 <= self.depth <= 7:
             raise Vox2VoxError(f"generator.depth={self.depth}: must be between 2 and 7")
         if self.bottleneck_blocks < 0:
@@ -212,8 +218,7 @@ class Generator(nn.Module):
         logits = self.head(x)
         if return_logits:
             return logits
-        # Softmax in float32: under fp16 autocast small class probabilities would underflow.
-        return torch.softmax(logits.float(), dim=1)
+        return activate(logits, self.config.output)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -185,6 +185,21 @@ def cross_entropy_from_probs(
     return (per_voxel * keep).sum() / keep.sum().clamp_min(1.0)
 
 
+def binary_cross_entropy_from_probs(
+    target: torch.Tensor, probs: torch.Tensor, *, floor: float = 1e-7, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean over voxels and outputs of ``-[y log p + (1 - y) log(1 - p)]``: the cross-entropy of
+    independent sigmoid outputs (region-based training, :mod:`vox2vox.model.outputs`), with ``p``
+    kept in ``[floor, 1 - floor]`` as :func:`cross_entropy_from_probs` floors it."""
+    p = probs.float().clamp(floor, 1.0 - floor)
+    y = target.float()
+    per_voxel = -(y * p.log() + (1.0 - y) * (1.0 - p).log()).mean(dim=1)
+    if mask is None:
+        return per_voxel.mean()
+    keep = mask.float().squeeze(1)
+    return (per_voxel * keep).sum() / keep.sum().clamp_min(1.0)
+
+
 def labelled_mask(label: torch.Tensor) -> torch.Tensor | None:
     """``(B, 1, D, H, W)`` float mask of the voxels that count in the losses: 0 where ``label`` is
     negative (the ignore label, class index -1), else 1. None when every voxel counts."""
@@ -194,8 +209,13 @@ def labelled_mask(label: torch.Tensor) -> torch.Tensor | None:
     return keep.unsqueeze(1).float()
 
 
-def fixed_class_weights(labels: list[np.ndarray], n_classes: int) -> tuple[float, ...]:
+def fixed_class_weights(labels: list[np.ndarray], n_classes: int, *,
+                        membership: np.ndarray | None = None) -> tuple[float, ...]:
     """w_c = n_voxels / (n_classes * count_c) over all training label maps (class indices).
+
+    With ``membership`` ``(n_classes, n_outputs)`` (region-based training, see
+    :class:`vox2vox.model.outputs.OutputHead`) the counts are those of each output's region and
+    there is one weight per output.
 
     Classes that never occur get weight 0 (they cannot be balanced and must not divide by zero);
     BraTS crops give about [0.26, 45.5, 16.5, 49.1] (docs/method.md, "Losses").
@@ -214,8 +234,10 @@ def fixed_class_weights(labels: list[np.ndarray], n_classes: int) -> tuple[float
     total = counts.sum()
     if total == 0:
         raise Vox2VoxError("no labelled voxels in the training data; cannot compute class weights")
+    if membership is not None:
+        counts = counts @ np.asarray(membership, dtype=np.float64)
     with np.errstate(divide="ignore"):
-        weights = np.where(counts > 0, total / (n_classes * np.maximum(counts, 1)), 0.0)
+        weights = np.where(counts > 0, total / (len(counts) * np.maximum(counts, 1)), 0.0)
     return tuple(float(w) for w in weights)
 
 

@@ -16,10 +16,11 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from vox2vox.model.generator import Generator, GeneratorConfig
+from vox2vox.model.outputs import activate
 
 
 class ResidualGenerator(nn.Module):
-    """``forward(x)`` -> ``(B, n_classes, D, H, W)`` softmax probabilities (float32)."""
+    """``forward(x)`` -> ``(B, n_classes, D, H, W)`` probabilities (float32; softmax, or sigmoid per region)."""
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
@@ -44,7 +45,7 @@ class ResidualGenerator(nn.Module):
         logits = self.net(x).contiguous()
         if return_logits:
             return logits
-        return torch.softmax(logits.float(), dim=1)
+        return activate(logits, self.config.output)
 
 
 def build_generator(config: GeneratorConfig) -> nn.Module:

@@ -184,7 +184,10 @@ def evaluate_folder(
 
     missing_ids = tuple(c for c, _, p, _ in pairs if p is None)
     used = {predictions[c] for c in truth_files if c in predictions}
-    unmatched = tuple(sorted({p.name for p in predictions.values() if p not in used}))
+    # What predict writes beside a scored case's label map (probabilities, uncertainty) is no
+    # stray prediction: leave it out of the "ignored" list.
+    beside = {f"{c}{tail}" for c in truth_files if c in predictions for tail in _SIDE_FILES}
+    unmatched = tuple(sorted({p.name for p in predictions.values() if p not in used and p.name not in beside}))
     result = EvaluationResult(
         regions=tuple(region_map),
         case_ids=tuple(truth_files),
@@ -316,13 +319,20 @@ def _label_folder(folder: Path) -> dict[str, Path]:
     return found
 
 
+#: Files ``predict`` writes beside ``<case>.nii.gz``: probabilities and uncertainty maps.
+_SIDE_FILES = ("_probs.nii.gz", "_entropy.nii.gz", "_spread.nii.gz")
+#: 3D Slicer's segmentation file (a labelmap NRRD), one of predict's label-map formats.
+_SEG_NRRD = ".seg.nrrd"
+
+
 def index_predictions(pred_dir: Path) -> dict[str, Path]:
     """Case id -> prediction file.
 
     A top-level file ``<name>.nii[.gz]`` offers id ``<name>`` and, when ``<name>`` ends in
-    ``_seg``/``-seg``, also the id without that tail; a subfolder ``<id>/`` offers ``<id>`` through
-    ``<id>/<id>_seg.nii.gz`` (or ``-seg``, or ``<id>.nii.gz``). An exact file name wins over a
-    ``_seg`` one, which wins over a subfolder.
+    ``_seg``/``-seg``, also the id without that tail; ``<name>.seg.nrrd`` (``predict
+    --output-format seg-nrrd``) offers ``<name>``; a subfolder ``<id>/`` offers ``<id>`` through
+    ``<id>/<id>_seg.nii.gz`` (or ``-seg``, or ``<id>.nii.gz``). An exact NIfTI name wins over a
+    ``_seg`` one or a ``.seg.nrrd``, which win over a subfolder.
     """
     ranked: dict[str, tuple[int, Path]] = {}
 
@@ -334,6 +344,9 @@ def index_predictions(pred_dir: Path) -> dict[str, Path]:
         if path.is_file():
             bare = strip_volume_suffix(path.name, NIFTI_SUFFIXES)
             if bare is None:
+                seg_nrrd = strip_volume_suffix(path.name, (_SEG_NRRD,))
+                if seg_nrrd:
+                    offer(seg_nrrd, 1, path)
                 continue
             offer(bare, 0, path)
             case_id = _case_id_of(path.name)

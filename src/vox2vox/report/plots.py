@@ -19,24 +19,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from vox2vox.atomic import atomic_path
+from vox2vox.data.colours import colours_for  # one colour table for overlays, renderings and files
 
-# Colours (RGB) for label values: BraTS-like defaults for 1/2/3/4 (core red, oedema green,
-# enhancing yellow; 3 is enhancing in BraTS 2023), then a qualitative cycle for other values.
-_LABEL_COLOURS: dict[int, tuple[float, float, float]] = {
-    1: (0.90, 0.10, 0.10),
-    2: (0.10, 0.80, 0.20),
-    3: (1.00, 0.85, 0.00),
-    4: (1.00, 0.85, 0.00),
-}
-_CYCLE = (
-    (0.12, 0.47, 0.71),
-    (1.00, 0.50, 0.05),
-    (0.58, 0.40, 0.74),
-    (0.55, 0.34, 0.29),
-    (0.89, 0.47, 0.76),
-    (0.09, 0.75, 0.81),
-    (0.74, 0.74, 0.13),
-)
 _OVERLAY_ALPHA = 0.45
 # Views: (name, axis held fixed, (horizontal axis, vertical axis)).
 _VIEWS = (("axial", 2, (0, 1)), ("coronal", 1, (0, 2)), ("sagittal", 0, (1, 2)))
@@ -186,21 +170,6 @@ def save_training_curves(path: str | os.PathLike[str], metrics_log: Sequence[Map
             ax.legend(fontsize=8)
     fig.tight_layout()
     _save_png(fig, path)
-
-
-def colours_for(values: Sequence[int]) -> dict[int, tuple[float, float, float]]:
-    """A colour per label value: the fixed BraTS-like ones first, then the cycle for the rest."""
-    colours: dict[int, tuple[float, float, float]] = {}
-    others = [v for v in values if v not in _LABEL_COLOURS]
-    for v in values:
-        if v in _LABEL_COLOURS:
-            colours[v] = _LABEL_COLOURS[v]
-    for i, v in enumerate(others):
-        colours[v] = _CYCLE[i % len(_CYCLE)]
-    # 3 and 4 share yellow in the defaults; if both appear, give 3 its own colour.
-    if 3 in colours and 4 in colours:
-        colours[3] = (0.95, 0.45, 0.05)
-    return colours
 
 
 def _rgba(labels: np.ndarray, colours: Mapping[int, tuple[float, float, float]]) -> np.ndarray:

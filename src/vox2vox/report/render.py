@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from vox2vox.atomic import atomic_path
+from vox2vox.data.colours import colours_for  # one colour table: overlays, surfaces, files
 from vox2vox.data.io import read_channels
 from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.report.evaluation import read_label_map
-from vox2vox.report.plots import colours_for  # one colour table for 2D overlays and 3D surfaces
 
 _INSTALL_HINT = "pip install 'vox2vox[render]'"
 _OUTLINE_OPACITY = 0.12

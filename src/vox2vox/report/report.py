@@ -9,6 +9,8 @@ nothing from the network and runs no script. Sections appear when their inputs e
   region, the per-case table (the evaluation CSV);
 - the best and worst cases by mean Dice as tri-planar overlays, ground truth and prediction
   (:func:`vox2vox.report.plots.save_overlay`), when both the predictions and the truth are found;
+- uncertainty per case (``uncertainty.csv`` of ``predict --save-uncertainty`` in the predictions
+  folder), with mean Dice against foreground entropy when the cases were scored;
 - software versions (``versions.json``).
 
 Folders understood by :func:`find_inputs`: a demo output (``run/``, ``predictions/``,
@@ -39,6 +41,7 @@ from vox2vox.data.cases import CaseFiles
 from vox2vox.data.io import Geometry, read_channels, read_volume
 from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.uncertainty import UNCERTAINTY_CSV, read_uncertainty_csv
 from vox2vox.report.evaluation import index_predictions
 from vox2vox.report.plots import save_overlay, save_training_curves
 from vox2vox.rundir import RunDir, read_metrics
@@ -150,6 +153,7 @@ def render_html(inputs: ReportInputs) -> str:
     if rows:
         sections.append(_evaluation_section(inputs, rows))
         sections.append(_cases_section(inputs, rows))
+    sections.append(_uncertainty_section(inputs, rows))
     sections.append(_versions_section(inputs.run_dir))
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return (
@@ -273,6 +277,30 @@ def _cases_section(inputs: ReportInputs, rows: Sequence[Mapping[str, str]]) -> s
     return "".join(parts)
 
 
+def _uncertainty_section(inputs: ReportInputs, rows: Sequence[Mapping[str, str]]) -> str:
+    path = inputs.predictions / UNCERTAINTY_CSV if inputs.predictions is not None else None
+    if path is None or not path.is_file():
+        return ""
+    scores = read_uncertainty_csv(path)
+    dice = dict(_rank_cases(rows))
+    parts = ["<section><h2>Uncertainty</h2>",
+             "<p>Per voxel, the entropy of the averaged softmax and, with test-time flips or an ensemble, "
+             "the spread (mutual information between members), both divided by log(classes) so they lie in "
+             f"[0, 1]; per case their means over the volume and inside the predicted foreground ({_e(str(path))}).</p>"]
+    scored = [(s.entropy_mean, s.entropy_foreground, dice[case]) for case, s in scores.items() if case in dice]
+    if len(scored) >= 2:
+        parts.append(_figure(lambda p: _save_uncertainty_scatter(p, scored),
+                             "mean Dice per case against its mean entropy over the volume and in the foreground"))
+    table = [[_e(case), str(s.members), str(s.foreground_voxels),
+              *(_fmt(v, 4) for v in (s.entropy_mean, s.entropy_foreground, s.spread_mean, s.spread_foreground)),
+              _fmt(dice.get(case), 3)]
+             for case, s in sorted(scores.items(), key=lambda item: -item[1].entropy_mean)]
+    parts.append(_table(["case", "members", "foreground voxels", "entropy (volume)", "entropy (foreground)",
+                         "spread (volume)", "spread (foreground)", "mean Dice"], table, escape=False))
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def _versions_section(run_dir: Path | None) -> str:
     versions = _read_json(RunDir(run_dir).versions) if run_dir is not None else None
     if not isinstance(versions, dict):
@@ -316,6 +344,27 @@ def _save_box_plots(path: Path, rows: Sequence[Mapping[str, str]], regions: Sequ
         ax.grid(axis="y", alpha=0.3)
         if metric == "dice":
             ax.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    with open(path, "wb") as handle:
+        fig.savefig(handle, format="png")
+
+
+def _save_uncertainty_scatter(path: Path, scored: Sequence[tuple[float, float, float]]) -> None:
+    """Mean Dice per case against (volume entropy, foreground entropy, Dice) triples."""
+    # Lazy: matplotlib takes about a second to import and only figure writing needs it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.6, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    for ax, column, label in zip(fig.subplots(1, 2), (0, 1), ("over the volume", "inside the predicted foreground"),
+                                 strict=True):
+        points = [(row[column], row[2]) for row in scored if math.isfinite(row[column])]
+        ax.scatter([x for x, _ in points], [y for _, y in points], s=16, alpha=0.7, color="#1f77b4")
+        ax.set_xlabel(f"mean entropy {label}")
+        ax.set_ylabel("mean Dice over regions")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     with open(path, "wb") as handle:
         fig.savefig(handle, format="png")

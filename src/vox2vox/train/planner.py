@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from vox2vox.config import Config
 from vox2vox.data.fingerprint import Fingerprint, fingerprint_dataset
+from vox2vox.data.labels import LabelConvention
 from vox2vox.errors import Vox2VoxError
 from vox2vox.train.planning import estimate_memory
 from vox2vox.train.runs import find_labelled_cases
@@ -144,8 +145,13 @@ def depth_for(patch: Sequence[int]) -> int:
 
 
 def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
-              throughput: dict[str, float], epochs: int | None = None) -> Plan:
-    """The complete config for a run, with a reason per choice (a pure function of its inputs)."""
+              throughput: dict[str, float], epochs: int | None = None,
+              convention: LabelConvention | None = None) -> Plan:
+    """The complete config for a run, with a reason per choice (a pure function of its inputs).
+
+    ``convention``: the label convention the run will train on (None: classes inferred from the
+    values); its nested regions, if any, decide between class and region outputs.
+    """
     if fp.n_labelled == 0:
         raise Vox2VoxError("plan: no case has a label map; training needs labels")
     plan = Plan(config={}, fingerprint=fp.to_json(), throughput=dict(throughput),
@@ -176,8 +182,15 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     plan.why(why)
     depth = depth_for(patch)
     width = 8 if device.kind == "cpu" and (budget_seconds or math.inf) <= 4 * 3600 else (16 if device.kind == "cpu" else 32)
+    regions = _nested_regions(convention)
     cfg["generator"].update(arch="residual", base_filters=width, max_filters=16 * width, depth=depth, dropout=0.0,
                             in_channels=len(fp.channels), n_classes=fp.n_classes)
+    if len(regions) >= 2:
+        # Measured, not assumed: at CPU budgets region outputs scored below class outputs on the
+        # BraTS regions task (benchmarks/RESULTS.md, 2026-12-01), so they stay an option.
+        plan.why(f"outputs: one softmax per class; the nested regions {'/'.join(regions)} can be trained "
+                 "directly (--set generator.output=regions), which did not score higher in the CPU-budget "
+                 "rounds of benchmarks/RESULTS.md")
     plan.why(f"generator residual U-Net, width {width}-{min(16 * width, width * 2**depth)}, depth {depth}: "
              f"3^3 residual units learn fastest per second here (docs/method.md); depth keeps a "
              f"{'x'.join(str(p // 2**depth) for p in patch)} bottom map")
@@ -215,6 +228,16 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     plan.config = cfg
     _check_memory(plan, device)
     return plan
+
+
+def _nested_regions(convention: LabelConvention | None) -> tuple[str, ...]:
+    """The names of the convention's nested region chain; () when it has none."""
+    if convention is None or not convention.regions:
+        return ()
+    try:
+        return tuple(name for name, _ in convention.nested_regions())
+    except Vox2VoxError:
+        return ()
 
 
 def choose_patch(candidates: list[tuple[int, int, int]], throughput: dict[str, float], budget_seconds: float | None,
@@ -261,21 +284,23 @@ def plan_dataset(config: Config, *, budget_seconds: float | None, device: Device
     """
     spec, labelled, convention = find_labelled_cases(config)
     fp, _ = fingerprint_dataset(labelled, spec.channel_names, convention, seed=config.train.seed, progress=progress)
-    return plan_from_fingerprint(fp, device=device, budget_seconds=budget_seconds, progress=progress)
+    return plan_from_fingerprint(fp, device=device, budget_seconds=budget_seconds, progress=progress,
+                                 convention=convention)
 
 
 def plan_from_fingerprint(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
-                          progress: bool = True) -> Plan:
+                          progress: bool = True, convention: LabelConvention | None = None) -> Plan:
     """Time the candidate patches for ``fp`` on ``device`` and plan (:func:`make_plan`)."""
 
     def config_for(patch: tuple[int, int, int]) -> Config:
-        trial = make_plan(fp, device=device, budget_seconds=budget_seconds, throughput={_key(patch): 1.0})
+        trial = make_plan(fp, device=device, budget_seconds=budget_seconds, throughput={_key(patch): 1.0},
+                          convention=convention)
         return Config.from_dict(trial.config, source="plan")
 
     spacing, _ = target_spacing(fp, voxel_budget(device, budget_seconds))
     candidates = patch_candidates([e / s for e, s in zip(fp.median_foreground_mm, spacing, strict=True)])
     table = measure_throughput(candidates, config_for, device=device, progress=progress)
-    return make_plan(fp, device=device, budget_seconds=budget_seconds, throughput=table)
+    return make_plan(fp, device=device, budget_seconds=budget_seconds, throughput=table, convention=convention)
 
 
 # ---- the measurement ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from vox2vox.data.labels import IGNORE_INDEX, LabelConvention
 from vox2vox.infer.inference import InferenceConfig, predict_probabilities
 from vox2vox.infer.postprocessing import PostprocessConfig, postprocess
 from vox2vox.model.checkpoint import load_checkpoint, save_checkpoint
+from vox2vox.model.outputs import OutputHead, output_head
 from vox2vox.report.metrics import dice
 
 TTA_SECONDS_PER_CASE = 120.0
@@ -40,8 +41,9 @@ def region_dice(pred_source: np.ndarray, true_source: np.ndarray, convention: La
 
 
 def choose_prediction_options(generator: torch.nn.Module, val_cases: Sequence[Any], convention: LabelConvention,
-                              window: tuple[int, int, int]) -> dict[str, Any]:
+                              window: tuple[int, int, int], *, head: OutputHead | None = None) -> dict[str, Any]:
     """Score TTA and post-processing options on the validation cases; return the choice and scores."""
+    head = head or output_head(convention)
     device = next(generator.parameters()).device
     options = ["off", "class"] + (["region"] if convention.regions else [])
     scores: dict[str, list[float]] = {}
@@ -54,7 +56,7 @@ def choose_prediction_options(generator: torch.nn.Module, val_cases: Sequence[An
             infer = InferenceConfig(mode="auto", window=window, overlap=0.25, tta_flips=tta)
             probs = predict_probabilities([generator], case.image, config=infer, device=device)
             seconds[tta] += time.perf_counter() - t0
-            labels = convention.to_source(probs.argmax(0))
+            labels = convention.to_source(head.to_classes(probs))
             for option in options:
                 pred = labels if option == "off" else postprocess(
                     labels, config=PostprocessConfig(largest_component=option), convention=convention)

@@ -17,6 +17,7 @@ from vox2vox.device import AmpDtype, make_grad_scaler, resolve_amp, resolve_devi
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.discriminator import Discriminator
 from vox2vox.model.generator import Generator
+from vox2vox.model.outputs import OutputHead
 from vox2vox.model.residual import build_generator
 
 
@@ -32,6 +33,8 @@ class TrainState:
     device: torch.device
     amp: AmpDtype
     class_weights: torch.Tensor | None
+    # What the generator's outputs mean (softmax classes or sigmoid regions): the loss targets.
+    head: OutputHead | None = None
     epoch: int = 0  # completed epochs
     step: int = 0  # completed train steps
     best_score: float = -math.inf
@@ -45,6 +48,7 @@ class TrainState:
     # tenth of the budget at which it last validated.
     seconds: float = 0.0
     val_mark: int = 0
+    last_score: float | None = None  # the latest validation Dice (the model card's "last")
 
 
 def build_networks(config: Config) -> tuple[torch.nn.Module, Discriminator]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,10 +32,8 @@ from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
-from vox2vox.device import (
-    autocast,
-    tune_cpu_allocator,
-)
+from vox2vox.data.labels import get_convention
+from vox2vox.device import autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
     ModelInfo,
@@ -47,6 +44,7 @@ from vox2vox.model.checkpoint import (
     training_checkpoint,
 )
 from vox2vox.model.losses import (
+    binary_cross_entropy_from_probs,
     cross_entropy_from_probs,
     discriminator_accuracy,
     fixed_class_weights,
@@ -56,14 +54,13 @@ from vox2vox.model.losses import (
     one_hot,
     per_sample_dice_loss,
 )
+from vox2vox.model.outputs import OutputHead, head_for
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
+from vox2vox.train.control import InterruptFlag, RunClock
 from vox2vox.train.patches import Augment, PatchSampler, TrainCase, derive_seed, patch_loader
 from vox2vox.train.schedule import lr_factor
-from vox2vox.train.state import (
-    TrainState,
-    build_state,
-)
+from vox2vox.train.state import TrainState, build_state
 
 
 # ---- one step -----------------------------------------------------------------------------------
@@ -79,7 +76,7 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
     detached fake pair (:func:`_update_discriminator`); then G learns with D frozen
     (:func:`_update_generator`).
     """
-    target = one_hot(label, config.generator.n_classes)
+    target = state.head.targets(label) if state.head is not None else one_hot(label, config.generator.n_classes)
     mask = labelled_mask(label)  # None unless the batch holds ignore-label voxels
     state.generator.train()
     state.discriminator.train()
@@ -143,7 +140,10 @@ def _update_generator(
     loss_g = loss_cfg.lambda_dice * loss_dice
     if loss_cfg.lambda_ce > 0:
         # A per-voxel mean: under DDP, averaging the ranks' gradients gives the global batch's.
-        loss_ce = cross_entropy_from_probs(target, fake, mask=mask)
+        if config.generator.output == "regions":
+            loss_ce = binary_cross_entropy_from_probs(target, fake, mask=mask)
+        else:
+            loss_ce = cross_entropy_from_probs(target, fake, mask=mask)
         loss_g = loss_g + loss_cfg.lambda_ce * loss_ce
         out["loss_ce"] = loss_ce.item()
     if adversarial:
@@ -183,6 +183,7 @@ class FitResult:
 
 Validator = Callable[[torch.nn.Module], dict[str, float]]
 StepHook = Callable[[TrainState], None]
+EpochHook = Callable[[dict[str, Any], torch.nn.Module], None]
 
 
 def fit(
@@ -198,6 +199,8 @@ def fit(
     progress: bool = True,
     on_step: StepHook | None = None,
     started: float | None = None,
+    init: StepHook | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> FitResult:
     """Train Vox2Vox on ``train_cases`` and write the run to ``run_dir``.
 
@@ -211,7 +214,9 @@ def fit(
     foreground_prob=...)`` and ``augment(image, label, rng)`` make one training sample.
     ``model_info`` (channel names, layout, label convention) is stored in checkpoints so a
     checkpoint alone can predict. ``on_step(state)`` runs after every train step (e.g.
-    :func:`vox2vox.train.distributed.checksum_hook`). Writes the run folder (:class:`vox2vox.rundir.RunDir`:
+    :func:`vox2vox.train.distributed.checksum_hook`); ``init(state)`` sets a new run's first weights
+    (fine-tuning); ``on_epoch(row, generator)`` gets every logged row on rank 0 (experiment tracking).
+    Writes the run folder (:class:`vox2vox.rundir.RunDir`:
     ``config.json``, ``metrics.jsonl``, ``checkpoints/{last,best}.safetensors``);
     ``resume=True`` continues from ``last``.
 
@@ -226,12 +231,14 @@ def fit(
     progress = progress and ctx.is_main
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
     distributed.per_rank_batch(config.train.batch_size, ctx.world_size)
-    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume)
+    convention = get_convention(model_info.convention) if model_info and model_info.convention else None
+    head = head_for(config.generator.n_classes, config.generator.output, convention)
+    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume, head=head, init=init)
     save = partial(_save, state, config, model_info=model_info)
 
-    clock = _Clock(state.seconds, started)
+    clock = RunClock(state.seconds, started)
 
-    interrupted = _InterruptFlag()
+    interrupted = InterruptFlag()
     with interrupted:
         while not _finished(state, config):
             row = _train_epoch(state, config, train_cases, state.epoch, sample_patch, augment, run=run,
@@ -242,7 +249,7 @@ def fit(
                     save(run.last)
                 distributed.barrier()
                 raise KeyboardInterrupt
-            _end_epoch(state, config, row, history, run, validate, save, ctx=ctx, progress=progress)
+            _end_epoch(state, config, row, history, run, validate, save, ctx=ctx, progress=progress, on_epoch=on_epoch)
             state.seconds = clock()  # validation and checkpoints count too
     if (validate is None or config.train.select == "last") and ctx.is_main:
         save(run.best)
@@ -252,7 +259,8 @@ def fit(
 
 
 def _start_or_resume(
-    config: Config, train_cases: Sequence[TrainCase], run: RunDir, ctx: distributed.DistContext, *, resume: bool
+    config: Config, train_cases: Sequence[TrainCase], run: RunDir, ctx: distributed.DistContext, *, resume: bool,
+    head: OutputHead, init: StepHook | None = None,
 ) -> tuple[Config, TrainState, list[dict[str, Any]]]:
     """The resolved config, the (DDP-wrapped) training state and the log rows so far.
 
@@ -278,13 +286,17 @@ def _start_or_resume(
         if config.loss.adversarial or config.loss.lambda_dice > 0:
             if (config.loss.dice == "generalized" and config.loss.dice_weighting == "fixed"
                     and config.loss.class_weights is None):
-                weights = fixed_class_weights([label for _, label in train_cases], config.generator.n_classes)
+                weights = fixed_class_weights([label for _, label in train_cases], head.n_classes,
+                                              membership=head.membership)
                 config = config.replace(loss=_replace(config.loss, class_weights=weights))
         state = build_state(config, device=ctx.device)
+        if init is not None:
+            init(state)
     weights = config.loss.class_weights
     if weights is not None and len(weights) != config.generator.n_classes:
         raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
                            f"({config.generator.n_classes} classes)")
+    state.head = head
     state.generator = distributed.wrap(state.generator, ctx)
     state.discriminator = distributed.wrap(state.discriminator, ctx)
     history = read_metrics(run.metrics, upto_epoch=state.epoch)
@@ -307,7 +319,7 @@ def _train_epoch(
     *,
     run: RunDir,
     ctx: distributed.DistContext,
-    interrupted: _InterruptFlag,
+    interrupted: InterruptFlag,
     progress: bool,
     on_step: StepHook | None = None,
     clock: Callable[[], float],
@@ -391,6 +403,7 @@ def _end_epoch(
     *,
     ctx: distributed.DistContext,
     progress: bool,
+    on_epoch: EpochHook | None = None,
 ) -> None:
     """Validate (when due), keep the best checkpoint by Dice, log the row and save the last checkpoint.
 
@@ -411,6 +424,7 @@ def _end_epoch(
     if validate is not None and due:
         scores = distributed.on_main(lambda: validate(_unwrap(state.generator)))
         row.update(scores)
+        state.last_score = scores.get("val_dice")
         if config.train.select == "best" and scores.get("val_dice", -math.inf) > state.best_score:
             state.best_score, state.best_epoch = scores["val_dice"], state.epoch
             if ctx.is_main:
@@ -419,6 +433,8 @@ def _end_epoch(
     history.append(row)
     if ctx.is_main:
         write_metrics(run.metrics, history)
+        if on_epoch is not None:
+            on_epoch(row, _unwrap(state.generator))
         if progress and (due or not budget):
             tqdm.write(_format_row(row, config), file=sys.stderr)
         if save_due:
@@ -453,38 +469,3 @@ def _set_learning_rates(state: TrainState, config: Config, progress: float) -> N
     for opt, base in ((state.opt_g, config.optim.lr_g), (state.opt_d, config.optim.lr_d)):
         for group in opt.param_groups:
             group["lr"] = base * factor
-
-
-class _Clock:
-    """Seconds the run has spent: what earlier calls spent plus the time since ``started``."""
-
-    def __init__(self, before: float, started: float | None) -> None:
-        self.before = before
-        self.started = time.perf_counter() if started is None else started
-
-    def __call__(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-
-class _InterruptFlag:
-    """Turns the first Ctrl-C into a flag the loop checks after the current step (then saves)."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _InterruptFlag:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.flag:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.flag = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)

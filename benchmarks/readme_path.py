@@ -1,0 +1,111 @@
+"""The README's path against a plain MONAI U-Net, on held-out cases of another source, same time.
+
+``--method readme`` runs exactly what the README tells a new user (``vox2vox train --data
+train.csv --budget 30m``, then ``vox2vox predict``) as subprocesses; ``--method unet`` trains the
+quality study's plain MONAI U-Net (``benchmarks/quality.py``: UNet 8-128 with 2 residual units,
+Dice+CE, Adam 1e-3, 2 mm, 48^3 patches, the paper's augmentation) on the same cases for the same
+wall time. Both are scored the same way on the ``--test`` cases' original grids (whole-tumour Dice
+and HD95, BraTS empty-mask rules).
+
+Run both at once, one thread each, so that they get the same share of the machine::
+
+    OMP_NUM_THREADS=1 python benchmarks/readme_path.py --method readme --minutes 30 --out OUT/readme &
+    OMP_NUM_THREADS=1 python benchmarks/readme_path.py --method unet --minutes 30 --out OUT/unet &
+
+Defaults: train on the 6 ``brats2018-deepvoxnet2`` cases (FLAIR -> whole tumour), test on the
+2 ``brats2015-deepmedic`` cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import quality  # noqa: E402  (the study's sources, U-Net and scoring)
+from vox2vox.data.io import read_volume  # noqa: E402
+from vox2vox.data.layouts import discover  # noqa: E402
+from vox2vox.data.loading import load_case, read_case  # noqa: E402
+from vox2vox.report.metrics import dice, hd95  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def write_manifests(train: list[str], test: list[str], out: Path) -> tuple[Path, Path]:
+    """train.csv (flair + label) and test.csv (flair + label + brain mask where the source has one)."""
+    train_csv, _, _ = quality.build_manifest(train, out / "train")
+    test_csv, _, _ = quality.build_manifest(test, out / "test")
+    return train_csv, test_csv
+
+
+def truth_wt(files) -> tuple[np.ndarray, tuple[float, ...]]:
+    _, raw, geometry = read_case(files)
+    return np.asarray(raw) > 0, geometry.spacing  # every tumour label is whole tumour
+
+
+def run_readme(train_csv: Path, test_csv: Path, out: Path, minutes: float) -> dict:
+    vox2vox = [sys.executable, "-m", "vox2vox.cli"]
+    t0 = time.perf_counter()
+    subprocess.run([*vox2vox, "train", "--data", str(train_csv), "--budget", f"{minutes:g}m", "--out",
+                    str(out / "run")], check=True)
+    train_s = time.perf_counter() - t0
+    # Predict from the images alone (no label column), as on new scans.
+    spec = discover(test_csv)
+    subprocess.run([*vox2vox, "predict", "--model", str(out / "run"), "--input", str(test_csv),
+                    "--output", str(out / "pred"), "--no-progress"], check=True)
+    scores = {}
+    for case in spec.cases:
+        pred, _ = read_volume(out / "pred" / f"{case.case_id}.nii.gz")
+        true, spacing = truth_wt(case)
+        p = np.asarray(pred) > 0
+        scores[case.case_id] = {"dice": dice(p, true), "hd95": hd95(p, true, spacing=spacing)}
+    metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line]
+    return {"train_seconds": train_s, "steps": metrics[-1]["step"] if metrics else None, "per_case": scores}
+
+
+def run_unet(train_csv: Path, test_csv: Path, out: Path, minutes: float, seed: int) -> dict:
+    study = quality.make_study("brats", out / "cache")
+    settings = quality.Settings(width=8, batch=2, lr_unet=1e-3, seed=seed)
+    train = [load_case(c, convention=study.convention, prep=study.preprocess) for c in discover(train_csv).cases]
+    trained = quality.train_unet(study, settings, train, out / "unet", 60.0 * minutes)
+    scores = {}
+    for case in discover(test_csv).cases:
+        loaded = load_case(case, convention=study.convention, prep=study.preprocess)
+        wt = quality.score([trained["model"].eval()], loaded, case, study)["WT"]
+        scores[case.case_id] = {"dice": wt["dice"], "hd95": wt["hd95"]}
+    return {"train_seconds": trained["train_seconds"], "steps": trained["steps"], "per_case": scores}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", choices=["readme", "unet"], required=True)
+    p.add_argument("--train", action="append", default=None)
+    p.add_argument("--test", action="append", default=None)
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    out = Path(args.out)
+    train_csv, test_csv = write_manifests(args.train or [str(SHARED / "brats2018-deepvoxnet2")],
+                                          args.test or [str(SHARED / "brats2015-deepmedic")], out)
+    load = os.getloadavg()[0]
+    if args.method == "readme":
+        result = run_readme(train_csv, test_csv, out, args.minutes)
+    else:
+        result = run_unet(train_csv, test_csv, out, args.minutes, args.seed)
+    dices = [s["dice"] for s in result["per_case"].values()]
+    result.update(method=args.method, minutes=args.minutes, machine=quality.machine(),
+                  load_before=load, load_after=os.getloadavg()[0], wt_dice_mean=float(np.mean(dices)))
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("method", "steps", "train_seconds", "wt_dice_mean", "per_case")}))
+
+
+if __name__ == "__main__":
+    main()
