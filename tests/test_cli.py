@@ -17,7 +17,7 @@ from vox2vox.config import Config
 from vox2vox.data.layouts import LAYOUTS
 from vox2vox.data.synthetic import write_brats_folder
 
-COMMANDS = ("demo", "dataset", "train", "predict", "evaluate", "report", "render", "cv", "plan", "config")
+COMMANDS = ("demo", "dataset", "train", "predict", "export", "evaluate", "report", "render", "cv", "plan", "config")
 
 
 @pytest.mark.parametrize("command", COMMANDS)

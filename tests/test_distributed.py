@@ -93,7 +93,8 @@ def test_torchrun_two_ranks_equal_one_process_with_resume(tmp_path, monkeypatch)
 
     # Two processes, the same global batch (1 per rank): one epoch, then resume to two.
     ddp, ddp_ck = tmp_path / "ddp", tmp_path / "ck_ddp"
-    base = ["train", "--config", "paper", "--data", str(data), "--out", str(ddp), *TINY]
+    # Tracked to TensorBoard: rank 0 alone logs (rank 1's writes are audited like every other file).
+    base = ["train", "--config", "paper", "--data", str(data), "--out", str(ddp), *TINY, "--set", 'train.log="tensorboard"']
     _torchrun(tmp_path, ddp, ddp_ck, [*base, "--set", "train.epochs=1"])
     _torchrun(tmp_path, ddp, ddp_ck, [*base, "--resume", "--set", "train.epochs=2"])
 
@@ -111,7 +112,8 @@ def test_torchrun_two_ranks_equal_one_process_with_resume(tmp_path, monkeypatch)
     # Rank 0 wrote the run (rank 1 wrote nothing, checked by the launcher): the usual files, one
     # log row per epoch, and the same logged losses as one process.
     assert sorted(p.name for p in ddp.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl",
-                                                    "split.json", "versions.json"]
+                                                    "split.json", "tensorboard", "versions.json"]
+    assert len(list((ddp / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one per train call
     rows_1, rows_2 = _rows(single / "metrics.jsonl"), _rows(ddp / "metrics.jsonl")
     assert [r["epoch"] for r in rows_2] == [1, 2]
     for a, b in zip(rows_1, rows_2, strict=True):

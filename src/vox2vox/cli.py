@@ -76,11 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=50 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="fine-tune: start a new run from this run directory's or .safetensors file's weights "
+                        "(its network and preprocessing; fresh optimiser and schedule; without --config nothing "
+                        "is planned and the model's settings are used)")
+    p.add_argument("--reinit-head", action="store_true",
+                   help="with --init-from: a fresh output layer, for data with other labels (train.reinit_output)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides train.device)")
+
+    p = sub.add_parser("info", parents=[common], help="a model's card: channels, normalisation, spacing, labels, "
+                       "training data, scores, versions, sha256")
+    p.add_argument("model", help="run directory or .safetensors checkpoint")
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
 
     p = sub.add_parser("predict", parents=[common], help="segment volumes with a trained model")
     p.add_argument("--model", required=True, action="append",
-                   help="run directory or .safetensors checkpoint (repeat for an ensemble)")
+                   help="run directory, .safetensors checkpoint, or a file of `vox2vox export` (.onnx, "
+                        "TorchScript .pt); repeat for an ensemble")
     p.add_argument("--input", required=True, help="an image, a dataset folder or a manifest")
     p.add_argument("--output", required=True, help="folder for <case_id>.nii.gz label maps")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -118,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthesise the model's channel CHANNEL with the translation model MODEL (run directory or "
                         "checkpoint) from the channels the cases have, then segment (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("export", parents=[common], help="the generator as one ONNX or TorchScript file with its "
+                       "input contract (channels, normalisation, spacing, labels) in the file's metadata")
+    p.add_argument("model", metavar="MODEL", help="run directory or .safetensors checkpoint")
+    p.add_argument("--format", default=None, metavar="onnx|torchscript",
+                   help="onnx (needs the onnx extra) or torchscript; default: from --out's suffix (.onnx, .pt)")
+    p.add_argument("--out", required=True, help="file to write: model.onnx or model.pt")
 
     p = sub.add_parser("evaluate", parents=[common], help="score predictions against ground truth (BraTS rules)")
     p.add_argument("--pred", required=True, help="folder of predicted label maps")
@@ -269,14 +288,22 @@ def _train(args: argparse.Namespace) -> int:
     import time
 
     from vox2vox.config import Config
+    from vox2vox.train.finetune import explicit_keys, finetune_config, load_source
     from vox2vox.train.planner import default_budget, detect_device, plan_dataset, plan_to_toml
     from vox2vox.train.runlock import check_run_folder
     from vox2vox.train.runs import train_on_dataset
     from vox2vox.train.schedule import parse_duration
+    from vox2vox.train.tracking import check_tracking
 
     started = time.perf_counter()  # a budget counts planning and loading too
     out = Path(args.out) if args.out else None
     resuming = args.resume and out is not None
+    if args.init_from and args.resume:
+        raise Vox2VoxError("train: --init-from starts a new run and --resume continues one; pass one of them")
+    if args.reinit_head and not args.init_from:
+        raise Vox2VoxError("train: --reinit-head re-initialises the output layer of an --init-from model; pass --init-from")
+    if args.reinit_head:
+        args.overrides = [*args.overrides, "train.reinit_output=true"]
     planned = not args.config and not resuming
     if args.config == "paper":
         args.config = None
@@ -289,7 +316,14 @@ def _train(args: argparse.Namespace) -> int:
         raise Vox2VoxError("train: no data; pass --data PATH")
     if out is None:
         out = Path("runs") / Path(config.data.path).name.replace(".csv", "")
-    plan_toml = None
+    check_tracking(config)  # a missing extra is one line now, not after planning and loading
+    plan_toml = finetune = None
+    if args.init_from:
+        check_run_folder(out, resume=False)
+        finetune = load_source(args.init_from)
+        explicit = explicit_keys(args.config, [*args.overrides, *_implied_keys(args)])
+        config = finetune_config(finetune, config, explicit=explicit, planned=planned)
+        planned = False  # the source model's settings, not a new plan
     if planned:
         check_run_folder(out, resume=False)  # before minutes of planning
         device = detect_device(config.train.device)
@@ -305,7 +339,8 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append("train.budget=null")  # epochs asked for and no budget: count epochs
         config = planned_config.with_overrides(overrides)
         plan_toml = plan_to_toml(plan)  # written into the run folder once training has checked it
-    result = train_on_dataset(config, out, resume=args.resume, started=started, plan_toml=plan_toml)
+    result = train_on_dataset(config, out, resume=args.resume, started=started, plan_toml=plan_toml,
+                              finetune=finetune)
     from vox2vox.train.distributed import is_main
 
     if not is_main():  # under torchrun, rank 0 alone reports
@@ -324,8 +359,28 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _implied_keys(args: argparse.Namespace) -> list[str]:
+    """Config keys set by options other than --set: --data, --device, and train.budget (none)
+    when epochs are asked for without --budget."""
+    keys = ["data.path"] if args.data else []
+    keys += ["train.device"] if args.device else []
+    if args.budget is None and any(o.split("=", 1)[0].strip() == "train.epochs" for o in args.overrides):
+        keys.append("train.budget")
+    return keys
+
+
+def _info(args: argparse.Namespace) -> int:
+    from vox2vox.model.card import card_json_text, format_card, read_card
+
+    card = read_card(args.model)
+    print(card_json_text(card) if args.json else format_card(card))
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
-    from vox2vox.device import resolve_device, resolve_prediction_amp
+    from vox2vox.device import resolve_device
+    from vox2vox.infer.backends import prediction_amp
+    from vox2vox.infer.ensemble import prediction_options
     from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
     from vox2vox.infer.postprocessing import PostprocessConfig
     from vox2vox.train.crossval import expand_model_paths
@@ -333,11 +388,9 @@ def _predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = [load_model(m, device=device) for m in expand_model_paths(args.model)]
     # Choices training made on its validation cases (train.tune_prediction), unless given here.
-    chosen = models[0].state.get("predict") or {}
-    tta = args.tta if args.tta is not None else bool(chosen.get("tta", False))
-    largest = args.largest_component or chosen.get("largest_component", "off")
+    tta, largest = prediction_options(models, tta=args.tta, largest_component=args.largest_component)
     config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap,
-                             tta_flips=tta, amp=resolve_prediction_amp(args.amp, device))
+                             tta_flips=tta, amp=prediction_amp(args.amp, device, [m.backend for m in models]))
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest)
     options = {"postprocess": post, "save_probabilities": args.save_probabilities, "output_format": args.output_format,
                "save_uncertainty": args.save_uncertainty, "progress": not args.no_progress}
@@ -371,6 +424,19 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"  failed: {one_line(case_id)}: {one_line(reason)}", file=sys.stderr)
     if report.failed:
         return 2
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from vox2vox.infer.export import export_model
+
+    result = export_model(args.model, args.out, fmt=args.format)
+    contract = result.contract
+    print(f"exported the {contract['generator']['arch']} generator ({result.parameters:,} parameters) of "
+          f"{contract['source']['file']} to {result.path} ({result.format}; matches PyTorch within "
+          f"{result.max_difference:.1g})")
+    print(f"input: {', '.join(contract['input']['channels'])}, sizes multiples of {contract['input']['size_multiple']}; "
+          f"classes: {', '.join(c['name'] for c in contract['labels']['classes'])}")
     return 0
 
 
@@ -458,7 +524,9 @@ _COMMANDS = {
     "demo": _demo,
     "dataset": _dataset,
     "train": _train,
+    "info": _info,
     "predict": _predict,
+    "export": _export,
     "evaluate": _evaluate,
     "cv": _cv,
     "plan": _plan,

@@ -108,6 +108,10 @@ class TrainConfig:
     # After training, choose flip TTA and largest-component clean-up on the validation cases and
     # record the choice in the model for `predict` (vox2vox.train.selection).
     tune_prediction: bool = False
+    # Fine-tuning (`train --init-from`) for a new label set: a fresh output layer instead of the source's.
+    reinit_output: bool = False
+    # Where the curves, the config and validation overlays also go (vox2vox.train.tracking).
+    log: Literal["none", "tensorboard", "mlflow"] = "none"
 
     @property
     def budget_seconds(self) -> float | None:
@@ -118,6 +122,8 @@ class TrainConfig:
             parse_duration(self.budget)
         if self.select not in ("best", "last"):
             raise Vox2VoxError(f"train.select={self.select!r}: choose best or last")
+        if self.log not in ("none", "tensorboard", "mlflow"):
+            raise Vox2VoxError(f"train.log={self.log!r}: choose none, tensorboard or mlflow")
         for name in ("epochs", "batch_size", "patches_per_case", "val_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise Vox2VoxError(f"train.{name}={getattr(self, name)}: must be >= 1")
@@ -270,6 +276,11 @@ def _check_sizes(config: Config) -> None:
 
 def load_config(path: str | Path) -> Config:
     """Read a ``.json`` or ``.toml`` config file (missing sections and keys take defaults)."""
+    return Config.from_dict(read_config_file(path), source=str(path))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's tables as written, before defaults and checks (:func:`load_config`)."""
     path = Path(path)
     try:
         text = path.read_bytes()
@@ -286,7 +297,7 @@ def load_config(path: str | Path) -> Config:
         raise Vox2VoxError(f"{path}: nested too deeply to be a config; a config is a table of sections") from err
     if not isinstance(data, dict):
         raise Vox2VoxError(f"{path}: the top level must be a table of sections")
-    return Config.from_dict(data, source=str(path))
+    return data
 
 
 # ---- typed construction --------------------------------------------------------------------
@@ -460,6 +471,8 @@ DESCRIPTIONS: dict[str, str] = {
     "train.budget": "train for this long (30m, 12h, 1h30m) instead of epochs; the schedule ends with it",
     "train.select": "model predict uses: best (validation Dice) or last (final weights)",
     "train.tune_prediction": "after training, choose flip TTA and largest-component clean-up on the validation cases",
+    "train.reinit_output": "with --init-from: a fresh output layer for a new label set (--reinit-head)",
+    "train.log": "also log curves, config and validation overlays to: none, tensorboard or mlflow (extras)",
     "augment.p_untouched": "probability that a patch is not augmented at all",
     "augment.p_flip": "probability of flipping (each axis of flip_axes then with probability 0.5)",
     "augment.flip_axes": "axes that may flip",

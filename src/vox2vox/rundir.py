@@ -9,6 +9,9 @@
       plan.toml          the plan ``vox2vox train`` made from the data (when it planned)
       metrics.jsonl      one JSON row per finished epoch (losses, validation Dice, seconds)
       .vox2vox.lock      while a ``train`` runs: its pid and host (vox2vox.train.runlock)
+      tensorboard/       train.log=tensorboard: event files (vox2vox.train.tracking)
+      mlruns/            train.log=mlflow without MLFLOW_TRACKING_URI: the local MLflow store
+      tracking.json      train.log=mlflow: the MLflow run id and store, so a resume logs into it
       checkpoints/
         last.safetensors the resume point (written every ``checkpoint_every`` epochs)
         best.safetensors the best validation Dice so far (or the last epoch without validation)
@@ -60,6 +63,18 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def mlruns(self) -> Path:
+        return self.root / "mlruns"
+
+    @property
+    def tracking(self) -> Path:
+        return self.root / "tracking.json"
 
     @property
     def checkpoints(self) -> Path:

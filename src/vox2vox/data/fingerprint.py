@@ -24,7 +24,7 @@ from tqdm import tqdm
 from vox2vox.data.cases import CaseFiles
 from vox2vox.data.labels import LabelConvention, infer_convention
 from vox2vox.data.loading import read_case_and_mask
-from vox2vox.data.preprocessing import bounding_box, foreground_mask
+from vox2vox.data.preprocessing import bounding_box, foreground_mask, foreground_stats
 
 # Intensities inside the label foreground, pooled over cases, set the CT window (as nnU-Net does);
 # a bounded random sample per case keeps the fingerprint small for big volumes.
@@ -88,13 +88,7 @@ def _fingerprint_case(case: CaseFiles, convention: LabelConvention | None, rng: 
     fg = mask if mask is not None else foreground_mask(image)
     box = bounding_box(fg)
     box_shape = tuple(int(hi - lo) for lo, hi in box) if box else tuple(int(n) for n in image.shape[1:])
-    stats = []
-    for channel in image:
-        values = channel[fg] if fg.any() else channel.ravel()
-        p = np.percentile(values, [0.5, 50.0, 99.5])
-        stats.append({"p00_5": float(p[0]), "median": float(p[1]), "p99_5": float(p[2]),
-                      "mean": float(values.mean()), "std": float(values.std()),
-                      "min": float(channel.min()), "max": float(channel.max())})
+    stats = foreground_stats(image, fg)
     samples: list[np.ndarray] = []
     voxels = components = label_values = None
     if label is not None:
@@ -172,7 +166,7 @@ def summarise(per_case: Sequence[CaseFingerprint], channels: Sequence[str],
     kinds, percentiles = [], []
     for i in range(len(channels)):
         stats = [c.channel_stats[i] for c in per_case]
-        kinds.append("ct" if _looks_like_ct(stats) else "mr")
+        kinds.append("ct" if looks_like_ct(stats) else "mr")
         values = np.concatenate(label_samples[i]) if label_samples and label_samples[i] else np.empty(0)
         if values.size:
             lo, hi = np.percentile(values, [0.5, 99.5])
@@ -196,7 +190,7 @@ def summarise(per_case: Sequence[CaseFingerprint], channels: Sequence[str],
     )
 
 
-def _looks_like_ct(stats: Sequence[dict[str, float]]) -> bool:
+def looks_like_ct(stats: Sequence[dict[str, float]]) -> bool:
     """Hounsfield units: air near -1000 and bone or contrast above 300, in most cases (MR is >= 0 or z-scored)."""
     votes = [s["min"] <= -500 and s["max"] >= 300 for s in stats]
     return sum(votes) * 2 > len(votes)

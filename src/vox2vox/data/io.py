@@ -287,6 +287,12 @@ def _check_values(data: np.ndarray, path: Path, nonfinite: NonFinite) -> np.ndar
     return data
 
 
+def canonical_from_array(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, Geometry]:
+    """An in-memory channel-first ``(C, X, Y, Z)`` volume on the grid ``affine`` (voxel -> RAS+ mm)
+    describes, as :func:`read_channels` would give it from a file: canonical array and geometry."""
+    return _to_canonical(np.moveaxis(np.asarray(array), 0, -1), np.asarray(affine, dtype=float))
+
+
 def _to_canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, Geometry]:
     """Reorder/flip ``(X, Y, Z, C)`` data to closest RAS+; return ``(C, X, Y, Z)`` + geometry."""
     source_shape = tuple(int(v) for v in data.shape[:3])

@@ -21,7 +21,7 @@ from vox2vox.data.labels import LabelConvention, round_label_map
 from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig, preprocess
 from vox2vox.errors import Vox2VoxError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the record holds the input's intensity statistics
 
 
 def read_case(case: CaseFiles) -> tuple[np.ndarray, np.ndarray | None, Geometry]:

@@ -167,10 +167,13 @@ def preprocess(
         )
 
     # 1-2. intensities (at the original resolution, where the background is still exact)
+    raw = image
     if config.ct_window is not None:
         image = np.clip(image, *config.ct_window)
     if mask is None:
         mask = foreground_mask(image)
+    # The input's own intensities (before the window): what prediction compares with the training data's.
+    record["intensity"] = foreground_stats(raw, mask)
     image, stats = _normalize(image, mask, config)
     record["channel_stats"] = stats
 
@@ -216,6 +219,19 @@ def preprocess(
     record["shape"] = list(image.shape[1:])
     out_label = None if label is None else np.ascontiguousarray(label, dtype=np.int64)
     return np.ascontiguousarray(image, dtype=np.float32), out_label, record
+
+
+def foreground_stats(image: np.ndarray, mask: np.ndarray) -> list[dict[str, float]]:
+    """Per channel of ``image`` ``(C, D, H, W)``: percentiles (0.5, 50, 99.5), mean and standard
+    deviation inside ``mask`` (the whole volume when it is empty), and the volume's min and max."""
+    stats = []
+    for channel in image:
+        values = channel[mask] if mask.any() else channel.ravel()
+        p = np.percentile(values, [0.5, 50.0, 99.5])
+        mean, std = _mean_std(values)
+        stats.append({"p00_5": float(p[0]), "median": float(p[1]), "p99_5": float(p[2]), "mean": mean,
+                      "std": std, "min": float(channel.min()), "max": float(channel.max())})
+    return stats
 
 
 def _normalize(

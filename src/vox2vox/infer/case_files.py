@@ -1,4 +1,6 @@
-"""What ``predict`` writes for one case, all on the input's grid and atomically: the label map
+"""One case from the network's output to what ``predict`` writes: :func:`finish_case` maps the
+probabilities back to the input grid and takes classes (the shared per-case step of the CLI and
+the Python API), :func:`write_case` writes, all on the input's grid and atomically: the label map
 (in the chosen :mod:`vox2vox.data.seg_formats` format), optionally the class probabilities and
 the uncertainty maps (:mod:`vox2vox.infer.uncertainty`).
 
@@ -17,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vox2vox.data.cases import check_case_id
-from vox2vox.data.io import write_probabilities_npz, write_volume
+from vox2vox.data.io import Geometry, write_probabilities_npz, write_volume
 from vox2vox.data.labels import LabelConvention
 from vox2vox.data.preprocessing import undo_preprocessing
 from vox2vox.data.seg_formats import SUFFIXES, DicomSource, OutputFormat, Segment, write_label_map
@@ -27,6 +29,26 @@ from vox2vox.infer.uncertainty import UncertaintyScores, score_case, uncertainty
 from vox2vox.model.outputs import OutputHead
 
 ProbabilityFormat = Literal["npz", "nifti"]
+
+
+@dataclass
+class CasePrediction:
+    """One case predicted, on the canonical input grid (``geometry``; the file's own orientation
+    is restored when writing): ``labels`` ``(X, Y, Z)`` in on-disk label values (e.g. BraTS 4),
+    post-processed; ``probabilities`` ``(K, X, Y, Z)`` float32, the averaged softmax (or region
+    sigmoids, one per ``head`` output); with uncertainty asked for, ``entropy`` (and with several
+    members ``spread``) ``(X, Y, Z)`` and their per-case ``scores``; ``warnings``: how the case
+    differs from the model's training data (it was still segmented)."""
+
+    case_id: str
+    labels: np.ndarray
+    probabilities: np.ndarray
+    geometry: Geometry
+    empty: bool
+    entropy: np.ndarray | None = None
+    spread: np.ndarray | None = None
+    scores: UncertaintyScores | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -42,32 +64,26 @@ class CaseOutputs:
     uncertainty: UncertaintyScores | None = None
 
 
-def write_case(
+def finish_case(
     probs: np.ndarray,
     loaded: Any,
-    output_dir: Path,
     *,
     convention: LabelConvention,
     head: OutputHead,
     postprocess: PostprocessConfig,
-    save_probabilities: ProbabilityFormat | None = None,
-    output_format: OutputFormat = "nifti",
-    segments: Sequence[Segment] = (),
-    dicom_source: DicomSource | None = None,
     expected_entropy: np.ndarray | None = None,
     members: int = 1,
-    save_uncertainty: bool = False,
-) -> CaseOutputs:
-    """Undo preprocessing, take classes (``head``), post-process and write one case's files.
+    uncertainty: bool = False,
+    warnings: Sequence[str] = (),
+) -> CasePrediction:
+    """Undo preprocessing, take classes (``head``) and post-process one case's network output.
 
     ``probs``: the averaged softmax (or region sigmoids) ``(K, D, H, W)`` on the preprocessed grid
     of ``loaded`` (a :class:`vox2vox.data.loading.LoadedCase`); ``expected_entropy``: the members'
     mean entropy on that grid (for the spread map; None with one member).
     """
-    # Case ids are output names: never let one reach outside output_dir (discover checks too).
-    check_case_id(loaded.case_id, where=output_dir)
-    # Network-grid uncertainty first: the probabilities are mapped back (and freed) below.
-    maps = uncertainty_maps(probs, expected_entropy, kind=head.kind) if save_uncertainty else None
+    # Network-grid uncertainty first: the probabilities are mapped back below.
+    maps = uncertainty_maps(probs, expected_entropy, kind=head.kind) if uncertainty else None
     # Back to the input grid as probabilities (linear where it was resampled), then to classes:
     # interpolating probabilities, not labels, keeps boundaries smooth under resampling.
     probs = undo_preprocessing(probs, loaded.record, order=1, background_channel=head.kind == "classes")
@@ -75,38 +91,58 @@ def write_case(
     if postprocess.active:
         labels = apply_postprocess(labels, config=postprocess, convention=convention)
     foreground = labels != convention.source_values[0]
-    target = output_dir / f"{loaded.case_id}{SUFFIXES[output_format]}"
-    write_label_map(labels, loaded.geometry, target, output_format=output_format, segments=segments,
-                    dicom_source=dicom_source)
-    out = CaseOutputs(labels=target, empty=not foreground.any())
-    if save_probabilities is not None:
-        out.probabilities = _write_probabilities(probs, loaded, output_dir, convention, head, save_probabilities)
-    del probs
+    result = CasePrediction(loaded.case_id, labels, probs, loaded.geometry, empty=not foreground.any(),
+                            warnings=tuple(warnings))
     if maps is not None:
-        entropy = undo_preprocessing(maps[0], loaded.record, order=1)
-        spread = undo_preprocessing(maps[1], loaded.record, order=1) if maps[1] is not None else None
-        out.entropy = output_dir / f"{loaded.case_id}_entropy.nii.gz"
-        write_volume(entropy, loaded.geometry, out.entropy, dtype=np.float32)
-        if spread is not None:
-            out.spread = output_dir / f"{loaded.case_id}_spread.nii.gz"
-            write_volume(spread, loaded.geometry, out.spread, dtype=np.float32)
-        out.uncertainty = score_case(entropy, spread, foreground, members=members)
+        result.entropy = undo_preprocessing(maps[0], loaded.record, order=1)
+        result.spread = undo_preprocessing(maps[1], loaded.record, order=1) if maps[1] is not None else None
+        result.scores = score_case(result.entropy, result.spread, foreground, members=members)
+    return result
+
+
+def write_case(
+    result: CasePrediction,
+    output_dir: Path,
+    *,
+    convention: LabelConvention,
+    head: OutputHead,
+    save_probabilities: ProbabilityFormat | None = None,
+    output_format: OutputFormat = "nifti",
+    segments: Sequence[Segment] = (),
+    dicom_source: DicomSource | None = None,
+) -> CaseOutputs:
+    """Write one case's label map in ``output_format``, and its probabilities and uncertainty
+    maps when ``result`` holds them (see :func:`finish_case`), atomically on the input's grid."""
+    # Case ids are output names: never let one reach outside output_dir (discover checks too).
+    check_case_id(result.case_id, where=output_dir)
+    target = output_dir / f"{result.case_id}{SUFFIXES[output_format]}"
+    write_label_map(result.labels, result.geometry, target, output_format=output_format, segments=segments,
+                    dicom_source=dicom_source)
+    out = CaseOutputs(labels=target, empty=result.empty, uncertainty=result.scores)
+    if save_probabilities is not None:
+        out.probabilities = _write_probabilities(result, output_dir, convention, head, save_probabilities)
+    if result.entropy is not None:
+        out.entropy = output_dir / f"{result.case_id}_entropy.nii.gz"
+        write_volume(result.entropy, result.geometry, out.entropy, dtype=np.float32)
+    if result.spread is not None:
+        out.spread = output_dir / f"{result.case_id}_spread.nii.gz"
+        write_volume(result.spread, result.geometry, out.spread, dtype=np.float32)
     return out
 
 
 def _write_probabilities(
-    probs: np.ndarray, loaded: Any, output_dir: Path, convention: LabelConvention, head: OutputHead,
+    result: CasePrediction, output_dir: Path, convention: LabelConvention, head: OutputHead,
     fmt: ProbabilityFormat,
 ) -> Path:
     # (C, X, Y, Z) canonical -> (X, Y, Z, C) in the file's own voxel order.
-    on_disk = np.moveaxis(probs.astype(np.float32, copy=False), 0, -1)
+    on_disk = np.moveaxis(result.probabilities.astype(np.float32, copy=False), 0, -1)
     if fmt == "nifti":
-        path = output_dir / f"{loaded.case_id}_probs.nii.gz"
-        write_volume(on_disk, loaded.geometry, path, dtype=np.float32)
+        path = output_dir / f"{result.case_id}_probs.nii.gz"
+        write_volume(on_disk, result.geometry, path, dtype=np.float32)
         return path
-    path = output_dir / f"{loaded.case_id}.npz"
+    path = output_dir / f"{result.case_id}.npz"
     values = convention.source_values
     if head.kind == "regions":  # each region channel stands for the class it adds
         values = tuple(convention.source_values[c] for c in head.region_class)
-    write_probabilities_npz(on_disk, loaded.geometry, path, label_values=values, channel_names=head.names)
+    write_probabilities_npz(on_disk, result.geometry, path, label_values=values, channel_names=head.names)
     return path

@@ -28,8 +28,7 @@ from tqdm import tqdm
 
 from vox2vox.config import Config
 from vox2vox.data.cases import CaseFiles, DatasetSpec
-from vox2vox.data.labels import get_convention
-from vox2vox.data.layouts import discover
+from vox2vox.data.labels import LabelConvention
 from vox2vox.data.loading import load_case
 from vox2vox.data.preprocessing import LoadedCase
 from vox2vox.data.seg_formats import (
@@ -41,7 +40,9 @@ from vox2vox.data.seg_formats import (
 )
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.case_files import ProbabilityFormat, write_case
+from vox2vox.infer import ensemble
+from vox2vox.infer.backends import check_precision, exported_format, load_exported
+from vox2vox.infer.case_files import CasePrediction, ProbabilityFormat, finish_case, write_case
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.uncertainty import (
     UNCERTAINTY_CSV,
@@ -52,7 +53,7 @@ from vox2vox.infer.uncertainty import (
 )
 from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
-from vox2vox.model.outputs import OutputKind, head_for
+from vox2vox.model.outputs import OutputHead, OutputKind
 from vox2vox.model.residual import build_generator
 
 Mode = Literal["auto", "whole", "sliding"]
@@ -124,9 +125,19 @@ class LoadedModel:
     def channels(self) -> list[str] | None:
         return self.state.get("channels")
 
+    @property
+    def backend(self) -> str:
+        """``pytorch``, or the exported file's runtime (``onnx``, ``torchscript``)."""
+        return getattr(self.generator, "backend", "pytorch")
+
 
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
-    """Rebuild the generator from a run directory or a ``.safetensors`` checkpoint (eval mode)."""
+    """Rebuild the generator from a run directory or a ``.safetensors`` checkpoint (eval mode), or
+    load a ``vox2vox export`` file (``.onnx``; ``.pt``/``.ts`` TorchScript) with the same contract
+    (see :mod:`vox2vox.infer.backends`)."""
+    if exported_format(path) is not None:
+        generator, config, state, _ = load_exported(path, device=device)
+        return LoadedModel(generator, config, state, Path(path))
     ckpt_path = resolve_checkpoint(path, which="best")
     ckpt = load_checkpoint(ckpt_path)
     config = Config.from_dict(ckpt.config, source=str(ckpt_path), ignore_unknown=True)
@@ -185,6 +196,7 @@ def predict_averaged(
     device = torch.device(device)
     if device.type == "cpu" and config.amp == "fp16":
         raise Vox2VoxError("amp='fp16' is for CUDA; on a CPU use amp='bf16' or 'off'")
+    check_precision(models, config.amp)
     x = torch.as_tensor(image, dtype=torch.float32)
     if x.ndim != 4:
         raise Vox2VoxError(f"image must be (C, D, H, W); got shape {tuple(x.shape)}")
@@ -333,8 +345,9 @@ def _sliding(model: torch.nn.Module, x: torch.Tensor, config: InferenceConfig) -
 # ---- predicting cases on disk -------------------------------------------------------------------
 @dataclass
 class PredictionReport:
-    """What :func:`predict_dataset` did: label maps written, probability files written, and
-    cases that failed (case id -> one-line reason); uncertainty scores when asked for."""
+    """What :func:`predict_dataset` did: label maps written, probability files written, cases
+    that failed (case id -> one-line reason), cases unlike the training data (case id -> what
+    differs; they were still segmented); uncertainty scores when asked for."""
 
     written: dict[str, Path]
     failed: dict[str, str]
@@ -344,24 +357,40 @@ class PredictionReport:
     uncertainty_csv: Path | None = None
     #: Cases whose label map holds no foreground at all.
     empty: list[str] = dataclasses.field(default_factory=list)
+    warnings: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def _discover_like_training(model: LoadedModel, input_path: str | Path, layout: str) -> Any:
-    """Find the cases to predict, choosing channels (and a case-folder label) as in training."""
-    label_name = model.config.data.label_name
-    try:
-        # A 'folders' dataset may need the label name training used to tell label from channels.
-        spec = discover(input_path, layout=layout, label_name=label_name) if label_name else None
-    except Vox2VoxError:
-        spec = None
-    if spec is None:
-        spec = discover(input_path, layout=layout)
-    trained = tuple(model.channels or ())
-    if trained and set(trained) <= set(spec.channel_names) and trained != spec.channel_names:
-        # The training channels by name, when the input orders them differently or has extras.
-        spec = discover(input_path, layout=layout, channel_names=trained,
-                        **({"label_name": label_name} if spec.layout == "folders" and label_name else {}))
-    return spec
+def predict_case(
+    models: Sequence[LoadedModel],
+    loaded: LoadedCase,
+    *,
+    convention: LabelConvention,
+    head: OutputHead,
+    config: InferenceConfig = InferenceConfig(),
+    device: torch.device | str = "cpu",
+    postprocess: PostprocessConfig | None = None,
+    where: str | Path = "input",
+    uncertainty: bool = False,
+    channel_names: Sequence[str] | None = None,
+) -> CasePrediction:
+    """The one per-case step of :func:`predict_dataset` and the Python API (:mod:`vox2vox.api`):
+    compare the case with the training data (``warnings``; ``channel_names`` by name when given),
+    run it (ensemble and flips averaged; ``loaded.image`` is then released), check the output,
+    and :func:`~vox2vox.infer.case_files.finish_case` (input grid, classes through ``head``,
+    post-processing; with ``uncertainty`` the entropy and spread maps)."""
+    problems = ensemble.training_data_problems(models[0], loaded.record, channel_names)
+    prediction = predict_averaged([m.generator for m in models], loaded.image, config=config, device=device,
+                                  member_entropy=uncertainty, output_kind=head.kind)
+    if not np.all(np.isfinite(prediction.probabilities)):  # argmax of NaN is class 0: all background
+        raise Vox2VoxError(
+            f"{where}: the model's output is NaN/Inf for this case "
+            "(intensities far outside what it was trained on?); check the image and its preprocessing"
+        )
+    loaded.image = np.empty(0, np.float32)  # free the preprocessed image before undoing
+    return finish_case(prediction.probabilities, loaded, convention=convention, head=head,
+                       postprocess=postprocess or PostprocessConfig(),
+                       expected_entropy=prediction.expected_entropy, members=prediction.members,
+                       uncertainty=uncertainty, warnings=problems)
 
 
 def predict_dataset(
@@ -388,6 +417,7 @@ def predict_dataset(
     orientation (crop, resampling and reorientation undone) and written atomically as integer
     labels in the training data's convention (e.g. BraTS 4 for enhancing tumour), with the first
     channel's shape and affine. An existing file of the same name is replaced atomically.
+    ``models`` may be checkpoints or exported files (:func:`load_model` loads both).
 
     ``postprocess``: optional clean-up of the label map (see :mod:`vox2vox.infer.postprocessing`).
     ``save_probabilities``: also write the averaged softmax on the input grid, float32:
@@ -406,47 +436,22 @@ def predict_dataset(
     :mod:`vox2vox.infer.uncertainty`.
 
     A case that fails (unreadable file, too little memory, ...) is reported in the result and,
-    with ``progress``, on stderr; the others go on.
+    with ``progress``, on stderr; the others go on. A case whose spacing, intensities or channels
+    are far from the first model's training data (:func:`vox2vox.data.profile.distribution_problems`)
+    is segmented and gets one warning line on stderr (and in the result's ``warnings``).
 
     ``spec`` (the cases, instead of discovering ``input_path``) and ``load_input`` (a case's
     preprocessed image, instead of reading its channels) let a caller supply channels the input
     lacks: :func:`vox2vox.infer.translation.predict_with_filled` synthesises them.
     """
-    if not models:
-        raise Vox2VoxError("no model given; pass at least one checkpoint")
     if save_probabilities not in (None, "npz", "nifti"):
         raise Vox2VoxError(f"save_probabilities={save_probabilities!r}: choose npz or nifti")
     check_output_format(output_format)
+    convention, head = ensemble.check_ensemble(models)
+    check_precision([m.generator for m in models], config.amp)
     first = models[0]
-    for other in models[1:]:
-        if (
-            other.config.preprocess != first.config.preprocess
-            or other.state.get("convention") != first.state.get("convention")
-            or other.config.generator.n_classes != first.config.generator.n_classes
-            or other.config.generator.output != first.config.generator.output
-        ):
-            raise Vox2VoxError(
-                f"{other.path}: ensemble members must share preprocessing, classes and label "
-                f"convention with {first.path}; ensemble models of one training setup"
-            )
-    if "convention" not in first.state:
-        raise Vox2VoxError(
-            f"{first.path}: checkpoint does not record its label convention; save it with "
-            "state={'convention': ..., 'channels': [...]} as training does"
-        )
-    convention = get_convention(first.state["convention"])
-    try:
-        head = head_for(first.config.generator.n_classes, first.config.generator.output, convention)
-    except Vox2VoxError as err:
-        raise Vox2VoxError(f"{first.path}: {err}; the checkpoint's metadata is inconsistent") from None
-    spec = spec if spec is not None else _discover_like_training(first, input_path, layout)
-    n_in = first.config.generator.in_channels
-    if len(spec.channel_names) != n_in:
-        raise Vox2VoxError(
-            f"{input_path}: cases have {len(spec.channel_names)} channel(s) ({', '.join(spec.channel_names)}) "
-            f"but the model was trained on {n_in} ({', '.join(first.channels or [])}); give cases "
-            "with the model's channels"
-        )
+    spec = spec if spec is not None else ensemble.discover_like_training(first, input_path, layout)
+    ensemble.check_channels(first, spec.channel_names, input_path)
     if output_format == "dicom-seg":
         check_dicom_seg_inputs([(c.case_id, next(iter(c.channels.values()))) for c in spec.cases])
     segments = segments_of(convention)
@@ -459,7 +464,8 @@ def predict_dataset(
     # Check post-processing against the convention once, not once per case.
     check_postprocess(postprocess, convention)
     prep = dataclasses.replace(first.config.preprocess, cache_dir=None)
-    nets = [m.generator for m in models]
+    # A single image's one channel is always called "image": only named channels are compared by name.
+    names = spec.channel_names if spec.layout != "single" else None
     report = PredictionReport({}, {})
     for case in tqdm(spec.cases, desc="predicting", unit="case", disable=not progress, file=sys.stderr):
         try:
@@ -468,22 +474,17 @@ def predict_dataset(
             source = read_dicom_source(first_channel) if output_format == "dicom-seg" else None
             loaded = (load_input(case) if load_input is not None else
                       load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep))
-            prediction = predict_averaged(nets, loaded.image, config=config, device=device,
-                                          member_entropy=save_uncertainty, output_kind=head.kind)
-            if not np.all(np.isfinite(prediction.probabilities)):  # argmax of NaN is class 0: all background
-                raise Vox2VoxError(
-                    f"{first_channel}: the model's output is NaN/Inf for this case "
-                    "(intensities far outside what it was trained on?); check the image and its preprocessing"
-                )
-            loaded.image = np.empty(0, np.float32)  # free the preprocessed image before writing
-            written = write_case(
-                prediction.probabilities, loaded, output_dir, convention=convention, head=head,
-                postprocess=postprocess,
-                save_probabilities=save_probabilities, output_format=output_format, segments=segments,
-                dicom_source=source, expected_entropy=prediction.expected_entropy, members=prediction.members,
-                save_uncertainty=save_uncertainty,
-            )
-            del prediction
+            result = predict_case(models, loaded, convention=convention, head=head, config=config, device=device,
+                                  postprocess=postprocess, where=first_channel, uncertainty=save_uncertainty,
+                                  channel_names=names)
+            if result.warnings:
+                report.warnings[case.case_id] = "; ".join(result.warnings)
+                tqdm.write(f"warning: {case.case_id}: unlike the model's training data: {'; '.join(result.warnings)}",
+                           file=sys.stderr)
+            written = write_case(result, output_dir, convention=convention, head=head,
+                                 save_probabilities=save_probabilities, output_format=output_format,
+                                 segments=segments, dicom_source=source)
+            del result
             report.written[case.case_id] = written.labels
             if written.probabilities is not None:
                 report.probabilities[case.case_id] = written.probabilities

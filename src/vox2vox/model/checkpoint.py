@@ -13,6 +13,8 @@ byte of them is deserialised.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 import math
 import platform
@@ -29,6 +31,7 @@ from safetensors.torch import load_file, save
 from vox2vox.atomic import atomic_write_bytes
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
+from vox2vox.data.profile import DataProfile
 from vox2vox.errors import Vox2VoxError
 from vox2vox.rundir import RunDir
 
@@ -49,19 +52,76 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class SourceModel:
+    """The checkpoint a fine-tuned run started from (``vox2vox train --init-from``)."""
+
+    path: str  # as resolved when training started
+    sha256: str  # of that file, so the source can be identified even after it moved
+    reinit_output: bool = False  # the output layer was re-initialised (a new label set)
+
+    @classmethod
+    def from_state(cls, value: Any, path: Path) -> SourceModel:
+        if (not isinstance(value, dict) or not isinstance(value.get("path"), str)
+                or not isinstance(value.get("sha256"), str) or not isinstance(value.get("reinit_output", False), bool)):
+            raise Vox2VoxError(f"{path}: malformed checkpoint metadata: state.init_from (expected path, sha256 "
+                               "and reinit_output); re-save the checkpoint or use another")
+        return cls(value["path"], value["sha256"], value.get("reinit_output", False))
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a model needs at prediction time beyond its weights and config, stored in every
     checkpoint training writes: the input channel names in order, the dataset layout it was
-    trained from, and the label convention (as :meth:`LabelConvention.to_json`)."""
+    trained from, and the label convention (as :meth:`LabelConvention.to_json`); and for its card
+    (``vox2vox info``) the training data's profile and, for a fine-tuned model, its source.
+
+    Checkpoints from before the profile or the source was recorded load with them None."""
 
     channels: tuple[str, ...]
     layout: str
     convention: dict[str, Any] | None  # None: a translation model, which has no labels
+    data: DataProfile | None = None
+    source: SourceModel | None = None
 
     def to_state(self) -> dict[str, Any]:
-        """The checkpoint ``state`` entries (``channels``, ``layout``, ``convention`` unless None)."""
-        state = {"channels": list(self.channels), "layout": self.layout, "convention": self.convention}
-        return state if self.convention is not None else {k: v for k, v in state.items() if k != "convention"}
+        """The checkpoint ``state`` entries (``channels``, ``layout``, ``convention`` unless None, and
+        ``data_profile`` / ``init_from`` when known)."""
+        state: dict[str, Any] = {"channels": list(self.channels), "layout": self.layout}
+        if self.convention is not None:
+            state["convention"] = self.convention
+        if self.data is not None:
+            state["data_profile"] = self.data.to_json()
+        if self.source is not None:
+            state["init_from"] = dataclasses.asdict(self.source)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], path: str | Path) -> ModelInfo | None:
+        """The typed record of a checkpoint's ``state`` (None when it records no channels or
+        convention, as hand-made checkpoints); malformed entries are one :class:`Vox2VoxError`."""
+        path = Path(path)
+        if not isinstance(state.get("channels"), list) or "convention" not in state:
+            return None
+        data = state.get("data_profile")
+        source = state.get("init_from")
+        convention = state["convention"]
+        return cls(
+            channels=tuple(state["channels"]),
+            layout=str(state.get("layout") or "unknown"),
+            convention=convention if isinstance(convention, dict) else get_convention(convention).to_json(),
+            data=None if data is None else DataProfile.from_json(data, f"{path}: malformed checkpoint metadata: "
+                                                                        "state.data_profile"),
+            source=None if source is None else SourceModel.from_state(source, path),
+        )
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in blocks (checkpoints can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ResumableState(Protocol):
@@ -82,6 +142,7 @@ class ResumableState(Protocol):
     rng_state: torch.Tensor | None
     seconds: float
     val_mark: int
+    last_score: float | None
 
 
 def _bare(module: torch.nn.Module) -> torch.nn.Module:
@@ -108,6 +169,7 @@ def training_checkpoint(state: ResumableState, config: dict[str, Any], info: Mod
             "partial_sums": state.partial_sums,
             "seconds": state.seconds,
             "val_mark": state.val_mark,
+            "last_score": state.last_score,
             "rng_state": base64.b64encode(state.rng_state.numpy().tobytes()).decode() if state.rng_state is not None else None,
             **(info.to_state() if info is not None else {}),
         },
@@ -141,6 +203,8 @@ def restore_training_state(state: ResumableState, ckpt: Checkpoint, path: str | 
     state.partial_sums = dict(ckpt.state.get("partial_sums") or {})
     state.seconds = float(ckpt.state.get("seconds", 0.0))
     state.val_mark = int(ckpt.state.get("val_mark", 0))
+    last = ckpt.state.get("last_score")
+    state.last_score = None if last is None else float(last)
     rng = ckpt.state.get("rng_state")
     state.rng_state = torch.frombuffer(bytearray(base64.b64decode(rng)), dtype=torch.uint8) if rng else None
 
@@ -199,25 +263,11 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     path = Path(path)
     if path.is_dir():
         path = resolve_checkpoint(path)
-    _refuse_unsafe(path)
+    meta = read_metadata(path)
     try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
         tensors = load_file(str(path), device=str(map_location))
     except (OSError, safetensors.SafetensorError, ValueError) as err:
         raise Vox2VoxError(f"{path}: not a readable safetensors checkpoint ({err})") from err
-    if METADATA_KEY not in header:
-        raise Vox2VoxError(f"{path}: safetensors file without vox2vox metadata; not a vox2vox checkpoint")
-    try:
-        meta = json.loads(header[METADATA_KEY])
-    except (ValueError, RecursionError) as err:
-        raise Vox2VoxError(f"{path}: corrupt vox2vox metadata in the checkpoint header ({err})") from err
-    if not isinstance(meta, dict):
-        raise Vox2VoxError(f"{path}: corrupt vox2vox metadata in the checkpoint header (not a JSON object)")
-    version = meta.get("format_version", 0)
-    if meta.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
-        raise Vox2VoxError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{version!r}")
-    check_metadata(meta, path)
     check_finite_tensors(tensors, path)
     generator = {k[len("generator.") :]: v for k, v in tensors.items() if k.startswith("generator.")}
     discriminator = {k[len("discriminator.") :]: v for k, v in tensors.items() if k.startswith("discriminator.")}
@@ -236,6 +286,31 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     state["versions"] = meta.get("versions", {})
     return Checkpoint(config=meta["config"], generator=generator, discriminator=discriminator,
                       optimizers=optimizers, state=state)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file's validated JSON metadata (config, state, optimiser layout, versions),
+    without reading its tensors; refuses pickle and anything that is not a vox2vox checkpoint."""
+    path = Path(path)
+    _refuse_unsafe(path)
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (OSError, safetensors.SafetensorError, ValueError) as err:
+        raise Vox2VoxError(f"{path}: not a readable safetensors checkpoint ({err})") from err
+    if METADATA_KEY not in header:
+        raise Vox2VoxError(f"{path}: safetensors file without vox2vox metadata; not a vox2vox checkpoint")
+    try:
+        meta = json.loads(header[METADATA_KEY])
+    except (ValueError, RecursionError) as err:
+        raise Vox2VoxError(f"{path}: corrupt vox2vox metadata in the checkpoint header ({err})") from err
+    if not isinstance(meta, dict):
+        raise Vox2VoxError(f"{path}: corrupt vox2vox metadata in the checkpoint header (not a JSON object)")
+    version = meta.get("format_version", 0)
+    if meta.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
+        raise Vox2VoxError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{version!r}")
+    check_metadata(meta, path)
+    return meta
 
 
 def check_finite_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -280,9 +355,9 @@ def check_metadata(meta: dict[str, Any], path: Path) -> None:
     for key in _INT_FIELDS:
         if key in state and (isinstance(state[key], bool) or not isinstance(state[key], int)):
             raise bad(f"state.{key}", state[key], "expected an integer")
-    best = state.get("best_score")
-    if best is not None and (isinstance(best, bool) or not isinstance(best, int | float)):
-        raise bad("state.best_score", best, "expected a number or null")
+    for key in ("best_score", "last_score"):
+        if state.get(key) is not None and (isinstance(state[key], bool) or not isinstance(state[key], int | float)):
+            raise bad(f"state.{key}", state[key], "expected a number or null")
     seconds = state.get("seconds", 0.0)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
         raise bad("state.seconds", seconds, "expected a finite number of seconds >= 0")
@@ -306,6 +381,12 @@ def check_metadata(meta: dict[str, Any], path: Path) -> None:
             get_convention(state["convention"])
         except Vox2VoxError as err:
             raise Vox2VoxError(f"{path}: malformed checkpoint metadata: state.convention: {err}") from err
+    run = state.get("run")
+    if run is not None and (not isinstance(run, dict) or any(
+            v is not None and (isinstance(v, bool) or not isinstance(v, int | float)) for v in run.values())):
+        raise bad("state.run", run, "expected the run's counters (numbers or null)")
+    if isinstance(state.get("channels"), list) and "convention" in state:
+        ModelInfo.from_state(state, path)  # the card's profile and fine-tuning source, when recorded
     optimizers = meta.get("optimizers", {})
     if not isinstance(optimizers, dict):
         raise bad("optimizers", optimizers, "expected a JSON object")

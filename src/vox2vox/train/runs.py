@@ -26,17 +26,26 @@ from vox2vox.data.cases import CaseFiles, DatasetSpec
 from vox2vox.data.labels import IGNORE_INDEX, LabelConvention, get_convention, infer_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
+from vox2vox.data.profile import profile_from_records
 from vox2vox.device import tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
-from vox2vox.model.checkpoint import ModelInfo
+from vox2vox.model.checkpoint import (
+    ModelInfo,
+    SourceModel,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 from vox2vox.model.outputs import OutputHead, output_head
 from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
+from vox2vox.train.finetune import FineTune, check_channels, check_classes, initial_weights
 from vox2vox.train.runlock import RunLock, check_run_folder
 from vox2vox.train.selection import choose_prediction_options, record_prediction_options
 from vox2vox.train.splits import split_cases
+from vox2vox.train.tracking import Tracker, check_tracking, open_tracker
 from vox2vox.train.training import FitResult, Validator, fit
 from vox2vox.train.translation import train_translation
 
@@ -62,6 +71,7 @@ def train_on_dataset(
     split: tuple[Sequence[str], Sequence[str]] | None = None,
     started: float | None = None,
     plan_toml: str | None = None,
+    finetune: FineTune | None = None,
 ) -> FitResult:
     """Discover, check, load and split ``config.data.path``, then :func:`fit` with validation by Dice.
 
@@ -74,7 +84,9 @@ def train_on_dataset(
     and preprocessing so that ``predict`` needs nothing but the checkpoint. ``split`` gives the
     (train ids, validation ids) explicitly (cross-validation folds) instead of :func:`split_cases`.
     ``plan_toml`` (the plan ``vox2vox train`` made) is written as ``plan.toml`` beside ``split.json``,
-    once the run folder is checked and locked.
+    once the run folder is checked and locked. ``finetune`` (``train --init-from``, :mod:`vox2vox.train.finetune`)
+    starts the networks from a trained model's weights once its channels and classes are checked
+    against the data; ``train.log`` mirrors the log to TensorBoard or MLflow (:mod:`vox2vox.train.tracking`).
     """
     if config.task.translate:  # synthesise channels instead of segmenting: no labels needed
         return train_translation(config, run_dir, resume=resume, progress=progress, split=split, started=started)
@@ -82,11 +94,17 @@ def train_on_dataset(
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
     check_run_folder(run_dir, resume=resume)  # before anything is read or written
+    check_tracking(config)
     # Under torchrun every rank loads the cases; rank 0 alone writes and shows progress.
     ctx = distributed.setup(config.train.device)
     progress = progress and ctx.is_main
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
     spec, labelled, convention = find_labelled_cases(config)
+    reinit = config.train.reinit_output
+    if finetune is not None:  # refuse data the source model does not fit before loading it
+        check_channels(finetune, spec.channel_names, config.data.path)
+        if convention is not None:
+            check_classes(finetune, convention, config.data.path, reinit_output=reinit)
 
     # Load every case once (preprocessed, cached on disk if configured), then split by case id.
     cases = {}
@@ -94,6 +112,8 @@ def train_on_dataset(
         cases[case.case_id] = load_case(case, convention=convention, prep=config.preprocess)
     if convention is None:
         convention = apply_inferred_convention(cases, where=config.data.path, announce=progress)
+        if finetune is not None:
+            check_classes(finetune, convention, config.data.path, reinit_output=reinit)
     if split is None:
         train_ids, val_ids = split_cases(list(cases), val_fraction=config.data.val_fraction,
                                          val_cases=config.data.val_cases, seed=config.train.seed)
@@ -107,7 +127,8 @@ def train_on_dataset(
     lock = RunLock(run_dir).acquire() if ctx.is_main else None
     try:
         return _train_locked(config, spec, cases, convention, train_ids, val_ids, run_dir, ctx=ctx,
-                             resume=resume, progress=progress, started=started, plan_toml=plan_toml)
+                             resume=resume, progress=progress, started=started, plan_toml=plan_toml,
+                             finetune=finetune)
     finally:
         if lock is not None:
             lock.release()
@@ -115,7 +136,8 @@ def train_on_dataset(
 
 def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: LabelConvention,
                   train_ids: list[str], val_ids: list[str], run_dir: Path, *, ctx: distributed.DistContext,
-                  resume: bool, progress: bool, started: float, plan_toml: str | None) -> FitResult:
+                  resume: bool, progress: bool, started: float, plan_toml: str | None,
+                  finetune: FineTune | None = None) -> FitResult:
     """The part of :func:`train_on_dataset` that writes into ``run_dir`` (under its lock)."""
     check_run_folder(run_dir, resume=resume)  # again, now that no other process can change it
     weights = config.loss.class_weights
@@ -124,6 +146,23 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
         what = "class" if config.generator.output == "classes" else "region (generator.output=regions)"
         raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per {what}: {n_outputs} "
                            f"({', '.join(output_head(convention, config.generator.output).names)})")
+    # A tracker that cannot start (unreachable MLflow server) is one error before the run writes a file.
+    example: dict[str, np.ndarray] = {}  # one validation slice for the tracker's overlays
+    tracker = open_tracker(config, run_dir, resume=resume, example=example) if ctx.is_main else None
+    try:
+        return _train_tracked(config, spec, cases, convention, train_ids, val_ids, run_dir, ctx=ctx, resume=resume,
+                              progress=progress, started=started, plan_toml=plan_toml, finetune=finetune,
+                              tracker=tracker, example=example)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def _train_tracked(config: Config, spec: Any, cases: dict[str, Any], convention: LabelConvention,
+                   train_ids: list[str], val_ids: list[str], run_dir: Path, *, ctx: distributed.DistContext,
+                   resume: bool, progress: bool, started: float, plan_toml: str | None,
+                   finetune: FineTune | None, tracker: Tracker | None, example: dict[str, np.ndarray]) -> FitResult:
+    """Write the run's files and train (the tracker, when there is one, is open)."""
     if ctx.is_main:
         ensure_folder(run_dir)
         atomic_write_text(RunDir(run_dir).split, json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
@@ -137,21 +176,23 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
         generator=dataclasses.replace(config.generator, in_channels=n_channels, n_classes=n_classes),
         discriminator=dataclasses.replace(config.discriminator, in_channels=n_channels, n_classes=n_classes),
     )
-    model_info = ModelInfo(channels=tuple(spec.channel_names), layout=spec.layout, convention=convention.to_json())
-    validate = make_validator([cases[i] for i in val_ids], convention, config, head) if val_ids else None
-    result = fit(
-        config,
-        [(cases[i].image, cases[i].label) for i in train_ids],
-        run_dir,
-        validate=validate,
-        sample_patch=sample_patch,
-        augment=Augmenter(config.augment),
-        model_info=model_info,
-        resume=resume,
-        progress=progress,
-        on_step=distributed.checksum_hook(),
-        started=started,
-    )
+    source = finetune.source(config.train.reinit_output) if finetune is not None else None
+    if resume and source is None:
+        source = _recorded_source(RunDir(run_dir).last)  # a fine-tuned run's source, kept across resumes
+    profile = profile_from_records([cases[i].record for i in train_ids + val_ids], spec.channel_names,
+                                   n_train=len(train_ids), n_val=len(val_ids))
+    model_info = ModelInfo(channels=tuple(spec.channel_names), layout=spec.layout, convention=convention.to_json(),
+                           data=profile, source=source)
+    validate = make_validator([cases[i] for i in val_ids], convention, config, head, example=example) if val_ids else None
+    init = None
+    if finetune is not None:
+        if progress:
+            print(f"fine-tuning from {finetune.path} (sha256 {finetune.sha256[:16]}...)", file=sys.stderr)
+        init = initial_weights(finetune, reinit_output=config.train.reinit_output, announce=progress)
+    result = _fit(config, cases, train_ids, run_dir, validate, model_info, resume=resume, progress=progress,
+                  started=started, init=init, on_epoch=tracker)
+    if ctx.is_main:
+        record_run_summary(RunDir(run_dir))
     if config.train.tune_prediction and val_ids and ctx.is_main:
         best = RunDir(run_dir).best
         choice = choose_prediction_options(load_model(best).generator, [cases[i] for i in val_ids], convention,
@@ -162,6 +203,33 @@ def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: 
                   f"{choice['largest_component']}", file=sys.stderr)
     distributed.barrier()
     return result
+
+
+def _fit(config: Config, cases: dict[str, Any], train_ids: list[str], run_dir: Path, validate: Validator | None,
+         model_info: ModelInfo, **options: Any) -> FitResult:
+    """:func:`fit` on the training cases with the data's patch sampler and augmentation."""
+    return fit(config, [(cases[i].image, cases[i].label) for i in train_ids], run_dir, validate=validate,
+               sample_patch=sample_patch, augment=Augmenter(config.augment), model_info=model_info,
+               on_step=distributed.checksum_hook(), **options)
+
+
+def record_run_summary(run: RunDir) -> None:
+    """Store the whole run's counters (epochs, steps, seconds, last validation Dice) in ``best``,
+    whose own counters are those of its epoch: the model card shows both."""
+    if not (run.best.is_file() and run.last.is_file()):
+        return
+    final = read_metadata(run.last).get("state", {})
+    ckpt = load_checkpoint(run.best)
+    ckpt.state["run"] = {key: final.get(key) for key in ("epoch", "step", "seconds", "last_score")}
+    save_checkpoint(run.best, ckpt)
+
+
+def _recorded_source(checkpoint: Path) -> SourceModel | None:
+    """The fine-tuning source a run's checkpoint records (None when it has none)."""
+    if not checkpoint.is_file():
+        return None
+    info = ModelInfo.from_state(read_metadata(checkpoint).get("state", {}), checkpoint)
+    return info.source if info is not None else None
 
 
 def apply_inferred_convention(cases: dict[str, Any], *, where: Any, announce: bool) -> LabelConvention:
@@ -182,11 +250,13 @@ def apply_inferred_convention(cases: dict[str, Any], *, where: Any, announce: bo
 
 
 def make_validator(val_cases: Sequence[Any], convention: Any, config: Config,
-                   head: OutputHead | None = None) -> Validator:
+                   head: OutputHead | None = None, *, example: dict[str, np.ndarray] | None = None) -> Validator:
     """Score the generator on whole, un-augmented validation volumes: mean Dice over regions.
 
     Regions are the convention's (BraTS: WT, TC, ET) or one per foreground class; the score per
-    case follows the BraTS rule for empty masks (both empty: Dice 1).
+    case follows the BraTS rule for empty masks (both empty: Dice 1). ``example``, when given, is
+    filled at every validation with the first case's axial slice holding the most foreground:
+    ``image`` (first channel), ``truth`` and ``prediction`` (class indices), for the tracker.
     """
     infer = InferenceConfig(mode="auto", window=config.train.patch_size, overlap=0.25)
     head = head or output_head(convention)
@@ -194,9 +264,13 @@ def make_validator(val_cases: Sequence[Any], convention: Any, config: Config,
     def validate(generator: torch.nn.Module) -> dict[str, float]:
         device = next(generator.parameters()).device
         per_region: dict[str, list[float]] = {}
-        for case in val_cases:
+        for index, case in enumerate(val_cases):
             probs = predict_probabilities([generator], case.image, config=infer, device=device)
-            pred = convention.region_masks(convention.to_source(head.to_classes(probs)))
+            classes = head.to_classes(probs)
+            if index == 0 and example is not None:
+                k = int(np.argmax((case.label > 0).sum(axis=(0, 1))))  # axial slice with most foreground
+                example.update(image=case.image[0, :, :, k], truth=case.label[:, :, k], prediction=classes[:, :, k])
+            pred = convention.region_masks(convention.to_source(classes))
             true = convention.region_masks(convention.to_source(case.label))
             scored = case.label != IGNORE_INDEX  # the ignore label counts for neither side
             for name in true:

@@ -48,6 +48,7 @@ class TrainState:
     # tenth of the budget at which it last validated.
     seconds: float = 0.0
     val_mark: int = 0
+    last_score: float | None = None  # the latest validation Dice (the model card's "last")
 
 
 def build_networks(config: Config) -> tuple[torch.nn.Module, Discriminator]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +58,7 @@ from vox2vox.model.outputs import OutputHead, head_for
 from vox2vox.model.translation import selection_key, split_source_target, translation_loss
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
+from vox2vox.train.control import InterruptFlag, RunClock
 from vox2vox.train.patches import Augment, PatchSampler, TrainCase, derive_seed, patch_loader
 from vox2vox.train.schedule import lr_factor
 from vox2vox.train.state import TrainState, build_state
@@ -188,6 +188,7 @@ class FitResult:
 
 Validator = Callable[[torch.nn.Module], dict[str, float]]
 StepHook = Callable[[TrainState], None]
+EpochHook = Callable[[dict[str, Any], torch.nn.Module], None]
 
 
 def fit(
@@ -203,6 +204,8 @@ def fit(
     progress: bool = True,
     on_step: StepHook | None = None,
     started: float | None = None,
+    init: StepHook | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> FitResult:
     """Train Vox2Vox on ``train_cases`` and write the run to ``run_dir``.
 
@@ -216,7 +219,9 @@ def fit(
     foreground_prob=...)`` and ``augment(image, label, rng)`` make one training sample.
     ``model_info`` (channel names, layout, label convention) is stored in checkpoints so a
     checkpoint alone can predict. ``on_step(state)`` runs after every train step (e.g.
-    :func:`vox2vox.train.distributed.checksum_hook`). Writes the run folder (:class:`vox2vox.rundir.RunDir`:
+    :func:`vox2vox.train.distributed.checksum_hook`); ``init(state)`` sets a new run's first weights
+    (fine-tuning); ``on_epoch(row, generator)`` gets every logged row on rank 0 (experiment tracking).
+    Writes the run folder (:class:`vox2vox.rundir.RunDir`:
     ``config.json``, ``metrics.jsonl``, ``checkpoints/{last,best}.safetensors``);
     ``resume=True`` continues from ``last``.
 
@@ -233,12 +238,12 @@ def fit(
     distributed.per_rank_batch(config.train.batch_size, ctx.world_size)
     convention = get_convention(model_info.convention) if model_info and model_info.convention else None
     head = head_for(config.generator.n_classes, config.generator.output, convention)
-    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume, head=head)
+    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume, head=head, init=init)
     save = partial(_save, state, config, model_info=model_info)
 
-    clock = _Clock(state.seconds, started)
+    clock = RunClock(state.seconds, started)
 
-    interrupted = _InterruptFlag()
+    interrupted = InterruptFlag()
     with interrupted:
         while not _finished(state, config):
             row = _train_epoch(state, config, train_cases, state.epoch, sample_patch, augment, run=run,
@@ -249,7 +254,7 @@ def fit(
                     save(run.last)
                 distributed.barrier()
                 raise KeyboardInterrupt
-            _end_epoch(state, config, row, history, run, validate, save, ctx=ctx, progress=progress)
+            _end_epoch(state, config, row, history, run, validate, save, ctx=ctx, progress=progress, on_epoch=on_epoch)
             state.seconds = clock()  # validation and checkpoints count too
     if (validate is None or config.train.select == "last") and ctx.is_main:
         save(run.best)
@@ -260,7 +265,7 @@ def fit(
 
 def _start_or_resume(
     config: Config, train_cases: Sequence[TrainCase], run: RunDir, ctx: distributed.DistContext, *, resume: bool,
-    head: OutputHead,
+    head: OutputHead, init: StepHook | None = None,
 ) -> tuple[Config, TrainState, list[dict[str, Any]]]:
     """The resolved config, the (DDP-wrapped) training state and the log rows so far.
 
@@ -290,6 +295,8 @@ def _start_or_resume(
                                               membership=head.membership)
                 config = config.replace(loss=_replace(config.loss, class_weights=weights))
         state = build_state(config, device=ctx.device)
+        if init is not None:
+            init(state)
     weights = config.loss.class_weights
     if weights is not None and len(weights) != config.generator.n_classes:
         raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per class "
@@ -317,7 +324,7 @@ def _train_epoch(
     *,
     run: RunDir,
     ctx: distributed.DistContext,
-    interrupted: _InterruptFlag,
+    interrupted: InterruptFlag,
     progress: bool,
     on_step: StepHook | None = None,
     clock: Callable[[], float],
@@ -401,6 +408,7 @@ def _end_epoch(
     *,
     ctx: distributed.DistContext,
     progress: bool,
+    on_epoch: EpochHook | None = None,
 ) -> None:
     """Validate (when due), keep the best checkpoint by Dice (a translation: ``val_score``), log the
     row and save the last checkpoint. With a budget, epochs are short and many: validation and the
@@ -421,6 +429,7 @@ def _end_epoch(
         scores = distributed.on_main(lambda: validate(_unwrap(state.generator)))
         row.update(scores)
         key = selection_key(config.task)  # val_dice, or a translation's val_score
+        state.last_score = scores.get(key)
         if config.train.select == "best" and scores.get(key, -math.inf) > state.best_score:
             state.best_score, state.best_epoch = scores[key], state.epoch
             if ctx.is_main:
@@ -429,6 +438,8 @@ def _end_epoch(
     history.append(row)
     if ctx.is_main:
         write_metrics(run.metrics, history)
+        if on_epoch is not None:
+            on_epoch(row, _unwrap(state.generator))
         if progress and (due or not budget):
             tqdm.write(_format_row(row, config), file=sys.stderr)
         if save_due:
@@ -463,38 +474,3 @@ def _set_learning_rates(state: TrainState, config: Config, progress: float) -> N
     for opt, base in ((state.opt_g, config.optim.lr_g), (state.opt_d, config.optim.lr_d)):
         for group in opt.param_groups:
             group["lr"] = base * factor
-
-
-class _Clock:
-    """Seconds the run has spent: what earlier calls spent plus the time since ``started``."""
-
-    def __init__(self, before: float, started: float | None) -> None:
-        self.before = before
-        self.started = time.perf_counter() if started is None else started
-
-    def __call__(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-
-class _InterruptFlag:
-    """Turns the first Ctrl-C into a flag the loop checks after the current step (then saves)."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _InterruptFlag:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.flag:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.flag = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)

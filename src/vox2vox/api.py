@@ -1,0 +1,306 @@
+"""The Python API: load a model once, predict files or arrays (notebooks, scripts, services).
+
+    from vox2vox import load_model
+    model = load_model("runs/brats")        # run folder, .safetensors, or an export (.onnx, .pt)
+    result = model.predict("case.nii.gz")   # or ["t1.nii.gz", "flair.nii.gz"], or an array
+    result.labels, result.affine            # label map on the input's own grid, on-disk values
+    result.save("case_seg.nii.gz")
+    result = model.predict(volume, spacing=(1.0, 1.0, 1.0), probabilities=True)
+
+A thin layer over :mod:`vox2vox.infer.inference`: preprocessing, the network run, TTA,
+post-processing and the mapping back to the input grid are the same calls ``vox2vox predict``
+makes (``predict_case``), so an array, a file and the command line give the same label maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vox2vox.data.cases import CaseFiles
+from vox2vox.data.io import Geometry, canonical_from_array, to_source_orientation, write_volume
+from vox2vox.data.loading import load_case
+from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig, preprocess
+from vox2vox.device import resolve_device
+from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.backends import prediction_amp
+from vox2vox.infer.case_files import CasePrediction
+from vox2vox.infer.ensemble import (
+    check_channels,
+    check_ensemble,
+    discover_like_training,
+    prediction_options,
+)
+from vox2vox.infer.inference import (
+    InferenceConfig,
+    LoadedModel,
+    PredictionReport,
+    predict_case,
+    predict_dataset,
+)
+from vox2vox.infer.inference import load_model as load_one
+from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
+from vox2vox.train.crossval import expand_model_paths
+
+PathLike = str | Path
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One predicted case on the input's own grid.
+
+    ``labels``: ``(X, Y, Z)`` integer label map in the training data's on-disk values (e.g. BraTS
+    4 for enhancing tumour), in the input's voxel order (a file's as stored; an array's as given).
+    ``affine``: 4x4 voxel -> world (RAS+ mm) of that grid. ``probabilities``: ``(K, X, Y, Z)``
+    float32 when asked for, else None: the softmax (channel ``k`` is class ``label_values[k]``),
+    or for a model with region outputs one sigmoid per region (``channel_names``, e.g. WT, TC,
+    ET). ``entropy`` / ``spread``: ``(X, Y, Z)`` uncertainty maps in [0, 1] when asked for (spread
+    only with TTA or an ensemble; :mod:`vox2vox.infer.uncertainty`). ``warnings``: how the case
+    differs from the model's training data (it was still segmented; also issued as Python warnings).
+    """
+
+    labels: np.ndarray
+    affine: np.ndarray
+    probabilities: np.ndarray | None
+    label_values: tuple[int, ...]
+    class_names: tuple[str, ...]
+    geometry: Geometry
+    channel_names: tuple[str, ...] = ()
+    entropy: np.ndarray | None = None
+    spread: np.ndarray | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the label map's axes."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    def save(self, path: PathLike) -> Path:
+        """Write the label map as NIfTI (atomically) on the input's grid; returns the path."""
+        canonical = _to_canonical_axes(self.labels, self.geometry)
+        write_volume(canonical, self.geometry, path)
+        return Path(path)
+
+
+class Model:
+    """One model (or an ensemble) ready to predict; see :func:`load_model`."""
+
+    def __init__(self, models: Sequence[LoadedModel], device: torch.device):
+        self.models = list(models)
+        self.device = device
+        # The output head (classes or regions) turns probabilities into labels, as predict does.
+        self.convention, self.head = check_ensemble(self.models)
+
+    @property
+    def channels(self) -> list[str]:
+        """The input channels, in the order arrays and file lists must give them."""
+        first = self.models[0]
+        return list(first.channels or [f"channel_{i}" for i in range(first.config.generator.in_channels)])
+
+    @property
+    def classes(self) -> dict[int, str]:
+        """On-disk label value -> class name."""
+        return dict(zip(self.convention.source_values, self.convention.class_names, strict=True))
+
+    @property
+    def backend(self) -> str:
+        return ", ".join(sorted({m.backend for m in self.models}))
+
+    def __repr__(self) -> str:
+        paths = ", ".join(str(m.path) for m in self.models)
+        return f"Model({paths}; {self.backend}; channels {self.channels}; classes {self.classes})"
+
+    def predict(
+        self,
+        image: np.ndarray | torch.Tensor | PathLike | Sequence[PathLike] | Mapping[str, PathLike],
+        *,
+        spacing: Sequence[float] | None = None,
+        affine: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        probabilities: bool = False,
+        uncertainty: bool = False,
+        tta: bool | None = None,
+        largest_component: str | None = None,
+        min_et_voxels: int = 0,
+        mode: str = "auto",
+        window: tuple[int, int, int] = (128, 128, 128),
+        overlap: float = 0.5,
+        amp: str = "off",
+    ) -> Prediction:
+        """Segment one case.
+
+        ``image``: a file (or DICOM folder, or case folder) path; a list of channel files in
+        :attr:`channels` order, or a dict channel name -> file; or an array ``(C, X, Y, Z)``
+        (``(X, Y, Z)`` for a one-channel model) with its grid as ``spacing`` (mm per axis) or
+        ``affine`` (4x4 voxel -> RAS+ mm; default: 1 mm, identity). An array is read as a file of
+        that affine would be (reoriented to the canonical axes the model was trained on, and back).
+        ``mask``: optional ``(X, Y, Z)`` brain/body mask for an array (normalisation and cropping use
+        it, as a manifest's mask column). ``uncertainty``: also the entropy (and spread) maps.
+        ``tta`` / ``largest_component``: default what the model's training chose (``vox2vox
+        predict``'s defaults); the other options are ``predict``'s too.
+        """
+        inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
+                                    tta_flips=prediction_options(self.models, tta=tta)[0],
+                                    amp=prediction_amp(amp, self.device, [m.backend for m in self.models]))
+        post = self._postprocess(largest_component, min_et_voxels)
+        if isinstance(image, str | Path) or _is_file_list(image):
+            if spacing is not None or affine is not None or mask is not None:
+                raise Vox2VoxError("spacing=, affine= and mask= are for arrays; a file's header gives its grid")
+            (loaded, names), where = self._load_files(image), str(image)
+        else:
+            loaded, names, where = self._load_array(image, spacing=spacing, affine=affine, mask=mask), None, "array"
+        result = predict_case(self.models, loaded, convention=self.convention, head=self.head, config=inference,
+                              device=self.device, postprocess=post, where=where, uncertainty=uncertainty,
+                              channel_names=names)
+        for problem in result.warnings:
+            warnings.warn(f"{where}: unlike the model's training data: {problem}", stacklevel=2)
+        return self._prediction(result, probabilities)
+
+    def predict_folder(self, input_path: PathLike, output_dir: PathLike, *, layout: str = "auto",
+                       save_probabilities: str | None = None, output_format: str = "nifti",
+                       save_uncertainty: bool = False, progress: bool = True,
+                       tta: bool | None = None, largest_component: str | None = None, min_et_voxels: int = 0,
+                       mode: str = "auto", window: tuple[int, int, int] = (128, 128, 128),
+                       overlap: float = 0.5, amp: str = "off") -> PredictionReport:
+        """``vox2vox predict`` on a dataset folder, manifest or image: ``<output_dir>/<case_id>.nii.gz``
+        (``output_format``: ``nifti``, ``seg-nrrd`` or ``dicom-seg``; ``save_uncertainty``: entropy
+        and spread maps with ``uncertainty.csv``, as ``predict --save-uncertainty``)."""
+        inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
+                                    tta_flips=prediction_options(self.models, tta=tta)[0],
+                                    amp=prediction_amp(amp, self.device, [m.backend for m in self.models]))
+        return predict_dataset(self.models, input_path, output_dir, config=inference, device=self.device,
+                               layout=layout, postprocess=self._postprocess(largest_component, min_et_voxels),
+                               save_probabilities=save_probabilities,  # type: ignore[arg-type]
+                               output_format=output_format, save_uncertainty=save_uncertainty,  # type: ignore[arg-type]
+                               progress=progress)
+
+    # ---- the pieces --------------------------------------------------------------------------
+    def _postprocess(self, largest_component: str | None, min_et_voxels: int) -> PostprocessConfig:
+        largest = prediction_options(self.models, largest_component=largest_component)[1]
+        post = PostprocessConfig(min_et_voxels=min_et_voxels, largest_component=largest)  # type: ignore[arg-type]
+        check_postprocess(post, self.convention)
+        return post
+
+    def _prep(self) -> PreprocessConfig:  # the training preprocessing, without the training machine's cache
+        return dataclasses.replace(self.models[0].config.preprocess, cache_dir=None)
+
+    def _load_files(self, image: Any) -> tuple[LoadedCase, tuple[str, ...] | None]:
+        """The case and its channel names when they come from the files (compared with training's)."""
+        first = self.models[0]
+        names = None
+        if isinstance(image, str | Path):
+            spec = discover_like_training(first, image, "auto")
+            if len(spec.cases) != 1:
+                raise Vox2VoxError(f"{image}: holds {len(spec.cases)} cases; predict one case here, or a "
+                                   "dataset with Model.predict_folder")
+            check_channels(first, spec.channel_names, image)
+            case = spec.cases[0]
+            files = CaseFiles(case.case_id, case.channels, None, case.mask)
+            # A single image's one channel is always called "image": named channels only.
+            names = tuple(spec.channel_names) if spec.layout != "single" else None
+        else:
+            channels = self._channel_files(image)
+            files = CaseFiles("case", channels, None)
+        return load_case(files, convention=None, prep=self._prep()), names
+
+    def _channel_files(self, image: Sequence[PathLike] | Mapping[str, PathLike]) -> dict[str, Path]:
+        names = self.channels
+        if isinstance(image, Mapping):
+            missing = [n for n in names if n not in image]
+            if missing:
+                raise Vox2VoxError(f"channel files: no file for {', '.join(missing)}; the model needs {', '.join(names)}")
+            return {n: Path(image[n]) for n in names}
+        files = list(image)
+        if len(files) != len(names):
+            raise Vox2VoxError(f"channel files: {len(files)} given, the model needs {len(names)} "
+                               f"({', '.join(names)}) in that order")
+        return {n: Path(f) for n, f in zip(names, files, strict=True)}
+
+    def _load_array(self, image: Any, *, spacing: Sequence[float] | None, affine: np.ndarray | None,
+                    mask: np.ndarray | None) -> LoadedCase:
+        array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        n_in = self.models[0].config.generator.in_channels
+        if array.ndim == 3 and n_in == 1:
+            array = array[None]
+        if array.ndim != 4 or array.shape[0] != n_in:
+            raise Vox2VoxError(f"array of shape {array.shape}: the model takes (C, X, Y, Z) with C = {n_in} "
+                               f"({', '.join(self.channels)})" + ("" if n_in > 1 else " or (X, Y, Z)"))
+        if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+            raise Vox2VoxError(f"array of dtype {array.dtype}: give real intensities")
+        array = array.astype(np.float32, copy=False)
+        if not np.isfinite(array).all():
+            raise Vox2VoxError(f"array: {int((~np.isfinite(array)).sum())} NaN/Inf voxels; replace them first")
+        target = self._prep().target_spacing
+        if target is not None and spacing is None and affine is None:  # 1 mm would be a guess that matters
+            raise Vox2VoxError(f"array: the model resamples to {list(target)} mm; give the array's spacing= "
+                               "(mm per axis) or affine=")
+        grid = _grid_affine(spacing, affine)
+        canonical, geometry = canonical_from_array(array, grid)
+        canonical_mask = None
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != array.shape[1:]:
+                raise Vox2VoxError(f"mask of shape {mask.shape}: must match the image's {array.shape[1:]}")
+            canonical_mask = canonical_from_array(mask[None] > 0.5, grid)[0][0]
+            if not canonical_mask.any():
+                raise Vox2VoxError("mask is empty; pass mask=None or a mask of the body/brain")
+        image_p, _, record = preprocess(canonical, None, spacing=geometry.spacing, config=self._prep(),
+                                        mask=canonical_mask)
+        return LoadedCase("array", image_p, None, geometry, record)
+
+    def _prediction(self, result: CasePrediction, probabilities: bool) -> Prediction:
+        geometry = result.geometry
+        probs = None
+        if probabilities:
+            moved = np.moveaxis(result.probabilities.astype(np.float32, copy=False), 0, -1)
+            probs = np.moveaxis(to_source_orientation(moved, geometry), -1, 0)
+        entropy, spread = (None if m is None else to_source_orientation(m.astype(np.float32, copy=False), geometry)
+                           for m in (result.entropy, result.spread))
+        return Prediction(labels=to_source_orientation(result.labels, geometry), affine=geometry.source_affine,
+                          probabilities=probs, label_values=tuple(self.convention.source_values),
+                          class_names=tuple(self.convention.class_names), geometry=geometry,
+                          channel_names=tuple(self.head.names), entropy=entropy, spread=spread,
+                          warnings=result.warnings)
+
+
+def load_model(path: PathLike | Sequence[PathLike], *, device: str = "auto") -> Model:
+    """A :class:`Model` from a run folder, a ``.safetensors`` checkpoint, a ``vox2vox export`` file
+    (``.onnx``, TorchScript ``.pt``), a cross-validation folder (its folds as an ensemble), or a
+    list of these (an ensemble). ``device``: ``auto``, ``cpu`` or ``cuda``."""
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    torch_device = resolve_device(device)
+    return Model([load_one(p, device=torch_device) for p in expand_model_paths(paths)], torch_device)
+
+
+def _is_file_list(image: Any) -> bool:
+    if isinstance(image, Mapping):
+        return True
+    return isinstance(image, list | tuple) and bool(image) and all(isinstance(i, str | Path) for i in image)
+
+
+def _grid_affine(spacing: Sequence[float] | None, affine: np.ndarray | None) -> np.ndarray:
+    if affine is not None:
+        grid = np.asarray(affine, dtype=float)
+        if grid.shape != (4, 4) or not np.isfinite(grid).all() or abs(np.linalg.det(grid[:3, :3])) < 1e-12:
+            raise Vox2VoxError(f"affine: give a finite, invertible 4x4 voxel-to-world matrix (got shape {grid.shape})")
+        if spacing is not None and not np.allclose(np.linalg.norm(grid[:3, :3], axis=0), spacing, rtol=1e-3):
+            raise Vox2VoxError(f"spacing={tuple(spacing)} disagrees with the affine's voxel size; give one of them")
+        return grid
+    if spacing is None:
+        return np.eye(4)
+    values = [float(s) for s in spacing]
+    if len(values) != 3 or not all(np.isfinite(values)) or min(values) <= 0:
+        raise Vox2VoxError(f"spacing={tuple(spacing)}: give three positive voxel sizes in mm")
+    return np.diag([*values, 1.0])
+
+
+def _to_canonical_axes(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The inverse of :func:`to_source_orientation` (for writing through ``write_volume``)."""
+    return canonical_from_array(labels[None], geometry.source_affine)[0][0]

@@ -1,0 +1,160 @@
+"""A model's card (``vox2vox info MODEL``): what a user needs to know before trusting a checkpoint.
+
+Read from the checkpoint's metadata alone (no tensor is loaded): the file's SHA-256, the input
+channels and how they are normalised, the spacing the model works at, the label convention, the
+training data's profile (:class:`vox2vox.data.profile.DataProfile`: case counts, spacing, shape,
+per-channel intensities and modality), validation scores, training time and steps, the source of a
+fine-tuned model, and the library versions it was trained with. Whatever a checkpoint does not
+record (older checkpoints, hand-made ones) reads as "not recorded", never as a guess.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vox2vox.config import Config
+from vox2vox.data.labels import get_convention
+from vox2vox.model.checkpoint import ModelInfo, file_sha256, read_metadata, resolve_checkpoint
+
+NOT_RECORDED = "not recorded"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    path: Path
+    sha256: str
+    size_bytes: int
+    config: Config
+    info: ModelInfo | None
+    counters: dict[str, Any] = field(default_factory=dict)  # epochs, steps, seconds, best/last Dice
+    predict: dict[str, Any] | None = None  # prediction options training chose (train.tune_prediction)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field as plain JSON (None where the checkpoint does not record it)."""
+        prep = self.config.preprocess
+        info = self.info
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "channels": list(info.channels) if info else None,
+            "normalization": {"method": prep.normalize,
+                              "ct_window": list(prep.ct_window) if prep.ct_window else None},
+            "target_spacing": list(prep.target_spacing) if prep.target_spacing else None,
+            "network": {"generator": self.config.to_dict()["generator"], "patch_size": list(self.config.train.patch_size)},
+            "labels": info.convention if info else None,
+            "layout": info.layout if info else None,
+            "training_data": info.data.to_json() if info and info.data else None,
+            "training": dict(self.counters),
+            "fine_tuned_from": {"path": info.source.path, "sha256": info.source.sha256,
+                                "reinit_output": info.source.reinit_output} if info and info.source else None,
+            "prediction_options": self.predict,
+            "versions": self.versions or None,
+        }
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The card of a checkpoint file or a run directory's model (``best``, as ``predict`` uses)."""
+    file = resolve_checkpoint(path, which="best")
+    meta = read_metadata(file)
+    state = meta.get("state", {})
+    config = Config.from_dict(meta["config"], source=str(file), ignore_unknown=True)
+    # The whole run's counters (recorded in `best` when training ends), else this file's own.
+    run = state.get("run") if isinstance(state.get("run"), dict) else {}
+    counters = {
+        "epochs": run.get("epoch", state.get("epoch")),
+        "steps": run.get("step", state.get("step")),
+        "seconds": run.get("seconds", state.get("seconds")),
+        "file_epoch": state.get("epoch"),
+        "best_dice": state.get("best_score"),
+        "best_epoch": state.get("best_epoch") if state.get("best_score") is not None else None,
+        "last_dice": run.get("last_score", state.get("last_score")),
+        "select": config.train.select,
+    }
+    predict = state.get("predict") if isinstance(state.get("predict"), dict) else None
+    versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
+    return ModelCard(file, file_sha256(file), file.stat().st_size, config, ModelInfo.from_state(state, file),
+                     counters, predict, {str(k): str(v) for k, v in versions.items()})
+
+
+def format_card(card: ModelCard) -> str:
+    """The card as aligned ``key  value`` lines for a terminal."""
+    config, info, c = card.config, card.info, card.counters
+    prep, gen = config.preprocess, config.generator
+    lines = [("model", str(card.path)), ("sha256", card.sha256), ("size", f"{card.size_bytes / 1e6:.1f} MB")]
+    lines.append(("network", f"{gen.arch} generator, depth {gen.depth}, {gen.base_filters}-{gen.max_filters} filters, "
+                             f"{gen.in_channels} channel(s) in, {gen.n_classes} {gen.output} out; trained on "
+                             f"{'x'.join(map(str, config.train.patch_size))} patches"))
+    lines.append(("channels", ", ".join(info.channels) if info else NOT_RECORDED))
+    lines.append(("normalization", _normalization(config)))
+    lines.append(("spacing", "resampled to " + " x ".join(f"{s:g}" for s in prep.target_spacing) + " mm"
+                  if prep.target_spacing else "as given (no resampling)"))
+    lines.append(("labels", _labels(info)))
+    lines += _data_lines(info)
+    if c.get("epochs") is None:
+        lines.append(("training", NOT_RECORDED))
+    else:
+        time = f", {_duration(c['seconds'])}" if c.get("seconds") else ", time not recorded"
+        this = f" (this file: epoch {c['file_epoch']})" if c["file_epoch"] != c["epochs"] else ""
+        lines.append(("training", f"{c['epochs']} epochs, {c['steps']} steps{time}{this}"))
+    best = (f"best Dice {c['best_dice']:.4f} (epoch {c['best_epoch']})" if c.get("best_dice") is not None
+            else f"best Dice {NOT_RECORDED}")
+    last = f"last {c['last_dice']:.4f}" if c.get("last_dice") is not None else f"last {NOT_RECORDED}"
+    lines.append(("validation", f"{best}, {last}; this file is the {c['select']} model"))
+    if info and info.source:
+        reinit = ", output layer re-initialised" if info.source.reinit_output else ""
+        lines.append(("fine-tuned from", f"{info.source.path} (sha256 {info.source.sha256[:16]}...{reinit})"))
+    if card.predict:
+        lines.append(("prediction", ", ".join(f"{k} {v}" for k, v in card.predict.items())))
+    lines.append(("versions", ", ".join(f"{k} {v}" for k, v in card.versions.items()) or NOT_RECORDED))
+    width = max(len(key) for key, _ in lines)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in lines)
+
+
+def card_json_text(card: ModelCard) -> str:
+    return json.dumps(card.to_json(), indent=2)
+
+
+def _normalization(config: Config) -> str:
+    prep = config.preprocess
+    text = {
+        "zscore-nonzero": "z-score per case over the foreground (background 0)",
+        "zscore": "z-score per case over the whole volume",
+        "ct-window": "clipped to the CT window and scaled to [0, 1]",
+        "none": "none (intensities as given)",
+    }[prep.normalize]
+    if prep.ct_window is not None:
+        text += f"; CT window {prep.ct_window[0]:g} to {prep.ct_window[1]:g} HU"
+    return f"{text} [{prep.normalize}]"
+
+
+def _labels(info: ModelInfo | None) -> str:
+    if info is None:
+        return NOT_RECORDED
+    convention = get_convention(info.convention)
+    values = ", ".join(f"{v} {n}" for v, n in zip(convention.source_values, convention.class_names, strict=True))
+    return f"{convention.name}: {values}"
+
+
+def _data_lines(info: ModelInfo | None) -> list[tuple[str, str]]:
+    if info is None or info.data is None:
+        return [("training data", NOT_RECORDED)]
+    data = info.data
+    lines = [("training data", f"{data.n_train + data.n_val} cases ({data.n_train} train, {data.n_val} validation), "
+                               f"{info.layout} layout")]
+    lines.append(("  spacing", " x ".join(s.format() for s in data.spacing) + " mm"))
+    lines.append(("  shape", " x ".join(s.format() for s in data.shape) + " voxels"))
+    for ch in data.channels:
+        lines.append((f"  {ch.name}", f"{ch.kind.upper()}; foreground 0.5/50/99.5th percentiles {ch.p00_5.format()} / "
+                                     f"{ch.median.format()} / {ch.p99_5.format()}"))
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
