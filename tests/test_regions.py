@@ -154,3 +154,33 @@ def test_the_plan_names_the_region_option_and_a_region_config_round_trips():
     for convention in (None, organs):
         plan = make_plan(fp, device=cpu, budget_seconds=1800, throughput=table, convention=convention)
         assert not any("regions" in reason for reason in plan.reasons)
+
+
+def test_deep_supervision_trains_coarse_heads_and_leaves_prediction_alone():
+    from vox2vox.train.state import build_state
+    from vox2vox.train.training import train_step
+
+    config = Config.from_dict({
+        "generator": {"arch": "residual", "in_channels": 1, "n_classes": 2, "base_filters": 4, "depth": 3,
+                      "deep_supervision": True},
+        "discriminator": {"in_channels": 1, "n_classes": 2, "base_filters": 4},
+        "loss": {"adversarial": False, "dice": "per_sample", "lambda_ce": 1.0},
+        "train": {"patch_size": [16, 16, 16], "batch_size": 2, "device": "cpu"}})
+    state = build_state(config)
+    generator = state.generator
+    image, label = torch.randn(2, 1, 16, 16, 16), (torch.rand(2, 16, 16, 16) > 0.7).long()
+    generator.train()
+    generator(image)
+    aux = generator.aux_outputs()
+    assert [tuple(a.shape) for a in aux] == [(2, 2, 8, 8, 8), (2, 2, 4, 4, 4)]
+    assert generator.aux_outputs() == []  # taken once
+    before = [h.weight.detach().clone() for h in generator.aux_heads]
+    train_step(state, image, label, config)
+    assert all(not torch.equal(b, h.weight) for b, h in zip(before, generator.aux_heads, strict=True))
+    # Prediction: the full-resolution output alone, nothing kept.
+    generator.eval()
+    with torch.no_grad():
+        probs = generator(image)
+    assert probs.shape == (2, 2, 16, 16, 16) and generator.aux_outputs() == []
+    with pytest.raises(Vox2VoxError, match="deep_supervision"):
+        Config.from_dict({"generator": {"arch": "paper", "deep_supervision": True}})

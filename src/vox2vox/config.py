@@ -421,6 +421,7 @@ DESCRIPTIONS: dict[str, str] = {
     "generator.in_channels": "image channels (training sets it from the data)",
     "generator.n_classes": "output channels: the classes, or the nested regions with output=regions (training sets it from the label convention)",
     "generator.output": "classes (softmax, one output per class: the paper) or regions (sigmoid per nested region, e.g. BraTS WT/TC/ET, turned back into labels on output); linear or tanh: a translation's (training sets them from task.head)",
+    "generator.deep_supervision": "residual generator: also train 1x1x1 heads on the decoder at 1/2 and 1/4 resolution (weights 1, 1/2, 1/4; nnU-Net's deep supervision); prediction uses the full-resolution output",
     "generator.base_filters": "filters of the first encoder stage (doubling per stage)",
     "generator.max_filters": "cap on the filters of any stage",
     "generator.depth": "stride-2 encoder stages; input sizes must be multiples of 2^depth",

@@ -49,6 +49,9 @@ class GeneratorConfig:
     # "linear"/"tanh": continuous channels of a translation (vox2vox.model.translation).
     n_classes: int = 4
     output: Literal["classes", "regions", "linear", "tanh"] = "classes"
+    # Residual generator only: extra outputs at 1/2 and 1/4 resolution trained too (nnU-Net's deep
+    # supervision); prediction uses the full-resolution output alone.
+    deep_supervision: bool = False
     base_filters: int = 64
     max_filters: int = 512
     depth: int = 4
@@ -65,6 +68,8 @@ class GeneratorConfig:
             raise Vox2VoxError(f"generator.arch={self.arch!r}: choose paper or residual")
         if self.output not in ("classes", "regions", "linear", "tanh"):
             raise Vox2VoxError(f"generator.output={self.output!r}: choose classes or regions (linear, tanh: translation)")
+        if self.deep_supervision and self.arch != "residual":
+            raise Vox2VoxError("generator.deep_supervision=true works with generator.arch=residual only")
         if not 2 <= self.depth <= 7:
             raise Vox2VoxError(f"generator.depth={self.depth}: must be between 2 and 7")
         if self.bottleneck_blocks < 0:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
@@ -125,6 +126,16 @@ def _update_generator(
         loss_g, out = translation_loss(fake, target, config.task)
     else:
         loss_g, out = _segmentation_loss(state, target, fake, config, mask=mask)
+        aux = getattr(_unwrap(state.generator), "aux_outputs", list)()
+        if aux:  # deep supervision: weights 1, 1/2, 1/4 over the scales, normalised (nnU-Net)
+            weights = [0.5**k for k in range(len(aux) + 1)]
+            loss_g = loss_g * weights[0]
+            for w, probs in zip(weights[1:], aux, strict=True):
+                size = probs.shape[2:]
+                coarse_mask = None if mask is None else F.interpolate(mask, size=size, mode="nearest")
+                loss_g = loss_g + w * _segmentation_loss(state, F.interpolate(target, size=size, mode="nearest"),
+                                                         probs, config, mask=coarse_mask)[0]
+            loss_g = loss_g / sum(weights)
     if adversarial:
         frozen = _unwrap(state.discriminator)
         frozen.requires_grad_(False)
