@@ -44,7 +44,7 @@ from vox2vox.train import distributed
 from vox2vox.train.finetune import FineTune, check_channels, check_classes, initial_weights
 from vox2vox.train.runlock import RunLock, check_run_folder
 from vox2vox.train.selection import choose_prediction_options, record_prediction_options
-from vox2vox.train.splits import split_cases
+from vox2vox.train.splits import run_split
 from vox2vox.train.tracking import Tracker, check_tracking, open_tracker
 from vox2vox.train.training import FitResult, Validator, fit
 from vox2vox.train.translation import train_translation
@@ -82,7 +82,7 @@ def train_on_dataset(
     Channel count and class count come from the data (they override the config's networks), the
     split is saved as ``split.json``, and checkpoints record the channel names, label convention
     and preprocessing so that ``predict`` needs nothing but the checkpoint. ``split`` gives the
-    (train ids, validation ids) explicitly (cross-validation folds) instead of :func:`split_cases`.
+    (train ids, validation ids) explicitly (cross-validation folds) instead of the seeded split (:func:`vox2vox.train.splits.run_split`).
     ``plan_toml`` (the plan ``vox2vox train`` made) is written as ``plan.toml`` beside ``split.json``,
     once the run folder is checked and locked. ``finetune`` (``train --init-from``, :mod:`vox2vox.train.finetune`)
     starts the networks from a trained model's weights once its channels and classes are checked
@@ -114,14 +114,7 @@ def train_on_dataset(
         convention = apply_inferred_convention(cases, where=config.data.path, announce=progress)
         if finetune is not None:
             check_classes(finetune, convention, config.data.path, reinit_output=reinit)
-    if split is None:
-        train_ids, val_ids = split_cases(list(cases), val_fraction=config.data.val_fraction,
-                                         val_cases=config.data.val_cases, seed=config.train.seed)
-    else:
-        train_ids, val_ids = sorted(split[0]), sorted(split[1])
-        unknown = sorted(set(train_ids + val_ids) - set(cases))
-        if unknown:
-            raise Vox2VoxError(f"{config.data.path}: the split names cases the data does not hold: {', '.join(unknown[:5])}")
+    train_ids, val_ids = run_split(list(cases), config, split)
     run_dir = Path(run_dir)
     # One training process per run folder (rank 0 holds the lock for the job).
     lock = RunLock(run_dir).acquire() if ctx.is_main else None

@@ -35,7 +35,7 @@ from vox2vox.report.image_metrics import translation_scores
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
 from vox2vox.train.runlock import RunLock, check_run_folder
-from vox2vox.train.splits import split_cases
+from vox2vox.train.splits import run_split
 from vox2vox.train.training import FitResult, Validator, fit
 
 
@@ -68,14 +68,7 @@ def train_translation(config: Config, run_dir: str | Path, *, resume: bool = Fal
     for case in tqdm(spec.cases, desc="loading cases", disable=not progress, leave=False, file=sys.stderr):
         cases[case.case_id] = load_translation_case(case, source, target, prep=config.preprocess,
                                                     head=config.task.head)
-    if split is None:
-        train_ids, val_ids = split_cases(list(cases), val_fraction=config.data.val_fraction,
-                                         val_cases=config.data.val_cases, seed=config.train.seed)
-    else:
-        train_ids, val_ids = sorted(split[0]), sorted(split[1])
-        unknown = sorted(set(train_ids + val_ids) - set(cases))
-        if unknown:
-            raise Vox2VoxError(f"{config.data.path}: the split names cases the data does not hold: {', '.join(unknown[:5])}")
+    train_ids, val_ids = run_split(list(cases), config, split)
     run_dir = Path(run_dir)
     lock = RunLock(run_dir).acquire() if ctx.is_main else None
     try:
