@@ -27,7 +27,7 @@ Command (benchmarks/RESULTS.md)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/translation.py \\
         --data ../shared/data/brats2018-deepvoxnet2 --source T1 --target FLAIR --folds 3 --steps 300 \\
-        --out /tmp/v2v-translation [--segmentation --seg-steps 300]
+        --out OUT [--segmentation --seg-steps 300]
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ only files you trust. ONNX files hold a graph of operators and no code.
 
 from __future__ import annotations
 
+import abc
 import sys
 import warnings
 import zipfile
@@ -46,7 +47,7 @@ def exported_format(path: str | Path) -> ExportFormat | None:
     return SUFFIXES.get(path.suffix.lower()) if not path.is_dir() else None
 
 
-class ExportedGenerator(nn.Module):
+class ExportedGenerator(nn.Module, metaclass=abc.ABCMeta):
     """The common part of the backends: the config, the input checks, no parameters of its own."""
 
     backend: str = ""
@@ -68,8 +69,9 @@ class ExportedGenerator(nn.Module):
         self.check_input(x)
         return self.run(x)
 
+    @abc.abstractmethod
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Probabilities for a float32 ``(B, C, D, H, W)`` input, from the exported graph."""
 
 
 class OnnxRuntimeGenerator(ExportedGenerator):
