@@ -50,11 +50,12 @@ def truth_wt(files) -> tuple[np.ndarray, tuple[float, ...]]:
     return np.asarray(raw) > 0, geometry.spacing  # every tumour label is whole tumour
 
 
-def run_readme(train_csv: Path, test_csv: Path, out: Path, minutes: float) -> dict:
+def run_readme(train_csv: Path, test_csv: Path, out: Path, minutes: float, overrides: list[str]) -> dict:
     vox2vox = [sys.executable, "-m", "vox2vox.cli"]
     t0 = time.perf_counter()
+    sets = [arg for o in overrides for arg in ("--set", o)]
     subprocess.run([*vox2vox, "train", "--data", str(train_csv), "--budget", f"{minutes:g}m", "--out",
-                    str(out / "run")], check=True)
+                    str(out / "run"), *sets], check=True)
     train_s = time.perf_counter() - t0
     # Predict from the images alone (no label column), as on new scans.
     spec = discover(test_csv)
@@ -70,9 +71,9 @@ def run_readme(train_csv: Path, test_csv: Path, out: Path, minutes: float) -> di
     return {"train_seconds": train_s, "steps": metrics[-1]["step"] if metrics else None, "per_case": scores}
 
 
-def run_unet(train_csv: Path, test_csv: Path, out: Path, minutes: float, seed: int) -> dict:
+def run_unet(train_csv: Path, test_csv: Path, out: Path, minutes: float, seed: int, width: int) -> dict:
     study = quality.make_study("brats", out / "cache")
-    settings = quality.Settings(width=8, batch=2, lr_unet=1e-3, seed=seed)
+    settings = quality.Settings(width=width, batch=2, lr_unet=1e-3, seed=seed)
     train = [load_case(c, convention=study.convention, prep=study.preprocess) for c in discover(train_csv).cases]
     trained = quality.train_unet(study, settings, train, out / "unet", 60.0 * minutes)
     scores = {}
@@ -91,17 +92,20 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="--method readme: a config override passed to `vox2vox train` (a variant of the plan)")
+    p.add_argument("--unet-width", type=int, default=8, help="--method unet: the U-Net's first width")
     args = p.parse_args()
     out = Path(args.out)
     train_csv, test_csv = write_manifests(args.train or [str(SHARED / "brats2018-deepvoxnet2")],
                                           args.test or [str(SHARED / "brats2015-deepmedic")], out)
     load = os.getloadavg()[0]
     if args.method == "readme":
-        result = run_readme(train_csv, test_csv, out, args.minutes)
+        result = run_readme(train_csv, test_csv, out, args.minutes, args.overrides)
     else:
-        result = run_unet(train_csv, test_csv, out, args.minutes, args.seed)
+        result = run_unet(train_csv, test_csv, out, args.minutes, args.seed, args.unet_width)
     dices = [s["dice"] for s in result["per_case"].values()]
-    result.update(method=args.method, minutes=args.minutes, machine=quality.machine(),
+    result.update(method=args.method, overrides=args.overrides, unet_width=args.unet_width, minutes=args.minutes, machine=quality.machine(),
                   load_before=load, load_after=os.getloadavg()[0], wt_dice_mean=float(np.mean(dices)))
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("method", "steps", "train_seconds", "wt_dice_mean", "per_case")}))
