@@ -428,6 +428,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from vox2vox.infer.contract import describe_output
     from vox2vox.infer.export import export_model
 
     result = export_model(args.model, args.out, fmt=args.format)
@@ -436,7 +437,7 @@ def _export(args: argparse.Namespace) -> int:
           f"{contract['source']['file']} to {result.path} ({result.format}; matches PyTorch within "
           f"{result.max_difference:.1g})")
     print(f"input: {', '.join(contract['input']['channels'])}, sizes multiples of {contract['input']['size_multiple']}; "
-          f"classes: {', '.join(c['name'] for c in contract['labels']['classes'])}")
+          f"{describe_output(contract)}")
     return 0
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from vox2vox.data.augmentation import AugmentConfig, Augmenter, power_law
 from vox2vox.data.cases import CaseFiles, DatasetSpec
+from vox2vox.data.io import Geometry
 from vox2vox.data.loading import read_case_and_mask
 from vox2vox.data.preprocessing import (
     LoadedCase,
@@ -66,13 +67,20 @@ def read_translation_case(case: CaseFiles, channels: Sequence[str], *, n_source:
         raise Vox2VoxError(f"case {case.case_id}: has no channel {missing[0]!r} (it has {', '.join(case.channels)})")
     files = CaseFiles(case.case_id, {c: case.channels[c] for c in channels}, None, case.mask)
     image, _, mask, geometry = read_case_and_mask(files)
+    return prepare_translation_case(case.case_id, image, geometry, mask, n_source=n_source, prep=prep)
+
+
+def prepare_translation_case(case_id: str, image: np.ndarray, geometry: Geometry, mask: np.ndarray | None, *,
+                             n_source: int, prep: PreprocessConfig) -> tuple[LoadedCase, np.ndarray]:
+    """:func:`read_translation_case` for channels already read onto the canonical grid (``image``
+    ``(C, X, Y, Z)``, sources first; ``mask`` the case's own, or None for the source foreground)."""
     if mask is None:
         source = image[:n_source]
         if prep.ct_window is not None:
             source = np.clip(source, *prep.ct_window)
         mask = foreground_mask(source)
     image, _, record = preprocess(image, None, spacing=geometry.spacing, config=prep, mask=mask)
-    return LoadedCase(case.case_id, image, None, geometry, record), mask
+    return LoadedCase(case_id, image, None, geometry, record), mask
 
 
 def load_translation_case(case: CaseFiles, source: Sequence[str], target: Sequence[str], *,
@@ -110,14 +118,34 @@ def restore_synthesis(output: np.ndarray, loaded: LoadedCase, mask: np.ndarray, 
     restored = np.stack(channels)
     if prep.normalize == "zscore-nonzero":
         restored[:, ~mask] = 0.0
-        return restored, "z-scored"
-    if prep.normalize == "ct-window":
+    elif prep.normalize == "ct-window":
         lo, hi = prep.ct_window  # type: ignore[misc]
         restored = np.where(mask, np.clip(restored, 0.0, 1.0) * (hi - lo) + lo, lo).astype(np.float32)
-        return restored, "HU"
-    if prep.normalize == "zscore":
-        return restored, "z-scored"
-    return restored, "input units"
+    return restored, intensity_scale(prep)
+
+
+#: How :func:`restore_synthesis` turns the generator's output into the written volume, per
+#: ``preprocess.normalize`` (model cards and export contracts say it in these words).
+RESTORE_MEANING = {
+    "zscore-nonzero": "z-scored over the source foreground (the target's own mean and standard deviation are unknown "
+                      "at prediction time); 0 outside the foreground",
+    "zscore": "z-scored over the whole volume (the target's own mean and standard deviation are unknown at "
+              "prediction time)",
+    "ct-window": "the window's [0, 1] mapped back to Hounsfield units and clipped to the window; the window's low "
+                 "end outside the source foreground",
+    "none": "the target's own units, as the training files stored them",
+}
+
+
+def intensity_scale(prep: PreprocessConfig) -> str:
+    """The name of the scale a synthesised volume is written in: ``z-scored``, ``HU`` or ``input units``."""
+    return {"zscore-nonzero": "z-scored", "zscore": "z-scored", "ct-window": "HU"}.get(prep.normalize, "input units")
+
+
+def head_meaning(head: str) -> str:
+    """What the generator's raw output of ``head`` (``linear`` / ``tanh``) is, before restoring."""
+    return ("the normalised target (linear, unbounded)" if head == "linear"
+            else "the target's [0, 1] window scaled to [-1, 1] (tanh); restored as (y + 1) / 2 first")
 
 
 def synthesis_description(target: str, scale: str) -> str:

@@ -1,11 +1,13 @@
 """Run an exported generator (ONNX Runtime or TorchScript) where prediction runs a PyTorch one.
 
 A backend here is an ``nn.Module`` whose ``forward`` takes a float32 ``(B, C, D, H, W)`` tensor and
-returns the probabilities ``(B, K, D, H, W)`` float32 (softmax, or region sigmoids) on the same device, and whose
+returns the generator's output ``(B, K, D, H, W)`` float32 on the same device (a segmentation's
+probabilities: softmax or region sigmoids; a translation's synthesised targets), and whose
 ``config`` is the :class:`GeneratorConfig` it was exported from (``size_multiple``, channel and
 class counts). That is all :func:`vox2vox.infer.inference.predict_probabilities` asks of the
 PyTorch generator, so the padding, sliding windows, flips, ensembles, post-processing and the
-writing of label maps are one code path for every kind of model file; only loading differs.
+writing of label maps (or synthesised volumes) are one code path for every kind of model file;
+only loading differs.
 
 Loading checks the file's vox2vox metadata (:mod:`vox2vox.infer.contract`) before anything runs:
 a TorchScript archive is a zip, and its ``extra/vox2vox.json`` is read with :mod:`zipfile`, so a
@@ -31,7 +33,7 @@ from torch import nn
 from vox2vox.config import Config
 from vox2vox.device import AmpDtype, resolve_prediction_amp
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.contract import INPUT_NAME, METADATA_KEY, parse_contract
+from vox2vox.infer.contract import INPUT_NAME, METADATA_KEY, output_name, parse_contract
 from vox2vox.model.generator import Generator, GeneratorConfig
 
 ExportFormat = Literal["onnx", "torchscript"]
@@ -71,7 +73,7 @@ class ExportedGenerator(nn.Module, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities for a float32 ``(B, C, D, H, W)`` input, from the exported graph."""
+        """The generator's output for a float32 ``(B, C, D, H, W)`` input, from the exported graph."""
 
 
 class OnnxRuntimeGenerator(ExportedGenerator):
@@ -167,16 +169,50 @@ def _load_onnx(path: Path, device: torch.device) -> tuple[nn.Module, Config, dic
         raise Vox2VoxError(f"{path}: not a readable ONNX model ({first[:200]})") from err
     meta = session.get_modelmeta().custom_metadata_map
     doc, config = parse_contract(meta.get(METADATA_KEY), path, backend="onnx")
-    _check_graph_io(path, [i.name for i in session.get_inputs()])
+    _check_graph_io(path, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()],
+                    output_name(config.task.kind))
     backend = OnnxRuntimeGenerator(config.generator, path, session)
     backend.contract = doc
     return backend, config, doc["state"], doc
 
 
-def _check_graph_io(path: Path, inputs: list[str]) -> None:
-    if inputs != [INPUT_NAME]:
-        raise Vox2VoxError(f"{path}: the ONNX graph's inputs are {inputs}, its vox2vox metadata expects "
-                           f"[{INPUT_NAME!r}]; export the model again")
+def _check_graph_io(path: Path, inputs: list[str], outputs: list[str], output: str) -> None:
+    # The names say what flows: a segmentation's "probabilities" or a translation's "synthesis".
+    for what, names, wanted in (("inputs", inputs, INPUT_NAME), ("outputs", outputs, output)):
+        if names != [wanted]:
+            raise Vox2VoxError(f"{path}: the ONNX graph's {what} are {names}, its vox2vox metadata expects "
+                               f"[{wanted!r}]; export the model again")
+
+
+def read_exported_contract(path: str | Path) -> tuple[dict[str, Any], Config]:
+    """An exported file's validated metadata document and config, without running or
+    deserialising the model (``vox2vox info``): the ONNX file's ``metadata_props`` through the
+    ``onnx`` package (the file is parsed as protobuf data, nothing executes), a TorchScript
+    archive's JSON through :mod:`zipfile`."""
+    path = Path(path)
+    kind = exported_format(path)
+    if kind is None:
+        raise Vox2VoxError(f"{path}: not an exported model (expected .onnx, or .pt/.ts for TorchScript)")
+    if not path.is_file():
+        raise Vox2VoxError(f"{path}: model file not found")
+    if kind == "torchscript":
+        return parse_contract(read_torchscript_metadata(path), path, backend="torchscript")
+    try:
+        # Lazy: the onnx package is the optional onnx extra, needed only for .onnx files.
+        import onnx
+    except ImportError as err:
+        raise Vox2VoxError(f"{path}: reading ONNX models needs the onnx package; install the onnx extra "
+                           f"({ONNX_EXTRA_HINT})") from err
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError and onnx's own errors share no public base
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise Vox2VoxError(f"{path}: not a readable ONNX model ({first[:200]})") from err
+    meta = {entry.key: entry.value for entry in proto.metadata_props}
+    doc, config = parse_contract(meta.get(METADATA_KEY), path, backend="onnx")
+    _check_graph_io(path, [i.name for i in proto.graph.input], [o.name for o in proto.graph.output],
+                    output_name(config.task.kind))
+    return doc, config
 
 
 def read_torchscript_metadata(path: Path) -> str | None:

@@ -9,9 +9,18 @@ document (stored under :data:`METADATA_KEY`: an ONNX ``metadata_props`` entry, a
 file exactly as it runs the checkpoint.
 
 The document is readable without vox2vox (Netron shows ONNX metadata; ``unzip -p model.pt
-'*/extra/vox2vox.json'`` prints a TorchScript file's): ``input``, ``output``, ``labels`` and
-``predict`` spell the contract out; ``config`` and ``state`` are the checkpoint's own records,
+'*/extra/vox2vox.json'`` prints a TorchScript file's): ``task``, ``input``, ``output``, ``labels``
+and ``predict`` spell the contract out; ``config`` and ``state`` are the checkpoint's own records,
 which vox2vox reads back.
+
+Two tasks (``task.kind``): a segmentation's output is ``probabilities`` (the graph's output
+tensor has that name) and ``labels`` says what its classes are on disk; a translation's output
+is ``synthesis``, the synthesised target channels in the generator's head (``linear``: the
+normalised target; ``tanh``: its [0, 1] window scaled to [-1, 1]), ``output.intensity`` says how
+``predict`` writes them (:func:`vox2vox.data.translation.restore_synthesis`), and ``labels`` is
+null. Format versions: 1 is a segmentation export (what every vox2vox with exports reads);
+2 adds the translate task, so translation files say 2 and segmentation files stay 1, readable by
+older versions; a v1 document without ``task`` is a segmentation.
 """
 
 from __future__ import annotations
@@ -23,20 +32,26 @@ from typing import Any
 from vox2vox import __version__
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
+from vox2vox.data.translation import RESTORE_MEANING, head_meaning, intensity_scale
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import check_metadata
 from vox2vox.model.outputs import head_for
 
 FORMAT = "vox2vox-export"
-FORMAT_VERSION = 1
+#: The newest format this vox2vox reads and writes (module docstring: 1 segmentation, 2 translation).
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = {"segment": 1, "translate": 2}
 #: The ONNX metadata_props key and the TorchScript extra file's stem holding the JSON document.
 METADATA_KEY = "vox2vox"
 INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
+#: The graph's output tensor per task (an ONNX file's output name, checked on loading).
+OUTPUT_NAMES = {"segment": "probabilities", "translate": "synthesis"}
 
 #: What an exported file's ``state`` keeps of the checkpoint's (the rest is training progress).
 # data_profile: so predictions from an export warn about cases unlike the training data too.
-_STATE_KEYS = ("channels", "layout", "convention", "predict", "data_profile")
+_STATE_KEYS = ("channels", "layout", "convention", "predict", "data_profile", "init_from")
+#: The checkpoint's counters an export's ``source`` records (its model card's training lines).
+_SOURCE_KEYS = ("epoch", "step", "seconds", "best_score", "best_epoch", "last_score", "run")
 
 _AXES = ("D, H, W: the NIfTI voxel axes (i, j, k) after reorientation to the closest canonical "
          "(RAS+) orientation, as nibabel's as_closest_canonical gives them")
@@ -57,26 +72,49 @@ _NORMALIZATION = {
 }
 
 
+def output_name(kind: str) -> str:
+    """The output tensor's name for a ``task.kind`` (``segment`` / ``translate``)."""
+    return OUTPUT_NAMES[kind]
+
+
 def build_contract(config: Config, state: dict[str, Any], *, backend: str, source: Path, sha256: str,
                    opset: int | None = None) -> dict[str, Any]:
     """The JSON document for a generator of ``config`` trained as ``state`` records (a checkpoint's)."""
-    if "convention" not in state:
-        raise Vox2VoxError(f"{source}: the checkpoint does not record its label convention; export needs "
-                           "a checkpoint written by vox2vox train")
-    convention = get_convention(state["convention"])
-    gen = config.generator
-    head = head_for(gen.n_classes, gen.output, convention)  # refuses a checkpoint that contradicts itself
+    gen, task = config.generator, config.task
     prep = config.preprocess.to_json()
     prep.pop("cache_dir", None)  # a training machine's folder, not part of the contract
     predict = dict(state.get("predict") or {})
+    if task.translate:
+        check_translation_config(config, state, source)
+        output, labels = _translation_output(config), None
+        predict_options: dict[str, Any] = {"tta": bool(predict.get("tta", False))}
+        task_section: dict[str, Any] = {"kind": "translate", "source": list(task.source or ()),
+                                        "target": list(task.target or ()), "head": task.head,
+                                        "lambda_l1": task.lambda_l1, "lambda_ssim": task.lambda_ssim,
+                                        "select": task.select}
+    else:
+        if "convention" not in state:
+            raise Vox2VoxError(f"{source}: the checkpoint does not record its label convention; export needs "
+                               "a checkpoint written by vox2vox train")
+        convention = get_convention(state["convention"])
+        head = head_for(gen.n_classes, gen.output, convention)  # refuses a checkpoint that contradicts itself
+        output, labels = _segmentation_output(config, convention, head), {
+            "convention": convention.name,
+            "classes": [{"class": i, "value": int(v), "name": n}
+                        for i, (v, n) in enumerate(zip(convention.source_values, convention.class_names, strict=True))],
+        }
+        predict_options = {"tta": bool(predict.get("tta", False)),
+                           "largest_component": str(predict.get("largest_component", "off"))}
+        task_section = {"kind": "segment"}
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSIONS[task.kind],
         "vox2vox_version": __version__,
         "backend": backend,
         **({"onnx_opset": opset} if opset is not None else {}),
         "source": {"file": source.name, "sha256": sha256,
-                   **{k: state[k] for k in ("epoch", "step", "best_score", "best_epoch") if k in state}},
+                   **{k: state[k] for k in _SOURCE_KEYS if k in state}},
+        "task": task_section,
         "input": {
             "name": INPUT_NAME,
             "shape": ["batch", "channels", "D", "H", "W"],
@@ -85,37 +123,81 @@ def build_contract(config: Config, state: dict[str, Any], *, backend: str, sourc
             "axes": _AXES,
             "size_multiple": gen.size_multiple,
             "normalization": {"method": prep["normalize"], "ct_window": prep["ct_window"],
-                              "meaning": _NORMALIZATION.get(prep["normalize"], "")},
+                              "meaning": _NORMALIZATION.get(prep["normalize"], "")
+                              + ("; computed over the source channels' foreground" if task.translate else "")},
             "target_spacing_mm": prep["target_spacing"],
             "spacing": ("cases are resampled to target_spacing_mm before the network" if prep["target_spacing"]
                         else "cases run at their own voxel spacing (no resampling)"),
             "training_patch": list(config.train.patch_size),
             "preprocess": prep,
         },
-        "output": {
-            "name": OUTPUT_NAME,
-            "shape": ["batch", gen.output, "D", "H", "W"],
-            "dtype": "float32",
-            "kind": gen.output,
-            "channels": list(head.names),
-            "what": _OUTPUT_MEANING[gen.output],
-            **({"regions": [{"name": n, "classes": [int(convention.source_values[c]) for c in range(head.n_classes)
-                                                     if head.membership[c, r]],
-                             "innermost_value": int(convention.source_values[head.region_class[r]])}
-                            for r, n in enumerate(head.names)]} if gen.output == "regions" else {}),
-        },
-        "labels": {
-            "convention": convention.name,
-            "classes": [{"class": i, "value": int(v), "name": n}
-                        for i, (v, n) in enumerate(zip(convention.source_values, convention.class_names, strict=True))],
-        },
-        "predict": {"tta": bool(predict.get("tta", False)),
-                    "largest_component": str(predict.get("largest_component", "off"))},
+        "output": output,
+        "labels": labels,
+        "predict": predict_options,
         "generator": {"arch": gen.arch, "in_channels": gen.in_channels, "n_classes": gen.n_classes,
                       "output": gen.output},
         "config": config.to_dict(),
         "state": {k: state[k] for k in _STATE_KEYS if k in state},
     }
+
+
+def _segmentation_output(config: Config, convention: Any, head: Any) -> dict[str, Any]:
+    gen = config.generator
+    return {
+        "name": output_name("segment"),
+        "shape": ["batch", gen.output, "D", "H", "W"],
+        "dtype": "float32",
+        "kind": gen.output,
+        "channels": list(head.names),
+        "what": _OUTPUT_MEANING[gen.output],
+        **({"regions": [{"name": n, "classes": [int(convention.source_values[c]) for c in range(head.n_classes)
+                                                 if head.membership[c, r]],
+                         "innermost_value": int(convention.source_values[head.region_class[r]])}
+                        for r, n in enumerate(head.names)]} if gen.output == "regions" else {}),
+    }
+
+
+def _translation_output(config: Config) -> dict[str, Any]:
+    task, prep = config.task, config.preprocess
+    return {
+        "name": output_name("translate"),
+        "shape": ["batch", "targets", "D", "H", "W"],
+        "dtype": "float32",
+        "kind": task.head,
+        "channels": list(task.target or ()),
+        "what": f"the synthesised target channels: {head_meaning(task.head)}",
+        "intensity": {"scale": intensity_scale(prep), "restore": RESTORE_MEANING[prep.normalize],
+                      "ct_window": list(prep.ct_window) if prep.ct_window else None},
+    }
+
+
+def check_translation_config(config: Config, state: dict[str, Any], where: object) -> None:
+    """A translation checkpoint or export agrees with itself: sources, targets, head and network sizes."""
+    gen, task = config.generator, config.task
+    problem = None
+    if not task.source:
+        problem = "task.source is not recorded"
+    elif gen.output != task.head:
+        problem = f"generator.output is {gen.output!r} but task.head is {task.head!r}"
+    elif gen.in_channels != len(task.source) or gen.n_classes != len(task.target or ()):
+        problem = (f"the generator maps {gen.in_channels} channel(s) to {gen.n_classes}, the task "
+                   f"{len(task.source)} source(s) to {len(task.target or ())} target(s)")
+    elif state.get("channels") is not None and list(state["channels"]) != list(task.source):
+        problem = f"its channels {state['channels']} are not task.source {list(task.source)}"
+    elif "convention" in state:
+        problem = "a translation with a label convention"
+    if problem:
+        raise Vox2VoxError(f"{where}: a translation model that contradicts itself ({problem}); "
+                           "export a checkpoint written by vox2vox train")
+
+
+def describe_output(contract: dict[str, Any]) -> str:
+    """One line on what an export's output means (``vox2vox export`` prints it)."""
+    if contract.get("task", {}).get("kind") == "translate":
+        task, intensity = contract["task"], contract["output"]["intensity"]
+        return (f"synthesises {', '.join(task['target'])} ({task['head']} head; written {intensity['scale']}) "
+                f"as output '{contract['output']['name']}'")
+    return f"classes: {', '.join(c['name'] for c in contract['labels']['classes'])}"
 
 
 def dump_contract(contract: dict[str, Any]) -> str:
@@ -145,8 +227,12 @@ def parse_contract(text: str | bytes | None, path: Path, *, backend: str) -> tup
     if doc.get("backend") != backend:
         raise Vox2VoxError(f"{path}: its metadata says it is a {doc.get('backend')!r} export, not {backend}; "
                            "name ONNX files .onnx and TorchScript files .pt")
+    task = doc.get("task", {"kind": "segment"})  # v1 documents hold segmentations only
+    kind = task.get("kind") if isinstance(task, dict) else None
+    if kind not in FORMAT_VERSIONS or (kind == "translate" and version < FORMAT_VERSIONS["translate"]):
+        raise Vox2VoxError(f"{path}: malformed vox2vox metadata: task {task!r}; export the model again")
     state = doc.get("state")
-    if not isinstance(state, dict) or "convention" not in state:
+    if not isinstance(state, dict) or (kind == "segment" and "convention" not in state):
         raise Vox2VoxError(f"{path}: malformed vox2vox metadata: no label convention; export the model again")
     # The checkpoint's own checks: the config through the typed Config, the state fields by type.
     check_metadata({"config": doc.get("config"), "state": state}, path)
@@ -156,6 +242,17 @@ def parse_contract(text: str | bytes | None, path: Path, *, backend: str) -> tup
     if recorded != gen.output:
         raise Vox2VoxError(f"{path}: malformed vox2vox metadata: generator.output is {recorded!r} in the "
                            f"contract but {gen.output!r} in its config; export the model again")
+    if config.task.kind != kind:
+        raise Vox2VoxError(f"{path}: malformed vox2vox metadata: task {kind!r} in the contract but "
+                           f"{config.task.kind!r} in its config; export the model again")
+    output = doc.get("output")
+    if not isinstance(output, dict) or output.get("name") != output_name(kind):
+        shown = output.get("name") if isinstance(output, dict) else output
+        raise Vox2VoxError(f"{path}: malformed vox2vox metadata: output {shown!r}, a {kind} export's is "
+                           f"{output_name(kind)!r}; export the model again")
+    if kind == "translate":
+        check_translation_config(config, state, f"{path}: malformed vox2vox metadata")
+        return doc, config
     try:
         head_for(gen.n_classes, gen.output, get_convention(state["convention"]))
     except Vox2VoxError as err:

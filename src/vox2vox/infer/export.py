@@ -1,11 +1,12 @@
 """``vox2vox export``: a checkpoint's generator as one ONNX or TorchScript file with its contract.
 
-The file holds the generator with its output activation (softmax, or a sigmoid per region; ``(B, C, D, H, W)`` float32 image in,
-``(B, K, D, H, W)`` probabilities out; batch and spatial axes dynamic) and, as metadata, the
-input contract of :mod:`vox2vox.infer.contract`. Before the file is written, the export is run
-on an input of another size and batch than the one it was traced with and compared with the
-PyTorch generator (probabilities within :data:`VERIFY_TOLERANCE`), so a file that exists is one
-that reproduces its checkpoint.
+The file holds the generator with its output activation (``(B, C, D, H, W)`` float32 image in,
+``(B, K, D, H, W)`` out; batch and spatial axes dynamic): a segmentation's ``probabilities``
+(softmax, or a sigmoid per region) or a translation's ``synthesis`` (its linear or tanh head),
+and, as metadata, the input contract of :mod:`vox2vox.infer.contract`. Before the file is
+written, the export is run on an input of another size and batch than the one it was traced
+with and compared with the PyTorch generator (:func:`verify_tolerance`), so a file that exists
+is one that reproduces its checkpoint.
 
 What is exported is the plain generator, not the copy prediction runs (``fast_inference_model``
 swaps the few-channel transposed-convolution head for an equivalent ordinary convolution plus
@@ -41,7 +42,6 @@ from vox2vox.infer.backends import (
 from vox2vox.infer.contract import (
     INPUT_NAME,
     METADATA_KEY,
-    OUTPUT_NAME,
     build_contract,
     dump_contract,
 )
@@ -54,7 +54,8 @@ FORMATS: tuple[ExportFormat, ...] = ("onnx", "torchscript")
 #: a per-group scale that opset 21 redefined; the exporter lowers GroupNorm to InstanceNormalization
 #: + affine below 18, which every ONNX Runtime runs).
 ONNX_OPSET = 17
-#: Largest difference in any probability between the exported model and PyTorch at export time.
+#: Largest difference in any probability between the exported model and PyTorch at export time
+#: (for a translation's unbounded output: per unit of its largest magnitude, see verify_tolerance).
 VERIFY_TOLERANCE = 1e-4
 #: A single ONNX file is one protobuf message, which cannot exceed 2 GiB.
 ONNX_MAX_BYTES = 2**31 - 2**24
@@ -140,8 +141,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _Probabilities(nn.Module):
-    """``forward(image) -> probabilities``: one named input, as the exported graph has it."""
+class _Graph(nn.Module):
+    """``forward(image) -> output``: one named input and one output, as the exported graph has them."""
 
     def __init__(self, generator: nn.Module):
         super().__init__()
@@ -245,6 +246,7 @@ def _onnx_bytes(generator: nn.Module, contract: dict[str, Any], source: Path) ->
                            "file holds (2 GiB); export it with --format torchscript")
     trace, check = _examples(generator)
     axes = {0: "batch", 2: "D", 3: "H", 4: "W"}
+    output = contract["output"]["name"]
     buffer = io.BytesIO()
     with _quiet_trace(), torch.no_grad():
         # The TorchScript-based exporter (dynamo=False), not torch 2.13's default torch.export one:
@@ -253,17 +255,20 @@ def _onnx_bytes(generator: nn.Module, contract: dict[str, Any], source: Path) ->
         # axes outright (and would need onnxscript too); tracing records the 3D convolutions,
         # norms and concatenations with symbolic shapes, and the graph it gives runs every size
         # and batch (checked below on an input unlike the trace's).
-        torch.onnx.export(_Probabilities(_portable(generator)), (trace,), buffer, dynamo=False,
-                          opset_version=ONNX_OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, do_constant_folding=True)
+        torch.onnx.export(_Graph(_portable(generator)), (trace,), buffer, dynamo=False,
+                          opset_version=ONNX_OPSET, input_names=[INPUT_NAME], output_names=[output],
+                          dynamic_axes={INPUT_NAME: axes, output: axes}, do_constant_folding=True)
     proto = onnx.load_from_string(buffer.getvalue())
     del buffer
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, dump_contract(contract)
     proto.producer_name, proto.producer_version = "vox2vox", contract["vox2vox_version"]
-    proto.doc_string = (f"vox2vox {contract['generator']['arch']} generator from {contract['source']['file']} "
-                        f"(sha256 {contract['source']['sha256'][:12]}): image (B, {contract['generator']['in_channels']}, "
-                        f"D, H, W) -> {contract['generator']['output']} probabilities (B, {contract['generator']['n_classes']}, D, H, W); "
+    gen = contract["generator"]
+    what = (f"{gen['output']} probabilities" if contract["task"]["kind"] == "segment"
+            else f"synthesised {', '.join(contract['task']['target'])} ({gen['output']} head)")
+    proto.doc_string = (f"vox2vox {gen['arch']} generator from {contract['source']['file']} "
+                        f"(sha256 {contract['source']['sha256'][:12]}): {INPUT_NAME} (B, {gen['in_channels']}, "
+                        f"D, H, W) -> {output}: {what} (B, {gen['n_classes']}, D, H, W); "
                         f"the input contract is the '{METADATA_KEY}' metadata entry")
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
@@ -284,12 +289,26 @@ def _torchscript_bytes(generator: nn.Module, contract: dict[str, Any], source: P
         # (torch 2.13 marks torch.jit deprecated in favour of torch.export, whose programs do
         # not take dynamic spatial sizes for these networks, see _onnx_bytes: TorchScript stays
         # the PyTorch-native format that does.)
-        traced = torch.jit.trace(_Probabilities(generator), (trace,), check_trace=False)
+        traced = torch.jit.trace(_Graph(generator), (trace,), check_trace=False)
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_EXTRA: dump_contract(contract)})
         data = buffer.getvalue()
         got = torch.jit.load(io.BytesIO(data))(check)
     return data, _verify(generator, check, got, source)
+
+
+def verify_tolerance(want: torch.Tensor, kind: str) -> float:
+    """The largest difference an export may show against PyTorch on ``want`` (PyTorch's output).
+
+    Probabilities and a tanh head live in [0, 1] / [-1, 1]: :data:`VERIFY_TOLERANCE` absolute. A
+    linear head's z-scored output has no fixed range, and float32 rounding grows with the values
+    (and with the sums of the convolutions before them), so the bound scales with the output's
+    largest magnitude, never below the absolute one: 1e-4 of the output's range is far below any
+    intensity difference a synthesis is judged by.
+    """
+    if kind != "linear":
+        return VERIFY_TOLERANCE
+    return VERIFY_TOLERANCE * max(1.0, float(want.float().abs().max()))
 
 
 def _verify(generator: nn.Module, check: torch.Tensor, got: torch.Tensor, source: Path) -> float:
@@ -299,7 +318,10 @@ def _verify(generator: nn.Module, check: torch.Tensor, got: torch.Tensor, source
         raise Vox2VoxError(f"{source}: the exported model gives shape {tuple(got.shape)} where PyTorch gives "
                            f"{tuple(want.shape)} on a {tuple(check.shape)} input; nothing was written")
     difference = float((got.float() - want.float()).abs().max())
-    if not difference <= VERIFY_TOLERANCE:
-        raise Vox2VoxError(f"{source}: the exported model's probabilities differ from PyTorch's by {difference:.2g} "
-                           f"(> {VERIFY_TOLERANCE:g}) on a {tuple(check.shape)} input; nothing was written")
+    kind = generator.config.output
+    tolerance = verify_tolerance(want, kind)
+    if not difference <= tolerance:
+        what = "probabilities" if kind in ("classes", "regions") else "synthesised values"
+        raise Vox2VoxError(f"{source}: the exported model's {what} differ from PyTorch's by {difference:.2g} "
+                           f"(> {tolerance:.2g}) on a {tuple(check.shape)} input; nothing was written")
     return difference

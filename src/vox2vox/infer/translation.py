@@ -27,7 +27,7 @@ from vox2vox.data.cases import CaseFiles, DatasetSpec, check_case_id
 from vox2vox.data.io import Geometry, write_volume
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import read_case_and_mask
-from vox2vox.data.preprocessing import LoadedCase, preprocess
+from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig, preprocess
 from vox2vox.data.translation import read_translation_case, restore_synthesis, synthesis_description
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import (
@@ -65,16 +65,45 @@ def synthesise_case(models: Sequence[LoadedModel], case: CaseFiles, *, config: I
                     device: torch.device | str = "cpu") -> tuple[np.ndarray, str, Geometry]:
     """The targets of ``case`` synthesised from its source channels: ``(T, X, Y, Z)`` float32 on the
     case's canonical grid, the intensity scale's name and the grid's geometry."""
-    first = models[0]
-    task, prep = first.config.task, dataclasses.replace(first.config.preprocess, cache_dir=None)
+    task, prep = models[0].config.task, translation_prep(models[0])
     source = tuple(task.source or ())
     loaded, mask = read_translation_case(case, source, n_source=len(source), prep=prep)
+    where = next(iter(case.channels.values()))
+    return synthesise_loaded(models, loaded, mask, config=config, device=device, where=where)
+
+
+def synthesise_loaded(models: Sequence[LoadedModel], loaded: LoadedCase, mask: np.ndarray, *,
+                      config: InferenceConfig = DEFAULT_INFERENCE, device: torch.device | str = "cpu",
+                      where: object = "input") -> tuple[np.ndarray, str, Geometry]:
+    """:func:`synthesise_case` from its preprocessed sources (``data.translation.prepare_translation_case``):
+    the network run, the NaN check and the restored intensity scale; the Python API's arrays come here too."""
     out = predict_probabilities([m.generator for m in models], loaded.image, config=config, device=device)
     if not np.all(np.isfinite(out)):
-        raise Vox2VoxError(f"{next(iter(case.channels.values()))}: the model's output is NaN/Inf for this case "
+        raise Vox2VoxError(f"{where}: the model's output is NaN/Inf for this case "
                            "(intensities far outside what it was trained on?)")
-    restored, scale = restore_synthesis(out, loaded, mask, prep=prep, head=task.head)
+    restored, scale = restore_synthesis(out, loaded, mask, prep=translation_prep(models[0]),
+                                        head=models[0].config.task.head)
     return restored, scale, loaded.geometry
+
+
+def translation_prep(model: LoadedModel) -> PreprocessConfig:
+    """The model's training preprocessing, without the training machine's cache folder."""
+    return dataclasses.replace(model.config.preprocess, cache_dir=None)
+
+
+def discover_sources(model: LoadedModel, input_path: str | Path, *, layout: str = "auto") -> DatasetSpec:
+    """The cases under ``input_path`` with the model's source channels, checked before any case runs.
+
+    A single image file (or DICOM series) is the source of a one-source model: its channel,
+    which discovery calls ``image``, takes the source's name.
+    """
+    sources = tuple(model.config.task.source or ())
+    spec = discover(input_path, layout=layout)
+    if spec.layout == "single" and len(sources) == 1 and sources[0] not in spec.channel_names:
+        cases = tuple(dataclasses.replace(c, channels={sources[0]: c.channels["image"]}) for c in spec.cases)
+        spec = dataclasses.replace(spec, channel_names=sources, cases=cases)
+    _require_channels(spec, sources, input_path, model.path)
+    return spec
 
 
 def synthesise_dataset(models: Sequence[LoadedModel], input_path: str | Path, output_dir: str | Path, *,
@@ -82,10 +111,8 @@ def synthesise_dataset(models: Sequence[LoadedModel], input_path: str | Path, ou
                        layout: str = "auto", progress: bool = True) -> PredictionReport:
     """Synthesise the targets of every case under ``input_path`` into ``output_dir`` (module docstring)."""
     check_translation_models(models)
-    task = models[0].config.task
-    spec = discover(input_path, layout=layout)
-    _require_channels(spec, task.source or (), input_path, models[0].path)
-    targets = tuple(task.target or ())
+    spec = discover_sources(models[0], input_path, layout=layout)
+    targets = tuple(models[0].config.task.target or ())
     output_dir = Path(output_dir)
     report = PredictionReport({}, {})
     for case in tqdm(spec.cases, desc="synthesising", unit="case", disable=not progress, file=sys.stderr):
