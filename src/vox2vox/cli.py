@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", parents=[common], help="a model's card: channels, normalisation, spacing, labels, "
                        "training data, scores, versions, sha256")
-    p.add_argument("model", help="run directory or .safetensors checkpoint")
+    p.add_argument("model", help="run directory, .safetensors checkpoint, or a file of `vox2vox export` (.onnx, .pt)")
     p.add_argument("--json", action="store_true", help="print the card as JSON")
 
     p = sub.add_parser("predict", parents=[common], help="segment volumes with a trained model")
@@ -370,9 +370,10 @@ def _implied_keys(args: argparse.Namespace) -> list[str]:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from vox2vox.model.card import card_json_text, format_card, read_card
+    from vox2vox.infer.info import read_model_card
+    from vox2vox.model.card import card_json_text, format_card
 
-    card = read_card(args.model)
+    card = read_model_card(args.model)
     print(card_json_text(card) if args.json else format_card(card))
     return 0
 

@@ -47,7 +47,7 @@ from vox2vox.infer.contract import (
 )
 from vox2vox.infer.inference import load_model
 from vox2vox.model import blocks
-from vox2vox.model.checkpoint import resolve_checkpoint
+from vox2vox.model.checkpoint import read_metadata, resolve_checkpoint
 
 FORMATS: tuple[ExportFormat, ...] = ("onnx", "torchscript")
 #: ONNX opset: 17 has every operator the generators use (GroupNormalization's opset-18 form had
@@ -89,6 +89,9 @@ def export_model(model: str | Path, out: str | Path, *, fmt: str | None = None) 
     generator = loaded.generator.eval()
     contract = build_contract(loaded.config, loaded.state, backend=fmt, source=ckpt_path,
                               sha256=file_sha256(ckpt_path), opset=ONNX_OPSET if fmt == "onnx" else None)
+    versions = read_metadata(ckpt_path).get("versions")
+    if isinstance(versions, dict):  # the libraries it was trained with, for the export's model card
+        contract["source"]["versions"] = {str(k): str(v) for k, v in versions.items()}
     data, difference = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(generator, contract, ckpt_path)
     atomic_write_bytes(out, data)
     n_params = sum(p.numel() for p in generator.parameters())

@@ -6,6 +6,11 @@ training data's profile (:class:`vox2vox.data.profile.DataProfile`: case counts,
 per-channel intensities and modality), validation scores, training time and steps, the source of a
 fine-tuned model, and the library versions it was trained with. Whatever a checkpoint does not
 record (older checkpoints, hand-made ones) reads as "not recorded", never as a guess.
+
+A translation model's card has the task (source -> target channels), the head and the intensity
+scale ``predict`` writes, the objective (LSGAN + L1 (+ SSIM)) and its validation score (MAE or
+SSIM, as ``task.select`` chose) where a segmentation's has labels and Dice. An exported file's
+card (:func:`card_from_export`) is read from its contract, which keeps the checkpoint's records.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
+from vox2vox.data.translation import RESTORE_MEANING, head_meaning, intensity_scale
 from vox2vox.model.checkpoint import ModelInfo, file_sha256, read_metadata, resolve_checkpoint
 
 NOT_RECORDED = "not recorded"
@@ -29,9 +35,14 @@ class ModelCard:
     size_bytes: int
     config: Config
     info: ModelInfo | None
-    counters: dict[str, Any] = field(default_factory=dict)  # epochs, steps, seconds, best/last Dice
+    counters: dict[str, Any] = field(default_factory=dict)  # epochs, steps, seconds, best/last Dice (or score)
     predict: dict[str, Any] | None = None  # prediction options training chose (train.tune_prediction)
     versions: dict[str, str] = field(default_factory=dict)
+    exported: dict[str, Any] | None = None  # an export's backend, format and source checkpoint
+
+    @property
+    def translate(self) -> bool:
+        return self.config.task.translate
 
     def to_json(self) -> dict[str, Any]:
         """Every field as plain JSON (None where the checkpoint does not record it)."""
@@ -46,6 +57,7 @@ class ModelCard:
                               "ct_window": list(prep.ct_window) if prep.ct_window else None},
             "target_spacing": list(prep.target_spacing) if prep.target_spacing else None,
             "network": {"generator": self.config.to_dict()["generator"], "patch_size": list(self.config.train.patch_size)},
+            "task": _task_json(self.config),
             "labels": info.convention if info else None,
             "layout": info.layout if info else None,
             "training_data": info.data.to_json() if info and info.data else None,
@@ -54,6 +66,7 @@ class ModelCard:
                                 "reinit_output": info.source.reinit_output} if info and info.source else None,
             "prediction_options": self.predict,
             "versions": self.versions or None,
+            "exported": self.exported,
         }
 
 
@@ -63,22 +76,50 @@ def read_card(path: str | Path) -> ModelCard:
     meta = read_metadata(file)
     state = meta.get("state", {})
     config = Config.from_dict(meta["config"], source=str(file), ignore_unknown=True)
-    # The whole run's counters (recorded in `best` when training ends), else this file's own.
+    predict = state.get("predict") if isinstance(state.get("predict"), dict) else None
+    versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
+    return ModelCard(file, file_sha256(file), file.stat().st_size, config,
+                     ModelInfo.from_state(state, file, translate=config.task.translate),
+                     _counters(state, config), predict, {str(k): str(v) for k, v in versions.items()})
+
+
+def card_from_export(path: str | Path, doc: dict[str, Any], config: Config) -> ModelCard:
+    """The card of a ``vox2vox export`` file from its validated contract (``doc``, ``config``: what
+    ``infer.contract.parse_contract`` returns): the checkpoint's records plus the export's own."""
+    file = Path(path)
+    state, source = doc["state"], doc.get("source") if isinstance(doc.get("source"), dict) else {}
+    predict = state.get("predict") if isinstance(state.get("predict"), dict) else None
+    exported = {"backend": doc.get("backend"), "format_version": doc.get("format_version"),
+                "onnx_opset": doc.get("onnx_opset"), "vox2vox_version": doc.get("vox2vox_version"),
+                "output": doc["output"].get("name"),
+                "checkpoint": {"file": source.get("file"), "sha256": source.get("sha256")}}
+    versions = source.get("versions") if isinstance(source.get("versions"), dict) else {}
+    return ModelCard(file, file_sha256(file), file.stat().st_size, config,
+                     ModelInfo.from_state(state, file, translate=config.task.translate),
+                     _counters(source, config), predict, {str(k): str(v) for k, v in versions.items()}, exported)
+
+
+def _counters(state: dict[str, Any], config: Config) -> dict[str, Any]:
+    """Epochs, steps, time and validation scores from a checkpoint's ``state`` (or an export's
+    ``source``): the whole run's counters (recorded in ``best`` when training ends), else the file's own."""
     run = state.get("run") if isinstance(state.get("run"), dict) else {}
+    best, last = state.get("best_score"), run.get("last_score", state.get("last_score"))
     counters = {
         "epochs": run.get("epoch", state.get("epoch")),
         "steps": run.get("step", state.get("step")),
         "seconds": run.get("seconds", state.get("seconds")),
         "file_epoch": state.get("epoch"),
-        "best_dice": state.get("best_score"),
-        "best_epoch": state.get("best_epoch") if state.get("best_score") is not None else None,
-        "last_dice": run.get("last_score", state.get("last_score")),
+        "best_epoch": state.get("best_epoch") if best is not None else None,
         "select": config.train.select,
     }
-    predict = state.get("predict") if isinstance(state.get("predict"), dict) else None
-    versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
-    return ModelCard(file, file_sha256(file), file.stat().st_size, config, ModelInfo.from_state(state, file),
-                     counters, predict, {str(k): str(v) for k, v in versions.items()})
+    if not config.task.translate:
+        return {**counters, "best_dice": best, "last_dice": last}
+    # A translation's score is -MAE (task.select = "mae") or SSIM: higher is better either way.
+    metric = config.task.select
+    sign = -1.0 if metric == "mae" else 1.0
+    return {**counters, "metric": metric, "best_score": best, "last_score": last,
+            f"best_{metric}": None if best is None else sign * best,
+            f"last_{metric}": None if last is None else sign * last}
 
 
 def format_card(card: ModelCard) -> str:
@@ -89,11 +130,26 @@ def format_card(card: ModelCard) -> str:
     lines.append(("network", f"{gen.arch} generator, depth {gen.depth}, {gen.base_filters}-{gen.max_filters} filters, "
                              f"{gen.in_channels} channel(s) in, {gen.n_classes} {gen.output} out; trained on "
                              f"{'x'.join(map(str, config.train.patch_size))} patches"))
+    if card.exported:
+        ex = card.exported
+        opset = f", opset {ex['onnx_opset']}" if ex.get("onnx_opset") else ""
+        lines.append(("exported", f"{ex['backend']}{opset} (export format v{ex['format_version']}, vox2vox "
+                                  f"{ex['vox2vox_version']}, output '{ex['output']}') from {ex['checkpoint']['file']} "
+                                  f"(sha256 {str(ex['checkpoint']['sha256'])[:16]}...)"))
+    task = config.task
+    if task.translate:
+        lines.append(("task", f"translate {', '.join(task.source or ())} -> {', '.join(task.target or ())} "
+                              "(synthesised volumes)"))
     lines.append(("channels", ", ".join(info.channels) if info else NOT_RECORDED))
     lines.append(("normalization", _normalization(config)))
     lines.append(("spacing", "resampled to " + " x ".join(f"{s:g}" for s in prep.target_spacing) + " mm"
                   if prep.target_spacing else "as given (no resampling)"))
-    lines.append(("labels", _labels(info)))
+    if task.translate:
+        lines.append(("output", f"{', '.join(task.target or ())}: {task.head} head, {head_meaning(task.head)}"))
+        lines.append(("intensity", f"written {intensity_scale(prep)}: {RESTORE_MEANING[prep.normalize]}"))
+        lines.append(("objective", _objective(config)))
+    else:
+        lines.append(("labels", _labels(info)))
     lines += _data_lines(info)
     if c.get("epochs") is None:
         lines.append(("training", NOT_RECORDED))
@@ -101,10 +157,7 @@ def format_card(card: ModelCard) -> str:
         time = f", {_duration(c['seconds'])}" if c.get("seconds") else ", time not recorded"
         this = f" (this file: epoch {c['file_epoch']})" if c["file_epoch"] != c["epochs"] else ""
         lines.append(("training", f"{c['epochs']} epochs, {c['steps']} steps{time}{this}"))
-    best = (f"best Dice {c['best_dice']:.4f} (epoch {c['best_epoch']})" if c.get("best_dice") is not None
-            else f"best Dice {NOT_RECORDED}")
-    last = f"last {c['last_dice']:.4f}" if c.get("last_dice") is not None else f"last {NOT_RECORDED}"
-    lines.append(("validation", f"{best}, {last}; this file is the {c['select']} model"))
+    lines.append(("validation", _validation(config, c)))
     if info and info.source:
         reinit = ", output layer re-initialised" if info.source.reinit_output else ""
         lines.append(("fine-tuned from", f"{info.source.path} (sha256 {info.source.sha256[:16]}...{reinit})"))
@@ -130,6 +183,42 @@ def _normalization(config: Config) -> str:
     if prep.ct_window is not None:
         text += f"; CT window {prep.ct_window[0]:g} to {prep.ct_window[1]:g} HU"
     return f"{text} [{prep.normalize}]"
+
+
+def _validation(config: Config, c: dict[str, Any]) -> str:
+    if config.task.translate:
+        metric = c["metric"]
+        name = "MAE" if metric == "mae" else "SSIM"
+        best, last = c.get(f"best_{metric}"), c.get(f"last_{metric}")
+        how = (f"{name} of the synthesised {', '.join(config.task.target or ())} inside the foreground of the "
+               "validation cases, on the normalised scale; " + ("lower" if metric == "mae" else "higher") + " is better")
+    else:
+        name, best, last, how = "Dice", c.get("best_dice"), c.get("last_dice"), ""
+    best_text = f"best {name} {best:.4f} (epoch {c['best_epoch']})" if best is not None else f"best {name} {NOT_RECORDED}"
+    last_text = f"last {last:.4f}" if last is not None else f"last {NOT_RECORDED}"
+    return f"{best_text}, {last_text}; " + (f"{how}; " if how else "") + f"this file is the {c['select']} model"
+
+
+def _objective(config: Config) -> str:
+    """The generator's objective of a translation run (model/translation.py, train/training.py)."""
+    task, loss = config.task, config.loss
+    terms = f"{task.lambda_l1:g} x L1" + (f" + {task.lambda_ssim:g} x (1 - SSIM)" if task.lambda_ssim > 0 else "")
+    if not (loss.adversarial and loss.lambda_adv > 0):
+        return f"{terms} (no adversarial term)"
+    start = f", from {loss.adversarial_start:.0%} of training" if loss.adversarial_start > 0 else ""
+    return f"{loss.lambda_adv:g} x LSGAN adversarial{start} + {terms}"
+
+
+def _task_json(config: Config) -> dict[str, Any]:
+    task, prep, loss = config.task, config.preprocess, config.loss
+    if not task.translate:
+        return {"kind": "segment"}
+    return {"kind": "translate", "source": list(task.source or ()), "target": list(task.target or ()),
+            "head": task.head, "intensity": {"scale": intensity_scale(prep), "restore": RESTORE_MEANING[prep.normalize]},
+            "objective": {"adversarial": bool(loss.adversarial and loss.lambda_adv > 0), "lambda_adv": loss.lambda_adv,
+                          "adversarial_start": loss.adversarial_start, "lambda_l1": task.lambda_l1,
+                          "lambda_ssim": task.lambda_ssim},
+            "select": task.select}
 
 
 def _labels(info: ModelInfo | None) -> str:

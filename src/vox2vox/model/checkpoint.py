@@ -96,19 +96,21 @@ class ModelInfo:
         return state
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], path: str | Path) -> ModelInfo | None:
-        """The typed record of a checkpoint's ``state`` (None when it records no channels or
-        convention, as hand-made checkpoints); malformed entries are one :class:`Vox2VoxError`."""
+    def from_state(cls, state: dict[str, Any], path: str | Path, *, translate: bool = False) -> ModelInfo | None:
+        """The typed record of a checkpoint's ``state`` (None when it records no channels or, for a
+        segmentation, no convention, as hand-made checkpoints); malformed entries are one
+        :class:`Vox2VoxError`. ``translate``: the state of a translation model (no convention)."""
         path = Path(path)
-        if not isinstance(state.get("channels"), list) or "convention" not in state:
+        if not isinstance(state.get("channels"), list) or ("convention" not in state and not translate):
             return None
         data = state.get("data_profile")
         source = state.get("init_from")
-        convention = state["convention"]
+        convention = state.get("convention")
         return cls(
             channels=tuple(state["channels"]),
             layout=str(state.get("layout") or "unknown"),
-            convention=convention if isinstance(convention, dict) else get_convention(convention).to_json(),
+            convention=(None if convention is None else
+                        convention if isinstance(convention, dict) else get_convention(convention).to_json()),
             data=None if data is None else DataProfile.from_json(data, f"{path}: malformed checkpoint metadata: "
                                                                         "state.data_profile"),
             source=None if source is None else SourceModel.from_state(source, path),
