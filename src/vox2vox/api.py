@@ -7,9 +7,15 @@
     result.save("case_seg.nii.gz")
     result = model.predict(volume, spacing=(1.0, 1.0, 1.0), probabilities=True)
 
+    synth = load_model("runs/t1-to-flair").predict("t1.nii.gz")   # a translation model
+    synth.volume, synth.scale               # the synthesised FLAIR on the input's grid, "z-scored"
+    synth.save("flair_synth.nii.gz")
+
 A thin layer over :mod:`vox2vox.infer.inference`: preprocessing, the network run, TTA,
 post-processing and the mapping back to the input grid are the same calls ``vox2vox predict``
 makes (``predict_case``), so an array, a file and the command line give the same label maps.
+A translation model (``task.kind = "translate"``) returns a :class:`Synthesis` through
+:mod:`vox2vox.infer.translation` (``synthesise_case`` / ``synthesise_loaded``), as ``predict`` does.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ from vox2vox.data.cases import CaseFiles
 from vox2vox.data.io import Geometry, canonical_from_array, to_source_orientation, write_volume
 from vox2vox.data.loading import load_case
 from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig, preprocess
+from vox2vox.data.translation import (
+    intensity_scale,
+    prepare_translation_case,
+    synthesis_description,
+)
 from vox2vox.device import resolve_device
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.backends import prediction_amp
@@ -47,6 +58,14 @@ from vox2vox.infer.inference import (
 )
 from vox2vox.infer.inference import load_model as load_one
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
+from vox2vox.infer.translation import (
+    check_translation_models,
+    discover_sources,
+    is_translation,
+    synthesise_case,
+    synthesise_dataset,
+    synthesise_loaded,
+)
 from vox2vox.train.crossval import expand_model_paths
 
 PathLike = str | Path
@@ -89,25 +108,99 @@ class Prediction:
         return Path(path)
 
 
+@dataclass(frozen=True)
+class Synthesis:
+    """One case's synthesised target channels (a translation model) on the input's own grid.
+
+    ``volumes``: ``(T, X, Y, Z)`` float32, one volume per target (``targets``, e.g. ``("flair",)``),
+    in the input's voxel order (a file's as stored; an array's as given); ``volume`` is the one
+    target's. ``scale``: what the values are (``z-scored``: over the source foreground, the
+    target's own mean/std being unknown, 0 outside; ``HU``; ``input units``), as ``vox2vox
+    predict`` writes them. ``affine``: 4x4 voxel -> world (RAS+ mm) of that grid.
+    """
+
+    volumes: np.ndarray
+    targets: tuple[str, ...]
+    scale: str
+    affine: np.ndarray
+    geometry: Geometry
+
+    @property
+    def volume(self) -> np.ndarray:
+        """The ``(X, Y, Z)`` volume of a one-target model."""
+        if len(self.targets) != 1:
+            raise Vox2VoxError(f"this synthesis has {len(self.targets)} targets ({', '.join(self.targets)}); "
+                               "take volumes[i] or volume_of(name)")
+        return self.volumes[0]
+
+    def volume_of(self, target: str) -> np.ndarray:
+        if target not in self.targets:
+            raise Vox2VoxError(f"target {target!r}: this synthesis has {', '.join(self.targets)}")
+        return self.volumes[self.targets.index(target)]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the volumes' axes."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    def description(self, target: str | None = None) -> str:
+        """The NIfTI header description ``save`` (and ``vox2vox predict``) writes."""
+        return synthesis_description(target or self._one_target(), self.scale)
+
+    def save(self, path: PathLike, *, target: str | None = None) -> Path:
+        """Write one target as float32 NIfTI (atomically) on the input's grid, with the header
+        description ``vox2vox predict`` writes; ``target`` names it when there are several."""
+        name = target or self._one_target()
+        canonical = _to_canonical_axes(self.volume_of(name), self.geometry)
+        write_volume(canonical, self.geometry, path, dtype=np.float32, description=self.description(name))
+        return Path(path)
+
+    def _one_target(self) -> str:
+        if len(self.targets) != 1:
+            raise Vox2VoxError(f"this synthesis has {len(self.targets)} targets ({', '.join(self.targets)}); "
+                               "name one with target=")
+        return self.targets[0]
+
+
 class Model:
     """One model (or an ensemble) ready to predict; see :func:`load_model`."""
 
     def __init__(self, models: Sequence[LoadedModel], device: torch.device):
         self.models = list(models)
         self.device = device
-        # The output head (classes or regions) turns probabilities into labels, as predict does.
-        self.convention, self.head = check_ensemble(self.models)
+        self.convention, self.head = None, None
+        if any(is_translation(m) for m in self.models):
+            check_translation_models(self.models)  # a translation ensemble: translation models only
+        else:
+            # The output head (classes or regions) turns probabilities into labels, as predict does.
+            self.convention, self.head = check_ensemble(self.models)
+
+    @property
+    def task(self) -> str:
+        """``segment`` (label maps) or ``translate`` (synthesised channels)."""
+        return self.models[0].config.task.kind
 
     @property
     def channels(self) -> list[str]:
-        """The input channels, in the order arrays and file lists must give them."""
+        """The input channels (a translation's sources), in the order arrays and file lists must give them."""
         first = self.models[0]
         return list(first.channels or [f"channel_{i}" for i in range(first.config.generator.in_channels)])
 
     @property
     def classes(self) -> dict[int, str]:
-        """On-disk label value -> class name."""
+        """On-disk label value -> class name (a segmentation model's)."""
+        if self.convention is None:
+            raise Vox2VoxError(f"{self.models[0].path}: a translation model has no classes; it synthesises "
+                               f"{', '.join(self.targets)} (model.targets)")
         return dict(zip(self.convention.source_values, self.convention.class_names, strict=True))
+
+    @property
+    def targets(self) -> list[str]:
+        """The channels a translation model synthesises, in the order of ``Synthesis.volumes``."""
+        if self.task != "translate":
+            raise Vox2VoxError(f"{self.models[0].path}: a segmentation model synthesises no channels; it predicts "
+                               "the classes in model.classes")
+        return list(self.models[0].config.task.target or ())
 
     @property
     def backend(self) -> str:
@@ -115,6 +208,10 @@ class Model:
 
     def __repr__(self) -> str:
         paths = ", ".join(str(m.path) for m in self.models)
+        if self.task == "translate":
+            task = self.models[0].config.task
+            return (f"Model({paths}; {self.backend}; translate {self.channels} -> {self.targets}; "
+                    f"{task.head} head, written {_scale(self.models[0])})")
         return f"Model({paths}; {self.backend}; channels {self.channels}; classes {self.classes})"
 
     def predict(
@@ -133,8 +230,8 @@ class Model:
         window: tuple[int, int, int] = (128, 128, 128),
         overlap: float = 0.5,
         amp: str = "off",
-    ) -> Prediction:
-        """Segment one case.
+    ) -> Prediction | Synthesis:
+        """Segment one case (a translation model: synthesise its targets, a :class:`Synthesis`).
 
         ``image``: a file (or DICOM folder, or case folder) path; a list of channel files in
         :attr:`channels` order, or a dict channel name -> file; or an array ``(C, X, Y, Z)``
@@ -144,11 +241,18 @@ class Model:
         ``mask``: optional ``(X, Y, Z)`` brain/body mask for an array (normalisation and cropping use
         it, as a manifest's mask column). ``uncertainty``: also the entropy (and spread) maps.
         ``tta`` / ``largest_component``: default what the model's training chose (``vox2vox
-        predict``'s defaults); the other options are ``predict``'s too.
+        predict``'s defaults); the other options are ``predict``'s too. A translation model takes
+        the same inputs (its source channels) and options but the segmentation-only ones
+        (``probabilities``, ``uncertainty``, ``largest_component``, ``min_et_voxels``); ``mask``
+        then replaces the source foreground as the voxels the synthesis is defined in.
         """
         inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
                                     tta_flips=prediction_options(self.models, tta=tta)[0],
                                     amp=prediction_amp(amp, self.device, [m.backend for m in self.models]))
+        if self.task == "translate":
+            self._refuse_segmentation_options(probabilities=probabilities, uncertainty=uncertainty,
+                                              largest_component=largest_component, min_et_voxels=min_et_voxels)
+            return self._synthesise(image, spacing=spacing, affine=affine, mask=mask, inference=inference)
         post = self._postprocess(largest_component, min_et_voxels)
         if isinstance(image, str | Path) or _is_file_list(image):
             if spacing is not None or affine is not None or mask is not None:
@@ -171,10 +275,17 @@ class Model:
                        overlap: float = 0.5, amp: str = "off") -> PredictionReport:
         """``vox2vox predict`` on a dataset folder, manifest or image: ``<output_dir>/<case_id>.nii.gz``
         (``output_format``: ``nifti``, ``seg-nrrd`` or ``dicom-seg``; ``save_uncertainty``: entropy
-        and spread maps with ``uncertainty.csv``, as ``predict --save-uncertainty``)."""
+        and spread maps with ``uncertainty.csv``, as ``predict --save-uncertainty``). A translation
+        model writes its synthesised volumes (``<case_id>_<target>.nii.gz`` for several targets)."""
         inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
                                     tta_flips=prediction_options(self.models, tta=tta)[0],
                                     amp=prediction_amp(amp, self.device, [m.backend for m in self.models]))
+        if self.task == "translate":  # synthesised volumes, as `vox2vox predict` writes them
+            self._refuse_segmentation_options(save_probabilities=save_probabilities,
+                                              output_format=output_format != "nifti", save_uncertainty=save_uncertainty,
+                                              largest_component=largest_component, min_et_voxels=min_et_voxels)
+            return synthesise_dataset(self.models, input_path, output_dir, config=inference, device=self.device,
+                                      layout=layout, progress=progress)
         return predict_dataset(self.models, input_path, output_dir, config=inference, device=self.device,
                                layout=layout, postprocess=self._postprocess(largest_component, min_et_voxels),
                                save_probabilities=save_probabilities,  # type: ignore[arg-type]
@@ -182,6 +293,38 @@ class Model:
                                progress=progress)
 
     # ---- the pieces --------------------------------------------------------------------------
+    def _refuse_segmentation_options(self, **given: Any) -> None:
+        used = [name for name, value in given.items() if value not in (None, False, 0)]
+        if used:
+            raise Vox2VoxError(f"{self.models[0].path}: a translation model; {used[0]}= applies to segmentation")
+
+    def _synthesise(self, image: Any, *, spacing: Sequence[float] | None, affine: np.ndarray | None,
+                    mask: np.ndarray | None, inference: InferenceConfig) -> Synthesis:
+        """A translation model's :class:`Synthesis` of one case: files through ``synthesise_case``
+        (``vox2vox predict``'s per-case call), arrays through ``synthesise_loaded``."""
+        first = self.models[0]
+        if isinstance(image, str | Path) or _is_file_list(image):
+            if spacing is not None or affine is not None or mask is not None:
+                raise Vox2VoxError("spacing=, affine= and mask= are for arrays; a file's header gives its grid")
+            if isinstance(image, str | Path):
+                spec = discover_sources(first, image)
+                if len(spec.cases) != 1:
+                    raise Vox2VoxError(f"{image}: holds {len(spec.cases)} cases; predict one case here, or a "
+                                       "dataset with Model.predict_folder")
+                case = spec.cases[0]
+            else:
+                case = CaseFiles("case", self._channel_files(image), None)
+            volumes, scale, geometry = synthesise_case(self.models, case, config=inference, device=self.device)
+        else:
+            canonical, geometry, canonical_mask = self._canonical_array(image, spacing=spacing, affine=affine, mask=mask)
+            loaded, fg = prepare_translation_case("array", canonical, geometry, canonical_mask,
+                                                  n_source=canonical.shape[0], prep=self._prep())
+            volumes, scale, geometry = synthesise_loaded(self.models, loaded, fg, config=inference, device=self.device,
+                                                         where="array")
+        on_input = np.moveaxis(to_source_orientation(np.moveaxis(volumes, 0, -1), geometry), -1, 0)
+        return Synthesis(np.ascontiguousarray(on_input, dtype=np.float32), tuple(self.targets), scale,
+                         geometry.source_affine, geometry)
+
     def _postprocess(self, largest_component: str | None, min_et_voxels: int) -> PostprocessConfig:
         largest = prediction_options(self.models, largest_component=largest_component)[1]
         post = PostprocessConfig(min_et_voxels=min_et_voxels, largest_component=largest)  # type: ignore[arg-type]
@@ -225,6 +368,14 @@ class Model:
 
     def _load_array(self, image: Any, *, spacing: Sequence[float] | None, affine: np.ndarray | None,
                     mask: np.ndarray | None) -> LoadedCase:
+        canonical, geometry, canonical_mask = self._canonical_array(image, spacing=spacing, affine=affine, mask=mask)
+        image_p, _, record = preprocess(canonical, None, spacing=geometry.spacing, config=self._prep(),
+                                        mask=canonical_mask)
+        return LoadedCase("array", image_p, None, geometry, record)
+
+    def _canonical_array(self, image: Any, *, spacing: Sequence[float] | None, affine: np.ndarray | None,
+                         mask: np.ndarray | None) -> tuple[np.ndarray, Geometry, np.ndarray | None]:
+        """An array (and its optional mask) checked and reoriented as a file read would be."""
         array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         n_in = self.models[0].config.generator.in_channels
         if array.ndim == 3 and n_in == 1:
@@ -251,9 +402,7 @@ class Model:
             canonical_mask = canonical_from_array(mask[None] > 0.5, grid)[0][0]
             if not canonical_mask.any():
                 raise Vox2VoxError("mask is empty; pass mask=None or a mask of the body/brain")
-        image_p, _, record = preprocess(canonical, None, spacing=geometry.spacing, config=self._prep(),
-                                        mask=canonical_mask)
-        return LoadedCase("array", image_p, None, geometry, record)
+        return canonical, geometry, canonical_mask
 
     def _prediction(self, result: CasePrediction, probabilities: bool) -> Prediction:
         geometry = result.geometry
@@ -277,6 +426,10 @@ def load_model(path: PathLike | Sequence[PathLike], *, device: str = "auto") -> 
     paths = [path] if isinstance(path, str | Path) else list(path)
     torch_device = resolve_device(device)
     return Model([load_one(p, device=torch_device) for p in expand_model_paths(paths)], torch_device)
+
+
+def _scale(model: LoadedModel) -> str:
+    return intensity_scale(model.config.preprocess)
 
 
 def _is_file_list(image: Any) -> bool:
