@@ -106,7 +106,10 @@ def test_metadata_carries_the_input_contract(exported):
         ts_doc = json.loads(archive.read(name))
     for doc, backend in ((onnx_doc, "onnx"), (ts_doc, "torchscript")):
         assert doc["format"] == FORMAT and doc["backend"] == backend
-        assert doc["source"] == {"file": "best.safetensors", "sha256": sha, "epoch": 3, "step": 30}
+        source = dict(doc["source"])
+        assert "torch" in source.pop("versions")  # the libraries it was trained with, for its model card
+        assert source == {"file": "best.safetensors", "sha256": sha, "epoch": 3, "step": 30}
+        assert doc["format_version"] == 1 and doc["task"] == {"kind": "segment"}  # v1: readable by older versions
         assert doc["vox2vox_version"] == __import__("vox2vox").__version__
         contract = doc["input"]
         assert contract["channels"] == ["t2"] and contract["size_multiple"] == 8
