@@ -21,8 +21,7 @@ import pytest
 import torch
 
 from helpers import assert_user_error, cli, make_model, tiny_overrides
-from vox2vox import load_model
-from vox2vox.api import Synthesis
+from vox2vox import Synthesis, load_model
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
 from vox2vox.data.layouts import discover
@@ -450,5 +449,13 @@ def test_real_brats_t1_to_flair_export_and_api_match_predict(shared_data, tmp_pa
     assert np.all(want[np.asanyarray(source.dataobj) == 0] == 0)
     scale = max(1.0, float(np.abs(want).max()))
     np.testing.assert_allclose(outs["onnx"][0], want, rtol=0, atol=1e-4 * scale)
-    result = load_model(tmp_path / "m.onnx", device="cpu").predict([case / "T1.nii.gz"])
+    model = load_model(tmp_path / "m.onnx", device="cpu")
+    result = model.predict([case / "T1.nii.gz"])
     np.testing.assert_array_equal(result.volume, outs["onnx"][0])
+    # Saved from the input's (LPS) voxel order back onto its grid: predict's file, header included.
+    saved, saved_img = _read(result.save(tmp_path / "api.nii.gz"))
+    np.testing.assert_array_equal(saved, outs["onnx"][0])
+    np.testing.assert_allclose(saved_img.affine, source.affine)
+    assert saved_img.header["descrip"] == outs["onnx"][1].header["descrip"]
+    by_array = model.predict(np.asanyarray(source.dataobj), affine=source.affine)
+    np.testing.assert_array_equal(by_array.volume, outs["onnx"][0])

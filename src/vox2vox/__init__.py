@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Model", "Prediction", "__version__", "load_model"]
+__all__ = ["Model", "Prediction", "Synthesis", "__version__", "load_model"]
 
 if TYPE_CHECKING:
-    from vox2vox.api import Model, Prediction, load_model
+    from vox2vox.api import Model, Prediction, Synthesis, load_model
 
-_API = ("Model", "Prediction", "load_model")
+_API = ("Model", "Prediction", "Synthesis", "load_model")
 
 
 def __getattr__(name: str) -> Any:
