@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="run directory, .safetensors checkpoint, or a file of `vox2vox export` (.onnx, .pt)")
     p.add_argument("--json", action="store_true", help="print the card as JSON")
 
-    p = sub.add_parser("predict", parents=[common], help="segment volumes with a trained model")
+    p = sub.add_parser("predict", parents=[common], help="segment volumes with a trained model (a translation model: synthesise its target channels)")
     p.add_argument("--model", required=True, action="append",
                    help="run directory, .safetensors checkpoint, or a file of `vox2vox export` (.onnx, "
                         "TorchScript .pt); repeat for an ensemble")
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("export", parents=[common], help="the generator as one ONNX or TorchScript file with its "
-                       "input contract (channels, normalisation, spacing, labels) in the file's metadata")
+                       "input contract (channels, normalisation, spacing, labels or a translation's targets) in the file's metadata")
     p.add_argument("model", metavar="MODEL", help="run directory or .safetensors checkpoint")
     p.add_argument("--format", default=None, metavar="onnx|torchscript",
                    help="onnx (needs the onnx extra) or torchscript; default: from --out's suffix (.onnx, .pt)")
