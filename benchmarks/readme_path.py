@@ -19,6 +19,7 @@ Defaults: train on the 6 ``brats2018-deepvoxnet2`` cases (FLAIR -> whole tumour)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -71,8 +72,9 @@ def run_readme(train_csv: Path, test_csv: Path, out: Path, minutes: float, overr
     return {"train_seconds": train_s, "steps": metrics[-1]["step"] if metrics else None, "per_case": scores}
 
 
-def run_unet(train_csv: Path, test_csv: Path, out: Path, minutes: float, seed: int, width: int) -> dict:
-    study = quality.make_study("brats", out / "cache")
+def run_unet(train_csv: Path, test_csv: Path, out: Path, minutes: float, seed: int, width: int,
+             patch: list[int]) -> dict:
+    study = dataclasses.replace(quality.make_study("brats", out / "cache"), patch=tuple(patch))
     settings = quality.Settings(width=width, batch=2, lr_unet=1e-3, seed=seed)
     train = [load_case(c, convention=study.convention, prep=study.preprocess) for c in discover(train_csv).cases]
     trained = quality.train_unet(study, settings, train, out / "unet", 60.0 * minutes)
@@ -95,6 +97,8 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="--method readme: a config override passed to `vox2vox train` (a variant of the plan)")
     p.add_argument("--unet-width", type=int, default=8, help="--method unet: the U-Net's first width")
+    p.add_argument("--unet-patch", type=int, nargs=3, default=[48, 48, 48],
+                   help="--method unet: its training patch (multiples of 16), at 2 mm")
     args = p.parse_args()
     out = Path(args.out)
     train_csv, test_csv = write_manifests(args.train or [str(SHARED / "brats2018-deepvoxnet2")],
@@ -103,9 +107,10 @@ def main() -> None:
     if args.method == "readme":
         result = run_readme(train_csv, test_csv, out, args.minutes, args.overrides)
     else:
-        result = run_unet(train_csv, test_csv, out, args.minutes, args.seed, args.unet_width)
+        result = run_unet(train_csv, test_csv, out, args.minutes, args.seed, args.unet_width, args.unet_patch)
     dices = [s["dice"] for s in result["per_case"].values()]
-    result.update(method=args.method, overrides=args.overrides, unet_width=args.unet_width, minutes=args.minutes, machine=quality.machine(),
+    result.update(method=args.method, overrides=args.overrides, unet_width=args.unet_width,
+                  unet_patch=args.unet_patch, minutes=args.minutes, machine=quality.machine(),
                   load_before=load, load_after=os.getloadavg()[0], wt_dice_mean=float(np.mean(dices)))
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("method", "steps", "train_seconds", "wt_dice_mean", "per_case")}))

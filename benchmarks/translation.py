@@ -4,7 +4,7 @@ Case-level k-fold cross-validation on the cases of ``--data`` (a dataset any lay
 e.g. ``../shared/data/brats2018-deepvoxnet2``: ``T1`` and ``FLAIR`` per case). Per fold:
 
 - **vox2vox**: ``task.kind = "translate"``, L1 (lambda 100) + LSGAN (lambda_adv 1), the conditional
-  discriminator on (source, synthesised) pairs;
+  discriminator on (source, synthesised) pairs (``--lambda-ssim``: plus that weight of 1 - SSIM);
 - **l1**: the same generator and the same steps with no discriminator (``loss.adversarial =
   false``: the generator objective is lambda * L1 alone, i.e. lambda_adv = 0, and no compute is
   spent on a critic it would ignore);
@@ -73,12 +73,14 @@ NETWORK = [
 ]
 
 
-def method_config(data: Path, source: str, target: str, *, adversarial: bool, steps: int, n_train: int) -> Config:
+def method_config(data: Path, source: str, target: str, *, adversarial: bool, steps: int, n_train: int,
+                  lambda_ssim: float = 0.0) -> Config:
     steps_per_epoch = max(1, (2 * n_train) // 2)  # patches_per_case 2, batch 2
     epochs = max(1, round(steps / steps_per_epoch))
     return Config().with_overrides([
         *NETWORK, f'data.path="{data}"', 'task.kind="translate"', f'task.source=["{source}"]',
         f'task.target=["{target}"]', f"loss.adversarial={str(adversarial).lower()}", f"train.epochs={epochs}",
+        f"task.lambda_ssim={lambda_ssim}",
     ])
 
 
@@ -165,6 +167,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=300, help="optimisation steps of each network per fold")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lambda-ssim", type=float, default=0.0,
+                        help="vox2vox only: weight of (1 - SSIM) beside 100 x L1 and the LSGAN term")
     parser.add_argument("--segmentation", action="store_true")
     parser.add_argument("--seg-steps", type=int, default=300)
     parser.add_argument("--methods", default="vox2vox,l1,linear", help="comma-separated subset of vox2vox,l1,linear")
@@ -208,7 +212,8 @@ def main() -> None:
                 info = write_linear(cases, train_ids, test_ids, args.source, args.target, prep, out)
             else:
                 config = method_config(args.data, args.source, args.target, adversarial=method == "vox2vox",
-                                       steps=args.steps, n_train=len(train_ids))
+                                       steps=args.steps, n_train=len(train_ids),
+                                       lambda_ssim=args.lambda_ssim if method == "vox2vox" else 0.0)
                 run = fold_dir / method / "run"
                 if not (run / "checkpoints" / "last.safetensors").exists():
                     result = train_on_dataset(config, run, split=(train_ids, []), progress=False)

@@ -4,6 +4,7 @@ prediction options chosen on validation cases."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import load_checkpoint
 from vox2vox.model.losses import one_hot, per_sample_dice_loss
 from vox2vox.model.residual import ResidualGenerator, build_generator
+from vox2vox.model.translation import TaskConfig
 from vox2vox.train.planner import Device, make_plan, plan_to_toml, target_spacing
 from vox2vox.train.planning import estimate_memory
 from vox2vox.train.schedule import lr_factor, parse_duration
@@ -239,3 +241,57 @@ def test_planned_train_then_predict_from_the_command_line(tmp_path):
     assert main(["predict", "--model", str(run), "--input", str(manifest), "--output", str(tmp_path / "pred"),
                  "--no-progress"]) == 0
     assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 4
+
+
+MR_PAIR = dataclasses.replace(BRATS_LIKE, n_labelled=0, channels=("t1", "flair"), n_classes=1,
+                              channel_kind=("mr", "mr"), channel_percentiles=((0.0, 800.0), (0.0, 900.0)),
+                              class_fraction=(1.0,), median_class_voxels=(0.0,), median_components=(0.0,))
+CT_PAIR = dataclasses.replace(CT_LIKE, n_labelled=0, channels=("ct_early", "ct_late"), n_classes=1,
+                              channel_kind=("ct", "ct"), channel_percentiles=((-1000.0, 1500.0), (-1000.0, 1800.0)),
+                              class_fraction=(1.0,), median_class_voxels=(0.0,), median_components=(0.0,))
+
+
+def test_translation_plan_sizes_the_networks_for_sources_and_targets():
+    task = TaskConfig(kind="translate", source=("t1",), target=("flair",))
+    plan = make_plan(MR_PAIR, device=CPU, budget_seconds=1800, throughput=TABLE, task=task)
+    again = make_plan(Fingerprint.from_json(MR_PAIR.to_json()), device=CPU, budget_seconds=1800,
+                      throughput=dict(TABLE), task=task)
+    assert plan.config == again.config and plan.reasons == again.reasons
+    config = Config.from_dict(plan.config)
+    assert config.task.translate and config.task.source == ("t1",) and config.task.target == ("flair",)
+    assert (config.generator.in_channels, config.generator.n_classes, config.generator.output) == (1, 1, "linear")
+    assert (config.discriminator.in_channels, config.discriminator.n_classes) == (1, 1)
+    assert config.loss.adversarial and config.loss.adversarial_start == 0.0 and config.task.lambda_l1 == 100.0
+    assert not config.train.tune_prediction and config.preprocess.normalize == "zscore-nonzero"
+    # The resolution and patch rules are the segmentation plan's: same fingerprint extent, same choice.
+    assert config.train.patch_size == make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800,
+                                                throughput=TABLE).config["train"]["patch_size"]
+    assert any("synthesise flair from t1" in r for r in plan.reasons)
+    # CT to CT: the window covers the foreground of both channels and the head is tanh (HU restored).
+    ct = Config.from_dict(make_plan(CT_PAIR, device=CPU, budget_seconds=1800, throughput=TABLE,
+                                    task=TaskConfig(kind="translate", source=("ct_early",), target=("ct_late",))).config)
+    assert ct.preprocess.normalize == "ct-window" and list(ct.preprocess.ct_window) == [-1000, 1800]
+    assert ct.task.head == "tanh" and ct.generator.output == "tanh"
+    # Segmentation still refuses a dataset without labels.
+    with pytest.raises(Vox2VoxError, match="no case has a label map"):
+        make_plan(MR_PAIR, device=CPU, budget_seconds=1800, throughput=TABLE)
+
+
+def test_planned_translation_from_the_command_line(tmp_path):
+    """`train --set task.kind=translate` without --config plans a translation run and trains it."""
+    from vox2vox.cli import main
+    from vox2vox.data.synthetic import write_brats_folder
+
+    data = tmp_path / "data"
+    write_brats_folder(data, n_cases=3, seed=5, shape=(32, 32, 32))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--set", 'task.kind="translate"',
+                 "--set", 'task.source=["t1"]', "--set", 'task.target=["flair"]', "--set", "train.epochs=2",
+                 "--set", "generator.base_filters=4", "--set", "train.device=\"cpu\""]) == 0
+    plan = (run / "plan.toml").read_text()
+    assert "[task]" in plan and 'kind = "translate"' in plan and 'output = "linear"' in plan
+    config = Config.from_dict(__import__("json").loads((run / "config.json").read_text()))
+    assert config.task.translate and config.generator.base_filters == 4 and config.generator.in_channels == 1
+    assert main(["predict", "--model", str(run), "--input", str(data), "--output", str(tmp_path / "syn"),
+                 "--no-progress"]) == 0
+    assert len(list((tmp_path / "syn").glob("*.nii.gz"))) == 3

@@ -311,7 +311,6 @@ def _train(args: argparse.Namespace) -> int:
         parse_duration(args.budget, key="--budget")
         args.overrides = [*args.overrides, f"train.budget={json.dumps(args.budget)}"]
     config = _config_from_args(args, saved=RunDir(out).config if resuming else None)
-    planned = planned and not config.task.translate  # the planner sizes segmentation runs: translations are not planned
     if not config.data.path:
         raise Vox2VoxError("train: no data; pass --data PATH")
     if out is None:

@@ -9,6 +9,7 @@ always give the same plan; each choice comes with one line saying why (docs/meth
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,9 +23,13 @@ import torch
 from tqdm import tqdm
 
 from vox2vox.config import Config
+from vox2vox.data.cases import CaseFiles
 from vox2vox.data.fingerprint import Fingerprint, fingerprint_dataset
 from vox2vox.data.labels import LabelConvention
+from vox2vox.data.layouts import discover
+from vox2vox.data.translation import resolve_channels
 from vox2vox.errors import Vox2VoxError
+from vox2vox.model.translation import TaskConfig
 from vox2vox.train.planning import estimate_memory
 from vox2vox.train.runs import find_labelled_cases
 from vox2vox.train.schedule import format_duration
@@ -146,13 +151,17 @@ def depth_for(patch: Sequence[int]) -> int:
 
 def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
               throughput: dict[str, float], epochs: int | None = None,
-              convention: LabelConvention | None = None) -> Plan:
+              convention: LabelConvention | None = None, task: TaskConfig | None = None) -> Plan:
     """The complete config for a run, with a reason per choice (a pure function of its inputs).
 
     ``convention``: the label convention the run will train on (None: classes inferred from the
-    values); its nested regions, if any, decide between class and region outputs.
+    values); its nested regions, if any, decide between class and region outputs. ``task``: a
+    translation's task (sources and targets resolved to ``fp.channels``' names, sources first);
+    resolution, patch, network sizes and schedule follow the same rules, the objective is pix2pix's
+    (:func:`_translation_objective`).
     """
-    if fp.n_labelled == 0:
+    translate = task is not None and task.translate
+    if fp.n_labelled == 0 and not translate:
         raise Vox2VoxError("plan: no case has a label map; training needs labels")
     plan = Plan(config={}, fingerprint=fp.to_json(), throughput=dict(throughput),
                 device={"kind": device.kind, "memory_gib": round(device.memory_bytes / 2**30, 1),
@@ -166,7 +175,8 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
         lo, hi = math.floor(lo), math.ceil(hi) if hi > lo else math.floor(lo) + 1
         cfg["preprocess"].update(normalize="ct-window", ct_window=[lo, hi])
         plan.why(f"normalisation ct-window [{lo}, {hi}] HU: the channels are CT; the window holds 99% of "
-                 "the labelled voxels' intensities (0.5-99.5 percentiles), scaled to [0, 1]")
+                 f"the {'foreground' if translate else 'labelled'} voxels' intensities (0.5-99.5 percentiles), "
+                 "scaled to [0, 1]")
     else:
         cfg["preprocess"].update(normalize="zscore-nonzero")
         plan.why("normalisation zscore-nonzero: MR-like intensities (no Hounsfield scale); each channel "
@@ -182,15 +192,8 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     plan.why(why)
     depth = depth_for(patch)
     width = 8 if device.kind == "cpu" and (budget_seconds or math.inf) <= 4 * 3600 else (16 if device.kind == "cpu" else 32)
-    regions = _nested_regions(convention)
     cfg["generator"].update(arch="residual", base_filters=width, max_filters=16 * width, depth=depth, dropout=0.0,
                             in_channels=len(fp.channels), n_classes=fp.n_classes)
-    if len(regions) >= 2:
-        # Measured, not assumed: at CPU budgets region outputs scored below class outputs on the
-        # BraTS regions task (benchmarks/RESULTS.md, 2026-12-01), so they stay an option.
-        plan.why(f"outputs: one softmax per class; the nested regions {'/'.join(regions)} can be trained "
-                 "directly (--set generator.output=regions), which did not score higher in the CPU-budget "
-                 "rounds of benchmarks/RESULTS.md")
     plan.why(f"generator residual U-Net, width {width}-{min(16 * width, width * 2**depth)}, depth {depth}: "
              f"3^3 residual units learn fastest per second here (docs/method.md); depth keeps a "
              f"{'x'.join(str(p // 2**depth) for p in patch)} bottom map")
@@ -198,8 +201,45 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     cfg["discriminator"].update(base_filters=d_width, max_filters=8 * d_width, dropout=0.0,
                                 in_channels=len(fp.channels), n_classes=fp.n_classes)
     plan.why(f"discriminator width {d_width}: a small critic costs about a fifth of a step")
+    if translate:
+        assert task is not None
+        _translation_objective(cfg, plan, task)
+    else:
+        _segmentation_objective(cfg, plan, fp, convention)
+    batch = 2
+    cfg["train"].update(patch_size=list(patch), batch_size=batch, foreground_prob=0.9 if translate else 0.5,
+                        select="last", tune_prediction=not translate, device=device.kind, val_every=1)
+    if budget_seconds is not None:
+        cfg["train"]["budget"] = format_duration(budget_seconds)
+        plan.why(f"budget {format_duration(budget_seconds)}: about {steps} steps of batch {batch} at "
+                 f"{throughput.get(_key(patch), float('nan')):.2f} s a step; training ends at the budget")
+    else:
+        cfg["train"]["epochs"] = epochs or 1000
+        plan.why(f"epochs {cfg['train']['epochs']}: no budget given")
+    if translate:
+        plan.why("model: the final weights (select=last), the decayed end of the schedule; patches are "
+                 "drawn inside the foreground 90% of the time (the background is a constant to copy)")
+    else:
+        plan.why("model: the final weights (select=last); with few cases one validation case cannot rank "
+                 "checkpoints, and the decayed end of the schedule is the steadiest model; flip TTA and "
+                 "largest-component clean-up are then chosen on the validation cases for predict")
+    cfg["augment"].update(p_untouched=0.25)
+    plan.why("augmentation: the paper's flips, intensity, rotation, scaling and elastic deformation")
+    plan.config = cfg
+    _check_memory(plan, device)
+    return plan
 
-    # Objective.
+
+def _segmentation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, fp: Fingerprint,
+                            convention: LabelConvention | None) -> None:
+    """Outputs, loss and optimiser of a segmentation run."""
+    regions = _nested_regions(convention)
+    if len(regions) >= 2:
+        # Measured, not assumed: at CPU budgets region outputs scored below class outputs on the
+        # BraTS regions task (benchmarks/RESULTS.md, 2026-12-01), so they stay an option.
+        plan.why(f"outputs: one softmax per class; the nested regions {'/'.join(regions)} can be trained "
+                 "directly (--set generator.output=regions), which did not score higher in the CPU-budget "
+                 "rounds of benchmarks/RESULTS.md")
     cfg["loss"].update(adversarial=True, dice="per_sample", lambda_dice=1.0, lambda_ce=1.0, lambda_adv=0.1,
                        adversarial_start=0.3, dice_weighting="uniform")
     small = [i for i, f in enumerate(fp.class_fraction) if 0 < f < 0.01 and i > 0]
@@ -210,24 +250,27 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     cfg["optim"].update(lr_g=1e-3, lr_d=2e-4, beta1=0.9, beta1_d=0.5, schedule="poly")
     plan.why("optimiser Adam, generator lr 1e-3 (beta1 0.9), critic 2e-4 (beta1 0.5), poly decay to 0 "
              "at the end of the budget")
-    batch = 2
-    cfg["train"].update(patch_size=list(patch), batch_size=batch, foreground_prob=0.5, select="last",
-                        tune_prediction=True, device=device.kind, val_every=1)
-    if budget_seconds is not None:
-        cfg["train"]["budget"] = format_duration(budget_seconds)
-        plan.why(f"budget {format_duration(budget_seconds)}: about {steps} steps of batch {batch} at "
-                 f"{throughput.get(_key(patch), float('nan')):.2f} s a step; training ends at the budget")
-    else:
-        cfg["train"]["epochs"] = epochs or 1000
-        plan.why(f"epochs {cfg['train']['epochs']}: no budget given")
-    plan.why("model: the final weights (select=last); with few cases one validation case cannot rank "
-             "checkpoints, and the decayed end of the schedule is the steadiest model; flip TTA and "
-             "largest-component clean-up are then chosen on the validation cases for predict")
-    cfg["augment"].update(p_untouched=0.25)
-    plan.why("augmentation: the paper's flips, intensity, rotation, scaling and elastic deformation")
-    plan.config = cfg
-    _check_memory(plan, device)
-    return plan
+
+
+def _translation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, task: TaskConfig) -> None:
+    """Outputs, loss and optimiser of a translation run (3D pix2pix)."""
+    assert task.source is not None and task.target is not None
+    n_source, n_target = len(task.source), len(task.target)
+    head = "tanh" if cfg["preprocess"]["normalize"] == "ct-window" else "linear"
+    for net in ("generator", "discriminator"):
+        cfg[net].update(in_channels=n_source, n_classes=n_target)
+    cfg["generator"]["output"] = head
+    cfg["task"] = {"kind": "translate", "source": list(task.source), "target": list(task.target), "head": head,
+                   "lambda_l1": task.lambda_l1, "lambda_ssim": task.lambda_ssim, "select": task.select}
+    plan.why(f"task: synthesise {', '.join(task.target)} from {', '.join(task.source)}; {head} output head ("
+             + ("CT window scaled to [-1, 1], written back in HU" if head == "tanh"
+                else "z-scored intensities, unbounded") + ")")
+    cfg["loss"].update(adversarial=True, lambda_adv=1.0, adversarial_start=0.0)
+    plan.why(f"loss {task.lambda_l1:g} x L1" + (f" + {task.lambda_ssim:g} x (1 - SSIM)" if task.lambda_ssim else "")
+             + " + LSGAN from the first step (pix2pix); at equal steps the critic raised PSNR by 0.8 dB over "
+             "L1 alone on BraTS T1 -> FLAIR (benchmarks/RESULTS.md)")
+    cfg["optim"].update(lr_g=1e-3, lr_d=1e-3, schedule="poly")
+    plan.why("optimiser Adam, lr 1e-3 for both networks, poly decay to 0 at the end of the budget")
 
 
 def _nested_regions(convention: LabelConvention | None) -> tuple[str, ...]:
@@ -279,9 +322,20 @@ def plan_dataset(config: Config, *, budget_seconds: float | None, device: Device
                  progress: bool = True) -> Plan:
     """Fingerprint ``config.data.path``, time the candidate patches on ``device``, and plan.
 
-    ``config`` supplies where the data is and how to read it (``data.*``); the plan replaces the
-    rest. Timing runs real training steps on random data, smallest patch first.
+    ``config`` supplies where the data is and how to read it (``data.*``) and, for a translation,
+    ``task.source``/``task.target``; the plan replaces the rest. Timing runs real training steps on
+    random data, smallest patch first.
     """
+    if config.task.translate:
+        spec = discover(config.data.path, layout=config.data.layout, label_name=config.data.label_name,
+                        channel_names=config.data.channels)
+        source, target = resolve_channels(spec, config.task.source, config.task.target or (), where=config.data.path)
+        channels = (*source, *target)
+        # Intensities and extents of the source and target channels; labels play no part.
+        cases = [CaseFiles(c.case_id, {n: c.channels[n] for n in channels}, None, c.mask) for c in spec.cases]
+        fp, _ = fingerprint_dataset(cases, channels, None, seed=config.train.seed, progress=progress)
+        task = dataclasses.replace(config.task, source=source, target=target)
+        return plan_from_fingerprint(fp, device=device, budget_seconds=budget_seconds, progress=progress, task=task)
     spec, labelled, convention = find_labelled_cases(config)
     fp, _ = fingerprint_dataset(labelled, spec.channel_names, convention, seed=config.train.seed, progress=progress)
     return plan_from_fingerprint(fp, device=device, budget_seconds=budget_seconds, progress=progress,
@@ -289,18 +343,20 @@ def plan_dataset(config: Config, *, budget_seconds: float | None, device: Device
 
 
 def plan_from_fingerprint(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
-                          progress: bool = True, convention: LabelConvention | None = None) -> Plan:
+                          progress: bool = True, convention: LabelConvention | None = None,
+                          task: TaskConfig | None = None) -> Plan:
     """Time the candidate patches for ``fp`` on ``device`` and plan (:func:`make_plan`)."""
 
     def config_for(patch: tuple[int, int, int]) -> Config:
         trial = make_plan(fp, device=device, budget_seconds=budget_seconds, throughput={_key(patch): 1.0},
-                          convention=convention)
+                          convention=convention, task=task)
         return Config.from_dict(trial.config, source="plan")
 
     spacing, _ = target_spacing(fp, voxel_budget(device, budget_seconds))
     candidates = patch_candidates([e / s for e, s in zip(fp.median_foreground_mm, spacing, strict=True)])
     table = measure_throughput(candidates, config_for, device=device, progress=progress)
-    return make_plan(fp, device=device, budget_seconds=budget_seconds, throughput=table, convention=convention)
+    return make_plan(fp, device=device, budget_seconds=budget_seconds, throughput=table, convention=convention,
+                     task=task)
 
 
 # ---- the measurement ---------------------------------------------------------------------------
@@ -318,7 +374,9 @@ def measure_throughput(candidates: Sequence[tuple[int, int, int]], make_config: 
         config = make_config(patch)
         state = build_state(config, device=torch.device(device.kind))
         g = torch.Generator().manual_seed(0)
-        shape = (config.train.batch_size, config.generator.in_channels, *patch)
+        # A translation's batch holds the source channels followed by the targets.
+        n_image = config.generator.in_channels + (config.generator.n_classes if config.task.translate else 0)
+        shape = (config.train.batch_size, n_image, *patch)
         image = torch.randn(shape, generator=g).to(device.kind)
         label = torch.randint(0, config.generator.n_classes, (shape[0], *patch), generator=g).to(device.kind)
         train_step(state, image, label, config, progress=1.0)  # warm-up: allocator, kernels

@@ -89,7 +89,8 @@ def train_on_dataset(
     against the data; ``train.log`` mirrors the log to TensorBoard or MLflow (:mod:`vox2vox.train.tracking`).
     """
     if config.task.translate:  # synthesise channels instead of segmenting: no labels needed
-        return train_translation(config, run_dir, resume=resume, progress=progress, split=split, started=started)
+        return train_translation(config, run_dir, resume=resume, progress=progress, split=split, started=started,
+                                 plan_toml=plan_toml)
     started = time.perf_counter() if started is None else started
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")

@@ -51,7 +51,7 @@ def translation_config(config: Config, source: Sequence[str], target: Sequence[s
 
 def train_translation(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                       split: tuple[Sequence[str], Sequence[str]] | None = None,
-                      started: float | None = None) -> FitResult:
+                      started: float | None = None, plan_toml: str | None = None) -> FitResult:
     """Train a translation model on ``config.data.path`` into ``run_dir`` (arguments as ``train_on_dataset``)."""
     started = time.perf_counter() if started is None else started
     if not config.data.path:
@@ -76,6 +76,8 @@ def train_translation(config: Config, run_dir: str | Path, *, resume: bool = Fal
         if ctx.is_main:
             ensure_folder(run_dir)
             atomic_write_text(RunDir(run_dir).split, json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
+            if plan_toml is not None:
+                atomic_write_text(RunDir(run_dir).plan, plan_toml)
         info = ModelInfo(channels=tuple(source), layout=spec.layout, convention=None)
         validate = make_translation_validator([cases[i] for i in val_ids], config) if val_ids else None
         return fit(config, [(cases[i].image, cases[i].label) for i in train_ids], run_dir, validate=validate,
