@@ -264,7 +264,7 @@ def test_translation_plan_sizes_the_networks_for_sources_and_targets():
     assert config.loss.adversarial and config.loss.adversarial_start == 0.0 and config.task.lambda_l1 == 100.0
     assert not config.train.tune_prediction and config.preprocess.normalize == "zscore-nonzero"
     # The resolution and patch rules are the segmentation plan's: same fingerprint extent, same choice.
-    assert config.train.patch_size == make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800,
+    assert list(config.train.patch_size) == make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800,
                                                 throughput=TABLE).config["train"]["patch_size"]
     assert any("synthesise flair from t1" in r for r in plan.reasons)
     # CT to CT: the window covers the foreground of both channels and the head is tanh (HU restored).
