@@ -124,15 +124,21 @@ def check_precision(models: Sequence[nn.Module], amp: str) -> None:
         raise Vox2VoxError(f"{onnx[0].path}: an ONNX model runs in float32; predict it with --amp off")
 
 
-def load_exported(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict[str, Any], dict[str, Any]]:
-    """An exported model file -> (backend module, its :class:`Config`, the checkpoint state it
-    recorded, the whole metadata document). Refuses files without valid vox2vox metadata."""
-    path = Path(path)
+def _existing_export(path: Path) -> ExportFormat:
+    """The format of an exported model file that exists; one line for anything else."""
     kind = exported_format(path)
     if kind is None:
         raise Vox2VoxError(f"{path}: not an exported model (expected .onnx, or .pt/.ts for TorchScript)")
     if not path.is_file():
         raise Vox2VoxError(f"{path}: model file not found")
+    return kind
+
+
+def load_exported(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict[str, Any], dict[str, Any]]:
+    """An exported model file -> (backend module, its :class:`Config`, the checkpoint state it
+    recorded, the whole metadata document). Refuses files without valid vox2vox metadata."""
+    path = Path(path)
+    kind = _existing_export(path)
     device = torch.device(device)
     if kind == "onnx":
         return _load_onnx(path, device)
@@ -190,11 +196,7 @@ def read_exported_contract(path: str | Path) -> tuple[dict[str, Any], Config]:
     ``onnx`` package (the file is parsed as protobuf data, nothing executes), a TorchScript
     archive's JSON through :mod:`zipfile`."""
     path = Path(path)
-    kind = exported_format(path)
-    if kind is None:
-        raise Vox2VoxError(f"{path}: not an exported model (expected .onnx, or .pt/.ts for TorchScript)")
-    if not path.is_file():
-        raise Vox2VoxError(f"{path}: model file not found")
+    kind = _existing_export(path)
     if kind == "torchscript":
         return parse_contract(read_torchscript_metadata(path), path, backend="torchscript")
     try:
