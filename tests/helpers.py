@@ -129,3 +129,22 @@ def assert_nothing_written(folder: Path) -> None:
 
 def no_temporary_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+def tiny_brats_segmenter(path: Path) -> Path:
+    """A tiny untrained BraTS segmenter on (t1, flair), saved at ``path``: for paths (filling a
+    missing channel) that only need a segmentation model to run."""
+    from vox2vox.model.residual import build_generator
+
+    config = Config.from_dict({
+        "generator": {"in_channels": 2, "n_classes": 4, "base_filters": 4, "max_filters": 8, "depth": 3,
+                      "bottleneck_blocks": 1},
+        "discriminator": {"in_channels": 2, "n_classes": 4, "base_filters": 4, "max_filters": 8},
+        "train": {"patch_size": [32, 32, 32]},
+    })
+    torch.manual_seed(1)
+    state = {"channels": ["t1", "flair"], "convention": get_convention("brats").to_json(), "layout": "brats",
+             "epoch": 1, "step": 1}
+    save_checkpoint(path, Checkpoint(config=config.to_dict(), generator=build_generator(config.generator).state_dict(),
+                                     state=state))
+    return path

@@ -14,18 +14,15 @@ import pytest
 import torch
 from scipy import ndimage
 
-from helpers import assert_user_error, cli, tiny_overrides
-from vox2vox.config import Config
+from helpers import assert_user_error, cli, tiny_brats_segmenter, tiny_overrides
 from vox2vox.data.cases import CaseFiles
 from vox2vox.data.io import read_volume
-from vox2vox.data.labels import get_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.preprocessing import PreprocessConfig
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.data.translation import read_translation_case, restore_synthesis
 from vox2vox.infer.inference import load_model
 from vox2vox.infer.translation import synthesise_case
-from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.model.residual import build_generator
 from vox2vox.model.translation import TaskConfig, translation_loss
 from vox2vox.report.image_metrics import mae, normalise_pair, psnr, ssim, translation_scores
@@ -232,25 +229,9 @@ def test_evaluate_translate_writes_csv_summary_and_report(phantoms, tmp_path, ca
 
 
 # ---- missing-modality segmentation ------------------------------------------------------------
-def _segmentation_model(path: Path) -> Path:
-    """A tiny untrained BraTS segmenter on (t1, flair): the fill-missing path only needs it to run."""
-    config = Config.from_dict({
-        "generator": {"in_channels": 2, "n_classes": 4, "base_filters": 4, "max_filters": 8, "depth": 3,
-                      "bottleneck_blocks": 1},
-        "discriminator": {"in_channels": 2, "n_classes": 4, "base_filters": 4, "max_filters": 8},
-        "train": {"patch_size": [32, 32, 32]},
-    })
-    torch.manual_seed(1)
-    generator = build_generator(config.generator)
-    state = {"channels": ["t1", "flair"], "convention": get_convention("brats").to_json(), "layout": "brats",
-             "epoch": 1, "step": 1}
-    save_checkpoint(path, Checkpoint(config=config.to_dict(), generator=generator.state_dict(), state=state))
-    return path
-
-
 @pytest.mark.slow
 def test_fill_missing_segments_with_the_synthesised_channel(phantoms, translator, tmp_path, capsys):
-    seg = _segmentation_model(tmp_path / "seg.safetensors")
+    seg = tiny_brats_segmenter(tmp_path / "seg.safetensors")
     cases = [c.case_id for c in discover(phantoms).cases][:2]
     # The input: t1 only (the FLAIR files removed).
     missing = tmp_path / "no_flair"
@@ -299,7 +280,7 @@ def test_bad_task_configs_are_refused_in_one_line(phantoms, tmp_path, capsys, se
 
 @pytest.mark.slow
 def test_fill_missing_and_evaluate_mistakes_are_one_line(phantoms, translator, tmp_path, capsys):
-    seg = _segmentation_model(tmp_path / "seg.safetensors")
+    seg = tiny_brats_segmenter(tmp_path / "seg.safetensors")
     assert_user_error(cli(capsys, "predict", "--model", seg, "--input", phantoms, "--output", tmp_path / "x",
                           "--fill-missing", "flair"), "CHANNEL=MODEL")
     assert_user_error(cli(capsys, "predict", "--model", seg, "--input", phantoms, "--output", tmp_path / "x",

@@ -20,10 +20,9 @@ import onnx
 import pytest
 import torch
 
-from helpers import assert_user_error, cli, make_model, tiny_overrides
+from helpers import assert_user_error, cli, make_model, tiny_brats_segmenter, tiny_overrides
 from vox2vox import Synthesis, load_model
 from vox2vox.config import Config
-from vox2vox.data.labels import get_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
@@ -152,18 +151,7 @@ def test_ct_window_tanh_translation_exports_and_predicts_hounsfield_units(tmp_pa
 
 
 def test_fill_missing_with_an_exported_translator(setup, tmp_path, capsys):
-    config = Config.from_dict({
-        "generator": {"in_channels": 2, "n_classes": 4, "base_filters": 4, "max_filters": 8, "depth": 3,
-                      "bottleneck_blocks": 1},
-        "discriminator": {"in_channels": 2, "n_classes": 4, "base_filters": 4, "max_filters": 8},
-        "train": {"patch_size": [32, 32, 32]},
-    })
-    torch.manual_seed(1)
-    seg = tmp_path / "seg.safetensors"
-    state = {"channels": ["t1", "flair"], "convention": get_convention("brats").to_json(), "layout": "brats",
-             "epoch": 1, "step": 1}
-    save_checkpoint(seg, Checkpoint(config=config.to_dict(), generator=build_generator(config.generator).state_dict(),
-                                    state=state))
+    seg = tiny_brats_segmenter(tmp_path / "seg.safetensors")
     missing = tmp_path / "no_flair"
     for case_id in setup["cases"]:
         shutil.copytree(setup["data"] / case_id, missing / case_id)
