@@ -192,14 +192,17 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     plan.why(why)
     depth = depth_for(patch)
     width = 8 if device.kind == "cpu" and (budget_seconds or math.inf) <= 4 * 3600 else (16 if device.kind == "cpu" else 32)
+    # A translation's networks take the sources and put out the targets; a segmentation's every channel and class.
+    n_in, n_out = ((len(task.source or ()), len(task.target or ())) if translate and task is not None
+                   else (len(fp.channels), fp.n_classes))
     cfg["generator"].update(arch="residual", base_filters=width, max_filters=16 * width, depth=depth, dropout=0.0,
-                            in_channels=len(fp.channels), n_classes=fp.n_classes)
+                            in_channels=n_in, n_classes=n_out)
     plan.why(f"generator residual U-Net, width {width}-{min(16 * width, width * 2**depth)}, depth {depth}: "
              f"3^3 residual units learn fastest per second here (docs/method.md); depth keeps a "
              f"{'x'.join(str(p // 2**depth) for p in patch)} bottom map")
     d_width = 8 if device.kind == "cpu" else 32
     cfg["discriminator"].update(base_filters=d_width, max_filters=8 * d_width, dropout=0.0,
-                                in_channels=len(fp.channels), n_classes=fp.n_classes)
+                                in_channels=n_in, n_classes=n_out)
     plan.why(f"discriminator width {d_width}: a small critic costs about a fifth of a step")
     if translate:
         assert task is not None
@@ -255,10 +258,7 @@ def _segmentation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, fp: Fing
 def _translation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, task: TaskConfig) -> None:
     """Outputs, loss and optimiser of a translation run (3D pix2pix)."""
     assert task.source is not None and task.target is not None
-    n_source, n_target = len(task.source), len(task.target)
     head = "tanh" if cfg["preprocess"]["normalize"] == "ct-window" else "linear"
-    for net in ("generator", "discriminator"):
-        cfg[net].update(in_channels=n_source, n_classes=n_target)
     cfg["generator"]["output"] = head
     cfg["task"] = {"kind": "translate", "source": list(task.source), "target": list(task.target), "head": head,
                    "lambda_l1": task.lambda_l1, "lambda_ssim": task.lambda_ssim, "select": task.select}
