@@ -222,6 +222,37 @@ def test_budget_stop_and_resume_continue_the_schedule(tmp_path):
     assert (run / "checkpoints" / "best.safetensors").is_file()  # select=last: the final model
 
 
+def test_the_last_checkpoint_is_the_final_state_when_epoch_end_work_spends_the_budget(tmp_path):
+    """Validation or a hook at an epoch's end can carry the clock past the budget after that epoch's
+    checkpoint is written; the resume point must still say the budget is spent."""
+    import time
+
+    from vox2vox.data.augmentation import sample_patch
+    from vox2vox.train.training import fit
+
+    label = np.zeros((16, 16, 16), np.int64)
+    label[4:10, 4:10, 4:10] = 1
+    cases = [(label[None].astype(np.float32), label)]
+    config = Config.from_dict({
+        "generator": {"arch": "residual", "in_channels": 1, "n_classes": 2, "base_filters": 2, "depth": 2, "dropout": 0.0},
+        "discriminator": {"in_channels": 1, "n_classes": 2, "base_filters": 2, "n_strided": 2},
+        "train": {"budget": "1s", "batch_size": 1, "patch_size": [16, 16, 16], "device": "cpu", "amp": "off"},
+    })
+    slept = []
+
+    def slow_epoch_end(row, generator):  # e.g. a slow validation, once
+        if not slept:
+            slept.append(True)
+            time.sleep(1.2)
+
+    run = tmp_path / "run"
+    result = fit(config, cases, run, sample_patch=sample_patch, on_epoch=slow_epoch_end, progress=False)
+    last = load_checkpoint(run / "checkpoints" / "last.safetensors").state
+    assert last["seconds"] >= 1.0 and last["step"] == result.steps
+    again = fit(config, cases, run, sample_patch=sample_patch, resume=True, progress=False)
+    assert again.steps == result.steps  # nothing left to train
+
+
 def test_planned_train_then_predict_from_the_command_line(tmp_path):
     """`train` without --config plans (plan.toml in the run), counts epochs when asked for them
     without a budget, and `predict` applies the options chosen on validation."""

@@ -267,8 +267,12 @@ def fit(
                 raise KeyboardInterrupt
             _end_epoch(state, config, row, history, run, validate, save, ctx=ctx, progress=progress, on_epoch=on_epoch)
             state.seconds = clock()  # validation and checkpoints count too
-    if (validate is None or config.train.select == "last") and ctx.is_main:
-        save(run.best)
+    if ctx.is_main:
+        # The epoch's end work (validation, hooks) can carry the clock past the budget after its
+        # checkpoint was written: the resume point must be the final state, or a resume trains on.
+        save(run.last)
+        if validate is None or config.train.select == "last":
+            save(run.best)
     # No rank returns (and perhaps starts reading the run) before rank 0 has written it.
     distributed.barrier()
     return FitResult(run.root, state.epoch, state.step, state.best_score, state.best_epoch, history)
