@@ -178,6 +178,30 @@ def test_prediction_options_keep_the_largest_component_when_it_helps():
     assert choice["validation_dice"]["tta=False,largest_component=class"] == pytest.approx(1.0)
 
 
+def test_the_plan_notices_other_processes_using_the_cpu_while_it_times_steps():
+    """Step times measured on a busy machine shrink the patch; the plan must say so, and its
+    measure must count other processes' CPU time, not its own."""
+    import subprocess
+    import sys
+    import time
+
+    from vox2vox.train.planner import CpuWatch, contention_note
+
+    spin = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 1.5: pass"
+    with CpuWatch() as busy:
+        subprocess.run([sys.executable, "-c", spin], check=True)  # another process keeps a core busy
+    with CpuWatch() as own:
+        t = time.perf_counter()
+        while time.perf_counter() - t < 1.0:  # this process keeps a core busy: not "others"
+            pass
+    assert busy.others_cores is not None and own.others_cores is not None  # Linux: /proc/stat
+    assert busy.others_cores > 0.6 and own.others_cores < busy.others_cores - 0.4
+    note = contention_note(busy.others_cores, CPU)
+    assert note and note.startswith("warning:") and "idle" in note
+    assert contention_note(0.1, CPU) is None and contention_note(None, CPU) is None
+    assert contention_note(2.0, dataclasses.replace(CPU, kind="cuda")) is None  # a GPU step is not CPU-bound
+
+
 def test_budget_stop_and_resume_continue_the_schedule(tmp_path):
     from vox2vox.data.augmentation import sample_patch
     from vox2vox.train.training import fit
@@ -265,6 +289,7 @@ def test_planned_train_then_predict_from_the_command_line(tmp_path):
                  "--set", "generator.base_filters=4", "--set", "train.device=\"cpu\""]) == 0
     plan = (run / "plan.toml").read_text()
     assert "[generator]" in plan and 'arch = "residual"' in plan
+    assert "busy_cores_while_timing" in plan  # the plan says how busy the machine was when it timed steps
     config = Config.from_dict(__import__("json").loads((run / "config.json").read_text()))
     assert config.train.budget is None and config.train.epochs == 2 and config.generator.base_filters == 4
     chosen = load_checkpoint(run / "checkpoints" / "best.safetensors").state["predict"]

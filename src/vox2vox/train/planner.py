@@ -354,9 +354,77 @@ def plan_from_fingerprint(fp: Fingerprint, *, device: Device, budget_seconds: fl
 
     spacing, _ = target_spacing(fp, voxel_budget(device, budget_seconds))
     candidates = patch_candidates([e / s for e, s in zip(fp.median_foreground_mm, spacing, strict=True)])
-    table = measure_throughput(candidates, config_for, device=device, progress=progress)
-    return make_plan(fp, device=device, budget_seconds=budget_seconds, throughput=table, convention=convention,
+    with CpuWatch() as watch:
+        table = measure_throughput(candidates, config_for, device=device, progress=progress)
+    plan = make_plan(fp, device=device, budget_seconds=budget_seconds, throughput=table, convention=convention,
                      task=task)
+    if watch.others_cores is not None:
+        plan.device["busy_cores_while_timing"] = round(watch.others_cores, 2)
+    note = contention_note(watch.others_cores, device)
+    if note:
+        plan.why(note)
+    return plan
+
+
+# ---- was the machine busy? ---------------------------------------------------------------------
+# Other processes' average use of the CPU, in cores, above which the measured step times (and so
+# the patch and the step count) no longer describe this machine: half a core slows a 2-thread
+# step measurably.
+BUSY_CORES = 0.5
+
+
+class CpuWatch:
+    """How many cores, on average, processes other than this one kept busy while the block ran.
+
+    Reads the kernel's CPU counters (``/proc/stat``) and this process's own CPU time; where the
+    counters do not exist (not Linux) ``others_cores`` stays None: unknown, not zero.
+    """
+
+    def __init__(self) -> None:
+        self.others_cores: float | None = None
+
+    def __enter__(self) -> CpuWatch:
+        self._start = (_system_busy_seconds(), _own_cpu_seconds(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy0, own0, t0 = self._start
+        busy1, wall = _system_busy_seconds(), time.perf_counter() - t0
+        if busy0 is None or busy1 is None or wall <= 0:
+            return
+        others = (busy1 - busy0) - (_own_cpu_seconds() - own0)
+        self.others_cores = max(others, 0.0) / wall
+
+
+def contention_note(others_cores: float | None, device: Device) -> str | None:
+    """A warning for the plan when other processes competed for the CPU while steps were timed."""
+    if others_cores is None or device.kind != "cpu" or others_cores < BUSY_CORES:
+        return None
+    cores = os.cpu_count() or 1
+    return (f"warning: other processes kept {others_cores:.1f} of this machine's {cores} cores busy while the "
+            "steps were timed, so the step times are slower than this machine trains when idle and the "
+            "patch above is smaller than an idle machine would get; plan again when the machine is idle "
+            "(`vox2vox plan`), or keep this plan if the load will last through training")
+
+
+def _system_busy_seconds() -> float | None:
+    """CPU seconds all processes have spent since boot (every core, idle and I/O wait excluded)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]
+    # guest time is already counted in user time
+    total = sum(fields[:8]) if len(fields) >= 8 else sum(fields)
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 # ---- the measurement ---------------------------------------------------------------------------
