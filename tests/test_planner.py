@@ -196,10 +196,12 @@ def test_the_plan_notices_other_processes_using_the_cpu_while_it_times_steps():
             pass
     assert busy.others_cores is not None and own.others_cores is not None  # Linux: /proc/stat
     assert busy.others_cores > 0.6 and own.others_cores < busy.others_cores - 0.4
-    note = contention_note(busy.others_cores, CPU)
+    # Two threads on two cores: half a core taken by others is contention; on sixteen cores it is not.
+    note = contention_note(0.8, CPU, cores=2)
     assert note and note.startswith("warning:") and "idle" in note
-    assert contention_note(0.1, CPU) is None and contention_note(None, CPU) is None
-    assert contention_note(2.0, dataclasses.replace(CPU, kind="cuda")) is None  # a GPU step is not CPU-bound
+    assert contention_note(0.3, CPU, cores=2) is None and contention_note(None, CPU, cores=2) is None
+    assert contention_note(8.0, CPU, cores=16) is None and contention_note(15.0, CPU, cores=16)
+    assert contention_note(2.0, dataclasses.replace(CPU, kind="cuda"), cores=2) is None  # a GPU step is not CPU-bound
 
 
 def test_budget_stop_and_resume_continue_the_schedule(tmp_path):

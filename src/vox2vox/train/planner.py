@@ -360,66 +360,84 @@ def plan_from_fingerprint(fp: Fingerprint, *, device: Device, budget_seconds: fl
                      task=task)
     if watch.others_cores is not None:
         plan.device["busy_cores_while_timing"] = round(watch.others_cores, 2)
-    note = contention_note(watch.others_cores, device)
+    note = contention_note(watch.others_cores, device, watch.cores)
     if note:
         plan.why(note)
     return plan
 
 
 # ---- was the machine busy? ---------------------------------------------------------------------
-# Other processes' average use of the CPU, in cores, above which the measured step times (and so
-# the patch and the step count) no longer describe this machine: half a core slows a 2-thread
-# step measurably.
+# Idle cores short of the plan's threads, on average, beyond which the measured step times (and so
+# the patch and the step count) no longer describe this machine: half a core slows a 2-thread step
+# measurably.
 BUSY_CORES = 0.5
 
 
 class CpuWatch:
-    """How many cores, on average, processes other than this one kept busy while the block ran.
+    """How many of the cores this process may run on other processes kept busy, on average, while
+    the block ran.
 
-    Reads the kernel's CPU counters (``/proc/stat``) and this process's own CPU time; where the
-    counters do not exist (not Linux) ``others_cores`` stays None: unknown, not zero.
+    Reads the kernel's per-core CPU counters (``/proc/stat``) for the cores in this process's
+    affinity set, less this process's own CPU time; where the counters do not exist (not Linux)
+    ``others_cores`` stays None: unknown, not zero.
     """
 
     def __init__(self) -> None:
         self.others_cores: float | None = None
+        self.cores = len(_usable_cores()) or (os.cpu_count() or 1)
 
     def __enter__(self) -> CpuWatch:
-        self._start = (_system_busy_seconds(), _own_cpu_seconds(), time.perf_counter())
+        self._start = (_busy_seconds(_usable_cores()), _own_cpu_seconds(), time.perf_counter())
         return self
 
     def __exit__(self, *exc: object) -> None:
         busy0, own0, t0 = self._start
-        busy1, wall = _system_busy_seconds(), time.perf_counter() - t0
+        busy1, wall = _busy_seconds(_usable_cores()), time.perf_counter() - t0
         if busy0 is None or busy1 is None or wall <= 0:
             return
         others = (busy1 - busy0) - (_own_cpu_seconds() - own0)
         self.others_cores = max(others, 0.0) / wall
 
 
-def contention_note(others_cores: float | None, device: Device) -> str | None:
-    """A warning for the plan when other processes competed for the CPU while steps were timed."""
-    if others_cores is None or device.kind != "cpu" or others_cores < BUSY_CORES:
+def contention_note(others_cores: float | None, device: Device, cores: int) -> str | None:
+    """A warning for the plan when other processes left fewer idle cores than the plan's threads
+    while its steps were timed (None: no warning)."""
+    if others_cores is None or device.kind != "cpu":
         return None
-    cores = os.cpu_count() or 1
-    return (f"warning: other processes kept {others_cores:.1f} of this machine's {cores} cores busy while the "
-            "steps were timed, so the step times are slower than this machine trains when idle and the "
-            "patch above is smaller than an idle machine would get; plan again when the machine is idle "
-            "(`vox2vox plan`), or keep this plan if the load will last through training")
+    if cores - others_cores >= device.threads - BUSY_CORES:
+        return None
+    return (f"warning: other processes kept {others_cores:.1f} of the {cores} cores this process may use busy "
+            f"while the steps were timed ({device.threads} threads wanted them), so the step times are slower "
+            "than this machine trains when idle and the patch above is smaller than an idle machine would "
+            "get; plan again when the machine is idle (`vox2vox plan`), or keep this plan if the load will "
+            "last through training")
 
 
-def _system_busy_seconds() -> float | None:
-    """CPU seconds all processes have spent since boot (every core, idle and I/O wait excluded)."""
+def _usable_cores() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return set()
+
+
+def _busy_seconds(cores: set[int]) -> float | None:
+    """CPU seconds spent on ``cores`` since boot by every process (idle and I/O wait excluded)."""
+    if not cores:
+        return None
+    busy = 0
     try:
         with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
+            for line in f:
+                name, *values = line.split()
+                if not name.startswith("cpu"):
+                    break
+                if name == "cpu" or int(name[3:]) not in cores:
+                    continue
+                fields = [int(v) for v in values[:8]]  # user .. steal (guest time is inside user)
+                busy += sum(fields) - fields[3] - fields[4]
+    except (OSError, ValueError, IndexError):
         return None
-    if len(fields) < 5:
-        return None
-    idle = fields[3] + fields[4]
-    # guest time is already counted in user time
-    total = sum(fields[:8]) if len(fields) >= 8 else sum(fields)
-    return (total - idle) / os.sysconf("SC_CLK_TCK")
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _own_cpu_seconds() -> float:
