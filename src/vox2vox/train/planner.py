@@ -384,15 +384,16 @@ class CpuWatch:
 
     def __init__(self) -> None:
         self.others_cores: float | None = None
-        self.cores = len(_usable_cores()) or (os.cpu_count() or 1)
+        self._cores = _usable_cores()
+        self.cores = len(self._cores) or (os.cpu_count() or 1)
 
     def __enter__(self) -> CpuWatch:
-        self._start = (_busy_seconds(_usable_cores()), _own_cpu_seconds(), time.perf_counter())
+        self._start = (_busy_seconds(self._cores), _own_cpu_seconds(), time.perf_counter())
         return self
 
     def __exit__(self, *exc: object) -> None:
         busy0, own0, t0 = self._start
-        busy1, wall = _busy_seconds(_usable_cores()), time.perf_counter() - t0
+        busy1, wall = _busy_seconds(self._cores), time.perf_counter() - t0
         if busy0 is None or busy1 is None or wall <= 0:
             return
         others = (busy1 - busy0) - (_own_cpu_seconds() - own0)

@@ -433,12 +433,13 @@ def _end_epoch(
     if budget:
         last_epoch = _finished(state, config)
         mark = min(int(10 * state.seconds / budget), 10)
-        due = save_due = last_epoch or mark > state.val_mark
+        save_due = mark > state.val_mark and not last_epoch  # fit saves the final state after the loop
+        due = last_epoch or mark > state.val_mark
         state.val_mark = max(mark, state.val_mark)
     else:
         last_epoch = state.epoch == config.train.epochs
         due = state.epoch % config.train.val_every == 0 or last_epoch
-        save_due = state.epoch % config.train.checkpoint_every == 0 or last_epoch
+        save_due = state.epoch % config.train.checkpoint_every == 0 and not last_epoch
     # Validate on whole, un-augmented cases (rank 0; the others wait) and keep the best by Dice.
     if validate is not None and due:
         scores = distributed.on_main(lambda: validate(_unwrap(state.generator)))
