@@ -58,10 +58,15 @@ def run_readme(train_csv: Path, test_csv: Path, out: Path, minutes: float, overr
     subprocess.run([*vox2vox, "train", "--data", str(train_csv), "--budget", f"{minutes:g}m", "--out",
                     str(out / "run"), *sets], check=True)
     train_s = time.perf_counter() - t0
+    return {"train_seconds": train_s, **predict_and_score(test_csv, out)}
+
+
+def predict_and_score(test_csv: Path, out: Path) -> dict:
+    """``vox2vox predict`` with the run's defaults, then WT Dice and HD95 on the test cases' grids."""
     # Predict from the images alone (no label column), as on new scans.
     spec = discover(test_csv)
-    subprocess.run([*vox2vox, "predict", "--model", str(out / "run"), "--input", str(test_csv),
-                    "--output", str(out / "pred"), "--no-progress"], check=True)
+    subprocess.run([sys.executable, "-m", "vox2vox.cli", "predict", "--model", str(out / "run"), "--input",
+                    str(test_csv), "--output", str(out / "pred"), "--no-progress"], check=True)
     scores = {}
     for case in spec.cases:
         pred, _ = read_volume(out / "pred" / f"{case.case_id}.nii.gz")
@@ -69,7 +74,30 @@ def run_readme(train_csv: Path, test_csv: Path, out: Path, minutes: float, overr
         p = np.asarray(pred) > 0
         scores[case.case_id] = {"dice": dice(p, true), "hd95": hd95(p, true, spacing=spacing)}
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines() if line]
-    return {"train_seconds": train_s, "steps": metrics[-1]["step"] if metrics else None, "per_case": scores}
+    return {"steps": metrics[-1]["step"] if metrics else None, "per_case": scores}
+
+
+def retune(train_csv: Path, test_csv: Path, out: Path) -> dict:
+    """Choose a finished README-path run's prediction options again with this code (on the same
+    validation cases, as training does at its end), record them in its model, predict and score.
+    Training is not repeated: this measures a change to the choice, not to training."""
+    from vox2vox.data.labels import get_convention
+    from vox2vox.infer.inference import load_model
+    from vox2vox.model.outputs import output_head
+    from vox2vox.rundir import RunDir
+    from vox2vox.train.selection import choose_prediction_options, record_prediction_options
+
+    best = RunDir(out / "run").best
+    model = load_model(best)
+    convention = get_convention(model.state["convention"])
+    val = set(json.loads((out / "run" / "split.json").read_text())["val"])
+    cases = [load_case(c, convention=convention, prep=model.config.preprocess)
+             for c in discover(train_csv).cases if c.case_id in val]
+    choice = choose_prediction_options(model.generator, cases, convention, model.config.train.patch_size,
+                                       head=output_head(convention, model.config.generator.output))
+    record_prediction_options(best, choice)
+    chosen = {k: choice[k] for k in ("tta", "foreground_threshold", "largest_component")}
+    return {"chosen": chosen, **predict_and_score(test_csv, out)}
 
 
 def run_unet(train_csv: Path, test_csv: Path, out: Path, minutes: float, seed: int, width: int,
@@ -88,7 +116,8 @@ def run_unet(train_csv: Path, test_csv: Path, out: Path, minutes: float, seed: i
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", choices=["readme", "unet"], required=True)
+    p.add_argument("--method", choices=["readme", "unet", "retune"], required=True,
+                   help="retune: choose the prediction options of the --method readme run in --out again")
     p.add_argument("--train", action="append", default=None)
     p.add_argument("--test", action="append", default=None)
     p.add_argument("--minutes", type=float, default=30.0)
@@ -104,7 +133,11 @@ def main() -> None:
     train_csv, test_csv = write_manifests(args.train or [str(SHARED / "brats2018-deepvoxnet2")],
                                           args.test or [str(SHARED / "brats2015-deepmedic")], out)
     load = os.getloadavg()[0]
-    if args.method == "readme":
+    if args.method == "retune":
+        previous = json.loads((out / "result.json").read_text())
+        result = {**previous, **retune(train_csv, test_csv, out), "retuned_from": previous["per_case"]}
+        args.method, args.overrides = "readme", previous.get("overrides", [])
+    elif args.method == "readme":
         result = run_readme(train_csv, test_csv, out, args.minutes, args.overrides)
     else:
         result = run_unet(train_csv, test_csv, out, args.minutes, args.seed, args.unet_width, args.unet_patch)

@@ -34,8 +34,8 @@ from vox2vox.model.residual import build_generator
 CASE = Path("mri-spinalcord/t2/t2.nii.gz")
 ARCHS = ("paper", "residual")
 #: What each tiny model's training "chose" (state["predict"]), so predict's defaults use both paths.
-CHOSEN = {"paper": {"tta": True, "largest_component": "off"},
-          "residual": {"tta": False, "largest_component": "class"}}
+CHOSEN = {"paper": {"tta": True, "largest_component": "off", "foreground_threshold": None},
+          "residual": {"tta": False, "largest_component": "class", "foreground_threshold": 0.4}}
 
 
 def tiny_checkpoint(path: Path, arch: str) -> Path:

@@ -265,3 +265,63 @@ def test_bf16_on_the_cpu_is_close_to_float32_and_fp16_is_refused():
     assert (bf16.argmax(0) == fp32.argmax(0)).mean() > 0.9
     with pytest.raises(Vox2VoxError, match="fp16"):
         predict_probabilities([net], x, config=InferenceConfig(mode="whole", amp="fp16"))
+
+
+def test_the_foreground_threshold_moves_the_boundary_for_classes_and_regions():
+    from vox2vox.model.outputs import output_head
+
+    binary = output_head(get_convention("binary"))
+    p_fg = np.array([0.1, 0.25, 0.35, 0.45, 0.55])
+    probs = np.stack([1 - p_fg, p_fg]).reshape(2, 5, 1, 1)
+    assert binary.to_classes(probs).ravel().tolist() == [0, 0, 0, 0, 1]
+    assert binary.to_classes(probs, 0.3).ravel().tolist() == [0, 0, 1, 1, 1]
+    # Several classes: the threshold decides foreground (1 - P(background)), the class is the most
+    # probable foreground class, even where the background alone is the most probable.
+    three = output_head(get_convention("brats"))
+    probs = np.zeros((4, 2, 1, 1))
+    probs[:, 0, 0, 0] = [0.4, 0.35, 0.15, 0.1]
+    probs[:, 1, 0, 0] = [0.8, 0.05, 0.1, 0.05]
+    assert three.to_classes(probs).ravel().tolist() == [0, 0]
+    assert three.to_classes(probs, 0.5).ravel().tolist() == [1, 0]
+    # Regions (WT, TC, ET sigmoids): every region counts from the threshold on.
+    regions = output_head(get_convention("brats"), "regions")
+    sig = np.array([0.45, 0.35, 0.1]).reshape(3, 1, 1, 1)
+    assert regions.to_classes(sig).item() == 0
+    assert regions.to_classes(sig, 0.4).item() == regions.region_class[0]
+    assert regions.to_classes(sig, 0.3).item() == regions.region_class[1]
+    for bad in (0, 1, 1.5, -0.2, float("nan"), True):
+        with pytest.raises(Vox2VoxError, match="threshold"):
+            binary.to_classes(probs[:2], bad)
+
+
+def test_predict_applies_the_threshold_training_chose_and_the_command_line_overrides_it(tmp_path, capsys):
+    from vox2vox.cli import main
+    from vox2vox.model.checkpoint import load_checkpoint
+
+    ckpt = save_tiny_checkpoint(tmp_path / "m.safetensors")
+    manifest = write_manifest_folder(tmp_path, n=1)
+
+    def foreground(name, *flags):
+        assert main(["predict", "--model", str(ckpt), "--input", str(manifest), "--output", str(tmp_path / name),
+                     "--no-progress", *flags]) == 0
+        return int((np.asarray(nib.load(tmp_path / name / "c0.nii.gz").dataobj) > 0).sum())
+
+    plain = foreground("plain")
+    low = foreground("low", "--threshold", "0.05")
+    high = foreground("high", "--threshold", "0.95")
+    assert high <= plain <= low and high < low  # a random model's probabilities spread around 0.5
+    checkpoint = load_checkpoint(ckpt)
+    checkpoint.state["predict"] = {"tta": False, "largest_component": "off", "foreground_threshold": 0.05}
+    save_checkpoint(ckpt, checkpoint)
+    assert foreground("recorded") == low
+    assert foreground("forced_argmax", "--threshold", "argmax") == plain
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", str(ckpt), "--input", str(manifest), "--output", str(tmp_path / "x"),
+              "--threshold", "1.5"])
+    assert exit_info.value.code == 2 and "strictly between 0 and 1" in capsys.readouterr().err
+    checkpoint.state["predict"]["foreground_threshold"] = "high"
+    save_checkpoint(ckpt, checkpoint)
+    assert main(["predict", "--model", str(ckpt), "--input", str(manifest), "--output", str(tmp_path / "y"),
+                 "--no-progress"]) == 2
+    assert "recorded foreground threshold 'high'" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()

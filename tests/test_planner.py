@@ -175,7 +175,7 @@ def test_prediction_options_keep_the_largest_component_when_it_helps():
     case = type("Case", (), {"image": image, "label": label})()
     choice = choose_prediction_options(net, [case], convention, (32, 32, 32))
     assert choice["largest_component"] in ("class", "region")
-    assert choice["validation_dice"]["tta=False,largest_component=class"] == pytest.approx(1.0)
+    assert choice["validation_dice"]["tta=False,threshold=argmax,largest_component=class"] == pytest.approx(1.0)
 
 
 def test_the_plan_notices_other_processes_using_the_cpu_while_it_times_steps():
@@ -353,3 +353,33 @@ def test_planned_translation_from_the_command_line(tmp_path):
     assert main(["predict", "--model", str(run), "--input", str(data), "--output", str(tmp_path / "syn"),
                  "--no-progress"]) == 0
     assert len(list((tmp_path / "syn").glob("*.nii.gz"))) == 3
+
+
+def test_prediction_options_lower_the_threshold_only_for_a_model_that_under_segments():
+    convention = get_convention("binary")
+    image = np.zeros((1, 32, 32, 32), np.float32)
+    label = np.zeros((32, 32, 32), np.int64)
+    label[4:16, 4:16, 4:16] = 1
+    image[0, 4:16, 4:16, 4:16] = 0.35  # the rim of the truth: the shy model gives it P(tumour) 0.35
+    image[0, 6:14, 6:14, 6:14] = 0.9
+    case = type("Case", (), {"image": image, "label": label})()
+
+    class Shy(torch.nn.Module):
+        def forward(self, x, return_logits=False):
+            fg = x[:, :1].clamp(0.01, 0.99)
+            return torch.cat([1 - fg, fg], 1)
+
+    class Sharp(Shy):
+        def forward(self, x, return_logits=False):
+            return super().forward((x > 0.3).float())
+
+    chosen = {}
+    for net in (Shy(), Sharp()):
+        net.register_parameter("w", torch.nn.Parameter(torch.zeros(1)))
+        chosen[type(net).__name__] = choose_prediction_options(net, [case], convention, (32, 32, 32))
+    shy = chosen["Shy"]
+    assert shy["foreground_threshold"] in (0.3, 0.2)
+    assert shy["validation_dice"]["tta=False,threshold=0.3,largest_component=off"] == pytest.approx(1.0)
+    assert shy["validation_dice"]["tta=False,threshold=argmax,largest_component=off"] < 0.5
+    # A model already right keeps argmax: a threshold is kept only when it raises validation Dice.
+    assert chosen["Sharp"]["foreground_threshold"] is None

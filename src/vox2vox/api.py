@@ -226,6 +226,7 @@ class Model:
         tta: bool | None = None,
         largest_component: str | None = None,
         min_et_voxels: int = 0,
+        threshold: float | str | None = None,
         mode: str = "auto",
         window: tuple[int, int, int] = (128, 128, 128),
         overlap: float = 0.5,
@@ -240,10 +241,11 @@ class Model:
         that affine would be (reoriented to the canonical axes the model was trained on, and back).
         ``mask``: optional ``(X, Y, Z)`` brain/body mask for an array (normalisation and cropping use
         it, as a manifest's mask column). ``uncertainty``: also the entropy (and spread) maps.
-        ``tta`` / ``largest_component``: default what the model's training chose (``vox2vox
-        predict``'s defaults); the other options are ``predict``'s too. A translation model takes
+        ``tta`` / ``largest_component`` / ``threshold`` (foreground probability, or ``"argmax"``):
+        default what the model's training chose (``vox2vox predict``'s defaults); the other options
+        are ``predict``'s too. A translation model takes
         the same inputs (its source channels) and options but the segmentation-only ones
-        (``probabilities``, ``uncertainty``, ``largest_component``, ``min_et_voxels``); ``mask``
+        (``probabilities``, ``uncertainty``, ``largest_component``, ``min_et_voxels``, ``threshold``); ``mask``
         then replaces the source foreground as the voxels the synthesis is defined in.
         """
         inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
@@ -251,9 +253,10 @@ class Model:
                                     amp=prediction_amp(amp, self.device, [m.backend for m in self.models]))
         if self.task == "translate":
             self._refuse_segmentation_options(probabilities=probabilities, uncertainty=uncertainty,
-                                              largest_component=largest_component, min_et_voxels=min_et_voxels)
+                                              largest_component=largest_component, min_et_voxels=min_et_voxels,
+                                              threshold=threshold)
             return self._synthesise(image, spacing=spacing, affine=affine, mask=mask, inference=inference)
-        post = self._postprocess(largest_component, min_et_voxels)
+        post = self._postprocess(largest_component, min_et_voxels, threshold)
         if isinstance(image, str | Path) or _is_file_list(image):
             if spacing is not None or affine is not None or mask is not None:
                 raise Vox2VoxError("spacing=, affine= and mask= are for arrays; a file's header gives its grid")
@@ -271,7 +274,7 @@ class Model:
                        save_probabilities: str | None = None, output_format: str = "nifti",
                        save_uncertainty: bool = False, progress: bool = True,
                        tta: bool | None = None, largest_component: str | None = None, min_et_voxels: int = 0,
-                       mode: str = "auto", window: tuple[int, int, int] = (128, 128, 128),
+                       threshold: float | str | None = None, mode: str = "auto", window: tuple[int, int, int] = (128, 128, 128),
                        overlap: float = 0.5, amp: str = "off") -> PredictionReport:
         """``vox2vox predict`` on a dataset folder, manifest or image: ``<output_dir>/<case_id>.nii.gz``
         (``output_format``: ``nifti``, ``seg-nrrd`` or ``dicom-seg``; ``save_uncertainty``: entropy
@@ -283,11 +286,12 @@ class Model:
         if self.task == "translate":  # synthesised volumes, as `vox2vox predict` writes them
             self._refuse_segmentation_options(save_probabilities=save_probabilities,
                                               output_format=output_format != "nifti", save_uncertainty=save_uncertainty,
-                                              largest_component=largest_component, min_et_voxels=min_et_voxels)
+                                              largest_component=largest_component, min_et_voxels=min_et_voxels,
+                                              threshold=threshold)
             return synthesise_dataset(self.models, input_path, output_dir, config=inference, device=self.device,
                                       layout=layout, progress=progress)
         return predict_dataset(self.models, input_path, output_dir, config=inference, device=self.device,
-                               layout=layout, postprocess=self._postprocess(largest_component, min_et_voxels),
+                               layout=layout, postprocess=self._postprocess(largest_component, min_et_voxels, threshold),
                                save_probabilities=save_probabilities,  # type: ignore[arg-type]
                                output_format=output_format, save_uncertainty=save_uncertainty,  # type: ignore[arg-type]
                                progress=progress)
@@ -325,9 +329,11 @@ class Model:
         return Synthesis(np.ascontiguousarray(on_input, dtype=np.float32), tuple(self.targets), scale,
                          geometry.source_affine, geometry)
 
-    def _postprocess(self, largest_component: str | None, min_et_voxels: int) -> PostprocessConfig:
-        largest = prediction_options(self.models, largest_component=largest_component)[1]
-        post = PostprocessConfig(min_et_voxels=min_et_voxels, largest_component=largest)  # type: ignore[arg-type]
+    def _postprocess(self, largest_component: str | None, min_et_voxels: int,
+                     threshold: float | str | None = None) -> PostprocessConfig:
+        _, largest, cut = prediction_options(self.models, largest_component=largest_component, threshold=threshold)
+        post = PostprocessConfig(min_et_voxels=min_et_voxels, largest_component=largest,  # type: ignore[arg-type]
+                                 foreground_threshold=cut)
         check_postprocess(post, self.convention)
         return post
 

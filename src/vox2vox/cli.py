@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import traceback
 from collections.abc import Sequence
@@ -126,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only the largest connected component of each class (the default when given "
                         "alone) or region; off keeps all. Default: what the model's training chose on its "
                         "validation cases (planned runs), else off")
+    p.add_argument("--threshold", type=_threshold_arg, default=None, metavar="T",
+                   help="foreground probability a voxel needs (in (0, 1); 'argmax' for the plain most-probable "
+                        "class). Default: what the model's training chose on its validation cases (planned "
+                        "runs), else argmax")
     p.add_argument("--fill-missing", action="append", default=[], metavar="CHANNEL=MODEL",
                    help="synthesise the model's channel CHANNEL with the translation model MODEL (run directory or "
                         "checkpoint) from the channels the cases have, then segment (repeatable)")
@@ -263,6 +268,19 @@ def _dataset(args: argparse.Namespace) -> int:
     return 2
 
 
+def _threshold_arg(text: str) -> float | str:
+    """``predict --threshold``: a probability strictly between 0 and 1, or ``argmax``."""
+    if text == "argmax":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a probability strictly between 0 and 1, or argmax")
+    return value
+
+
 def _config_from_args(args: argparse.Namespace, *, saved: Path | None = None) -> Config:
     """``--config`` (else ``saved``, else defaults) with ``--set``, ``--data`` and ``--device`` applied."""
     from vox2vox.config import Config, load_config
@@ -388,10 +406,12 @@ def _predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = [load_model(m, device=device) for m in expand_model_paths(args.model)]
     # Choices training made on its validation cases (train.tune_prediction), unless given here.
-    tta, largest = prediction_options(models, tta=args.tta, largest_component=args.largest_component)
+    tta, largest, threshold = prediction_options(models, tta=args.tta, largest_component=args.largest_component,
+                                                 threshold=args.threshold)
     config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap,
                              tta_flips=tta, amp=prediction_amp(args.amp, device, [m.backend for m in models]))
-    post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest)
+    post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest,
+                             foreground_threshold=threshold)
     options = {"postprocess": post, "save_probabilities": args.save_probabilities, "output_format": args.output_format,
                "save_uncertainty": args.save_uncertainty, "progress": not args.no_progress}
     if models[0].config.task.translate or args.fill_missing:
@@ -399,7 +419,7 @@ def _predict(args: argparse.Namespace) -> int:
 
         if models[0].config.task.translate:  # a translation model writes synthesised volumes
             seg_only = [o for o, v in (("--save-probabilities", args.save_probabilities), ("--min-et-voxels",
-                        args.min_et_voxels), ("--largest-component", args.largest_component), ("--fill-missing",
+                        args.min_et_voxels), ("--largest-component", args.largest_component), ("--threshold", args.threshold), ("--fill-missing",
                         args.fill_missing), ("--output-format", args.output_format != "nifti"),
                         ("--save-uncertainty", args.save_uncertainty)) if v]
             if seg_only:

@@ -87,7 +87,7 @@ def finish_case(
     # Back to the input grid as probabilities (linear where it was resampled), then to classes:
     # interpolating probabilities, not labels, keeps boundaries smooth under resampling.
     probs = undo_preprocessing(probs, loaded.record, order=1, background_channel=head.kind == "classes")
-    labels = convention.to_source(head.to_classes(probs))
+    labels = convention.to_source(head.to_classes(probs, postprocess.foreground_threshold))
     if postprocess.active:
         labels = apply_postprocess(labels, config=postprocess, convention=convention)
     foreground = labels != convention.source_values[0]

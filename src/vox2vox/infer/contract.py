@@ -104,7 +104,8 @@ def build_contract(config: Config, state: dict[str, Any], *, backend: str, sourc
                         for i, (v, n) in enumerate(zip(convention.source_values, convention.class_names, strict=True))],
         }
         predict_options = {"tta": bool(predict.get("tta", False)),
-                           "largest_component": str(predict.get("largest_component", "off"))}
+                           "largest_component": str(predict.get("largest_component", "off")),
+                           "foreground_threshold": predict.get("foreground_threshold")}
         task_section = {"kind": "segment"}
     return {
         "format": FORMAT,

@@ -15,7 +15,7 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.profile import distribution_problems
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import ModelInfo
-from vox2vox.model.outputs import OutputHead, head_for
+from vox2vox.model.outputs import OutputHead, check_threshold, head_for
 
 if TYPE_CHECKING:  # only for annotations: inference imports this module
     from vox2vox.infer.inference import LoadedModel
@@ -52,12 +52,22 @@ def check_ensemble(models: Sequence[LoadedModel]) -> tuple[LabelConvention, Outp
 
 
 def prediction_options(models: Sequence[LoadedModel], *, tta: bool | None = None,
-                       largest_component: str | None = None) -> tuple[bool, str]:
-    """Flip TTA and largest-component clean-up: as given, else what the first model's training
-    chose on its validation cases (``state["predict"]``, planned runs), else off."""
+                       largest_component: str | None = None,
+                       threshold: float | str | None = None) -> tuple[bool, str, float | None]:
+    """Flip TTA, largest-component clean-up and the foreground threshold: as given, else what the
+    first model's training chose on its validation cases (``state["predict"]``, planned runs), else
+    off (and argmax). ``threshold="argmax"`` asks for the plain rule whatever training chose."""
     chosen = (models[0].state.get("predict") or {}) if models else {}
+    recorded = chosen.get("foreground_threshold")
+    if recorded is not None:
+        try:
+            check_threshold(recorded if not isinstance(recorded, bool) else -1)
+        except Vox2VoxError as err:
+            raise Vox2VoxError(f"{models[0].path}: the recorded {err}; the checkpoint's metadata is damaged") from None
     return (tta if tta is not None else bool(chosen.get("tta", False)),
-            largest_component or str(chosen.get("largest_component", "off")))
+            largest_component or str(chosen.get("largest_component", "off")),
+            None if threshold == "argmax" else float(threshold) if threshold is not None
+            else float(recorded) if recorded is not None else None)
 
 
 def discover_like_training(model: LoadedModel, input_path: str | Path, layout: str) -> Any:

@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from vox2vox.data.labels import LabelConvention
 from vox2vox.errors import Vox2VoxError
+from vox2vox.model.outputs import check_threshold
 
 Connectivity = Literal[6, 26]
 ComponentScope = Literal["component", "total"]
@@ -44,14 +45,19 @@ class PostprocessConfig:
         ``"region"`` of each evaluation region of the convention (BraTS WT, TC, ET; nested regions
         are processed from the first listed), ``"off"`` keeps everything.
     connectivity: 26 (faces, edges, corners) or 6 (faces only) neighbours form a component.
+    foreground_threshold: the decision rule that makes the label map these steps clean
+        (:meth:`vox2vox.model.outputs.OutputHead.to_classes`): None for argmax, else the foreground
+        probability a voxel needs. It acts before the steps above, so ``active`` leaves it out.
     """
 
     min_et_voxels: int = 0
     et_scope: ComponentScope = "component"
     largest_component: LargestPer = "off"
     connectivity: Connectivity = 26
+    foreground_threshold: float | None = None
 
     def __post_init__(self) -> None:
+        check_threshold(self.foreground_threshold)
         if not isinstance(self.min_et_voxels, int) or self.min_et_voxels < 0:
             raise Vox2VoxError(f"min_et_voxels={self.min_et_voxels!r}: must be an integer >= 0")
         if self.et_scope not in ("component", "total"):

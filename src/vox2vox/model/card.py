@@ -162,7 +162,10 @@ def format_card(card: ModelCard) -> str:
         reinit = ", output layer re-initialised" if info.source.reinit_output else ""
         lines.append(("fine-tuned from", f"{info.source.path} (sha256 {info.source.sha256[:16]}...{reinit})"))
     if card.predict:
-        lines.append(("prediction", ", ".join(f"{k} {v}" for k, v in card.predict.items())))
+        # The choices; the validation scores behind them are in --json.
+        chosen = {k: v for k, v in card.predict.items() if not isinstance(v, dict)}
+        lines.append(("prediction", ", ".join(f"{k} {'argmax' if k == 'foreground_threshold' and v is None else v}"
+                                               for k, v in chosen.items())))
     lines.append(("versions", ", ".join(f"{k} {v}" for k, v in card.versions.items()) or NOT_RECORDED))
     width = max(len(key) for key, _ in lines)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in lines)

@@ -31,7 +31,8 @@ class OutputHead:
     """How ``n_outputs`` generator channels relate to a convention's ``n_classes`` classes.
 
     ``membership[c, r]`` is 1 when class ``c`` belongs to output ``r`` (the identity for classes).
-    ``region_class[r]`` is the class a voxel gets when region ``r`` is the innermost one above 0.5.
+    ``region_class[r]`` is the class a voxel gets when region ``r`` is the innermost one above 0.5
+    (above the foreground threshold when one is given).
     """
 
     kind: OutputKind
@@ -55,18 +56,37 @@ class OutputHead:
             one_hot = one_hot @ member
         return one_hot.movedim(-1, 1).contiguous()
 
-    def to_classes(self, probs: np.ndarray) -> np.ndarray:
-        """``(n_outputs, *spatial)`` probabilities -> ``spatial`` int64 class indices."""
+    def to_classes(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """``(n_outputs, *spatial)`` probabilities -> ``spatial`` int64 class indices.
+
+        ``threshold`` None: the plain rule (argmax of classes; regions above 0.5). A number ``t``
+        moves the foreground boundary: classes make a voxel foreground where ``1 - P(background)
+        >= t`` (its class the most probable foreground class), regions count where their sigmoid
+        is ``>= t``. A model that under-segments is corrected with ``t < 0.5``; training chooses
+        ``t`` on its validation cases (:mod:`vox2vox.train.selection`).
+        """
         probs = np.asarray(probs)
         if probs.shape[0] != self.n_outputs:
             raise Vox2VoxError(f"the model gives {probs.shape[0]} output channels; its {self.kind} head "
                                f"expects {self.n_outputs} ({', '.join(self.names)})")
+        check_threshold(threshold)
         if self.kind == "classes":
-            return probs.argmax(0).astype(np.int64)
+            if threshold is None:
+                return probs.argmax(0).astype(np.int64)
+            labels = probs[1:].argmax(0).astype(np.int64) + 1
+            labels[1.0 - probs[0] < threshold] = 0
+            return labels
+        cut = 0.5 if threshold is None else threshold
         labels = np.zeros(probs.shape[1:], dtype=np.int64)
         for r, cls in enumerate(self.region_class):  # outermost first: inner regions override
-            labels[probs[r] > 0.5] = cls
+            labels[probs[r] >= cut if threshold is not None else probs[r] > cut] = cls
         return labels
+
+
+def check_threshold(threshold: float | None) -> None:
+    """A foreground threshold is None (the plain rule) or a number strictly between 0 and 1."""
+    if threshold is not None and not (isinstance(threshold, int | float) and 0.0 < threshold < 1.0):
+        raise Vox2VoxError(f"foreground threshold {threshold!r}: must lie strictly between 0 and 1")
 
 
 def output_head(convention: LabelConvention, kind: OutputKind = "classes") -> OutputHead:

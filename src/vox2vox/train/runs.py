@@ -193,8 +193,10 @@ def _train_tracked(config: Config, spec: Any, cases: dict[str, Any], convention:
                                            config.train.patch_size, head=head)
         record_prediction_options(best, choice)
         if progress:
-            print(f"prediction options from validation: tta {choice['tta']}, largest component "
-                  f"{choice['largest_component']}", file=sys.stderr)
+            cut = choice["foreground_threshold"]
+            print(f"prediction options from validation: tta {choice['tta']}, foreground threshold "
+                  f"{'argmax' if cut is None else cut}, largest component {choice['largest_component']}",
+                  file=sys.stderr)
     distributed.barrier()
     return result
 

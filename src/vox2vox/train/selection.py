@@ -1,10 +1,11 @@
 """Prediction choices made from validation, not by hand (recorded in the model, used by ``predict``).
 
 After training, the chosen model predicts the validation cases with and without flip
-test-time augmentation, and each label map is scored as it is and after keeping the largest
-connected component per class or per region. A post-processing step is kept only when it raises
-the mean validation Dice; flip TTA is kept when it does not lower it and a case predicts within
-:data:`TTA_SECONDS_PER_CASE`. The choice and its scores go into the checkpoint's metadata
+test-time augmentation; each prediction is turned into labels at several foreground thresholds
+(:data:`THRESHOLDS`, argmax first) and scored as it is and after keeping the largest connected
+component per class or per region. A threshold or post-processing step is kept only when it
+raises the mean validation Dice; flip TTA is kept when it does not lower it and a case predicts
+within :data:`TTA_SECONDS_PER_CASE`. The choice and its scores go into the checkpoint's metadata
 (``state["predict"]``) so that the checkpoint alone carries them.
 """
 
@@ -26,6 +27,9 @@ from vox2vox.model.outputs import OutputHead, output_head
 from vox2vox.report.metrics import dice
 
 TTA_SECONDS_PER_CASE = 120.0
+# Foreground thresholds tried (None: argmax). Models trained briefly on few cases tend to draw the
+# tumour boundary inside the truth; a lower threshold moves it out (benchmarks/RESULTS.md).
+THRESHOLDS: tuple[float | None, ...] = (None, 0.4, 0.3, 0.2)
 # A step must raise the mean validation Dice by more than this to be kept (ties keep it simple).
 MIN_GAIN = 1e-3
 
@@ -42,7 +46,8 @@ def region_dice(pred_source: np.ndarray, true_source: np.ndarray, convention: La
 
 def choose_prediction_options(generator: torch.nn.Module, val_cases: Sequence[Any], convention: LabelConvention,
                               window: tuple[int, int, int], *, head: OutputHead | None = None) -> dict[str, Any]:
-    """Score TTA and post-processing options on the validation cases; return the choice and scores."""
+    """Score TTA, foreground thresholds and post-processing on the validation cases; return the
+    choice and the scores (keys ``tta=...,threshold=...,largest_component=...``)."""
     head = head or output_head(convention)
     device = next(generator.parameters()).device
     options = ["off", "class"] + (["region"] if convention.regions else [])
@@ -56,22 +61,31 @@ def choose_prediction_options(generator: torch.nn.Module, val_cases: Sequence[An
             infer = InferenceConfig(mode="auto", window=window, overlap=0.25, tta_flips=tta)
             probs = predict_probabilities([generator], case.image, config=infer, device=device)
             seconds[tta] += time.perf_counter() - t0
-            labels = convention.to_source(head.to_classes(probs))
-            for option in options:
-                pred = labels if option == "off" else postprocess(
-                    labels, config=PostprocessConfig(largest_component=option), convention=convention)
-                per_region = region_dice(pred, truth, convention, scored)
-                scores.setdefault(f"tta={tta},largest_component={option}", []).append(float(np.mean(list(per_region.values()))))
+            for threshold in THRESHOLDS:
+                labels = convention.to_source(head.to_classes(probs, threshold))
+                for option in options:
+                    pred = labels if option == "off" else postprocess(
+                        labels, config=PostprocessConfig(largest_component=option), convention=convention)
+                    per_region = region_dice(pred, truth, convention, scored)
+                    scores.setdefault(_key(tta, threshold, option), []).append(float(np.mean(list(per_region.values()))))
     mean = {k: float(np.mean(v)) for k, v in scores.items()}
     n = max(len(val_cases), 1)
+    # One choice at a time, each kept only when it pays: TTA, then the threshold, then the clean-up.
     tta_affordable = seconds[True] / n <= TTA_SECONDS_PER_CASE
-    tta = tta_affordable and mean["tta=True,largest_component=off"] >= mean["tta=False,largest_component=off"] - MIN_GAIN
-    base = mean[f"tta={tta},largest_component=off"]
-    best = max(options, key=lambda o: (mean[f"tta={tta},largest_component={o}"], o == "off"))
-    largest = best if mean[f"tta={tta},largest_component={best}"] > base + MIN_GAIN else "off"
-    return {"tta": tta, "largest_component": largest, "validation_dice": mean,
+    tta = tta_affordable and mean[_key(True, None, "off")] >= mean[_key(False, None, "off")] - MIN_GAIN
+    base = mean[_key(tta, None, "off")]
+    cut = max(THRESHOLDS, key=lambda t: (mean[_key(tta, t, "off")], t is None))
+    threshold = cut if mean[_key(tta, cut, "off")] > base + MIN_GAIN else None
+    base = mean[_key(tta, threshold, "off")]
+    best = max(options, key=lambda o: (mean[_key(tta, threshold, o)], o == "off"))
+    largest = best if mean[_key(tta, threshold, best)] > base + MIN_GAIN else "off"
+    return {"tta": tta, "foreground_threshold": threshold, "largest_component": largest, "validation_dice": mean,
             "seconds_per_case": {"plain": seconds[False] / n, "tta": seconds[True] / n},
             "validation_cases": len(val_cases)}
+
+
+def _key(tta: bool, threshold: float | None, largest_component: str) -> str:
+    return f"tta={tta},threshold={'argmax' if threshold is None else threshold},largest_component={largest_component}"
 
 
 def record_prediction_options(path: str | Path, choice: dict[str, Any]) -> None:
