@@ -159,7 +159,7 @@ class Config:
             raise Vox2VoxError(f"task.head='tanh' needs targets in a fixed range: preprocess.normalize='ct-window' "
                                f"(this is {self.preprocess.normalize!r}); use task.head='linear' for z-scored targets")
         if self.task.translate and self.train.tune_prediction:
-            raise Vox2VoxError("train.tune_prediction chooses segmentation clean-up (TTA, largest component); "
+            raise Vox2VoxError("train.tune_prediction chooses segmentation clean-up (TTA, threshold, largest component); "
                                "a translation has none: set it to false")
         m = self.generator.size_multiple
         problem = self.generator.size_problem(self.train.patch_size)
@@ -471,7 +471,7 @@ DESCRIPTIONS: dict[str, str] = {
     "train.activation_checkpointing": "recompute generator blocks in backward (less memory, ~1/3 more compute)",
     "train.budget": "train for this long (30m, 12h, 1h30m) instead of epochs; the schedule ends with it",
     "train.select": "model predict uses: best (validation Dice) or last (final weights)",
-    "train.tune_prediction": "after training, choose flip TTA and largest-component clean-up on the validation cases",
+    "train.tune_prediction": "after training, choose flip TTA, the foreground threshold and largest-component clean-up on the validation cases",
     "train.reinit_output": "with --init-from: a fresh output layer for a new label set (--reinit-head)",
     "train.log": "also log curves, config and validation overlays to: none, tensorboard or mlflow (extras)",
     "augment.p_untouched": "probability that a patch is not augmented at all",

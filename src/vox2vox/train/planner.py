@@ -224,8 +224,8 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
                  "drawn inside the foreground 90% of the time (the background is a constant to copy)")
     else:
         plan.why("model: the final weights (select=last); with few cases one validation case cannot rank "
-                 "checkpoints, and the decayed end of the schedule is the steadiest model; flip TTA and "
-                 "largest-component clean-up are then chosen on the validation cases for predict")
+                 "checkpoints, and the decayed end of the schedule is the steadiest model; flip TTA, the foreground "
+                 "threshold and largest-component clean-up are then chosen on the validation cases for predict")
     cfg["augment"].update(p_untouched=0.25)
     plan.why("augmentation: the paper's flips, intensity, rotation, scaling and elastic deformation")
     plan.config = cfg

@@ -76,8 +76,9 @@ def train_on_dataset(
     """Discover, check, load and split ``config.data.path``, then :func:`fit` with validation by Dice.
 
     A ``train.budget`` counts from ``started`` (a ``time.perf_counter()`` reading; default: now),
-    so loading the cases is part of it. With ``train.tune_prediction``, flip TTA and
-    largest-component clean-up are then chosen on the validation cases (:mod:`vox2vox.train.selection`).
+    so loading the cases is part of it. With ``train.tune_prediction``, flip TTA, the foreground
+    threshold and largest-component clean-up are then chosen on the validation cases
+    (:mod:`vox2vox.train.selection`).
 
     Channel count and class count come from the data (they override the config's networks), the
     split is saved as ``split.json``, and checkpoints record the channel names, label convention
