@@ -61,7 +61,7 @@ def prediction_options(models: Sequence[LoadedModel], *, tta: bool | None = None
     recorded = chosen.get("foreground_threshold")
     if recorded is not None:
         try:
-            check_threshold(recorded if not isinstance(recorded, bool) else -1)
+            check_threshold(recorded)
         except Vox2VoxError as err:
             raise Vox2VoxError(f"{models[0].path}: the recorded {err}; the checkpoint's metadata is damaged") from None
     return (tta if tta is not None else bool(chosen.get("tta", False)),
