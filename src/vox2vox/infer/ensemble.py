@@ -58,16 +58,20 @@ def prediction_options(models: Sequence[LoadedModel], *, tta: bool | None = None
     first model's training chose on its validation cases (``state["predict"]``, planned runs), else
     off (and argmax). ``threshold="argmax"`` asks for the plain rule whatever training chose."""
     chosen = (models[0].state.get("predict") or {}) if models else {}
-    recorded = chosen.get("foreground_threshold")
-    if recorded is not None:
+    if threshold == "argmax":
+        cut = None
+    elif threshold is not None:
+        check_threshold(threshold)
+        cut = float(threshold)
+    else:
+        cut = chosen.get("foreground_threshold")
         try:
-            check_threshold(recorded)
+            check_threshold(cut)
         except Vox2VoxError as err:
             raise Vox2VoxError(f"{models[0].path}: the recorded {err}; the checkpoint's metadata is damaged") from None
     return (tta if tta is not None else bool(chosen.get("tta", False)),
             largest_component or str(chosen.get("largest_component", "off")),
-            None if threshold == "argmax" else float(threshold) if threshold is not None
-            else float(recorded) if recorded is not None else None)
+            None if cut is None else float(cut))
 
 
 def discover_like_training(model: LoadedModel, input_path: str | Path, layout: str) -> Any:

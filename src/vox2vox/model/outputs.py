@@ -76,10 +76,9 @@ class OutputHead:
             labels = probs[1:].argmax(0).astype(np.int64) + 1
             labels[1.0 - probs[0] < threshold] = 0
             return labels
-        cut = 0.5 if threshold is None else threshold
         labels = np.zeros(probs.shape[1:], dtype=np.int64)
         for r, cls in enumerate(self.region_class):  # outermost first: inner regions override
-            labels[probs[r] >= cut if threshold is not None else probs[r] > cut] = cls
+            labels[probs[r] > 0.5 if threshold is None else probs[r] >= threshold] = cls
         return labels
 
 
