@@ -62,6 +62,27 @@ def test_plan_trades_patch_size_for_steps():
     assert make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800, throughput=slow).config["train"]["patch_size"] == [48, 48, 48]
 
 
+def test_plan_adopts_cpu_bf16_only_where_its_timing_shows_the_gain():
+    # bf16 timed 1.5x faster everywhere: the plan trains in bf16, and the faster step buys a larger patch.
+    fast = TABLE | {k + "@bf16": v / 1.5 for k, v in TABLE.items()}
+    plan = make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800, throughput=fast)
+    assert plan.config["train"]["amp"] == "bf16"
+    assert plan.config["train"]["patch_size"] == [80, 80, 80]  # 1.40 / 1.5 s a step still gives >= 1500 steps
+    assert any(r.startswith("precision bf16") and "0.93 s a step against 1.40 s" in r for r in plan.reasons)
+    assert Config.from_dict(plan.config).train.amp == "bf16"
+    # Barely faster (within the timing's noise): fp32, and the reason says why.
+    close = TABLE | {k + "@bf16": v / 1.05 for k, v in TABLE.items()}
+    plan = make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800, throughput=close)
+    assert plan.config["train"]["amp"] == "off" and plan.config["train"]["patch_size"] == [64, 64, 64]
+    assert any(r.startswith("precision fp32: bf16 autocast timed") for r in plan.reasons)
+    # Not timed (no fast bf16 on this CPU): fp32.
+    plan = make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800, throughput=TABLE)
+    assert plan.config["train"]["amp"] == "off"
+    # A GPU plan leaves train.amp to `auto` (bf16 or fp16 by the GPU).
+    gpu = Device("cuda", 80 * 2**30, "gpu", 8)
+    assert "amp" not in make_plan(BRATS_LIKE, device=gpu, budget_seconds=1800, throughput=fast).config["train"]
+
+
 def test_plan_coarsens_to_the_budget_and_keeps_anisotropic_axes():
     spacing, _ = target_spacing(BRATS_LIKE, 5e5)
     voxels = math.prod(e / s for e, s in zip(BRATS_LIKE.median_foreground_mm, spacing, strict=True))

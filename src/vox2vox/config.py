@@ -466,7 +466,7 @@ DESCRIPTIONS: dict[str, str] = {
     "train.checkpoint_every": "write checkpoints/last every this many epochs, and after the last",
     "train.seed": "seed of weights, split, patches, augmentation and dropout",
     "train.device": "auto, cpu or cuda",
-    "train.amp": "mixed precision on CUDA: auto (bf16 where supported), bf16, fp16 or off",
+    "train.amp": "mixed precision: auto (CUDA: bf16 where supported, else fp16; CPU: off), bf16 (also on a CPU; a plan picks it where it measured faster), fp16 (CUDA only) or off",
     "train.num_workers": "data-loading worker processes (0: in the training process)",
     "train.activation_checkpointing": "recompute generator blocks in backward (less memory, ~1/3 more compute)",
     "train.budget": "train for this long (30m, 12h, 1h30m) instead of epochs; the schedule ends with it",

@@ -27,12 +27,17 @@ def resolve_device(choice: str = "auto") -> torch.device:
 
 
 def resolve_amp(choice: str, device: torch.device) -> AmpDtype:
-    """Mixed precision only on CUDA: bf16 where the GPU supports it, fp16 otherwise.
+    """Mixed precision for training.
 
-    On CPU autocast brings no speed-up for 3D convolutions here, so ``auto`` means off.
+    CUDA: ``auto`` is bf16 where the GPU supports it, fp16 otherwise. CPU: ``auto`` is off (a plan
+    writes ``bf16`` explicitly when its step timing on this CPU shows the gain, see
+    :func:`cpu_bf16`); an explicit ``bf16`` holds (oneDNN runs bf16 convolutions natively with
+    AVX512-BF16 or AMX, and emulates them, slowly, elsewhere); ``fp16`` is off on a CPU.
     """
     if choice not in ("auto", "bf16", "fp16", "off"):
         raise Vox2VoxError(f"train.amp={choice!r}: choose auto, bf16, fp16 or off")
+    if device.type == "cpu" and choice == "bf16":
+        return "bf16"
     if choice == "off" or device.type != "cuda":
         return "off"
     if choice == "auto":
@@ -40,12 +45,18 @@ def resolve_amp(choice: str, device: torch.device) -> AmpDtype:
     return choice  # type: ignore[return-value]
 
 
+def cpu_bf16() -> bool:
+    """Whether oneDNN runs bf16 on this CPU without falling back to slow reference kernels
+    (AVX-512 cores and newer); whether it is also *faster* than fp32 is for a timing to say."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
 def resolve_prediction_amp(choice: str, device: torch.device) -> AmpDtype:
-    """Precision for prediction: as :func:`resolve_amp`, except that an explicit ``bf16`` holds on
-    a CPU too (oneDNN runs the forward pass ~1.5-2x faster with avx512_bf16/AMX; probabilities
-    within ~1e-2); :func:`resolve_amp`, the training rule, is off on every CPU."""
-    if device.type == "cpu" and choice == "bf16":
-        return "bf16"
+    """Precision for prediction: as :func:`resolve_amp` (an explicit ``bf16`` holds on a CPU too:
+    oneDNN runs the forward pass ~1.5-2x faster with avx512_bf16/AMX; probabilities within ~1e-2)."""
     return resolve_amp(choice, device)
 
 

@@ -7,7 +7,9 @@ it, so runs are reproducible with any number of data-loading workers or processe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +70,13 @@ class PatchDataset(Dataset):
         )
 
 
+def batches_per_epoch(config: Config, n_cases: int, ctx: distributed.DistContext | None = None) -> int:
+    """How many batches this rank trains on in one epoch of :func:`patch_loader`."""
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
+    return len(distributed.RankBatchSampler(n_cases * config.train.patches_per_case, config.train.batch_size,
+                                            rank=rank, world=world))
+
+
 def patch_loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_patch: PatchSampler,
             augment: Augment | None, *, ctx: distributed.DistContext | None = None,
             skip_batches: int = 0) -> DataLoader:
@@ -104,3 +113,96 @@ def patch_loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_
         # shift the global RNG that dropout uses (a resumed epoch restores that RNG exactly).
         generator=torch.Generator().manual_seed(derive_seed(config.train.seed, epoch, 2)),
     )
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+_EPOCH_END = object()
+
+
+class BatchStream:
+    """This rank's batches, epoch after epoch, made one batch ahead by a background thread.
+
+    With ``train.num_workers = 0`` sampling and augmentation (about a quarter of a planned CPU
+    step, benchmarks/RESULTS.md) would otherwise run between steps while the network's threads
+    wait; here they overlap the step, and the thread runs on into the next epoch's first batch.
+    Every batch is a pure function of ``(seed, epoch, index)`` (:class:`PatchDataset`), so the
+    stream yields exactly the batches of :func:`patch_loader`, in the same order, and a resumed
+    run sees the same data. The thread draws nothing from the global torch RNG (dropout's).
+
+    ``loader_for(epoch, skip)`` makes the epoch's loader without its first ``skip`` batches.
+    With worker processes (``num_workers > 0``) the loader already overlaps; the stream then
+    iterates it in the calling thread.
+    """
+
+    def __init__(self, loader_for: Callable[[int, int], Iterable[Batch]], *, background: bool = True):
+        self.loader_for, self.background = loader_for, background
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._at: tuple[int, int] | None = None  # (epoch, batches into it) the thread produces next
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch`` after its first ``skip``."""
+        if not self.background:
+            yield from self.loader_for(epoch, skip)
+            return
+        if self._at != (epoch, skip):
+            self._restart(epoch, skip)
+        while True:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self.close()
+                raise item
+            if item is _EPOCH_END:
+                self._at = (epoch + 1, 0)
+                return
+            self._at = (epoch, self._at[1] + 1) if self._at is not None else None
+            yield item
+
+    def close(self) -> None:
+        """Stop the thread (idempotent); what it made ahead is dropped."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        while self._thread.is_alive():
+            try:  # unblock a producer waiting on a full queue
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread, self._at = None, None
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _restart(self, epoch: int, skip: int) -> None:
+        self.close()
+        self._stop = threading.Event()
+        self._queue = queue.Queue(maxsize=1)
+        self._at = (epoch, skip)
+        self._thread = threading.Thread(target=self._produce, args=(epoch, skip, self._stop, self._queue),
+                                        name="vox2vox-batches", daemon=True)
+        self._thread.start()
+
+    def _produce(self, epoch: int, skip: int, stop: threading.Event, out: queue.Queue) -> None:
+        def put(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            while not stop.is_set():
+                for batch in self.loader_for(epoch, skip):
+                    if not put(batch):
+                        return
+                if not put(_EPOCH_END):
+                    return
+                epoch, skip = epoch + 1, 0
+        except BaseException as error:  # handed to the consumer, which raises it
+            put(error)

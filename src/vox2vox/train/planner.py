@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from vox2vox.data.fingerprint import Fingerprint, fingerprint_dataset
 from vox2vox.data.labels import LabelConvention
 from vox2vox.data.layouts import discover
 from vox2vox.data.translation import resolve_channels
+from vox2vox.device import cpu_bf16
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.translation import TaskConfig
 from vox2vox.train.planning import estimate_memory
@@ -187,9 +189,13 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     cfg["preprocess"].update(target_spacing=list(spacing), pad_multiple=SIZE_STEP)
     plan.why(why)
     case_shape = [e / s for e, s in zip(fp.median_foreground_mm, spacing, strict=True)]
-    patch, steps, why = choose_patch(patch_candidates(case_shape), throughput, budget_seconds, device,
+    step_seconds, bf16_patches = fastest_precision(throughput)
+    patch, steps, why = choose_patch(patch_candidates(case_shape), step_seconds, budget_seconds, device,
                                      fp, case_shape)
     plan.why(why)
+    amp, why = precision_for(patch, throughput, bf16_patches, device)
+    if why:
+        plan.why(why)
     depth = depth_for(patch)
     width = 8 if device.kind == "cpu" and (budget_seconds or math.inf) <= 4 * 3600 else (16 if device.kind == "cpu" else 32)
     # A translation's networks take the sources and put out the targets; a segmentation's every channel and class.
@@ -212,10 +218,12 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     batch = 2
     cfg["train"].update(patch_size=list(patch), batch_size=batch, foreground_prob=0.9 if translate else 0.5,
                         select="last", tune_prediction=not translate, device=device.kind, val_every=1)
+    if amp is not None:
+        cfg["train"]["amp"] = amp
     if budget_seconds is not None:
         cfg["train"]["budget"] = format_duration(budget_seconds)
         plan.why(f"budget {format_duration(budget_seconds)}: about {steps} steps of batch {batch} at "
-                 f"{throughput.get(_key(patch), float('nan')):.2f} s a step; training ends at the budget")
+                 f"{step_seconds.get(_key(patch), float('nan')):.2f} s a step; training ends at the budget")
     else:
         cfg["train"]["epochs"] = epochs or 1000
         plan.why(f"epochs {cfg['train']['epochs']}: no budget given")
@@ -281,6 +289,41 @@ def _nested_regions(convention: LabelConvention | None) -> tuple[str, ...]:
         return tuple(name for name, _ in convention.nested_regions())
     except Vox2VoxError:
         return ()
+
+
+#: bf16 autocast is adopted on a CPU only when its measured step is at least this much faster: a
+#: smaller gain is within the timing's noise and not worth bf16's rounding.
+BF16_MIN_SPEEDUP = 1.1
+BF16_SUFFIX = "@bf16"
+
+
+def fastest_precision(throughput: dict[str, float]) -> tuple[dict[str, float], set[str]]:
+    """Seconds per step of each timed patch at its faster precision, and the patches where that
+    is bf16 (timed as ``<patch>@bf16``, at least :data:`BF16_MIN_SPEEDUP` times faster than fp32)."""
+    table = {k: v for k, v in throughput.items() if not k.endswith(BF16_SUFFIX)}
+    faster = set()
+    for key, seconds in list(table.items()):
+        bf16 = throughput.get(key + BF16_SUFFIX)
+        if bf16 is not None and bf16 * BF16_MIN_SPEEDUP <= seconds:
+            table[key], faster = bf16, faster | {key}
+    return table, faster
+
+
+def precision_for(patch: Sequence[int], throughput: dict[str, float], bf16_patches: set[str],
+                  device: Device) -> tuple[str | None, str | None]:
+    """``train.amp`` for a CPU plan (None on a GPU: ``auto`` already picks bf16 or fp16 there) and its reason."""
+    if device.kind != "cpu":
+        return None, None
+    key = _key(patch)
+    fp32, bf16 = throughput.get(key), throughput.get(key + BF16_SUFFIX)
+    if bf16 is None or fp32 is None:
+        return "off", "precision fp32: bf16 autocast was not timed (this CPU has no fast bf16 path in oneDNN)"
+    if key in bf16_patches:
+        return "bf16", (f"precision bf16 autocast: {bf16:.2f} s a step against {fp32:.2f} s in fp32 on this CPU "
+                        f"(at least {BF16_MIN_SPEEDUP}x faster; weights, optimiser and losses stay fp32; "
+                        "docs/method.md, \"Self-configuration\")")
+    return "off", (f"precision fp32: bf16 autocast timed {bf16:.2f} s a step against {fp32:.2f} s, less than "
+                   f"{BF16_MIN_SPEEDUP}x faster")
 
 
 def choose_patch(candidates: list[tuple[int, int, int]], throughput: dict[str, float], budget_seconds: float | None,
@@ -356,6 +399,11 @@ def plan_from_fingerprint(fp: Fingerprint, *, device: Device, budget_seconds: fl
     candidates = patch_candidates([e / s for e, s in zip(fp.median_foreground_mm, spacing, strict=True)])
     with CpuWatch() as watch:
         table = measure_throughput(candidates, config_for, device=device, progress=progress)
+        if device.kind == "cpu" and cpu_bf16():
+            # The same candidates under bf16 autocast; the plan adopts it only where it is faster.
+            timed = [c for c in candidates if _key(c) in table]
+            bf16 = measure_throughput(timed, partial(_with_amp, config_for, "bf16"), device=device, progress=progress)
+            table |= {k + BF16_SUFFIX: v for k, v in bf16.items()}
     plan = make_plan(fp, device=device, budget_seconds=budget_seconds, throughput=table, convention=convention,
                      task=task)
     if watch.others_cores is not None:
@@ -364,6 +412,11 @@ def plan_from_fingerprint(fp: Fingerprint, *, device: Device, budget_seconds: fl
     if note:
         plan.why(note)
     return plan
+
+
+def _with_amp(config_for: Callable[[tuple[int, int, int]], Config], amp: str, patch: tuple[int, int, int]) -> Config:
+    config = config_for(patch)
+    return config.replace(train=dataclasses.replace(config.train, amp=amp))
 
 
 # ---- was the machine busy? ---------------------------------------------------------------------

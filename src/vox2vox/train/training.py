@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
@@ -60,7 +61,15 @@ from vox2vox.model.translation import selection_key, split_source_target, transl
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
 from vox2vox.train.control import InterruptFlag, RunClock
-from vox2vox.train.patches import Augment, PatchSampler, TrainCase, derive_seed, patch_loader
+from vox2vox.train.patches import (
+    Augment,
+    BatchStream,
+    PatchSampler,
+    TrainCase,
+    batches_per_epoch,
+    derive_seed,
+    patch_loader,
+)
 from vox2vox.train.schedule import lr_factor
 from vox2vox.train.state import TrainState, build_state
 
@@ -255,10 +264,12 @@ def fit(
     clock = RunClock(state.seconds, started)
 
     interrupted = InterruptFlag()
-    with interrupted:
+    stream = BatchStream(partial(_epoch_loader, config, train_cases, sample_patch, augment, ctx),
+                         background=config.train.num_workers == 0)
+    with interrupted, stream:
         while not _finished(state, config):
-            row = _train_epoch(state, config, train_cases, state.epoch, sample_patch, augment, run=run,
-                               ctx=ctx, interrupted=interrupted, progress=progress, on_step=on_step, clock=clock)
+            row = _train_epoch(state, config, stream, len(train_cases), state.epoch, run=run, ctx=ctx,
+                               interrupted=interrupted, progress=progress, on_step=on_step, clock=clock)
             state.seconds = clock()
             if row is None:  # Ctrl-C: keep the batches trained so far, then stop
                 if ctx.is_main:
@@ -329,13 +340,17 @@ def _start_or_resume(
     return config, state, history
 
 
+def _epoch_loader(config: Config, train_cases: Sequence[TrainCase], sample_patch: PatchSampler,
+                  augment: Augment | None, ctx: distributed.DistContext, epoch: int, skip: int) -> DataLoader:
+    return patch_loader(config, train_cases, epoch, sample_patch, augment, ctx=ctx, skip_batches=skip)
+
+
 def _train_epoch(
     state: TrainState,
     config: Config,
-    train_cases: Sequence[TrainCase],
+    stream: BatchStream,
+    n_cases: int,
     epoch: int,
-    sample_patch: PatchSampler,
-    augment: Augment | None,
     *,
     run: RunDir,
     ctx: distributed.DistContext,
@@ -356,15 +371,16 @@ def _train_epoch(
     skip, sums = state.batches_done, dict(state.partial_sums)
     if skip and state.rng_state is not None:  # continue an epoch cut short by Ctrl-C
         torch.set_rng_state(state.rng_state)
-    loader = patch_loader(config, train_cases, epoch, sample_patch, augment, ctx=ctx, skip_batches=skip)
+    n_batches = batches_per_epoch(config, n_cases, ctx)
     t0 = time.perf_counter()
     n = skip
     budget = config.train.budget_seconds
     total = f"{config.train.budget} budget" if budget else str(config.train.epochs)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total}", leave=False, disable=not progress, file=sys.stderr)
+    bar = tqdm(stream.epoch(epoch, skip), desc=f"epoch {epoch + 1}/{total}", total=n_batches - skip, leave=False,
+               disable=not progress, file=sys.stderr)
     for image, label in bar:
         # Progress through training: the budget's spent share, or the epochs' (by batch).
-        done = clock() / budget if budget else (epoch + n / max(len(loader) + skip, 1)) / config.train.epochs
+        done = clock() / budget if budget else (epoch + n / max(n_batches, 1)) / config.train.epochs
         if budget and distributed.any_rank(done >= 1.0):
             break  # the budget is spent: this epoch ends here
         _set_learning_rates(state, config, done)
