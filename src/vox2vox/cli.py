@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from vox2vox import __version__
 from vox2vox.errors import Vox2VoxError
+from vox2vox.progress import progress_bars
 from vox2vox.rundir import RunDir
 
 # Each command imports the library it calls inside its handler (the one deliberate exception to
@@ -32,13 +35,25 @@ LAYOUT_NAMES = ("brats", "brats2023", "msd", "nnunet", "folders", "manifest", "s
 LAYOUT_HELP = f"dataset layout: auto (detect from the file names; default) or one of {', '.join(LAYOUT_NAMES)}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (exit 2), as every other user error: its usage block
+    buries the problem under a dozen lines of options."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+NO_PROGRESS_HELP = ("no progress bars (they are off anyway when stderr is not a terminal: a log file, a pipe, "
+                    "a batch job); notes, warnings and per-epoch lines stay")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vox2vox",
         description="Vox2Vox: 3D conditional-GAN segmentation of CT and MRI volumes.",
     )
     parser.add_argument("--version", action="version", version=f"vox2vox {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     common.add_argument("--allow-nonuniform", action="store_true",
                         help="DICOM series with missing or unevenly spaced slices: resample them linearly onto a "
@@ -51,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="small: the full demo (about a minute on an idle 2-core CPU); tiny: a seconds-long smoke run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = sub.add_parser("dataset", parents=[common], help="find and check the cases in a folder or manifest")
     p.add_argument("path", help="dataset folder (BraTS, BraTS 2023, MSD, nnU-Net raw), manifest .csv or image")
@@ -84,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reinit-head", action="store_true",
                    help="with --init-from: a fresh output layer, for data with other labels (train.reinit_output)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides train.device)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = sub.add_parser("info", parents=[common], help="a model's card: channels, normalisation, spacing, labels, "
                        "training data, scores, versions, sha256")
@@ -134,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill-missing", action="append", default=[], metavar="CHANNEL=MODEL",
                    help="synthesise the model's channel CHANNEL with the translation model MODEL (run directory or "
                         "checkpoint) from the channels the cases have, then segment (repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = sub.add_parser("export", parents=[common], help="the generator as one ONNX or TorchScript file with its "
                        "input contract (channels, normalisation, spacing, labels or a translation's targets) in the file's metadata")
@@ -180,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.epochs=50 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the fold runs from their last checkpoints")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides train.device)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = sub.add_parser("plan", parents=[common], help="plan a run from the data and this machine (--data), "
                        "or estimate the memory a config needs per GPU")
@@ -196,8 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision to plan for (default: train.amp, 'auto' counted as bf16)")
 
     p = sub.add_parser("config", parents=[common], help="print the configuration: every key, its default and meaning")
-    p.add_argument("--defaults", action="store_true", required=True,
-                   help="print every config key with its default value and what it means")
+    p.add_argument("--defaults", action="store_true",
+                   help="the same as no option: every config key with its default value and what it means")
+
+    p = sub.add_parser("env", parents=[common], help="what a run meets here: the torch build (CPU, CUDA, ROCm), "
+                       "devices and their memory, CPU model and vector extensions, threads, free memory")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
     return parser
 
 
@@ -207,8 +229,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vox2vox.data.dicom import allow_nonuniform
 
     try:
-        with allow_nonuniform(args.allow_nonuniform):
-            return _COMMANDS[args.command](args) or 0
+        with allow_nonuniform(args.allow_nonuniform), progress_bars(not getattr(args, "no_progress", False)):
+            code = _COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # here, not at exit: a reader that has gone is handled below
+        return code
+    except BrokenPipeError:
+        # The reader of stdout went away (`vox2vox info --json | head`): stop quietly, as Unix
+        # tools do. stdout points at /dev/null so that the interpreter's final flush cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Vox2VoxError as err:
         if args.debug:
             traceback.print_exc()
@@ -413,7 +443,7 @@ def _predict(args: argparse.Namespace) -> int:
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest,
                              foreground_threshold=threshold)
     options = {"postprocess": post, "save_probabilities": args.save_probabilities, "output_format": args.output_format,
-               "save_uncertainty": args.save_uncertainty, "progress": not args.no_progress}
+               "save_uncertainty": args.save_uncertainty}
     if models[0].config.task.translate or args.fill_missing:
         from vox2vox.infer.translation import parse_fill, predict_with_filled, synthesise_dataset
 
@@ -425,7 +455,7 @@ def _predict(args: argparse.Namespace) -> int:
             if seg_only:
                 raise Vox2VoxError(f"{models[0].path}: a translation model; {seg_only[0]} applies to segmentation")
             report = synthesise_dataset(models, args.input, args.output, config=config, device=device,
-                                        layout=args.layout, progress=not args.no_progress)
+                                        layout=args.layout)
         else:
             fill = {c: load_model(m, device=device) for c, m in parse_fill(args.fill_missing).items()}
             report = predict_with_filled(models, fill, args.input, args.output, config=config, device=device,
@@ -534,6 +564,14 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env(args: argparse.Namespace) -> int:
+    from vox2vox.environment import read_environment
+
+    env = read_environment()
+    print(env.to_json() if args.json else env.format(), end="\n" if args.json else "")
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     from vox2vox.config import describe_defaults
 
@@ -554,6 +592,7 @@ _COMMANDS = {
     "report": _report,
     "render": _render,
     "config": _config,
+    "env": _env,
 }
 
 

@@ -30,6 +30,7 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.translation import resolve_channels
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.translation import TaskConfig
+from vox2vox.progress import bar_hidden
 from vox2vox.train.planning import estimate_memory
 from vox2vox.train.runs import find_labelled_cases
 from vox2vox.train.schedule import format_duration
@@ -456,7 +457,7 @@ def measure_throughput(candidates: Sequence[tuple[int, int, int]], make_config: 
     table: dict[str, float] = {}
     spent = 0.0
     bar = tqdm(candidates, desc=f"plan: timing training steps of candidate patch sizes on {device.kind}",
-               leave=False, disable=not progress, file=sys.stderr)
+               leave=False, disable=bar_hidden(progress), file=sys.stderr)
     for patch in bar:
         config = make_config(patch)
         state = build_state(config, device=torch.device(device.kind))

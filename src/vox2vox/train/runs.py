@@ -38,6 +38,7 @@ from vox2vox.model.checkpoint import (
     save_checkpoint,
 )
 from vox2vox.model.outputs import OutputHead, output_head
+from vox2vox.progress import bar_hidden
 from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
@@ -110,7 +111,7 @@ def train_on_dataset(
 
     # Load every case once (preprocessed, cached on disk if configured), then split by case id.
     cases = {}
-    for case in tqdm(labelled, desc="loading cases", disable=not progress, leave=False, file=sys.stderr):
+    for case in tqdm(labelled, desc="loading cases", disable=bar_hidden(progress), leave=False, file=sys.stderr):
         cases[case.case_id] = load_case(case, convention=convention, prep=config.preprocess)
     if convention is None:
         convention = apply_inferred_convention(cases, where=config.data.path, announce=progress)

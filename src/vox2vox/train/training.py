@@ -57,6 +57,7 @@ from vox2vox.model.losses import (
 )
 from vox2vox.model.outputs import OutputHead, head_for
 from vox2vox.model.translation import selection_key, split_source_target, translation_loss
+from vox2vox.progress import bar_hidden
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
 from vox2vox.train.control import InterruptFlag, RunClock
@@ -361,7 +362,7 @@ def _train_epoch(
     n = skip
     budget = config.train.budget_seconds
     total = f"{config.train.budget} budget" if budget else str(config.train.epochs)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total}", leave=False, disable=not progress, file=sys.stderr)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total}", leave=False, disable=bar_hidden(progress), file=sys.stderr)
     for image, label in bar:
         # Progress through training: the budget's spent share, or the epochs' (by batch).
         done = clock() / budget if budget else (epoch + n / max(len(loader) + skip, 1)) / config.train.epochs
