@@ -192,7 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, default=None, metavar="I",
                    help="train only fold I (0-based), e.g. one fold per job of a scheduler array")
     p.add_argument("--out", required=True, help="cross-validation directory (folds.json, fold_<i>/ runs)")
-    p.add_argument("--config", help="config file (.json or .toml)")
+    p.add_argument("--config", help="config file (.json or .toml), or 'paper' for the paper's exact settings "
+                                    "(default: plan each fold from its own training cases, as train plans a run; "
+                                    "the plan is saved as plan.toml in the fold's folder)")
+    p.add_argument("--budget", default=None, metavar="DURATION",
+                   help="train EACH FOLD for this long, e.g. 30m or 12h (sets train.budget; a fold's planning counts "
+                        "towards it). A planned fold without it plans for 1h on a CPU, 12h on a GPU")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=50 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the fold runs from their last checkpoints")
@@ -206,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default=None, metavar="DURATION", help="training time to plan for, e.g. 30m or 12h")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device to plan for")
     p.add_argument("--out", default="plan.toml", help="where --data writes the plan (default: plan.toml)")
-    p.add_argument("--config", help="config file (.json or .toml)")
+    p.add_argument("--config", help="config file (.json or .toml), or 'paper' for the paper's exact settings")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.patch_size=[128,128,128] (repeatable)")
     p.add_argument("--world-size", type=int, default=1, help="processes the global batch is split over (default 1)")
@@ -315,7 +320,9 @@ def _config_from_args(args: argparse.Namespace, *, saved: Path | None = None) ->
     """``--config`` (else ``saved``, else defaults) with ``--set``, ``--data`` and ``--device`` applied."""
     from vox2vox.config import Config, load_config
 
-    if getattr(args, "config", None):
+    if getattr(args, "config", None) == "paper":
+        config = Config()  # the defaults are the paper's settings
+    elif getattr(args, "config", None):
         try:
             config = load_config(args.config)
         except Vox2VoxError as err:  # a value check names the key; the user also needs the file
@@ -335,9 +342,8 @@ def _config_from_args(args: argparse.Namespace, *, saved: Path | None = None) ->
 def _train(args: argparse.Namespace) -> int:
     import time
 
-    from vox2vox.config import Config
     from vox2vox.train.finetune import explicit_keys, finetune_config, load_source
-    from vox2vox.train.planner import default_budget, detect_device, plan_dataset, plan_to_toml
+    from vox2vox.train.planned import PlanRequest, plan_run
     from vox2vox.train.runlock import check_run_folder
     from vox2vox.train.runs import train_on_dataset
     from vox2vox.train.schedule import parse_duration
@@ -353,8 +359,6 @@ def _train(args: argparse.Namespace) -> int:
     if args.reinit_head:
         args.overrides = [*args.overrides, "train.reinit_output=true"]
     planned = not args.config and not resuming
-    if args.config == "paper":
-        args.config = None
     if args.budget is not None:
         parse_duration(args.budget, key="--budget")
         args.overrides = [*args.overrides, f"train.budget={json.dumps(args.budget)}"]
@@ -368,24 +372,17 @@ def _train(args: argparse.Namespace) -> int:
     if args.init_from:
         check_run_folder(out, resume=False)
         finetune = load_source(args.init_from)
-        explicit = explicit_keys(args.config, [*args.overrides, *_implied_keys(args)])
+        explicit = explicit_keys(None if args.config == "paper" else args.config, [*args.overrides, *_implied_keys(args)])
         config = finetune_config(finetune, config, explicit=explicit, planned=planned)
         planned = False  # the source model's settings, not a new plan
     if planned:
         check_run_folder(out, resume=False)  # before minutes of planning
-        device = detect_device(config.train.device)
-        budget = config.train.budget_seconds or default_budget(device)
-        plan = plan_dataset(config, budget_seconds=budget, device=device)
-        # On stdout: stderr carries progress and, for a user error, its one line.
-        for line in plan.reasons:
-            print(f"plan: {line}")
         # The plan, then the user's data options and --set values on top of it.
-        planned_config = Config.from_dict(plan.config, source="plan").replace(data=config.data)
-        overrides = list(args.overrides)
-        if args.budget is None and any(o.split("=", 1)[0].strip() == "train.epochs" for o in overrides):
-            overrides.append("train.budget=null")  # epochs asked for and no budget: count epochs
-        config = planned_config.with_overrides(overrides)
-        plan_toml = plan_to_toml(plan)  # written into the run folder once training has checked it
+        run = plan_run(config, PlanRequest(tuple(args.overrides), budget_given=args.budget is not None))
+        # On stdout: stderr carries progress and, for a user error, its one line.
+        for line in run.reasons:
+            print(f"plan: {line}")
+        config, plan_toml = run.config, run.toml  # plan.toml is written once training has checked the folder
     result = train_on_dataset(config, out, resume=args.resume, started=started, plan_toml=plan_toml,
                               finetune=finetune)
     from vox2vox.train.distributed import is_main
@@ -531,9 +528,17 @@ def _render(args: argparse.Namespace) -> int:
 
 def _cv(args: argparse.Namespace) -> int:
     from vox2vox.train.crossval import run_cross_validation
+    from vox2vox.train.planned import PlanRequest
+    from vox2vox.train.schedule import parse_duration
 
+    if args.budget is not None:
+        parse_duration(args.budget, key="--budget")
+        args.overrides = [*args.overrides, f"train.budget={json.dumps(args.budget)}"]
     config = _config_from_args(args)
-    results = run_cross_validation(config, args.out, folds=args.folds, fold=args.fold, resume=args.resume)
+    # Without --config each fold is planned on its own training cases, as `train` plans a run.
+    plan = None if args.config else PlanRequest(tuple(args.overrides), budget_given=args.budget is not None)
+    results = run_cross_validation(config, args.out, folds=args.folds, fold=args.fold, resume=args.resume,
+                                   plan=plan)
     for i, result in results.items():
         best = f"{result.best_score:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else "n/a"
         print(f"fold {i}: {result.epochs} epochs; best validation {'score' if config.task.translate else 'Dice'} {best}")
@@ -543,19 +548,20 @@ def _cv(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from vox2vox.atomic import atomic_write_text
-    from vox2vox.train.planner import default_budget, detect_device, plan_dataset, plan_to_toml
+    from vox2vox.train.planned import PlanRequest, plan_run
     from vox2vox.train.planning import estimate_memory
     from vox2vox.train.schedule import parse_duration
 
     if args.data:
+        if args.budget is not None:
+            parse_duration(args.budget, key="--budget")
+            args.overrides = [*args.overrides, f"train.budget={json.dumps(args.budget)}"]
         config = _config_from_args(args)
-        budget = parse_duration(args.budget, key="--budget") if args.budget else None
-        device = detect_device(args.device)
-        plan = plan_dataset(config, budget_seconds=budget or default_budget(device),
-                            device=device)
-        for line in plan.reasons:
+        # The reasons and the file hold the user's --set values, as a planned `train` does.
+        run = plan_run(config, PlanRequest(tuple(args.overrides), budget_given=args.budget is not None))
+        for line in run.reasons:
             print(line)
-        atomic_write_text(Path(args.out), plan_to_toml(plan))
+        atomic_write_text(Path(args.out), run.toml)
         print(f"plan written to {args.out} (train with: vox2vox train --data {args.data} --config {args.out})")
         return 0
     args.data = None
