@@ -13,12 +13,13 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from vox2vox import __version__
-from vox2vox.errors import Vox2VoxError
+from vox2vox.errors import Vox2VoxError, Vox2VoxWarning
 from vox2vox.progress import progress_bars
 from vox2vox.rundir import RunDir
 
@@ -234,7 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vox2vox.data.dicom import allow_nonuniform
 
     try:
-        with allow_nonuniform(args.allow_nonuniform), progress_bars(not getattr(args, "no_progress", False)):
+        with allow_nonuniform(args.allow_nonuniform), progress_bars(not getattr(args, "no_progress", False)), \
+                warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
             code = _COMMANDS[args.command](args) or 0
         sys.stdout.flush()  # here, not at exit: a reader that has gone is handled below
         return code
@@ -265,6 +268,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vox2vox {args.command}: internal error: {type(err).__name__}: {err} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _one_line_warnings(command: str, show):
+    """``warnings.showwarning`` that prints the project's warnings as one line on stderr, as its
+    errors are (no source location: the message names the file); other libraries' stay as they are."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, Vox2VoxWarning):
+            print(f"vox2vox {command}: warning: {one_line(str(message))}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 def one_line(message: str) -> str:
