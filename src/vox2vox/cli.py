@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, action="append",
                    help="run directory, .safetensors checkpoint, or a file of `vox2vox export` (.onnx, "
                         "TorchScript .pt); repeat for an ensemble")
-    p.add_argument("--input", required=True, help="an image, a dataset folder or a manifest")
+    p.add_argument("--input", required=True, action="append", metavar="PATH | NAME=FILE",
+                   help="an image, a dataset folder or a manifest; or one case as its channel files, each "
+                        "NAME=FILE with the model's channel names (--input t1=a.nii.gz --input flair=b.nii.gz; "
+                        "the case id is the files' common name start)")
     p.add_argument("--output", required=True, help="folder for <case_id>.nii.gz label maps")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over the 8 axis-flip combinations (8x slower); default: what the model's "
@@ -439,6 +442,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from vox2vox.data.channel_files import channel_files_spec, is_channel_item
     from vox2vox.device import resolve_device
     from vox2vox.infer.backends import prediction_amp
     from vox2vox.infer.ensemble import prediction_options
@@ -448,6 +452,15 @@ def _predict(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     models = [load_model(m, device=device) for m in expand_model_paths(args.model)]
+    spec = None
+    if len(args.input) > 1 or is_channel_item(args.input[0]):  # one case as NAME=FILE channel files
+        if models[0].config.task.translate or args.fill_missing:
+            raise Vox2VoxError("--input NAME=FILE: one case from channel files is predicted by segmentation "
+                               "models without --fill-missing; give a manifest or folder otherwise")
+        spec = channel_files_spec(args.input, models[0].channels)
+        input_path = spec.root
+    else:
+        input_path = args.input[0]
     # Choices training made on its validation cases (train.tune_prediction), unless given here.
     tta, largest, threshold = prediction_options(models, tta=args.tta, largest_component=args.largest_component,
                                                  threshold=args.threshold)
@@ -467,15 +480,15 @@ def _predict(args: argparse.Namespace) -> int:
                         ("--save-uncertainty", args.save_uncertainty)) if v]
             if seg_only:
                 raise Vox2VoxError(f"{models[0].path}: a translation model; {seg_only[0]} applies to segmentation")
-            report = synthesise_dataset(models, args.input, args.output, config=config, device=device,
+            report = synthesise_dataset(models, input_path, args.output, config=config, device=device,
                                         layout=args.layout)
         else:
             fill = {c: load_model(m, device=device) for c, m in parse_fill(args.fill_missing).items()}
-            report = predict_with_filled(models, fill, args.input, args.output, config=config, device=device,
+            report = predict_with_filled(models, fill, input_path, args.output, config=config, device=device,
                                          layout=args.layout, **options)
     else:
-        report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout,
-                                 **options)
+        report = predict_dataset(models, input_path, args.output, config=config, device=device, layout=args.layout,
+                                 spec=spec, **options)
     print(f"wrote {len(report.written)} prediction(s) to {args.output}")
     if report.empty:
         print(f"  no foreground predicted in {len(report.empty)} case(s): {', '.join(one_line(c) for c in report.empty)}")
