@@ -123,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("auto", "whole", "sliding"), default="auto",
                    help="whole volume in one pass, or sliding windows for volumes too large for memory "
                         "(auto: whole up to 256x256x192 voxels)")
-    p.add_argument("--window", type=int, nargs=3, default=(128, 128, 128), metavar=("D", "H", "W"),
-                   help="sliding-window size in voxels (default 128 128 128)")
+    p.add_argument("--window", type=int, nargs=3, default=(128, 128, 128), metavar=("X", "Y", "Z"),
+                   help="sliding-window size in voxels along the image's axes in nibabel's order, after "
+                        "reorientation to RAS+ (as train.patch_size; default 128 128 128)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="off",
