@@ -470,7 +470,9 @@ def _predict(args: argparse.Namespace) -> int:
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest,
                              foreground_threshold=threshold)
     options = {"postprocess": post, "save_probabilities": args.save_probabilities, "output_format": args.output_format,
-               "save_uncertainty": args.save_uncertainty}
+               "save_uncertainty": args.save_uncertainty,
+               # --no-progress also keeps the per-case lines, which the summary below repeats, off stderr.
+               "progress": not args.no_progress}
     if models[0].config.task.translate or args.fill_missing:
         from vox2vox.infer.translation import parse_fill, predict_with_filled, synthesise_dataset
 
@@ -482,7 +484,7 @@ def _predict(args: argparse.Namespace) -> int:
             if seg_only:
                 raise Vox2VoxError(f"{models[0].path}: a translation model; {seg_only[0]} applies to segmentation")
             report = synthesise_dataset(models, input_path, args.output, config=config, device=device,
-                                        layout=args.layout)
+                                        layout=args.layout, progress=not args.no_progress)
         else:
             fill = {c: load_model(m, device=device) for c, m in parse_fill(args.fill_missing).items()}
             report = predict_with_filled(models, fill, input_path, args.output, config=config, device=device,
