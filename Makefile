@@ -1,34 +1,55 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Each creates .venv (once) and installs vox2vox with everything it needs.
-PYTHON ?= python3
-VENV   ?= .venv
-# A pinned torch: on CPU-only machines this is the CPU wheel; set TORCH=torch==<ver>+cu124 etc. for GPUs.
-TORCH  ?= torch==2.13.0
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.vox2vox-installed
+# `make demo` creates .venv (once) with vox2vox and its runtime dependencies; `make test` adds the
+# test tools (pytest, ruff, the optional extras the tests exercise, build, mkdocs).
+#
+# The torch build: TORCH is the pip requirement, TORCH_INDEX the package index it comes from.
+# Left empty, pip's own index gives the CPU build on Linux; for a GPU name PyTorch's index:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cu124    (CUDA 12.4)
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/rocm6.2  (ROCm 6.2)
+# Torch is installed first and vox2vox after it, so the build chosen here is kept.
+# A different TORCH or TORCH_INDEX on an existing .venv needs `make clean` first.
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN         := $(VENV)/bin
+RUNTIME     := $(VENV)/.vox2vox-runtime
+TESTTOOLS   := $(VENV)/.vox2vox-test-tools
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint docs dist clean
 
-$(STAMP): pyproject.toml Makefile
+$(RUNTIME): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(TESTTOOLS): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	touch $(TESTTOOLS)
 
 # The demo's folder is its own output: a rerun replaces it.
-demo: $(STAMP)
+demo: $(RUNTIME)
 	rm -rf vox2vox-demo
 	$(BIN)/vox2vox demo --out vox2vox-demo
 
 # Debian packages some tests need (headless Chromium, OpenGL for off-screen 3D renders).
-test: $(STAMP)
+test: $(TESTTOOLS)
 	bash .ci/system-deps
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(TESTTOOLS)
 	$(BIN)/ruff check src tests benchmarks
 
+# The reference manual, into site/ (strict: a broken link or a stale page is an error).
+docs: $(TESTTOOLS)
+	$(BIN)/mkdocs build --strict
+
+# A wheel and an sdist in dist/, to install elsewhere: pip install dist/vox2vox-*.whl
+dist: $(TESTTOOLS)
+	$(BIN)/python -m build --outdir dist
+
 clean:
-	rm -rf $(VENV) vox2vox-demo .pytest_cache
+	rm -rf $(VENV) vox2vox-demo .pytest_cache site build dist

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shlex
 import subprocess
 import sys
 
@@ -17,7 +19,8 @@ from vox2vox.config import Config
 from vox2vox.data.layouts import LAYOUTS
 from vox2vox.data.synthetic import write_brats_folder
 
-COMMANDS = ("demo", "dataset", "train", "predict", "export", "evaluate", "report", "render", "cv", "plan", "config")
+COMMANDS = ("demo", "dataset", "train", "predict", "export", "evaluate", "report", "render", "cv", "plan", "config",
+            "env")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -125,3 +128,44 @@ def test_config_defaults_lists_every_key_with_its_default(capsys):
             key = f"{section.name}.{item.name}"
             assert f"  {key} = " in out, key
     assert "  train.patch_size = [128, 128, 128]" in out
+
+
+def test_config_without_options_prints_the_defaults(capsys):
+    assert main(["config"]) == 0
+    plain = capsys.readouterr().out
+    assert main(["config", "--defaults"]) == 0
+    assert plain == capsys.readouterr().out and "  train.patch_size = [128, 128, 128]" in plain
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["predict", "--model", "m", "--input", "i", "--output", "o", "--threshold", "1.5"], "--threshold"),
+    (["train", "--data", "d", "--budget", "-5m"], "--budget"),
+    (["cv", "--data", "d", "--out", "o", "--folds", "three"], "--folds"),
+    (["predict", "--model", "m"], "--input"),
+])
+def test_a_bad_flag_is_one_line_with_status_2(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"vox2vox {argv[0]}: error: ") and needle in err and "usage:" not in err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    from helpers import make_model
+
+    model = make_model(tmp_path / "model.safetensors")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for argv in (["info", "--json", str(model)], ["config"]):
+        # As the issue shows it; whether the reader is gone before the write is up to the scheduler...
+        proc = subprocess.run(f"{shlex.quote(sys.executable)} -m vox2vox.cli {shlex.join(argv)} | head -c 10",
+                              shell=True, capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0 and len(proc.stdout) == 10 and proc.stderr == "", proc.stderr
+        # ...so also with the reader gone for certain: stdout a pipe whose read end is closed.
+        read, write = os.pipe()
+        os.close(read)
+        proc = subprocess.run([sys.executable, "-m", "vox2vox.cli", *argv], stdout=write, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=120)
+        os.close(write)
+        assert proc.stderr == "" and proc.returncode == 141, proc.stderr  # 128 + SIGPIPE, as Unix tools

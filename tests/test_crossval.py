@@ -47,12 +47,12 @@ def test_cv_three_folds_make_three_models_and_an_ensemble_prediction(tmp_path):
     out = tmp_path / "cv"
 
     # One fold alone (as one job of a scheduler array), then the rest in one call.
-    assert main(["cv", "--data", str(data), "--folds", "3", "--fold", "1", "--out", str(out), *TINY]) == 0
+    assert main(["cv", "--data", str(data), "--folds", "3", "--fold", "1", "--out", str(out), "--config", "paper", *TINY]) == 0
     assert not (out / "fold_0").exists() and (out / "fold_1" / "checkpoints" / "best.safetensors").is_file()
     with pytest.raises(Vox2VoxError, match="fold_0, fold_2"):
         expand_model_paths([out])
-    assert main(["cv", "--data", str(data), "--folds", "3", "--fold", "0", "--out", str(out), *TINY]) == 0
-    assert main(["cv", "--data", str(data), "--folds", "3", "--fold", "2", "--out", str(out), *TINY]) == 0
+    assert main(["cv", "--data", str(data), "--folds", "3", "--fold", "0", "--out", str(out), "--config", "paper", *TINY]) == 0
+    assert main(["cv", "--data", str(data), "--folds", "3", "--fold", "2", "--out", str(out), "--config", "paper", *TINY]) == 0
 
     saved = json.loads((out / "folds.json").read_text())
     for i, fold in enumerate(saved["folds"]):
@@ -83,3 +83,50 @@ def test_cv_three_folds_make_three_models_and_an_ensemble_prediction(tmp_path):
     each = [predict_probabilities([m.generator], case.image) for m in models]
     together = predict_probabilities([m.generator for m in models], case.image)
     np.testing.assert_allclose(together, np.mean(each, axis=0), atol=1e-6)
+
+
+def test_a_planned_fold_is_planned_on_its_own_training_cases(tmp_path, monkeypatch, capsys):
+    """`cv` without --config plans each fold as `train` plans a run, from the fold's training cases
+    alone, and saves the plan in the fold's folder; --budget is each fold's."""
+    from helpers import make_manifest
+    from vox2vox.train import planner
+
+    manifest = make_manifest(tmp_path / "data", n_cases=4)
+    seen: list[list[str]] = []
+    fingerprint = planner.fingerprint_dataset
+
+    def recording(cases, *args, **kwargs):
+        seen.append(sorted(c.case_id for c in cases))
+        return fingerprint(cases, *args, **kwargs)
+
+    monkeypatch.setattr(planner, "fingerprint_dataset", recording)
+    out = tmp_path / "cv"
+    assert main(["cv", "--data", str(manifest), "--folds", "2", "--fold", "1", "--out", str(out), "--budget", "8s",
+                 "--set", "generator.base_filters=4", "--set", "loss.adversarial=false", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    folds = json.loads((out / "folds.json").read_text())["folds"]
+    assert seen == [sorted(folds[1]["train"])]  # the held-out cases took no part in the plan
+    plan = (out / "fold_1" / "plan.toml").read_text()
+    assert "[generator]" in plan and 'arch = "residual"' in plan and "base_filters = 4" in plan
+    assert "adversarial = false" in plan and 'budget = "8s"' in plan
+    config = json.loads((out / "fold_1" / "config.json").read_text())
+    assert config["train"]["budget"] == "8s" and config["generator"]["arch"] == "residual"
+    assert not config["loss"]["adversarial"]
+    # The reasons are printed after --set applies: no reason for a critic that is switched off.
+    reasons = [line for line in printed.splitlines() if line.startswith("fold 1: plan: ")]
+    assert reasons and not any("LSGAN" in line for line in reasons), printed
+    assert any("loss.adversarial=false" in line for line in reasons)
+    assert not (out / "fold_0").exists()
+
+
+def test_cv_and_plan_take_the_paper_config(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_brats_folder(data, n_cases=2, seed=3, shape=(24, 24, 24))
+    out = tmp_path / "cv"
+    assert main(["cv", "--data", str(data), "--folds", "2", "--fold", "0", "--out", str(out), "--config", "paper",
+                 *TINY]) == 0
+    config = json.loads((out / "fold_0" / "config.json").read_text())
+    assert config["generator"]["arch"] != "residual" and not (out / "fold_0" / "plan.toml").exists()
+    capsys.readouterr()
+    assert main(["plan", "--config", "paper"]) == 0
+    assert "GiB" in capsys.readouterr().out

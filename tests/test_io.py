@@ -147,3 +147,32 @@ def test_spinalcord_psr_round_trip(shared_data, tmp_path):
     original, written = nib.load(str(src)), nib.load(str(tmp_path / "seg.nii.gz"))
     assert np.array_equal(np.asanyarray(written.dataobj), np.asanyarray(original.dataobj))
     assert np.allclose(written.affine, original.affine, atol=1e-5)
+
+
+def test_disagreeing_sform_and_qform_warn_naming_the_file(tmp_path):
+    import warnings
+
+    from vox2vox.errors import Vox2VoxWarning
+
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    img = nib.Nifti1Image(data, np.eye(4))
+    shifted = np.eye(4)
+    shifted[:3, 3] = [0.0, 0.0, 5.0]
+    img.set_qform(shifted, code=1)
+    img.set_sform(np.eye(4), code=2)
+    both = tmp_path / "both.nii.gz"
+    nib.save(img, both)
+    agree = tmp_path / "agree.nii.gz"
+    same = nib.Nifti1Image(data, np.eye(4))
+    same.set_qform(np.eye(4), code=1)
+    same.set_sform(np.eye(4), code=2)
+    nib.save(same, agree)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume, geometry = read_volume(both)
+        read_volume(agree)
+    found = [w for w in caught if issubclass(w.category, Vox2VoxWarning)]
+    assert len(found) == 1, [str(w.message) for w in caught]
+    message = str(found[0].message)
+    assert str(both) in message and "sform and qform disagree" in message and "5 mm" in message
+    np.testing.assert_allclose(geometry.affine, np.eye(4))  # the sform, as nibabel reads it

@@ -54,7 +54,7 @@ def test_layout_has_the_subpackages_and_no_flat_leftovers():
     for sub in SUBPACKAGES:
         assert (PACKAGE / sub / "__init__.py").is_file(), sub
     top = {p.stem for p in PACKAGE.glob("*.py")}
-    assert top == {"__init__", "api", "atomic", "cli", "config", "demo", "device", "errors", "rundir"}
+    assert top == {"__init__", "api", "atomic", "cli", "config", "demo", "device", "environment", "errors", "progress", "rundir"}
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -351,3 +352,23 @@ def test_short_training_learns_the_phantom_tumour(tmp_path):
     result = train_on_dataset(config, tmp_path / "run", progress=False)
     final = result.history[-1]
     assert final["epoch"] == 40 and final["val_dice_WT"] >= 0.6, final
+
+
+@pytest.mark.parametrize("problem", ["no_signal", "no_foreground"])
+def test_degenerate_training_data_warns_in_one_line_naming_the_file(tmp_path, capsys, problem):
+    from helpers import TINY, cli, make_manifest
+
+    manifest = make_manifest(tmp_path / "data", n_cases=2)
+    if problem == "no_signal":
+        bad = tmp_path / "data" / "case_001_image.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.float32), np.eye(4)), bad)
+        needle = f"vox2vox train: warning: {bad}: no signal in the image channel"
+    else:
+        for i in range(2):
+            nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.uint8), np.eye(4)),
+                     tmp_path / "data" / f"case_00{i}_seg.nii.gz")
+        needle = f"vox2vox train: warning: {manifest}: no case has any foreground label"
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", tmp_path / "run", *TINY)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if ": warning: " in line]
+    assert len(warned) == 1 and warned[0].startswith(needle), err

@@ -9,14 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from vox2vox import __version__
-from vox2vox.errors import Vox2VoxError
+from vox2vox.errors import Vox2VoxError, Vox2VoxWarning
+from vox2vox.progress import progress_bars
 from vox2vox.rundir import RunDir
 
 # Each command imports the library it calls inside its handler (the one deliberate exception to
@@ -32,13 +36,25 @@ LAYOUT_NAMES = ("brats", "brats2023", "msd", "nnunet", "folders", "manifest", "s
 LAYOUT_HELP = f"dataset layout: auto (detect from the file names; default) or one of {', '.join(LAYOUT_NAMES)}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (exit 2), as every other user error: its usage block
+    buries the problem under a dozen lines of options."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+NO_PROGRESS_HELP = ("no progress bars (they are off anyway when stderr is not a terminal: a log file, a pipe, "
+                    "a batch job); notes, warnings and per-epoch lines stay")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vox2vox",
         description="Vox2Vox: 3D conditional-GAN segmentation of CT and MRI volumes.",
     )
     parser.add_argument("--version", action="version", version=f"vox2vox {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     common.add_argument("--allow-nonuniform", action="store_true",
                         help="DICOM series with missing or unevenly spaced slices: resample them linearly onto a "
@@ -51,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="small: the full demo (about a minute on an idle 2-core CPU); tiny: a seconds-long smoke run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = sub.add_parser("dataset", parents=[common], help="find and check the cases in a folder or manifest")
     p.add_argument("path", help="dataset folder (BraTS, BraTS 2023, MSD, nnU-Net raw), manifest .csv or image")
@@ -84,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reinit-head", action="store_true",
                    help="with --init-from: a fresh output layer, for data with other labels (train.reinit_output)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides train.device)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = sub.add_parser("info", parents=[common], help="a model's card: channels, normalisation, spacing, labels, "
                        "training data, scores, versions, sha256")
@@ -94,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, action="append",
                    help="run directory, .safetensors checkpoint, or a file of `vox2vox export` (.onnx, "
                         "TorchScript .pt); repeat for an ensemble")
-    p.add_argument("--input", required=True, help="an image, a dataset folder or a manifest")
+    p.add_argument("--input", required=True, action="append", metavar="PATH | NAME=FILE",
+                   help="an image, a dataset folder or a manifest; or one case as its channel files, each "
+                        "NAME=FILE with the model's channel names (--input t1=a.nii.gz --input flair=b.nii.gz; "
+                        "the case id is the files' common name start)")
     p.add_argument("--output", required=True, help="folder for <case_id>.nii.gz label maps")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over the 8 axis-flip combinations (8x slower); default: what the model's "
@@ -102,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("auto", "whole", "sliding"), default="auto",
                    help="whole volume in one pass, or sliding windows for volumes too large for memory "
                         "(auto: whole up to 256x256x192 voxels)")
-    p.add_argument("--window", type=int, nargs=3, default=(128, 128, 128), metavar=("D", "H", "W"),
-                   help="sliding-window size in voxels (default 128 128 128)")
+    p.add_argument("--window", type=int, nargs=3, default=(128, 128, 128), metavar=("X", "Y", "Z"),
+                   help="sliding-window size in voxels along the image's axes in nibabel's order, after "
+                        "reorientation to RAS+ (as train.patch_size; default 128 128 128)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="off",
@@ -134,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill-missing", action="append", default=[], metavar="CHANNEL=MODEL",
                    help="synthesise the model's channel CHANNEL with the translation model MODEL (run directory or "
                         "checkpoint) from the channels the cases have, then segment (repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = sub.add_parser("export", parents=[common], help="the generator as one ONNX or TorchScript file with its "
                        "input contract (channels, normalisation, spacing, labels or a translation's targets) in the file's metadata")
@@ -175,11 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, default=None, metavar="I",
                    help="train only fold I (0-based), e.g. one fold per job of a scheduler array")
     p.add_argument("--out", required=True, help="cross-validation directory (folds.json, fold_<i>/ runs)")
-    p.add_argument("--config", help="config file (.json or .toml)")
+    p.add_argument("--config", help="config file (.json or .toml), or 'paper' for the paper's exact settings "
+                                    "(default: plan each fold from its own training cases, as train plans a run; "
+                                    "the plan is saved as plan.toml in the fold's folder)")
+    p.add_argument("--budget", default=None, metavar="DURATION",
+                   help="train EACH FOLD for this long, e.g. 30m or 12h (sets train.budget; a fold's planning counts "
+                        "towards it). A planned fold without it plans for 1h on a CPU, 12h on a GPU")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=50 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the fold runs from their last checkpoints")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (overrides train.device)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = sub.add_parser("plan", parents=[common], help="plan a run from the data and this machine (--data), "
                        "or estimate the memory a config needs per GPU")
@@ -188,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default=None, metavar="DURATION", help="training time to plan for, e.g. 30m or 12h")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device to plan for")
     p.add_argument("--out", default="plan.toml", help="where --data writes the plan (default: plan.toml)")
-    p.add_argument("--config", help="config file (.json or .toml)")
+    p.add_argument("--config", help="config file (.json or .toml), or 'paper' for the paper's exact settings")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.patch_size=[128,128,128] (repeatable)")
     p.add_argument("--world-size", type=int, default=1, help="processes the global batch is split over (default 1)")
@@ -196,8 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision to plan for (default: train.amp, 'auto' counted as bf16)")
 
     p = sub.add_parser("config", parents=[common], help="print the configuration: every key, its default and meaning")
-    p.add_argument("--defaults", action="store_true", required=True,
-                   help="print every config key with its default value and what it means")
+    p.add_argument("--defaults", action="store_true",
+                   help="the same as no option: every config key with its default value and what it means")
+
+    p = sub.add_parser("env", parents=[common], help="what a run meets here: the torch build (CPU, CUDA, ROCm), "
+                       "devices and their memory, CPU model and vector extensions, threads, free memory")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
     return parser
 
 
@@ -207,8 +239,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vox2vox.data.dicom import allow_nonuniform
 
     try:
-        with allow_nonuniform(args.allow_nonuniform):
-            return _COMMANDS[args.command](args) or 0
+        with allow_nonuniform(args.allow_nonuniform), progress_bars(not getattr(args, "no_progress", False)), \
+                warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+            code = _COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # here, not at exit: a reader that has gone is handled below
+        return code
+    except BrokenPipeError:
+        # The reader of stdout went away (`vox2vox info --json | head`): stop quietly, as Unix
+        # tools do. stdout points at /dev/null so that the interpreter's final flush cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Vox2VoxError as err:
         if args.debug:
             traceback.print_exc()
@@ -230,6 +272,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vox2vox {args.command}: internal error: {type(err).__name__}: {err} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _one_line_warnings(command: str, show):
+    """``warnings.showwarning`` that prints the project's warnings as one line on stderr, as its
+    errors are (no source location: the message names the file); other libraries' stay as they are."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, Vox2VoxWarning):
+            print(f"vox2vox {command}: warning: {one_line(str(message))}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 def one_line(message: str) -> str:
@@ -285,7 +340,9 @@ def _config_from_args(args: argparse.Namespace, *, saved: Path | None = None) ->
     """``--config`` (else ``saved``, else defaults) with ``--set``, ``--data`` and ``--device`` applied."""
     from vox2vox.config import Config, load_config
 
-    if getattr(args, "config", None):
+    if getattr(args, "config", None) == "paper":
+        config = Config()  # the defaults are the paper's settings
+    elif getattr(args, "config", None):
         try:
             config = load_config(args.config)
         except Vox2VoxError as err:  # a value check names the key; the user also needs the file
@@ -305,9 +362,8 @@ def _config_from_args(args: argparse.Namespace, *, saved: Path | None = None) ->
 def _train(args: argparse.Namespace) -> int:
     import time
 
-    from vox2vox.config import Config
     from vox2vox.train.finetune import explicit_keys, finetune_config, load_source
-    from vox2vox.train.planner import default_budget, detect_device, plan_dataset, plan_to_toml
+    from vox2vox.train.planned import PlanRequest, plan_run
     from vox2vox.train.runlock import check_run_folder
     from vox2vox.train.runs import train_on_dataset
     from vox2vox.train.schedule import parse_duration
@@ -323,8 +379,6 @@ def _train(args: argparse.Namespace) -> int:
     if args.reinit_head:
         args.overrides = [*args.overrides, "train.reinit_output=true"]
     planned = not args.config and not resuming
-    if args.config == "paper":
-        args.config = None
     if args.budget is not None:
         parse_duration(args.budget, key="--budget")
         args.overrides = [*args.overrides, f"train.budget={json.dumps(args.budget)}"]
@@ -338,24 +392,17 @@ def _train(args: argparse.Namespace) -> int:
     if args.init_from:
         check_run_folder(out, resume=False)
         finetune = load_source(args.init_from)
-        explicit = explicit_keys(args.config, [*args.overrides, *_implied_keys(args)])
+        explicit = explicit_keys(None if args.config == "paper" else args.config, [*args.overrides, *_implied_keys(args)])
         config = finetune_config(finetune, config, explicit=explicit, planned=planned)
         planned = False  # the source model's settings, not a new plan
     if planned:
         check_run_folder(out, resume=False)  # before minutes of planning
-        device = detect_device(config.train.device)
-        budget = config.train.budget_seconds or default_budget(device)
-        plan = plan_dataset(config, budget_seconds=budget, device=device)
-        # On stdout: stderr carries progress and, for a user error, its one line.
-        for line in plan.reasons:
-            print(f"plan: {line}")
         # The plan, then the user's data options and --set values on top of it.
-        planned_config = Config.from_dict(plan.config, source="plan").replace(data=config.data)
-        overrides = list(args.overrides)
-        if args.budget is None and any(o.split("=", 1)[0].strip() == "train.epochs" for o in overrides):
-            overrides.append("train.budget=null")  # epochs asked for and no budget: count epochs
-        config = planned_config.with_overrides(overrides)
-        plan_toml = plan_to_toml(plan)  # written into the run folder once training has checked it
+        run = plan_run(config, PlanRequest(tuple(args.overrides), budget_given=args.budget is not None))
+        # On stdout: stderr carries progress and, for a user error, its one line.
+        for line in run.reasons:
+            print(f"plan: {line}")
+        config, plan_toml = run.config, run.toml  # plan.toml is written once training has checked the folder
     result = train_on_dataset(config, out, resume=args.resume, started=started, plan_toml=plan_toml,
                               finetune=finetune)
     from vox2vox.train.distributed import is_main
@@ -396,6 +443,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from vox2vox.data.channel_files import channel_files_spec, is_channel_item
     from vox2vox.device import resolve_device
     from vox2vox.infer.backends import prediction_amp
     from vox2vox.infer.ensemble import prediction_options
@@ -405,6 +453,15 @@ def _predict(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     models = [load_model(m, device=device) for m in expand_model_paths(args.model)]
+    spec = None
+    if len(args.input) > 1 or is_channel_item(args.input[0]):  # one case as NAME=FILE channel files
+        if models[0].config.task.translate or args.fill_missing:
+            raise Vox2VoxError("--input NAME=FILE: one case from channel files is predicted by segmentation "
+                               "models without --fill-missing; give a manifest or folder otherwise")
+        spec = channel_files_spec(args.input, models[0].channels)
+        input_path = spec.root
+    else:
+        input_path = args.input[0]
     # Choices training made on its validation cases (train.tune_prediction), unless given here.
     tta, largest, threshold = prediction_options(models, tta=args.tta, largest_component=args.largest_component,
                                                  threshold=args.threshold)
@@ -413,7 +470,9 @@ def _predict(args: argparse.Namespace) -> int:
     post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest,
                              foreground_threshold=threshold)
     options = {"postprocess": post, "save_probabilities": args.save_probabilities, "output_format": args.output_format,
-               "save_uncertainty": args.save_uncertainty, "progress": not args.no_progress}
+               "save_uncertainty": args.save_uncertainty,
+               # --no-progress also keeps the per-case lines, which the summary below repeats, off stderr.
+               "progress": not args.no_progress}
     if models[0].config.task.translate or args.fill_missing:
         from vox2vox.infer.translation import parse_fill, predict_with_filled, synthesise_dataset
 
@@ -424,15 +483,15 @@ def _predict(args: argparse.Namespace) -> int:
                         ("--save-uncertainty", args.save_uncertainty)) if v]
             if seg_only:
                 raise Vox2VoxError(f"{models[0].path}: a translation model; {seg_only[0]} applies to segmentation")
-            report = synthesise_dataset(models, args.input, args.output, config=config, device=device,
+            report = synthesise_dataset(models, input_path, args.output, config=config, device=device,
                                         layout=args.layout, progress=not args.no_progress)
         else:
             fill = {c: load_model(m, device=device) for c, m in parse_fill(args.fill_missing).items()}
-            report = predict_with_filled(models, fill, args.input, args.output, config=config, device=device,
+            report = predict_with_filled(models, fill, input_path, args.output, config=config, device=device,
                                          layout=args.layout, **options)
     else:
-        report = predict_dataset(models, args.input, args.output, config=config, device=device, layout=args.layout,
-                                 **options)
+        report = predict_dataset(models, input_path, args.output, config=config, device=device, layout=args.layout,
+                                 spec=spec, **options)
     print(f"wrote {len(report.written)} prediction(s) to {args.output}")
     if report.empty:
         print(f"  no foreground predicted in {len(report.empty)} case(s): {', '.join(one_line(c) for c in report.empty)}")
@@ -501,9 +560,17 @@ def _render(args: argparse.Namespace) -> int:
 
 def _cv(args: argparse.Namespace) -> int:
     from vox2vox.train.crossval import run_cross_validation
+    from vox2vox.train.planned import PlanRequest
+    from vox2vox.train.schedule import parse_duration
 
+    if args.budget is not None:
+        parse_duration(args.budget, key="--budget")
+        args.overrides = [*args.overrides, f"train.budget={json.dumps(args.budget)}"]
     config = _config_from_args(args)
-    results = run_cross_validation(config, args.out, folds=args.folds, fold=args.fold, resume=args.resume)
+    # Without --config each fold is planned on its own training cases, as `train` plans a run.
+    plan = None if args.config else PlanRequest(tuple(args.overrides), budget_given=args.budget is not None)
+    results = run_cross_validation(config, args.out, folds=args.folds, fold=args.fold, resume=args.resume,
+                                   plan=plan)
     for i, result in results.items():
         best = f"{result.best_score:.4f} (epoch {result.best_epoch})" if result.best_epoch > 0 else "n/a"
         print(f"fold {i}: {result.epochs} epochs; best validation {'score' if config.task.translate else 'Dice'} {best}")
@@ -513,24 +580,33 @@ def _cv(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from vox2vox.atomic import atomic_write_text
-    from vox2vox.train.planner import default_budget, detect_device, plan_dataset, plan_to_toml
+    from vox2vox.train.planned import PlanRequest, plan_run
     from vox2vox.train.planning import estimate_memory
     from vox2vox.train.schedule import parse_duration
 
     if args.data:
+        if args.budget is not None:
+            parse_duration(args.budget, key="--budget")
+            args.overrides = [*args.overrides, f"train.budget={json.dumps(args.budget)}"]
         config = _config_from_args(args)
-        budget = parse_duration(args.budget, key="--budget") if args.budget else None
-        device = detect_device(args.device)
-        plan = plan_dataset(config, budget_seconds=budget or default_budget(device),
-                            device=device)
-        for line in plan.reasons:
+        # The reasons and the file hold the user's --set values, as a planned `train` does.
+        run = plan_run(config, PlanRequest(tuple(args.overrides), budget_given=args.budget is not None))
+        for line in run.reasons:
             print(line)
-        atomic_write_text(Path(args.out), plan_to_toml(plan))
+        atomic_write_text(Path(args.out), run.toml)
         print(f"plan written to {args.out} (train with: vox2vox train --data {args.data} --config {args.out})")
         return 0
     args.data = None
     config = _config_from_args(args)
     print(estimate_memory(config, world_size=args.world_size, amp=args.amp).format())
+    return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    from vox2vox.environment import read_environment
+
+    env = read_environment()
+    print(env.to_json() if args.json else env.format(), end="\n" if args.json else "")
     return 0
 
 
@@ -554,6 +630,7 @@ _COMMANDS = {
     "report": _report,
     "render": _render,
     "config": _config,
+    "env": _env,
 }
 
 

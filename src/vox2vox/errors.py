@@ -8,3 +8,9 @@ class Vox2VoxError(Exception):
 
     Messages name the file (or config key) and the problem, and say what to do where possible.
     """
+
+
+class Vox2VoxWarning(UserWarning):
+    """Input that is read, but probably not what the user meant (a file whose two orientation
+    headers disagree, training data without signal or foreground). The CLI prints it as one line,
+    ``vox2vox <command>: warning: <message>``; the message names the file and the problem."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from vox2vox.data.cases import CaseFiles, DatasetSpec
 from vox2vox.data.hdf5 import file_of
 from vox2vox.data.io import Geometry, read_channels, same_affine
 from vox2vox.data.labels import LabelConvention, get_convention, infer_convention, round_label_map
+from vox2vox.data.preprocessing import LoadedCase
 from vox2vox.errors import Vox2VoxError
 
 
@@ -260,3 +262,22 @@ def _label_problems(label: np.ndarray, file: Path, conv: LabelConvention | None,
             )
     if len(values) == 1:
         add("warning", file, f"label map is empty (only value {int(values[0])})")
+
+
+def degenerate_training_data(cases: Mapping[str, LoadedCase], files: Mapping[str, CaseFiles], *,
+                             where: object) -> list[str]:
+    """One line per problem that lets training run but learn nothing: an image channel without
+    signal (every voxel the same value after preprocessing, e.g. all zero), or no foreground label
+    in any case (``where`` names the dataset). Training warns with them and goes on."""
+    problems = []
+    for case_id, case in cases.items():
+        channels = list(files[case_id].channels.items()) if case_id in files else []
+        for index, volume in enumerate(case.image):
+            if volume.size and float(volume.min()) == float(volume.max()):
+                name, path = channels[index] if index < len(channels) else (f"channel {index}", case_id)
+                problems.append(f"{path}: no signal in the {name} channel (every voxel has the same value, e.g. "
+                                "all zero); training learns nothing from it")
+    if cases and not any(case.label is not None and bool(np.any(case.label > 0)) for case in cases.values()):
+        problems.append(f"{where}: no case has any foreground label (every label map is background only); "
+                        "the model can only learn to predict background")
+    return problems

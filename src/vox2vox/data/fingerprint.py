@@ -25,6 +25,7 @@ from vox2vox.data.cases import CaseFiles
 from vox2vox.data.labels import LabelConvention, infer_convention
 from vox2vox.data.loading import read_case_and_mask
 from vox2vox.data.preprocessing import bounding_box, foreground_mask, foreground_stats
+from vox2vox.progress import bar_hidden
 
 # Intensities inside the label foreground, pooled over cases, set the CT window (as nnU-Net does);
 # a bounded random sample per case keeps the fingerprint small for big volumes.
@@ -125,7 +126,7 @@ def fingerprint_dataset(cases: Sequence[CaseFiles], channels: Sequence[str], con
     rng = np.random.default_rng([seed, 0xF1])
     per_case, pooled, case_values = [], [[] for _ in channels], []
     bar = tqdm(cases, desc="plan: reading cases (spacing, shape, intensities, labels)", leave=False,
-               disable=not progress, file=sys.stderr)
+               disable=bar_hidden(progress), file=sys.stderr)
     for case in bar:
         fp, samples, values = _fingerprint_case(case, convention, rng)
         per_case.append(fp)

@@ -13,6 +13,7 @@ NIfTI's RAS. Output is always NIfTI.
 from __future__ import annotations
 
 import gzip
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from vox2vox.atomic import atomic_path
 from vox2vox.data.dicom import read_series, series_files
 from vox2vox.data.guards import check_data_file_references, check_declared_size
 from vox2vox.data.hdf5 import file_of, is_hdf5_address, read_hdf5
-from vox2vox.errors import Vox2VoxError
+from vox2vox.errors import Vox2VoxError, Vox2VoxWarning
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -181,6 +182,33 @@ def read_channels(
     return _to_canonical(data, affine)
 
 
+#: How far (mm) a voxel may land apart under the sform and the qform before the two headers are
+#: said to disagree: the qform stores a quaternion in float32, so exact agreement is not expected.
+HEADER_TOLERANCE_MM = 0.01
+
+
+def _check_orientation_headers(img: nib.spatialimages.SpatialImage, path: Path) -> None:
+    """Warn when a NIfTI file's sform and qform are both set and place the volume differently.
+
+    nibabel (and so vox2vox) reads the sform; ITK-based tools (SimpleITK, 3D Slicer, ANTs) read
+    the qform when it is set: the same file then lands in different places in different tools.
+    """
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        return
+    sform, scode = img.get_sform(coded=True)
+    qform, qcode = img.get_qform(coded=True)
+    if not scode or not qcode:
+        return
+    corners = np.array([[i, j, k, 1.0] for i in (0, img.shape[0] - 1) for j in (0, img.shape[1] - 1)
+                        for k in (0, img.shape[2] - 1)]).T
+    apart = float(np.abs((sform - qform) @ corners)[:3].max())
+    if apart > HEADER_TOLERANCE_MM:
+        warnings.warn(f"{path}: its sform and qform disagree (voxels up to {apart:.3g} mm apart); read with the "
+                      "sform, as nibabel does; ITK-based tools (SimpleITK, 3D Slicer, ANTs) may use the qform, so the "
+                      "volume can land elsewhere there; make the two agree (set one from the other)",
+                      Vox2VoxWarning, stacklevel=2)
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Decode a NIfTI file into a ``(X, Y, Z, C)`` array and its on-disk affine."""
     try:
@@ -191,6 +219,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         ) from err
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as err:
         raise Vox2VoxError(f"{path}: cannot read header ({err}); the file is damaged") from err
+    _check_orientation_headers(img, path)
     shape = img.shape
     if len(shape) == 5 and shape[3] == 1:
         # Some tools write vector data as 5D with an empty time axis.

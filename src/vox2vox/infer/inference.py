@@ -55,6 +55,7 @@ from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import load_checkpoint, load_weights, resolve_checkpoint
 from vox2vox.model.outputs import OutputHead, OutputKind
 from vox2vox.model.residual import build_generator
+from vox2vox.progress import bar_hidden
 
 Mode = Literal["auto", "whole", "sliding"]
 
@@ -467,7 +468,7 @@ def predict_dataset(
     # A single image's one channel is always called "image": only named channels are compared by name.
     names = spec.channel_names if spec.layout != "single" else None
     report = PredictionReport({}, {})
-    for case in tqdm(spec.cases, desc="predicting", unit="case", disable=not progress, file=sys.stderr):
+    for case in tqdm(spec.cases, desc="predicting", unit="case", disable=bar_hidden(progress), file=sys.stderr):
         try:
             first_channel = next(iter(case.channels.values()))
             # The series' headers first: a SEG that cannot reference them costs no prediction.

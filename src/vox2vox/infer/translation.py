@@ -37,6 +37,7 @@ from vox2vox.infer.inference import (
     predict_dataset,
     predict_probabilities,
 )
+from vox2vox.progress import bar_hidden
 
 #: Prediction's default settings (whole volume when it fits, else sliding windows; no flips).
 DEFAULT_INFERENCE = InferenceConfig()
@@ -115,7 +116,7 @@ def synthesise_dataset(models: Sequence[LoadedModel], input_path: str | Path, ou
     targets = tuple(models[0].config.task.target or ())
     output_dir = Path(output_dir)
     report = PredictionReport({}, {})
-    for case in tqdm(spec.cases, desc="synthesising", unit="case", disable=not progress, file=sys.stderr):
+    for case in tqdm(spec.cases, desc="synthesising", unit="case", disable=bar_hidden(progress), file=sys.stderr):
         try:
             volumes, scale, geometry = synthesise_case(models, case, config=config, device=device)
             check_case_id(case.case_id, where=output_dir)

@@ -16,18 +16,20 @@ its fold run directories so that ``predict --model DIR`` predicts with the whole
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
-from vox2vox.config import Config
+from vox2vox.config import Config, load_config
 from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
 from vox2vox.rundir import RunDir, read_metrics
 from vox2vox.train import distributed
+from vox2vox.train.planned import PlanRequest, plan_run
 from vox2vox.train.runlock import check_run_folder
 from vox2vox.train.runs import train_on_dataset
 from vox2vox.train.training import FitResult
@@ -102,12 +104,18 @@ def run_cross_validation(
     fold: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    plan: PlanRequest | None = None,
+    say: Callable[[str], None] = print,
 ) -> dict[int, FitResult]:
     """Train fold ``fold`` (or every fold, one after another) of a ``folds``-fold cross-validation.
 
     ``config.data.path`` names the data; cases are split at case level with ``config.train.seed``.
     Each fold is an ordinary run in ``cv_dir/fold_<i>`` that validates on its held-out cases.
-    Returns the fit result per trained fold and rewrites ``cv_summary.json``.
+    With ``plan``, each fold is planned as ``vox2vox train`` plans a run, on the fold's training
+    cases alone (its held-out cases must not choose its settings): the plan's reasons go to ``say``,
+    ``plan.toml`` into the fold's folder, and a ``train.budget`` is each fold's (planning included).
+    A resumed fold keeps its own saved config. Returns the fit result per trained fold and rewrites
+    ``cv_summary.json``.
     """
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
@@ -127,7 +135,19 @@ def run_cross_validation(
     results: dict[int, FitResult] = {}
     for i in range(folds) if fold is None else [fold]:
         split = (splits[i]["train"], splits[i]["val"])
-        results[i] = train_on_dataset(config, fold_dir(cv_dir, i), resume=resume, progress=progress, split=split)
+        started = time.perf_counter()  # a fold's budget counts its planning too
+        run_config, plan_toml = config, None
+        saved = RunDir(fold_dir(cv_dir, i)).config
+        if plan is not None and resume and saved.is_file():
+            run_config = load_config(saved).with_overrides(list(plan.overrides)).replace(data=config.data)
+        elif plan is not None:
+            planned = plan_run(config, plan, case_ids=split[0], progress=progress)
+            if distributed.is_main():
+                for line in planned.reasons:
+                    say(f"fold {i}: plan: {line}")
+            run_config, plan_toml = planned.config, planned.toml
+        results[i] = train_on_dataset(run_config, fold_dir(cv_dir, i), resume=resume, progress=progress, split=split,
+                                      started=started, plan_toml=plan_toml)
     if distributed.is_main():
         write_summary(cv_dir, folds)
     return results

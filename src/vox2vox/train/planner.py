@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -32,6 +32,7 @@ from vox2vox.data.translation import resolve_channels
 from vox2vox.device import cpu_bf16
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.translation import TaskConfig
+from vox2vox.progress import bar_hidden
 from vox2vox.train.planning import estimate_memory
 from vox2vox.train.runs import find_labelled_cases
 from vox2vox.train.schedule import format_duration
@@ -362,8 +363,9 @@ def _check_memory(plan: Plan, device: Device) -> None:
 
 # ---- from a dataset folder ---------------------------------------------------------------------
 def plan_dataset(config: Config, *, budget_seconds: float | None, device: Device,
-                 progress: bool = True) -> Plan:
-    """Fingerprint ``config.data.path``, time the candidate patches on ``device``, and plan.
+                 progress: bool = True, case_ids: Collection[str] | None = None) -> Plan:
+    """Fingerprint ``config.data.path`` (only the cases ``case_ids`` when given: a fold's training
+    cases), time the candidate patches on ``device``, and plan.
 
     ``config`` supplies where the data is and how to read it (``data.*``) and, for a translation,
     ``task.source``/``task.target``; the plan replaces the rest. Timing runs real training steps on
@@ -375,11 +377,13 @@ def plan_dataset(config: Config, *, budget_seconds: float | None, device: Device
         source, target = resolve_channels(spec, config.task.source, config.task.target or (), where=config.data.path)
         channels = (*source, *target)
         # Intensities and extents of the source and target channels; labels play no part.
-        cases = [CaseFiles(c.case_id, {n: c.channels[n] for n in channels}, None, c.mask) for c in spec.cases]
+        cases = [CaseFiles(c.case_id, {n: c.channels[n] for n in channels}, None, c.mask) for c in spec.cases
+                 if case_ids is None or c.case_id in case_ids]
         fp, _ = fingerprint_dataset(cases, channels, None, seed=config.train.seed, progress=progress)
         task = dataclasses.replace(config.task, source=source, target=target)
         return plan_from_fingerprint(fp, device=device, budget_seconds=budget_seconds, progress=progress, task=task)
     spec, labelled, convention = find_labelled_cases(config)
+    labelled = [c for c in labelled if case_ids is None or c.case_id in case_ids]
     fp, _ = fingerprint_dataset(labelled, spec.channel_names, convention, seed=config.train.seed, progress=progress)
     return plan_from_fingerprint(fp, device=device, budget_seconds=budget_seconds, progress=progress,
                                  convention=convention)
@@ -509,7 +513,7 @@ def measure_throughput(candidates: Sequence[tuple[int, int, int]], make_config: 
     table: dict[str, float] = {}
     spent = 0.0
     bar = tqdm(candidates, desc=f"plan: timing training steps of candidate patch sizes on {device.kind}",
-               leave=False, disable=not progress, file=sys.stderr)
+               leave=False, disable=bar_hidden(progress), file=sys.stderr)
     for patch in bar:
         config = make_config(patch)
         state = build_state(config, device=torch.device(device.kind))

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,13 @@ from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
 from vox2vox.data.augmentation import Augmenter, sample_patch
 from vox2vox.data.cases import CaseFiles, DatasetSpec
+from vox2vox.data.checking import degenerate_training_data
 from vox2vox.data.labels import IGNORE_INDEX, LabelConvention, get_convention, infer_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
 from vox2vox.data.profile import profile_from_records
 from vox2vox.device import tune_cpu_allocator
-from vox2vox.errors import Vox2VoxError
+from vox2vox.errors import Vox2VoxError, Vox2VoxWarning
 from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
 from vox2vox.model.checkpoint import (
     ModelInfo,
@@ -38,6 +40,7 @@ from vox2vox.model.checkpoint import (
     save_checkpoint,
 )
 from vox2vox.model.outputs import OutputHead, output_head
+from vox2vox.progress import bar_hidden
 from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
@@ -110,12 +113,15 @@ def train_on_dataset(
 
     # Load every case once (preprocessed, cached on disk if configured), then split by case id.
     cases = {}
-    for case in tqdm(labelled, desc="loading cases", disable=not progress, leave=False, file=sys.stderr):
+    for case in tqdm(labelled, desc="loading cases", disable=bar_hidden(progress), leave=False, file=sys.stderr):
         cases[case.case_id] = load_case(case, convention=convention, prep=config.preprocess)
     if convention is None:
         convention = apply_inferred_convention(cases, where=config.data.path, announce=progress)
         if finetune is not None:
             check_classes(finetune, convention, config.data.path, reinit_output=reinit)
+    if ctx.is_main:
+        for problem in degenerate_training_data(cases, {c.case_id: c for c in labelled}, where=config.data.path):
+            warnings.warn(problem, Vox2VoxWarning, stacklevel=2)
     train_ids, val_ids = run_split(list(cases), config, split)
     run_dir = Path(run_dir)
     # One training process per run folder (rank 0 holds the lock for the job).

@@ -58,6 +58,7 @@ from vox2vox.model.losses import (
 )
 from vox2vox.model.outputs import OutputHead, head_for
 from vox2vox.model.translation import selection_key, split_source_target, translation_loss
+from vox2vox.progress import bar_hidden
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
 from vox2vox.train.control import InterruptFlag, RunClock
@@ -377,7 +378,7 @@ def _train_epoch(
     budget = config.train.budget_seconds
     total = f"{config.train.budget} budget" if budget else str(config.train.epochs)
     bar = tqdm(stream.epoch(epoch, skip), desc=f"epoch {epoch + 1}/{total}", total=n_batches - skip, leave=False,
-               disable=not progress, file=sys.stderr)
+               disable=bar_hidden(progress), file=sys.stderr)
     for image, label in bar:
         # Progress through training: the budget's spent share, or the epochs' (by batch).
         done = clock() / budget if budget else (epoch + n / max(n_batches, 1)) / config.train.epochs

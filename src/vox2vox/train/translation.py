@@ -31,6 +31,7 @@ from vox2vox.device import tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import InferenceConfig, predict_probabilities
 from vox2vox.model.checkpoint import ModelInfo
+from vox2vox.progress import bar_hidden
 from vox2vox.report.image_metrics import translation_scores
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
@@ -65,7 +66,7 @@ def train_translation(config: Config, run_dir: str | Path, *, resume: bool = Fal
     source, target = resolve_channels(spec, config.task.source, config.task.target or (), where=config.data.path)
     config = translation_config(config, source, target)
     cases: dict[str, LoadedCase] = {}
-    for case in tqdm(spec.cases, desc="loading cases", disable=not progress, leave=False, file=sys.stderr):
+    for case in tqdm(spec.cases, desc="loading cases", disable=bar_hidden(progress), leave=False, file=sys.stderr):
         cases[case.case_id] = load_translation_case(case, source, target, prep=config.preprocess,
                                                     head=config.task.head)
     train_ids, val_ids = run_split(list(cases), config, split)
