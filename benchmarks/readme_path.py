@@ -91,10 +91,11 @@ def retune(train_csv: Path, test_csv: Path, out: Path) -> dict:
     model = load_model(best)
     convention = get_convention(model.state["convention"])
     val = set(json.loads((out / "run" / "split.json").read_text())["val"])
-    cases = [load_case(c, convention=convention, prep=model.config.preprocess)
-             for c in discover(train_csv).cases if c.case_id in val]
+    chosen_cases = [c for c in discover(train_csv).cases if c.case_id in val]
+    cases = [load_case(c, convention=convention, prep=model.config.preprocess) for c in chosen_cases]
     choice = choose_prediction_options(model.generator, cases, convention, model.config.train.patch_size,
-                                       head=output_head(convention, model.config.generator.output))
+                                       head=output_head(convention, model.config.generator.output),
+                                       case_ids=[c.case_id for c in chosen_cases])
     record_prediction_options(best, choice)
     chosen = {k: choice[k] for k in ("tta", "foreground_threshold", "largest_component")}
     return {"chosen": chosen, **predict_and_score(test_csv, out)}

@@ -5,6 +5,7 @@ prediction options chosen on validation cases."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from vox2vox.model.translation import TaskConfig
 from vox2vox.train.planner import Device, make_plan, plan_to_toml, target_spacing
 from vox2vox.train.planning import estimate_memory
 from vox2vox.train.schedule import lr_factor, parse_duration
-from vox2vox.train.selection import choose_prediction_options
 
 BRATS_LIKE = Fingerprint(
     n_cases=8, n_labelled=8, channels=("flair",), n_classes=2, median_spacing=(1.0, 1.0, 1.0),
@@ -174,31 +174,6 @@ def test_residual_generator_contract():
     assert torch.equal(net(x), other(x))
 
 
-def test_prediction_options_keep_the_largest_component_when_it_helps():
-    convention = get_convention("binary")
-
-    class Blobs(torch.nn.Module):
-        """Predicts the true ball plus a stray blob far away."""
-
-        config = Config().generator
-
-        def forward(self, x, return_logits=False):
-            fg = (x[:, :1] > 0.5).float()
-            return torch.cat([1 - fg, fg], 1)
-
-    net = Blobs()
-    net.register_parameter("w", torch.nn.Parameter(torch.zeros(1)))
-    image = np.zeros((1, 32, 32, 32), np.float32)
-    label = np.zeros((32, 32, 32), np.int64)
-    image[0, 4:12, 4:12, 4:12] = 1
-    label[4:12, 4:12, 4:12] = 1
-    image[0, 24:28, 24:28, 24:28] = 1  # stray
-    case = type("Case", (), {"image": image, "label": label})()
-    choice = choose_prediction_options(net, [case], convention, (32, 32, 32))
-    assert choice["largest_component"] in ("class", "region")
-    assert choice["validation_dice"]["tta=False,threshold=argmax,largest_component=class"] == pytest.approx(1.0)
-
-
 def test_the_plan_notices_other_processes_using_the_cpu_while_it_times_steps():
     """Step times measured on a busy machine shrink the patch; the plan must say so, and its
     measure must count other processes' CPU time, not its own."""
@@ -313,10 +288,12 @@ def test_planned_train_then_predict_from_the_command_line(tmp_path):
     plan = (run / "plan.toml").read_text()
     assert "[generator]" in plan and 'arch = "residual"' in plan
     assert "busy_cores_while_timing" in plan  # the plan says how busy the machine was when it timed steps
-    config = Config.from_dict(__import__("json").loads((run / "config.json").read_text()))
+    config = Config.from_dict(json.loads((run / "config.json").read_text()))
     assert config.train.budget is None and config.train.epochs == 2 and config.generator.base_filters == 4
     chosen = load_checkpoint(run / "checkpoints" / "best.safetensors").state["predict"]
-    assert set(chosen) >= {"tta", "largest_component", "validation_dice"}
+    assert set(chosen) >= {"tta", "largest_component", "validation_dice", "rule", "decisions"}
+    # 4 labelled cases: the plan holds out 2, so no single case decides the options.
+    assert len(chosen["validation_case_ids"]) == 2 == len(json.loads((run / "split.json").read_text())["val"])
     assert main(["predict", "--model", str(run), "--input", str(manifest), "--output", str(tmp_path / "pred"),
                  "--no-progress"]) == 0
     assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 4
@@ -369,38 +346,18 @@ def test_planned_translation_from_the_command_line(tmp_path):
                  "--set", "generator.base_filters=4", "--set", "train.device=\"cpu\""]) == 0
     plan = (run / "plan.toml").read_text()
     assert "[task]" in plan and 'kind = "translate"' in plan and 'output = "linear"' in plan
-    config = Config.from_dict(__import__("json").loads((run / "config.json").read_text()))
+    config = Config.from_dict(json.loads((run / "config.json").read_text()))
     assert config.task.translate and config.generator.base_filters == 4 and config.generator.in_channels == 1
     assert main(["predict", "--model", str(run), "--input", str(data), "--output", str(tmp_path / "syn"),
                  "--no-progress"]) == 0
     assert len(list((tmp_path / "syn").glob("*.nii.gz"))) == 3
 
 
-def test_prediction_options_lower_the_threshold_only_for_a_model_that_under_segments():
-    convention = get_convention("binary")
-    image = np.zeros((1, 32, 32, 32), np.float32)
-    label = np.zeros((32, 32, 32), np.int64)
-    label[4:16, 4:16, 4:16] = 1
-    image[0, 4:16, 4:16, 4:16] = 0.35  # the rim of the truth: the shy model gives it P(tumour) 0.35
-    image[0, 6:14, 6:14, 6:14] = 0.9
-    case = type("Case", (), {"image": image, "label": label})()
-
-    class Shy(torch.nn.Module):
-        def forward(self, x, return_logits=False):
-            fg = x[:, :1].clamp(0.01, 0.99)
-            return torch.cat([1 - fg, fg], 1)
-
-    class Sharp(Shy):
-        def forward(self, x, return_logits=False):
-            return super().forward((x > 0.3).float())
-
-    chosen = {}
-    for net in (Shy(), Sharp()):
-        net.register_parameter("w", torch.nn.Parameter(torch.zeros(1)))
-        chosen[type(net).__name__] = choose_prediction_options(net, [case], convention, (32, 32, 32))
-    shy = chosen["Shy"]
-    assert shy["foreground_threshold"] in (0.3, 0.2)
-    assert shy["validation_dice"]["tta=False,threshold=0.3,largest_component=off"] == pytest.approx(1.0)
-    assert shy["validation_dice"]["tta=False,threshold=argmax,largest_component=off"] < 0.5
-    # A model already right keeps argmax: a threshold is kept only when it raises validation Dice.
-    assert chosen["Sharp"]["foreground_threshold"] is None
+@pytest.mark.parametrize(("labelled", "held_out"), [(2, 1), (3, 1), (5, 2), (8, 2), (9, 3), (20, 4)])
+def test_plan_holds_out_enough_validation_cases_for_choices_no_case_decides(labelled, held_out):
+    fp = dataclasses.replace(BRATS_LIKE, n_cases=labelled, n_labelled=labelled)
+    plan = make_plan(fp, device=CPU, budget_seconds=1800, throughput=TABLE)
+    assert plan.config["data"]["val_cases"] == held_out
+    reason = next(r for r in plan.reasons if r.startswith("validation:"))
+    assert f"{held_out} of {labelled} labelled cases" in reason
+    assert ("keep their defaults" in reason) is (held_out < 2)

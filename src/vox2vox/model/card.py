@@ -162,13 +162,29 @@ def format_card(card: ModelCard) -> str:
         reinit = ", output layer re-initialised" if info.source.reinit_output else ""
         lines.append(("fine-tuned from", f"{info.source.path} (sha256 {info.source.sha256[:16]}...{reinit})"))
     if card.predict:
-        # The choices; the validation scores behind them are in --json.
-        chosen = {k: v for k, v in card.predict.items() if not isinstance(v, dict)}
-        lines.append(("prediction", ", ".join(f"{k} {'argmax' if k == 'foreground_threshold' and v is None else v}"
-                                               for k, v in chosen.items())))
+        lines += _prediction_lines(card.predict)
     lines.append(("versions", ", ".join(f"{k} {v}" for k, v in card.versions.items()) or NOT_RECORDED))
     width = max(len(key) for key, _ in lines)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in lines)
+
+
+def _prediction_lines(predict: dict[str, Any]) -> list[tuple[str, str]]:
+    """The options training chose, the rule and each step's evidence (every per-case score: --json)."""
+    shown = ("tta", "foreground_threshold", "largest_component")
+    chosen = ", ".join(f"{k} {'argmax' if k == 'foreground_threshold' and predict.get(k) is None else predict.get(k)}"
+                       for k in shown if k in predict)
+    ids = predict.get("validation_case_ids")
+    n = predict.get("validation_cases")
+    on = (f"chosen on {n} validation case(s)" + (f" ({', '.join(map(str, ids))})" if isinstance(ids, list) else "")
+          if n is not None else "validation cases not recorded")
+    lines = [("prediction", f"{chosen}; {on}")]
+    if isinstance(predict.get("rule"), str):
+        lines.append(("  rule", predict["rule"]))
+    for d in predict.get("decisions") or []:
+        if isinstance(d, dict):
+            verdict = "adopted" if d.get("adopted") else "not adopted"
+            lines.append((f"  {d.get('step')}", f"{d.get('candidate')} {verdict}: {d.get('evidence')}"))
+    return lines
 
 
 def card_json_text(card: ModelCard) -> str:

@@ -36,6 +36,7 @@ REASON_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("epochs", ("train.budget", "train.epochs")),
     ("model:", ("train.select", "train.tune_prediction", "train.foreground_prob")),
     ("augmentation", ("augment.",)),
+    ("validation", ("data.val_cases", "data.val_fraction")),
     ("memory", ("generator.", "discriminator.", "train.patch_size", "train.batch_size", "train.amp",
                 "train.activation_checkpointing")),
 )
@@ -64,8 +65,13 @@ def plan_run(config: Config, request: PlanRequest, *, case_ids: Collection[str] 
     device = detect_device(config.train.device)
     budget = config.train.budget_seconds or default_budget(device)
     plan = plan_dataset(config, budget_seconds=budget, device=device, case_ids=case_ids, progress=progress)
-    planned = Config.from_dict(plan.config, source="plan").replace(data=config.data)
     overrides = list(request.overrides)
+    data = config.data
+    planned_val = plan.config.get("data", {}).get("val_cases")
+    user_val = data.val_cases is not None or any(o.split("=", 1)[0].strip().startswith("data.val_") for o in overrides)
+    if planned_val is not None and not user_val:  # the plan's hold-out, unless the user chose one
+        data = dataclasses.replace(data, val_cases=planned_val)
+    planned = Config.from_dict(plan.config, source="plan").replace(data=data)
     if not request.budget_given and any(o.split("=", 1)[0].strip() == "train.epochs" for o in overrides):
         overrides.append("train.budget=null")  # epochs asked for and no budget: count epochs
     final = planned.with_overrides(overrides)
@@ -76,9 +82,12 @@ def plan_run(config: Config, request: PlanRequest, *, case_ids: Collection[str] 
 
 
 def changed_keys(planned: Config, final: Config) -> dict[str, Any]:
-    """``section.key -> value`` for every key outside ``data`` where ``final`` differs from ``planned``."""
+    """``section.key -> value`` for every planned key (``data``'s validation hold-out, every key
+    outside ``data``) where ``final`` differs from ``planned``."""
     before, after = _flat(planned.to_dict()), _flat(final.to_dict())
-    changed = {k: v for k, v in after.items() if not k.startswith("data.") and before.get(k) != v}
+    # The data's place and reading are the user's; of data.*, only the validation hold-out is planned.
+    changed = {k: v for k, v in after.items()
+               if (not k.startswith("data.") or k.startswith("data.val_")) and before.get(k) != v}
     if planned.train.budget_seconds == final.train.budget_seconds:  # "30m" is the plan's "30m00s"
         changed.pop("train.budget", None)
     return changed

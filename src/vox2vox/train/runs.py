@@ -197,13 +197,13 @@ def _train_tracked(config: Config, spec: Any, cases: dict[str, Any], convention:
     if config.train.tune_prediction and val_ids and ctx.is_main:
         best = RunDir(run_dir).best
         choice = choose_prediction_options(load_model(best).generator, [cases[i] for i in val_ids], convention,
-                                           config.train.patch_size, head=head)
+                                           config.train.patch_size, head=head, case_ids=val_ids)
         record_prediction_options(best, choice)
         if progress:
             cut = choice["foreground_threshold"]
             print(f"prediction options from validation: tta {choice['tta']}, foreground threshold "
-                  f"{'argmax' if cut is None else cut}, largest component {choice['largest_component']}",
-                  file=sys.stderr)
+                  f"{'argmax' if cut is None else cut}, largest component {choice['largest_component']} "
+                  f"(on {len(val_ids)} validation case(s); the rule and evidence: vox2vox info)", file=sys.stderr)
     distributed.barrier()
     return result
 
