@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,14 +150,13 @@ class LabelConvention:
             if value != self.source_values[0]
         }
 
+    def scoring_regions(self) -> dict[str, tuple[int, ...]]:
+        """The regions scored for this label set, in SOURCE values (see :func:`scoring_regions_for`)."""
+        return scoring_regions_for(self)
+
     def region_masks(self, label_source: np.ndarray) -> dict[str, np.ndarray]:
-        """Boolean masks per region for a label map in SOURCE values (one per class if no regions)."""
-        regions = self.regions or {
-            name: (value,)
-            for name, value in zip(self.class_names, self.source_values, strict=True)
-            if value != self.source_values[0]
-        }
-        return {name: np.isin(label_source, values) for name, values in regions.items()}
+        """Boolean masks per scoring region for a label map in SOURCE values."""
+        return {name: np.isin(label_source, values) for name, values in self.scoring_regions().items()}
 
     def nested_regions(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
         """The regions as CLASS indices, outermost first, when they nest into a chain that names every
@@ -218,6 +217,50 @@ def round_label_map(label: np.ndarray) -> np.ndarray | None:
     if not np.allclose(label, rounded, atol=LABEL_ATOL) or not np.all(np.isfinite(label)):
         return None
     return rounded
+#: BraTS 2017-21 values (1 necrotic core, 2 oedema, 4 enhancing tumour) and their regions: a label
+#: set of exactly these values, 4 among them, is BraTS's whatever the files are called (no other
+#: common label set skips 3).
+BRATS_VALUES: tuple[int, ...] = (0, 1, 2, 4)
+BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+
+#: Name of the region that joins every foreground label of a multi-label set.
+FOREGROUND = "foreground"
+
+
+def scoring_regions_for(convention: LabelConvention) -> dict[str, tuple[int, ...]]:
+    """Which regions a label set is scored on: the one rule for evaluate, validation and the report.
+
+    A convention that declares regions (BraTS WT/TC/ET, binary "foreground") is scored on them. An
+    inferred convention whose values are BraTS 2017-21's (:data:`BRATS_VALUES`, 4 present) gets the
+    BraTS regions. Any other label set: one region per foreground label (named by class) and, with two
+    or more labels, their union "foreground"; a single-label set has just that one region.
+    """
+    if convention.regions:
+        return dict(convention.regions)
+    foreground = tuple(v for v in convention.source_values if v != convention.source_values[0])
+    if convention.name == "classes" and looks_like_brats(foreground):
+        return dict(BRATS_REGIONS)
+    names = dict(zip(convention.source_values, convention.class_names, strict=True))
+    return per_label_regions(foreground, {v: names[v] for v in foreground})
+
+
+def looks_like_brats(values: Iterable[int]) -> bool:
+    """Whether label values (background optional) are BraTS 2017-21's: a subset of 0/1/2/4 holding 4."""
+    present = {int(v) for v in values} - {0}
+    return 4 in present and present <= set(BRATS_VALUES) and len(present) >= 2
+
+
+def per_label_regions(values: Iterable[int], names: Mapping[int, str] | None = None) -> dict[str, tuple[int, ...]]:
+    """One region per non-zero value (named ``names[v]``, else ``label_<v>``), plus their union
+    :data:`FOREGROUND` when there are two or more; a single label is the foreground itself."""
+    present = sorted({int(v) for v in values} - {0})
+    names = names or {}
+    regions = {names.get(v, f"label_{v}"): (v,) for v in present}
+    if len(present) >= 2 and FOREGROUND not in regions:
+        regions[FOREGROUND] = tuple(present)
+    return regions
+
+
 #: Class index of voxels carrying a convention's ignore label (excluded from loss and metrics).
 IGNORE_INDEX = -1
 
@@ -266,7 +309,7 @@ CONVENTIONS: dict[str, LabelConvention] = {
         name="brats",
         source_values=(0, 1, 2, 4),
         class_names=_BRATS_NAMES,
-        regions={"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
+        regions=dict(BRATS_REGIONS),
     ),
     # BraTS 2013-2015: 3 = non-enhancing core, merged into 1 as the 2017+ challenges did.
     "brats2015": LabelConvention(
