@@ -126,10 +126,12 @@ def test_score_case_per_label_regions() -> None:
     pred = truth.copy()
     pred[4:] = 2
     scores = score_case(pred, truth, spacing=(1, 1, 1), regions="labels")
-    assert list(scores) == ["label_1", "label_2", "label_3"]
+    assert list(scores) == ["label_1", "label_2", "label_3", "foreground"]
     assert scores["label_1"]["dice"] == 1.0
     assert scores["label_2"]["dice"] == 0.0 and scores["label_3"]["dice"] == 0.0
-    assert label_regions([0, 4, 1, 1]) == {"label_1": (1,), "label_4": (4,)}
+    assert scores["foreground"]["dice"] == 1.0  # the union does not see the label swap
+    assert label_regions([0, 4, 1, 1]) == {"label_1": (1,), "label_4": (4,), "foreground": (1, 4)}
+    assert label_regions([0, 1]) == {"foreground": (1,)}  # a single label is the foreground: no copy
 
 
 def test_rejects_shape_and_spacing_mismatch() -> None:

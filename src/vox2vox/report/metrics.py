@@ -139,10 +139,11 @@ def surface_distances(pred: np.ndarray, truth: np.ndarray, *, spacing: Sequence[
     d_pt, d_tp = np.asarray(d_pt, dtype=np.float64), np.asarray(d_tp, dtype=np.float64)
     a_p = np.asarray(areas_p[edges_p], dtype=np.float64)
     a_t = np.asarray(areas_t[edges_t], dtype=np.float64)
+    # An empty side has no elements, and the other side's distances to it are infinite.
     if not truth.any():
-        d_pt = np.full(a_p.shape, np.inf)
+        d_pt, d_tp = np.full(a_p.shape, np.inf), np.zeros(0)
     if not pred.any():
-        d_tp = np.full(a_t.shape, np.inf)
+        d_tp, d_pt = np.full(a_t.shape, np.inf), np.zeros(0)
     order_p, order_t = np.argsort(d_pt, kind="stable"), np.argsort(d_tp, kind="stable")
     return SurfaceDistances(d_pt[order_p], d_tp[order_t], a_p[order_p], a_t[order_t])
 
