@@ -139,3 +139,27 @@ def test_rejects_shape_and_spacing_mismatch() -> None:
         dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
     with pytest.raises(ValueError, match="spacing"):
         hd95(np.ones((2, 2, 2)), np.ones((2, 2, 2)), spacing=(1.0, 1.0))
+
+
+def test_nsd_equals_monai_surface_dice_and_scores_empty_masks() -> None:
+    import torch
+    from monai.metrics import compute_surface_dice
+    from scipy import ndimage
+
+    from vox2vox.report.metrics import nsd
+
+    truth = np.zeros((30, 36, 20), bool)
+    truth[8:20, 10:26, 4:14] = True
+    spacing = (0.8, 1.0, 2.5)
+    one_hot = lambda m: torch.from_numpy(np.stack([~m, m]))[None].float()  # noqa: E731
+    pairs = [ndimage.binary_dilation(truth, iterations=2), np.roll(truth, 3, axis=2), ndimage.binary_erosion(truth)]
+    pairs[0][1:4, 1:4, 16:19] = True  # and a blob away from the tumour
+    for pred in pairs:
+        for tolerance in (1.0, 2.5):
+            expected = float(compute_surface_dice(one_hot(pred), one_hot(truth), class_thresholds=[tolerance],
+                                                  spacing=spacing, use_subvoxels=True))
+            assert nsd(pred, truth, spacing=spacing, tolerance_mm=tolerance) == pytest.approx(expected, abs=1e-6)
+            assert 0.0 < expected < 1.0
+    empty = np.zeros_like(truth)
+    assert nsd(empty, empty, spacing=spacing) == 1.0
+    assert nsd(truth, empty, spacing=spacing) == 0.0 and nsd(empty, truth, spacing=spacing) == 0.0
