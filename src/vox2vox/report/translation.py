@@ -28,7 +28,12 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.preprocessing import background_value
 from vox2vox.errors import Vox2VoxError
 from vox2vox.report.evaluation import index_predictions
-from vox2vox.report.image_metrics import hounsfield_scores, is_hounsfield, normalise_pair, translation_scores
+from vox2vox.report.image_metrics import (
+    hounsfield_scores,
+    is_hounsfield,
+    normalise_pair,
+    translation_scores,
+)
 from vox2vox.report.report import _CSS, _e, _figure, _fmt, _kv_table, _table, _versions_section
 
 METRICS = (("mae", "MAE", 4), ("psnr", "PSNR dB", 2), ("ssim", "SSIM", 4))
