@@ -52,12 +52,12 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 import warnings; warnings.simplefilter("ignore")
 from metrics import get_LesionWiseResults
-out = {}
-for pred, gt, challenge, key in json.loads(sys.stdin.read()):
+for line in sys.stdin:
+    pred, gt, challenge, key = json.loads(line)
     df = get_LesionWiseResults(pred, gt, challenge)
-    out[key] = {row["Labels"]: {"dice": float(row["LesionWise_Score_Dice"]), "hd95": float(row["LesionWise_Score_HD95"]),
-                "tp": int(row["Num_TP"]), "fp": int(row["Num_FP"]), "fn": int(row["Num_FN"])} for _, row in df.iterrows()}
-print(json.dumps(out))
+    out = {row["Labels"]: {"dice": float(row["LesionWise_Score_Dice"]), "hd95": float(row["LesionWise_Score_HD95"]),
+           "tp": int(row["Num_TP"]), "fp": int(row["Num_FP"]), "fn": int(row["Num_FN"])} for _, row in df.iterrows()}
+    print(json.dumps([key, out]), flush=True)
 """
 
 
@@ -85,11 +85,18 @@ def main() -> int:
     parser.add_argument("--python", required=True, help="interpreter of the official evaluator's environment")
     parser.add_argument("--official", required=True, help="checkout of BraTS-2023-Metrics (holds metrics.py)")
     parser.add_argument("--rules", default="glioma,metastases", help="lesion rules to compare (comma-separated)")
+    parser.add_argument("--cases", type=int, default=len(CASES), help="how many of the cases to use (the official "
+                        "evaluator takes minutes per case)")
     args = parser.parse_args()
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
-    jobs, ours = [], {}
+    worst_dice = worst_hd = 0.0
+    counts_differ = pairs = 0
+    print(f"{'case/perturbation/rule':<46} {'region':<6} {'Dice ours':>10} {'official':>10} {'HD95 ours':>10} "
+          f"{'official':>10}  TP/FP/FN ours | official", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, rel, mapping in CASES:
+        official = subprocess.Popen([args.python, "-c", _OFFICIAL_DRIVER, args.official], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True)
+        for name, rel, mapping in CASES[: args.cases]:
             image = nib.load(DATA / rel)
             raw = np.rint(np.asarray(image.dataobj)).astype(np.int64)
             truth = np.zeros(raw.shape, dtype=np.uint8)
@@ -103,31 +110,28 @@ def main() -> int:
                 nib.save(nib.Nifti1Image(pred.astype(np.uint8), image.affine, image.header), pred_path)
                 for rule in rules:
                     key = f"{name}/{kind}/{rule}"
-                    jobs.append((str(pred_path), str(gt_path), CHALLENGES[rule], key))
-                    ours[key] = {
-                        region: lesion_wise(np.isin(pred, values), np.isin(truth, values), spacing=spacing,
-                                            rule=LESION_RULES[rule])
-                        for region, values in REGIONS.items()
-                    }
-        done = subprocess.run([args.python, "-c", _OFFICIAL_DRIVER, args.official], input=json.dumps(jobs),
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            print(done.stderr[-3000:], file=sys.stderr)
-            return 2
-    official = json.loads(done.stdout.strip().splitlines()[-1])
-    worst_dice = worst_hd = 0.0
-    counts_differ = 0
-    print(f"{'case/perturbation/rule':<46} {'region':<6} {'Dice ours':>10} {'official':>10} {'HD95 ours':>10} "
-          f"{'official':>10}  TP/FP/FN ours | official")
-    for key, regions in ours.items():
-        for region, mine in regions.items():
-            ref = official[key][region]
-            worst_dice = max(worst_dice, abs(mine.dice - ref["dice"]))
-            worst_hd = max(worst_hd, abs(mine.hd95 - ref["hd95"]))
-            counts_differ += (mine.tp, mine.fp, mine.fn) != (ref["tp"], ref["fp"], ref["fn"])
-            print(f"{key:<46} {region:<6} {mine.dice:>10.6f} {ref['dice']:>10.6f} {mine.hd95:>10.3f} {ref['hd95']:>10.3f}"
-                  f"  {mine.tp}/{mine.fp}/{mine.fn} | {ref['tp']}/{ref['fp']}/{ref['fn']}")
-    print(f"pairs: {sum(len(r) for r in ours.values())}; largest |Dice difference| {worst_dice:.2e}; "
+                    official.stdin.write(json.dumps([str(pred_path), str(gt_path), CHALLENGES[rule], key]) + "\n")
+                    official.stdin.flush()
+                    ours = {region: lesion_wise(np.isin(pred, values), np.isin(truth, values), spacing=spacing,
+                                                rule=LESION_RULES[rule]) for region, values in REGIONS.items()}
+                    line = official.stdout.readline()
+                    if not line:
+                        print("the official evaluator stopped", file=sys.stderr)
+                        return 2
+                    ref_key, refs = json.loads(line)
+                    assert ref_key == key
+                    for region, mine in ours.items():
+                        ref = refs[region]
+                        pairs += 1
+                        worst_dice = max(worst_dice, abs(mine.dice - ref["dice"]))
+                        worst_hd = max(worst_hd, abs(mine.hd95 - ref["hd95"]))
+                        counts_differ += (mine.tp, mine.fp, mine.fn) != (ref["tp"], ref["fp"], ref["fn"])
+                        print(f"{key:<46} {region:<6} {mine.dice:>10.6f} {ref['dice']:>10.6f} {mine.hd95:>10.3f} "
+                              f"{ref['hd95']:>10.3f}  {mine.tp}/{mine.fp}/{mine.fn} | {ref['tp']}/{ref['fp']}/{ref['fn']}",
+                              flush=True)
+        official.stdin.close()
+        official.wait()
+    print(f"pairs: {pairs}; largest |Dice difference| {worst_dice:.2e}; "
           f"largest |HD95 difference| {worst_hd:.2e} mm; lesion counts differing: {counts_differ}")
     return 0 if worst_dice <= 1e-6 and worst_hd <= 0.01 and counts_differ == 0 else 1
 
