@@ -254,7 +254,7 @@ def test_channels_with_different_shapes(tmp_path, capsys, model):
     result = cli(capsys, "predict", "--model", two_channel, "--input", manifest, "--output", pred, "--no-progress")
     assert "shape" in assert_user_error(result, odd)
     # The healthy case was still predicted; the broken one left nothing behind.
-    assert sorted(p.name for p in pred.iterdir()) == ["case_000.nii.gz"]
+    assert sorted(p.name for p in pred.iterdir()) == ["case_000.nii.gz", "labels.json"]  # and the label record
 
 
 @pytest.mark.parametrize("change", ["affine", "shape"])
@@ -390,7 +390,7 @@ def test_bad_manifest(tmp_path, capsys, model, problem, command):
         assert words in line
     if command == "predict" and problem is _manifest_missing_path:
         # The healthy case is predicted; the broken one leaves nothing behind.
-        assert sorted(p.name for p in out.iterdir()) == ["case_000.nii.gz"]
+        assert sorted(p.name for p in out.iterdir()) == ["case_000.nii.gz", "labels.json"]
     else:
         assert_nothing_written(out)
 

@@ -152,8 +152,9 @@ def test_per_label_regions_and_explicit_convention(tmp_path: Path) -> None:
     _save(tmp_path / "truth" / "k.nii.gz", truth)
     _save(tmp_path / "pred" / "k.nii.gz", pred)
     result = evaluate_folder(tmp_path / "pred", tmp_path / "truth", regions="labels")
-    assert result.regions == ("label_1", "label_3")
+    assert result.regions == ("label_1", "label_3", "foreground")
     rows = {r["region"]: r for r in result.rows}
+    assert rows["foreground"]["dice"] == 1.0
     assert rows["label_1"]["dice"] == pytest.approx(2 * 270 / (270 + 540))
     assert rows["label_3"]["dice"] == 0.0
     # BraTS 2023 values: enhancing tumour is 3, so ET is the label-3 region.
@@ -184,3 +185,101 @@ def test_truth_from_a_manifest_csv(tmp_path: Path) -> None:
     assert result.missing == ("case_b",)
     rows = {(r["case"], r["region"]): r["dice"] for r in result.rows}
     assert rows["case_a", "label_2"] == 1.0 and rows["case_b", "label_2"] == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# regions that fit the data (issue: binary data must never be scored on BraTS regions)
+# --------------------------------------------------------------------------------------------
+
+
+def _binary_manifest(tmp_path: Path, shared: Path, folder: str, label: str, image: str, n: int = 2) -> Path:
+    """A manifest over real binary-labelled cases; predictions are the truths eroded by one voxel."""
+    from scipy import ndimage
+
+    cases = sorted(p for p in (shared / folder).iterdir() if p.is_dir())[:n]
+    lines = ["id,image,label"]
+    for case in cases:
+        lines.append(f"{case.name},{case / image},{case / label}")
+        truth = nib.load(case / label)
+        mask = np.rint(np.asarray(truth.dataobj)) > 0
+        _save(tmp_path / "pred" / f"{case.name}.nii.gz", ndimage.binary_erosion(mask).astype(np.uint8), truth.affine)
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def test_binary_manifest_is_scored_on_one_foreground_region_never_brats(tmp_path: Path, shared_data: Path) -> None:
+    manifest = _binary_manifest(tmp_path, shared_data, "ct-sarcoma", "CT_mask.nii.gz", "CT_image.nii.gz")
+    result = evaluate_folder(tmp_path / "pred", manifest, out_csv=tmp_path / "e.csv")
+    assert result.regions == ("foreground",)
+    assert "label values 0/1" in result.regions_why and "read from the label values" in result.regions_why
+    assert result.lesion_rule == "lesion-wise off"  # not a BraTS label set
+    dice = [r["dice"] for r in result.rows]
+    assert len(dice) == 2 and all(0.3 < d < 1.0 for d in dice)  # eroded by a voxel: neither 0 nor 1
+    assert result.format_summary().splitlines()[0].startswith("Scoring regions foreground: ")
+    summary = json.loads(result.json_path.read_text())
+    assert summary["regions"] == ["foreground"] and summary["convention"] == "classes"
+    assert "nsd" in summary["summary"]["foreground"] and "lesion_dice" not in summary["summary"]["foreground"]
+
+
+def test_regions_brats_on_binary_data_is_refused_in_one_line(tmp_path: Path, shared_data: Path, capsys) -> None:
+    from vox2vox.cli import main
+
+    manifest = _binary_manifest(tmp_path, shared_data, "brats2018-deepvoxnet2", "GT_W.nii.gz", "FLAIR.nii.gz", n=1)
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(manifest), "--regions", "brats",
+                 "--out", str(tmp_path / "e.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "--regions brats needs BraTS labels" in err and "0/1" in err
+    assert not (tmp_path / "e.csv").exists()
+
+
+def test_brats_values_still_get_wt_tc_et_and_lesion_wise_scores(tmp_path: Path) -> None:
+    truth = _tumour()
+    truth[4:6, 4:6, 2] = 1  # 0/1/2/4: BraTS 2017-21 values, no convention declared anywhere
+    pred = truth.copy()
+    pred[0:2, 0:2, 10:12] = 2  # a false-positive blob far from the tumour
+    _save(tmp_path / "truth" / "c.nii.gz", truth)
+    _save(tmp_path / "pred" / "c.nii.gz", pred)
+    result = evaluate_folder(tmp_path / "pred", tmp_path / "truth", out_csv=tmp_path / "e.csv")
+    assert result.regions == ("WT", "TC", "ET")
+    assert result.format_summary().splitlines()[0].startswith("Scoring regions WT, TC, ET: BraTS regions")
+    assert result.lesion_rule.startswith("lesion-wise glioma")
+    wt = next(r for r in result.rows if r["region"] == "WT")
+    # One lesion found exactly (its volume 0.5*1*3*146 = 219 mm^3 > 50) and one false positive.
+    assert (wt["lesion_tp"], wt["lesion_fp"], wt["lesion_fn"]) == (1, 1, 0)
+    assert wt["lesion_dice"] == pytest.approx(0.5) and wt["lesion_hd95"] == pytest.approx(374.0 / 2)
+    lesions = _rows(tmp_path / "e_lesions.csv")
+    assert {(r["region"], r["kind"]) for r in lesions} >= {("WT", "truth"), ("WT", "fp")}
+    assert json.loads((tmp_path / "e_summary.json").read_text())["lesion_rule"].startswith("lesion-wise glioma")
+
+
+def test_brats2015_values_need_the_convention_for_brats_regions(tmp_path: Path, shared_data: Path) -> None:
+    case = shared_data / "brats2015-deepmedic" / "brats_2013_pat0005_1"
+    truth = nib.load(case / "OTMultiClass.nii.gz")
+    labels = np.rint(np.asarray(truth.dataobj)).astype(np.uint8)
+    _save(tmp_path / "truth" / "p5.nii.gz", labels, truth.affine)
+    _save(tmp_path / "pred" / "p5.nii.gz", np.roll(labels, 2, axis=0), truth.affine)
+    plain = evaluate_folder(tmp_path / "pred", tmp_path / "truth", lesion_rule="off")
+    assert plain.regions == ("label_1", "label_2", "label_3", "label_4", "foreground")  # 0-4 is not 0/1/2/4
+    told = evaluate_folder(tmp_path / "pred", tmp_path / "truth", convention="brats2015", lesion_rule="off")
+    assert told.regions == ("WT", "TC", "ET") and "given (--convention)" in told.regions_why
+    wt = {r["region"]: r["dice"] for r in told.rows}["WT"]
+    assert wt == pytest.approx({r["region"]: r["dice"] for r in plain.rows}["foreground"])
+
+
+def test_the_predicting_models_recorded_convention_chooses_the_regions(tmp_path: Path) -> None:
+    from vox2vox.data.labels import get_convention, write_prediction_record
+
+    truth = np.zeros((10, 10, 10), np.uint8)
+    truth[2:6, 2:6, 2:6] = 1
+    truth[3:5, 3:5, 3:5] = 3
+    _save(tmp_path / "truth" / "k.nii.gz", truth)
+    _save(tmp_path / "pred" / "k.nii.gz", truth)
+    assert evaluate_folder(tmp_path / "pred", tmp_path / "truth").regions == ("label_1", "label_3", "foreground")
+    write_prediction_record(tmp_path / "pred", get_convention("brats2023"))
+    result = evaluate_folder(tmp_path / "pred", tmp_path / "truth")
+    assert result.regions == ("WT", "TC", "ET") and "recorded by the model" in result.regions_why
+    (tmp_path / "pred" / "labels.json").write_text('{"written_by": "vox2vox predict", "label_convention": 7}')
+    with pytest.raises(Vox2VoxError, match="labels.json: malformed label record"):
+        evaluate_folder(tmp_path / "pred", tmp_path / "truth")

@@ -121,3 +121,21 @@ def test_ignore_label_maps_to_ignore_index_and_round_trips():
     assert nnunet.ignore == 2 and nnunet.source_values == (0, 1)
     with pytest.raises(Vox2VoxError, match="ignore"):
         get_convention({"values": {"0": "bg", "1": "fg"}, "ignore": 1})
+
+
+def test_scoring_regions_are_owned_by_the_label_set():
+    from vox2vox.data.labels import get_convention, infer_convention, scoring_regions_for
+
+    assert scoring_regions_for(get_convention("brats")) == {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+    assert get_convention("brats2015").scoring_regions()["TC"] == (1, 3, 4)  # its 3 folds into 1
+    assert get_convention("binary").scoring_regions() == {"foreground": (1,)}
+    # Inferred from values: BraTS 0/1/2/4 is recognised, 0/1 is one region, others per label + union.
+    assert infer_convention({0, 1, 2, 4}, where="x")[0].scoring_regions() == {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+    assert infer_convention({0, 1}, where="x")[0].scoring_regions() == {"foreground": (1,)}
+    assert infer_convention({0, 1, 5}, where="x")[0].scoring_regions() == {
+        "label_1": (1,), "label_5": (5,), "foreground": (1, 5)}
+    organs = get_convention({"values": {"0": "background", "1": "liver", "2": "spleen"}})
+    assert organs.scoring_regions() == {"liver": (1,), "spleen": (2,), "foreground": (1, 2)}
+    # Validation scores the same regions (region_masks is what train's validator calls).
+    masks = organs.region_masks(np.array([[[0, 1, 2]]]))
+    assert list(masks) == ["liver", "spleen", "foreground"] and masks["foreground"].sum() == 2

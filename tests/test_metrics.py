@@ -126,10 +126,12 @@ def test_score_case_per_label_regions() -> None:
     pred = truth.copy()
     pred[4:] = 2
     scores = score_case(pred, truth, spacing=(1, 1, 1), regions="labels")
-    assert list(scores) == ["label_1", "label_2", "label_3"]
+    assert list(scores) == ["label_1", "label_2", "label_3", "foreground"]
     assert scores["label_1"]["dice"] == 1.0
     assert scores["label_2"]["dice"] == 0.0 and scores["label_3"]["dice"] == 0.0
-    assert label_regions([0, 4, 1, 1]) == {"label_1": (1,), "label_4": (4,)}
+    assert scores["foreground"]["dice"] == 1.0  # the union does not see the label swap
+    assert label_regions([0, 4, 1, 1]) == {"label_1": (1,), "label_4": (4,), "foreground": (1, 4)}
+    assert label_regions([0, 1]) == {"foreground": (1,)}  # a single label is the foreground: no copy
 
 
 def test_rejects_shape_and_spacing_mismatch() -> None:
@@ -137,3 +139,27 @@ def test_rejects_shape_and_spacing_mismatch() -> None:
         dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
     with pytest.raises(ValueError, match="spacing"):
         hd95(np.ones((2, 2, 2)), np.ones((2, 2, 2)), spacing=(1.0, 1.0))
+
+
+def test_nsd_equals_monai_surface_dice_and_scores_empty_masks() -> None:
+    import torch
+    from monai.metrics import compute_surface_dice
+    from scipy import ndimage
+
+    from vox2vox.report.metrics import nsd
+
+    truth = np.zeros((30, 36, 20), bool)
+    truth[8:20, 10:26, 4:14] = True
+    spacing = (0.8, 1.0, 2.5)
+    one_hot = lambda m: torch.from_numpy(np.stack([~m, m]))[None].float()  # noqa: E731
+    pairs = [ndimage.binary_dilation(truth, iterations=2), np.roll(truth, 3, axis=2), ndimage.binary_erosion(truth)]
+    pairs[0][1:4, 1:4, 16:19] = True  # and a blob away from the tumour
+    for pred in pairs:
+        for tolerance in (1.0, 2.5):
+            expected = float(compute_surface_dice(one_hot(pred), one_hot(truth), class_thresholds=[tolerance],
+                                                  spacing=spacing, use_subvoxels=True))
+            assert nsd(pred, truth, spacing=spacing, tolerance_mm=tolerance) == pytest.approx(expected, abs=1e-6)
+            assert 0.0 < expected < 1.0
+    empty = np.zeros_like(truth)
+    assert nsd(empty, empty, spacing=spacing) == 1.0
+    assert nsd(truth, empty, spacing=spacing) == 0.0 and nsd(empty, truth, spacing=spacing) == 0.0

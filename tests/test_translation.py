@@ -300,3 +300,31 @@ def test_fill_missing_and_evaluate_mistakes_are_one_line(phantoms, translator, t
     nib.save(real, str(pred / "other.nii.gz"))
     assert_user_error(cli(capsys, "evaluate", "--task", "translate", "--pred", pred, "--truth", phantoms,
                           "--target", "flair", "--mask", case.channels["t1"]), "one mask file for 4 cases")
+
+
+def test_a_ct_target_is_also_scored_in_hounsfield_units(shared_data, tmp_path):
+    import json
+
+    import nibabel as nib
+
+    from vox2vox.report.translation import evaluate_translation
+
+    case = shared_data / "ct-sarcoma" / "STS_008"
+    real = nib.load(case / "CT_image.nii.gz")
+    hu = np.asarray(real.dataobj, dtype=np.float32)
+    synth = hu + 40.0  # a constant 40 HU offset
+    (tmp_path / "synth").mkdir()
+    nib.save(nib.Nifti1Image(synth, real.affine), tmp_path / "synth" / "STS_008.nii.gz")
+    (tmp_path / "real").mkdir()
+    nib.save(nib.Nifti1Image(hu, real.affine), tmp_path / "real" / "STS_008.nii.gz")
+    result = evaluate_translation(tmp_path / "synth", tmp_path / "real", out_csv=tmp_path / "t.csv")
+    row = result.rows[0]
+    mask = hu != -1000.0  # the real volume's foreground (its floor is the background)
+    clipped = np.clip(hu, -1024, 3000)
+    expected = np.abs(np.clip(synth, -1024, 3000) - clipped)[mask]
+    assert row["mae_hu"] == pytest.approx(float(expected.mean()), rel=1e-4)
+    assert row["psnr_hu"] == pytest.approx(10 * np.log10(4024.0**2 / float((expected**2).mean())), rel=1e-4)
+    assert 0.8 < row["ssim_hu"] < 1.0 and 0.8 < row["ssim_hu_mask"] < 1.0
+    assert row["mae"] == pytest.approx(0.0, abs=1e-3)  # z-scoring hides an offset: why HU columns exist
+    summary = json.loads((tmp_path / "t_summary.json").read_text())
+    assert "4024 HU" in summary["columns"]["psnr_hu"] and "z-scored" in summary["columns"]["mae"]

@@ -195,6 +195,14 @@ class Model:
         return dict(zip(self.convention.source_values, self.convention.class_names, strict=True))
 
     @property
+    def regions(self) -> dict[str, tuple[int, ...]]:
+        """The regions its predictions are scored on (region name -> on-disk label values), by the rule
+        ``evaluate`` and validation use (:func:`vox2vox.data.labels.scoring_regions_for`)."""
+        if self.convention is None:
+            raise Vox2VoxError(f"{self.models[0].path}: a translation model has no label regions")
+        return self.convention.scoring_regions()
+
+    @property
     def targets(self) -> list[str]:
         """The channels a translation model synthesises, in the order of ``Synthesis.volumes``."""
         if self.task != "translate":

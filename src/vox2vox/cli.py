@@ -168,8 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[common], help="score predictions against ground truth (BraTS rules)")
     p.add_argument("--pred", required=True, help="folder of predicted label maps")
     p.add_argument("--truth", required=True, help="dataset folder or manifest with labels, or a folder of label files")
-    p.add_argument("--regions", choices=("brats", "labels"), default="brats",
-                   help="brats: WT/TC/ET from the label convention; labels: one region per label value")
+    p.add_argument("--regions", choices=("auto", "brats", "labels"), default="auto",
+                   help="auto: the label convention's regions (BraTS: WT/TC/ET; other labels: each label and their "
+                        "union); brats: WT/TC/ET, refused on other labels; labels: one region per label value found")
+    p.add_argument("--lesion-wise", dest="lesion_wise", default="auto", metavar="RULE",
+                   help="lesion-wise Dice/HD95 by a BraTS 2023+ task's rule: glioma, africa, pediatric, meningioma, "
+                        "metastases, or off (default auto: glioma for BraTS regions, off otherwise)")
+    p.add_argument("--nsd-tolerance", dest="nsd_tolerance", type=float, default=None, metavar="MM",
+                   help="surface tolerance of the normalised surface Dice in mm (default 1)")
     p.add_argument("--convention", default=None,
                    help="label convention of the truth (default: the dataset layout's, e.g. brats2023 for BraTS 2023)")
     p.add_argument("--out", default=None, help="per-case CSV (a summary JSON is written beside it)")
@@ -533,7 +539,11 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"Report: {Path(args.out).with_name(Path(args.out).stem + '_report.html')}")
         return 0
 
-    result = evaluate_folder(args.pred, args.truth, regions=args.regions, convention=args.convention, out_csv=args.out)
+    from vox2vox.report.metrics import NSD_TOLERANCE_MM
+
+    tolerance = NSD_TOLERANCE_MM if args.nsd_tolerance is None else args.nsd_tolerance
+    result = evaluate_folder(args.pred, args.truth, regions=args.regions, convention=args.convention, out_csv=args.out,
+                             lesion_rule=args.lesion_wise, nsd_tolerance_mm=tolerance)
     print(result.format_summary())
     if args.out:
         from vox2vox.report.report import write_report

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from vox2vox.atomic import atomic_write_text
 from vox2vox.errors import Vox2VoxError
 
 
@@ -150,14 +151,13 @@ class LabelConvention:
             if value != self.source_values[0]
         }
 
+    def scoring_regions(self) -> dict[str, tuple[int, ...]]:
+        """The regions scored for this label set, in SOURCE values (see :func:`scoring_regions_for`)."""
+        return scoring_regions_for(self)
+
     def region_masks(self, label_source: np.ndarray) -> dict[str, np.ndarray]:
-        """Boolean masks per region for a label map in SOURCE values (one per class if no regions)."""
-        regions = self.regions or {
-            name: (value,)
-            for name, value in zip(self.class_names, self.source_values, strict=True)
-            if value != self.source_values[0]
-        }
-        return {name: np.isin(label_source, values) for name, values in regions.items()}
+        """Boolean masks per scoring region for a label map in SOURCE values."""
+        return {name: np.isin(label_source, values) for name, values in self.scoring_regions().items()}
 
     def nested_regions(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
         """The regions as CLASS indices, outermost first, when they nest into a chain that names every
@@ -218,6 +218,56 @@ def round_label_map(label: np.ndarray) -> np.ndarray | None:
     if not np.allclose(label, rounded, atol=LABEL_ATOL) or not np.all(np.isfinite(label)):
         return None
     return rounded
+#: BraTS 2017-21 values (1 necrotic core, 2 oedema, 4 enhancing tumour) and their regions: a label
+#: set of exactly these values, 4 among them, is BraTS's whatever the files are called (no other
+#: common label set skips 3).
+BRATS_VALUES: tuple[int, ...] = (0, 1, 2, 4)
+BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+
+#: Name of the region that joins every foreground label of a multi-label set.
+FOREGROUND = "foreground"
+
+
+def scoring_regions_for(convention: LabelConvention) -> dict[str, tuple[int, ...]]:
+    """Which regions a label set is scored on: the one rule for evaluate, validation and the report.
+
+    A convention that declares regions (BraTS WT/TC/ET, binary "foreground") is scored on them, values
+    it folds into a class (``extra_map``) counting where that class does. An
+    inferred convention whose values are BraTS 2017-21's (:data:`BRATS_VALUES`, 4 present) gets the
+    BraTS regions. Any other label set: one region per foreground label (named by class) and, with two
+    or more labels, their union "foreground"; a single-label set has just that one region.
+    """
+    if convention.regions:
+        # Values folded into a class on reading (BraTS 2015's 3 -> 1) belong to that class's regions.
+        return {name: tuple(sorted(set(values) | {src for src, dst in convention.extra_map.items() if dst in values}))
+                for name, values in convention.regions.items()}
+    foreground = tuple(v for v in convention.source_values if v != convention.source_values[0])
+    if convention.name == "classes" and looks_like_brats(foreground):
+        return dict(BRATS_REGIONS)
+    # An inferred convention's class names (class_<v>) say nothing: regions are named label_<v>.
+    names = {} if convention.name == "classes" else dict(zip(convention.source_values, convention.class_names, strict=True))
+    return per_label_regions(foreground, {v: names[v] for v in foreground if v in names})
+
+
+def looks_like_brats(values: Iterable[int]) -> bool:
+    """Whether label values (background optional) are BraTS 2017-21's: a subset of 0/1/2/4 holding 4."""
+    present = {int(v) for v in values} - {0}
+    return 4 in present and present <= set(BRATS_VALUES) and len(present) >= 2
+
+
+def per_label_regions(values: Iterable[int], names: Mapping[int, str] | None = None) -> dict[str, tuple[int, ...]]:
+    """One region per non-zero value (named ``names[v]``, else ``label_<v>``), plus their union
+    :data:`FOREGROUND` when there are two or more; a single unnamed label is the foreground itself."""
+    present = sorted({int(v) for v in values} - {0})
+    names = names or {}
+    if len(present) == 1 and present[0] not in names:
+        return {FOREGROUND: (present[0],)}
+    regions = {names.get(v, f"label_{v}"): (v,) for v in present}
+    if len(present) >= 2 and FOREGROUND not in regions:
+        regions[FOREGROUND] = tuple(present)
+    return regions
+
+
 #: Class index of voxels carrying a convention's ignore label (excluded from loss and metrics).
 IGNORE_INDEX = -1
 
@@ -266,7 +316,7 @@ CONVENTIONS: dict[str, LabelConvention] = {
         name="brats",
         source_values=(0, 1, 2, 4),
         class_names=_BRATS_NAMES,
-        regions={"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
+        regions=dict(BRATS_REGIONS),
     ),
     # BraTS 2013-2015: 3 = non-enhancing core, merged into 1 as the 2017+ challenges did.
     "brats2015": LabelConvention(
@@ -405,3 +455,33 @@ def _convention_from_file(path: Path) -> LabelConvention:
         return get_convention(spec)
     except Vox2VoxError as err:
         raise Vox2VoxError(f"{path}: {err}") from err
+
+
+#: What ``predict`` writes beside its label maps: the label convention of the model that wrote them,
+#: so ``evaluate`` scores the regions of that label set when the truth declares none.
+PREDICTION_RECORD = "labels.json"
+
+
+def write_prediction_record(folder: Path, convention: LabelConvention) -> Path:
+    """Record ``convention`` in a prediction folder (:data:`PREDICTION_RECORD`), atomically."""
+    path = Path(folder) / PREDICTION_RECORD
+    atomic_write_text(path, json.dumps({"written_by": "vox2vox predict", "label_convention": convention.to_json()},
+                                       indent=2) + "\n")
+    return path
+
+
+def read_prediction_record(folder: Path) -> LabelConvention | None:
+    """The convention recorded in a prediction folder, or None when it records none."""
+    path = Path(folder) / PREDICTION_RECORD
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise Vox2VoxError(f"{path}: unreadable label record ({err}); delete it or write the predictions again") from err
+    if not isinstance(data, dict) or data.get("written_by") != "vox2vox predict":
+        return None  # someone else's labels.json: not ours to read
+    try:
+        return get_convention(data["label_convention"])
+    except (KeyError, Vox2VoxError) as err:
+        raise Vox2VoxError(f"{path}: malformed label record ({err}); delete it or write the predictions again") from err

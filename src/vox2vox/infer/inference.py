@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from vox2vox.config import Config
 from vox2vox.data.cases import CaseFiles, DatasetSpec
-from vox2vox.data.labels import LabelConvention
+from vox2vox.data.labels import LabelConvention, write_prediction_record
 from vox2vox.data.loading import load_case
 from vox2vox.data.preprocessing import LoadedCase
 from vox2vox.data.seg_formats import (
@@ -503,5 +503,7 @@ def predict_dataset(
                 tqdm.write(f"{case.case_id}: failed: {reason}", file=sys.stderr)
     if report.uncertainty:
         report.uncertainty_csv = write_uncertainty_csv(scores_path, {**earlier, **report.uncertainty})
+    if report.written:
+        write_prediction_record(output_dir, convention)  # evaluate scores this label set's regions
     return report
 

@@ -1,9 +1,15 @@
 """Score a folder of predicted label maps against the ground truth, as BraTS does.
 
 ``evaluate_folder`` pairs predictions with truth cases BY CASE ID (never by list position),
-scores every case and region with :mod:`vox2vox.report.metrics` (missing predictions count as empty
-predictions, so they score Dice 0 / HD95 373.13 where the truth has tumour), and writes a per-case
-CSV plus a JSON summary (mean, std, median, quartiles per region and metric).
+scores every case and region with :mod:`vox2vox.report.metrics` and, for lesion-wise scores,
+:mod:`vox2vox.report.lesions` (missing predictions count as empty predictions, so they score Dice 0 /
+HD95 373.13 where the truth has tumour), and writes a per-case CSV, a per-lesion CSV and a JSON summary
+(mean, std, median, quartiles per region and metric; the label convention, regions and lesion rule).
+
+Regions come from the label set (:func:`vox2vox.data.labels.scoring_regions_for`): the convention given,
+else the dataset layout's, else the one recorded by the model that wrote the predictions, else the one
+read from the label values themselves (BraTS 0/1/2/4 -> WT/TC/ET; anything else: one region per label
+and their union).
 
 Predictions for case ``<id>`` are looked up in ``pred_dir`` as ``<id>.nii.gz``, ``<id>.nii``,
 ``<id>_seg.nii.gz``, ``<id>-seg.nii.gz`` or ``<id>/<id>_seg.nii.gz`` (first match wins). The truth is
@@ -28,13 +34,29 @@ import numpy as np
 from vox2vox.atomic import atomic_write_text
 from vox2vox.data.hdf5 import file_of
 from vox2vox.data.io import NIFTI_SUFFIXES, Geometry, read_volume, strip_volume_suffix
-from vox2vox.data.labels import LabelConvention, get_convention, round_label_map
+from vox2vox.data.labels import (
+    BRATS_REGIONS,
+    LabelConvention,
+    get_convention,
+    infer_convention,
+    read_prediction_record,
+    round_label_map,
+    scoring_regions_for,
+)
 from vox2vox.data.layouts import discover
 from vox2vox.errors import Vox2VoxError
-from vox2vox.report.metrics import BRATS_REGIONS, METRICS, label_regions, score_masks
+from vox2vox.report.lesions import LesionRule, get_lesion_rule, lesion_wise
+from vox2vox.report.metrics import METRICS, NSD_TOLERANCE_MM, label_regions, score_masks
+
+#: Lesion-wise scores per case and region (NaN when lesion-wise scoring is off).
+LESION_METRICS: tuple[str, ...] = ("lesion_dice", "lesion_hd95", "lesion_tp", "lesion_fp", "lesion_fn")
 
 #: CSV columns, in order: one row per case and region.
-CSV_COLUMNS: tuple[str, ...] = ("case", "region", *METRICS, "missing_prediction")
+CSV_COLUMNS: tuple[str, ...] = ("case", "region", *METRICS, *LESION_METRICS, "missing_prediction")
+
+#: Per-lesion CSV columns: one row per truth lesion or false-positive component.
+LESION_COLUMNS: tuple[str, ...] = ("case", "region", "kind", "lesion", "volume_ml", "counted", "n_components",
+                                   "dice", "hd95")
 
 #: Summary statistics over cases, per region and metric.
 STATISTICS: tuple[str, ...] = ("mean", "std", "median", "p25", "p75", "n")
@@ -42,7 +64,8 @@ STATISTICS: tuple[str, ...] = ("mean", "std", "median", "p25", "p75", "n")
 # Label-file name endings that are not part of the case id (BraTS 2018-21 and 2023 seg files).
 _LABEL_TAILS = ("_seg", "-seg")
 # Metrics shown in the printed table (volumes stay in the CSV and JSON).
-_TABLE_METRICS = (("dice", "Dice"), ("hd95", "HD95 mm"), ("sensitivity", "Sens"), ("specificity", "Spec"))
+_TABLE_METRICS = (("dice", "Dice"), ("hd95", "HD95 mm"), ("nsd", "NSD"), ("sensitivity", "Sens"), ("specificity", "Spec"),
+                  ("lesion_dice", "LW Dice"), ("lesion_hd95", "LW HD95"))
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,15 @@ class EvaluationResult:
     unmatched: tuple[str, ...] = ()
     csv_path: Path | None = None
     json_path: Path | None = None
+    #: Why these regions: the label convention used and where it came from.
+    regions_why: str = ""
+    convention: str = ""
+    #: The lesion-wise rule's description, or "off".
+    lesion_rule: str = "off"
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM
+    #: One dict per truth lesion / false-positive component, keys :data:`LESION_COLUMNS`.
+    lesions: tuple[dict[str, object], ...] = ()
+    lesions_path: Path | None = None
 
     def mean(self, region: str, metric: str = "dice") -> float:
         """Mean of ``metric`` over cases for ``region`` (e.g. ``result.mean("WT")``)."""
@@ -72,7 +104,8 @@ class EvaluationResult:
     def format_summary(self) -> str:
         """A printable table: one line per region and metric with mean, std, median, quartiles."""
         lines = [
-            f"Evaluated {len(self.case_ids)} case(s); regions: {', '.join(self.regions)}",
+            f"Scoring regions {', '.join(self.regions)}: {self.regions_why}",
+            f"Evaluated {len(self.case_ids)} case(s); NSD at {self.nsd_tolerance_mm:g} mm; {self.lesion_rule}",
         ]
         if self.missing:
             lines.append(
@@ -88,14 +121,18 @@ class EvaluationResult:
         lines += [header, "-" * len(header)]
         for region in self.regions:
             for key, title in _TABLE_METRICS:
-                stats = self.summary[region][key]
+                stats = self.summary[region].get(key)
+                if stats is None:
+                    continue
                 values = " ".join(
-                    f"{stats[s]:>9.4f}" if key != "hd95" else f"{stats[s]:>9.2f}"
+                    f"{stats[s]:>9.4f}" if "hd95" not in key else f"{stats[s]:>9.2f}"
                     for s in ("mean", "std", "median", "p25", "p75")
                 )
                 lines.append(f"{region:<10} {title:<9} {values}")
         if self.csv_path is not None:
             lines.append(f"Per-case scores: {self.csv_path}")
+        if self.lesions_path is not None:
+            lines.append(f"Per-lesion scores: {self.lesions_path}")
         if self.json_path is not None:
             lines.append(f"Summary: {self.json_path}")
         return "\n".join(lines)
@@ -104,7 +141,11 @@ class EvaluationResult:
         """JSON-serialisable summary (what is saved next to the CSV)."""
         return {
             "n_cases": len(self.case_ids),
+            "convention": self.convention,
             "regions": list(self.regions),
+            "regions_why": self.regions_why,
+            "lesion_rule": self.lesion_rule,
+            "nsd_tolerance_mm": self.nsd_tolerance_mm,
             "cases": list(self.case_ids),
             "missing_predictions": list(self.missing),
             "unmatched_predictions": list(self.unmatched),
@@ -116,9 +157,11 @@ def evaluate_folder(
     pred_dir: str | os.PathLike[str],
     truth: str | os.PathLike[str],
     *,
-    regions: Literal["brats", "labels"] | Mapping[str, Sequence[int]] = "brats",
+    regions: Literal["auto", "brats", "labels"] | Mapping[str, Sequence[int]] = "auto",
     convention: str | Mapping | LabelConvention | None = None,
     out_csv: str | os.PathLike[str] | None = None,
+    lesion_rule: str = "auto",
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
 ) -> EvaluationResult:
     """Score every truth case against its prediction in ``pred_dir``.
 
@@ -127,14 +170,19 @@ def evaluate_folder(
             the same grid (shape and affine) as the truth.
         truth: a dataset folder or manifest with labels (see :func:`vox2vox.data.layouts.discover`),
             or a folder of label files named by case id.
-        regions: ``"brats"``: the label convention's regions (WT/TC/ET; from ``convention``, else
-            the dataset's own convention, else BraTS 2018-21 values); ``"labels"``: one region per
-            non-zero label value found in any truth or prediction; or an explicit mapping
-            ``{name: label values}``.
+        regions: ``"auto"``: the regions of the label convention (``convention``, else the dataset
+            layout's, else the predicting model's, else read from the values: see
+            :func:`vox2vox.data.labels.scoring_regions_for`); ``"brats"``: the same, refused unless
+            they are BraTS's WT/TC/ET; ``"labels"``: one region per non-zero label value found in any
+            truth or prediction, plus their union; or an explicit mapping ``{name: label values}``.
         convention: a label convention name (``"brats2023"``), custom dict or
-            ``vox2vox.data.labels.LabelConvention`` whose regions to use with ``regions="brats"``.
+            ``vox2vox.data.labels.LabelConvention`` of the truth.
         out_csv: where to write the per-case CSV; the summary goes beside it as
-            ``<stem>_summary.json``. Nothing is written when None.
+            ``<stem>_summary.json``, the per-lesion scores as ``<stem>_lesions.csv``. Nothing is
+            written when None.
+        lesion_rule: a rule of :data:`vox2vox.report.lesions.LESION_RULES` (``glioma``,
+            ``metastases``, ...), ``off``, or ``auto``: ``glioma`` for BraTS regions, off otherwise.
+        nsd_tolerance_mm: surface tolerance of the normalised surface Dice, in mm.
 
     Raises:
         Vox2VoxError: unreadable folders, no labelled truth cases, or a prediction whose shape
@@ -165,11 +213,14 @@ def evaluate_folder(
         pairs.append((case_id, true_labels, pred_labels, true_geometry.spacing))
 
     ignore = _ignore_label(convention, dataset_convention)
-    region_map = _resolve_regions(regions, convention, dataset_convention, pairs)
+    region_map, conv_name, why = choose_regions(regions, convention, dataset_convention,
+                                                read_prediction_record(pred_dir), pairs, truth=truth)
     if ignore is not None:
         region_map = {k: tuple(v for v in vals if v != ignore) for k, vals in region_map.items()}
         region_map = {k: vals for k, vals in region_map.items() if vals}
+    rule = _lesion_rule(lesion_rule, region_map)
     rows: list[dict[str, object]] = []
+    lesion_rows: list[dict[str, object]] = []
     for case_id, true_labels, pred_labels, spacing in pairs:
         missing = pred_labels is None
         pred = np.zeros_like(true_labels) if pred_labels is None else pred_labels
@@ -179,8 +230,16 @@ def evaluate_folder(
             pred_mask, true_mask = np.isin(pred, values), np.isin(true_labels, values)
             if scored is not None:
                 pred_mask, true_mask = pred_mask & scored, true_mask & scored
-            scores = score_masks(pred_mask, true_mask, spacing=spacing)
-            rows.append({"case": case_id, "region": name, **scores, "missing_prediction": missing})
+            scores = score_masks(pred_mask, true_mask, spacing=spacing, nsd_tolerance_mm=nsd_tolerance_mm)
+            lesion_scores: dict[str, object] = dict.fromkeys(LESION_METRICS, math.nan)
+            if rule is not None:
+                found = lesion_wise(pred_mask, true_mask, spacing=spacing, rule=rule)
+                lesion_scores = {"lesion_dice": found.dice, "lesion_hd95": found.hd95, "lesion_tp": found.tp,
+                                 "lesion_fp": found.fp, "lesion_fn": found.fn}
+                lesion_rows += [{"case": case_id, "region": name, "kind": les.kind, "lesion": les.index,
+                                 "volume_ml": les.volume_ml, "counted": les.counted, "n_components": les.n_components,
+                                 "dice": les.dice, "hd95": les.hd95} for les in found.lesions]
+            rows.append({"case": case_id, "region": name, **scores, **lesion_scores, "missing_prediction": missing})
 
     missing_ids = tuple(c for c, _, p, _ in pairs if p is None)
     used = {predictions[c] for c in truth_files if c in predictions}
@@ -195,6 +254,11 @@ def evaluate_folder(
         summary=summarize(rows, regions=tuple(region_map)),
         missing=missing_ids,
         unmatched=unmatched,
+        regions_why=why,
+        convention=conv_name,
+        lesion_rule="lesion-wise off" if rule is None else rule.describe(),
+        nsd_tolerance_mm=float(nsd_tolerance_mm),
+        lesions=tuple(lesion_rows),
     )
     if out_csv is not None:
         result = write_result(result, out_csv)
@@ -242,8 +306,10 @@ def summarize(
     for region in regions:
         region_rows = [r for r in rows if r["region"] == region]
         summary[region] = {}
-        for metric in METRICS:
-            values = np.array([float(r[metric]) for r in region_rows], dtype=np.float64)  # type: ignore[arg-type]
+        for metric in (*METRICS, *LESION_METRICS):
+            values = np.array([float(r.get(metric, math.nan)) for r in region_rows], dtype=np.float64)  # type: ignore[arg-type]
+            if values.size and np.isnan(values).all():
+                continue  # a score not computed (lesion-wise off)
             if values.size == 0:
                 summary[region][metric] = {s: math.nan for s in STATISTICS[:-1]} | {"n": 0}
                 continue
@@ -259,20 +325,26 @@ def summarize(
 
 
 def write_result(result: EvaluationResult, out_csv: str | os.PathLike[str]) -> EvaluationResult:
-    """Write the per-case CSV and ``<stem>_summary.json`` beside it, atomically.
+    """Write the per-case CSV, ``<stem>_summary.json`` and (with lesion-wise scores)
+    ``<stem>_lesions.csv`` beside it, atomically.
 
-    Returns a copy of ``result`` that knows both paths.
+    Returns a copy of ``result`` that knows the paths.
     """
     out_csv = Path(out_csv)
     json_path = out_csv.with_name(f"{out_csv.stem}_summary.json")
-    buffer = _io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in result.rows:
-        writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS])
-    atomic_write_text(out_csv, buffer.getvalue())
+    lesions_path = out_csv.with_name(f"{out_csv.stem}_lesions.csv") if result.lesion_rule != "lesion-wise off" else None
+    tables = [(out_csv, CSV_COLUMNS, result.rows)]
+    if lesions_path is not None:
+        tables.append((lesions_path, LESION_COLUMNS, result.lesions))
+    for path, columns, rows in tables:
+        buffer = _io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_csv_cell(row[c]) for c in columns])
+        atomic_write_text(path, buffer.getvalue())
     atomic_write_text(json_path, json.dumps(result.to_json(), indent=2) + "\n")
-    return replace(result, csv_path=out_csv, json_path=json_path)
+    return replace(result, csv_path=out_csv, json_path=json_path, lesions_path=lesions_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,35 +463,56 @@ def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     return rounded.astype(np.int64), geometry
 
 
-def _resolve_regions(
-    regions: Literal["brats", "labels"] | Mapping[str, Sequence[int]],
+def choose_regions(
+    regions: Literal["auto", "brats", "labels"] | Mapping[str, Sequence[int]],
     convention: str | Mapping | LabelConvention | None,
     dataset_convention: LabelConvention | None,
+    model_convention: LabelConvention | None,
     pairs: Sequence[tuple[str, np.ndarray, np.ndarray | None, tuple[float, ...]]],
-) -> dict[str, tuple[int, ...]]:
+    *,
+    truth: Path,
+) -> tuple[dict[str, tuple[int, ...]], str, str]:
+    """The regions to score, the label convention's name, and a line saying why."""
+    values: set[int] = set()
+    for _, true_labels, pred_labels, _ in pairs:
+        values.update(np.unique(true_labels).tolist())
+        if pred_labels is not None:
+            values.update(np.unique(pred_labels).tolist())
+    shown = "/".join(str(v) for v in sorted(values | {0})[:12]) + ("/..." if len(values) > 12 else "")
     if isinstance(regions, Mapping):
-        return {str(k): tuple(int(v) for v in vals) for k, vals in regions.items()}
+        return {str(k): tuple(int(v) for v in vals) for k, vals in regions.items()}, "explicit", "regions given explicitly"
     if regions == "labels":
-        values: set[int] = set()
-        for _, true_labels, pred_labels, _ in pairs:
-            values.update(np.unique(true_labels).tolist())
-            if pred_labels is not None:
-                values.update(np.unique(pred_labels).tolist())
-        found = label_regions(values)
-        if not found:
-            # Every map is all background: score one empty "foreground" region (Dice 1 everywhere).
-            return {"foreground": tuple(range(1, 256))}
-        return found
-    if regions != "brats":
-        raise Vox2VoxError(f"regions {regions!r} is unknown; use brats or labels")
+        found = label_regions(values) or {"foreground": tuple(range(1, 256))}  # all background: one empty region
+        return found, "labels", f"one region per label value found ({shown}), as asked (--regions labels)"
+    if regions not in ("auto", "brats"):
+        raise Vox2VoxError(f"regions {regions!r} is unknown; use auto, brats or labels")
     if convention is not None:
-        chosen = get_convention(convention)
+        chosen, source = get_convention(convention), "given (--convention)"
+    elif dataset_convention is not None:
+        chosen, source = dataset_convention, "the dataset layout's"
+    elif model_convention is not None:
+        chosen, source = model_convention, "recorded by the model that wrote the predictions"
     else:
-        chosen = dataset_convention
-    chosen_regions = getattr(chosen, "regions", None) if chosen is not None else None
-    if chosen_regions:
-        return {str(k): tuple(int(v) for v in vals) for k, vals in chosen_regions.items()}
-    return dict(BRATS_REGIONS)
+        chosen, _ = infer_convention(values, where=truth)
+        source = "read from the label values"
+    region_map = scoring_regions_for(chosen)
+    brats = set(region_map) == set(BRATS_REGIONS)
+    if regions == "brats" and not brats:
+        raise Vox2VoxError(
+            f"{truth}: --regions brats needs BraTS labels, but the labels are {shown} (convention {chosen.name}, "
+            f"{source}); leave --regions out to score {', '.join(region_map)}, or give --convention"
+        )
+    name = chosen.name if chosen.name != "classes" or not brats else "brats (values 0/1/2/4)"
+    kind = "BraTS regions" if brats else ("the declared regions" if chosen.regions else "one region per label"
+                                          + (" and their union" if len(region_map) > 1 else ""))
+    return region_map, name, f"{kind} of label convention {name}, {source}; label values {shown}"
+
+
+def _lesion_rule(name: str, region_map: Mapping[str, Sequence[int]]) -> LesionRule | None:
+    """``auto``: the BraTS glioma rule for BraTS regions, off for other label sets."""
+    if name.strip().lower() == "auto":
+        return get_lesion_rule("glioma") if set(region_map) == set(BRATS_REGIONS) else None
+    return get_lesion_rule(name)
 
 
 def _csv_cell(value: object) -> str:

@@ -127,3 +127,35 @@ def _masked(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[torc
     p = torch.from_numpy(np.ascontiguousarray(pred[mask], dtype=np.float32))[None, None]
     t = torch.from_numpy(np.ascontiguousarray(truth[mask], dtype=np.float32))[None, None]
     return p, t
+
+
+#: The HU window of the synthesis challenges (SynthRAD 2023): both CTs are clipped to it, and its
+#: width (4024 HU) is the data range of PSNR and SSIM.
+HU_WINDOW = (-1024.0, 3000.0)
+
+#: A real target whose minimum lies at or below this is read as CT in HU (air is -1000 HU; MR
+#: intensities, raw or normalised, do not go this low).
+HU_FLOOR = -500.0
+
+
+def is_hounsfield(truth: np.ndarray) -> bool:
+    """Whether a real target volume is CT in Hounsfield units (see :data:`HU_FLOOR`)."""
+    return bool(truth.size) and float(np.min(truth)) <= HU_FLOOR
+
+
+def hounsfield_scores(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """A synthetic CT scored on the original HU scale, by the SynthRAD conventions: both clipped to
+    :data:`HU_WINDOW`; MAE (HU) and PSNR (dB, data range 4024 HU) over the mask; SSIM (data range
+    4024 HU) over the whole volume, and over the mask with everything outside it set to -1024 HU."""
+    mask = np.asarray(mask, dtype=bool)
+    low, high = HU_WINDOW
+    p = np.clip(np.asarray(pred, dtype=np.float32), low, high)
+    t = np.clip(np.asarray(truth, dtype=np.float32), low, high)
+    span = high - low
+    everywhere = np.ones(t.shape, dtype=bool)
+    return {
+        "mae_hu": mae(p, t, mask),
+        "psnr_hu": psnr(p, t, mask, value_range=span),
+        "ssim_hu": ssim(p, t, everywhere, value_range=span),
+        "ssim_hu_mask": ssim(np.where(mask, p, low), np.where(mask, t, low), mask, value_range=span),
+    }

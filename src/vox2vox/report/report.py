@@ -48,7 +48,10 @@ from vox2vox.rundir import RunDir, read_metrics
 
 _EVAL_COLUMNS = ("case", "region", "dice", "hd95")
 # Shown in the per-case table and summary (volumes stay in the CSV).
-_TABLE_METRICS = (("dice", "Dice", 3), ("hd95", "HD95 mm", 2), ("sensitivity", "Sens", 3), ("specificity", "Spec", 3))
+_TABLE_METRICS = (("dice", "Dice", 3), ("hd95", "HD95 mm", 2), ("nsd", "NSD", 3), ("sensitivity", "Sens", 3),
+                  ("specificity", "Spec", 3), ("lesion_dice", "lesion-wise Dice", 3),
+                  ("lesion_hd95", "lesion-wise HD95 mm", 2), ("lesion_tp", "TP lesions", 0),
+                  ("lesion_fp", "FP lesions", 0), ("lesion_fn", "missed lesions", 0))
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;background:#f6f7f9;color:#1d2228}
@@ -225,14 +228,19 @@ def _evaluation_section(inputs: ReportInputs, rows: Sequence[Mapping[str, str]])
     parts = ["<section><h2>Evaluation</h2>"]
     summary = _read_json(inputs.summary_json) if inputs.summary_json else None
     stats = summary.get("summary") if isinstance(summary, dict) else None
+    # Scores the evaluation computed (lesion-wise ones only with a lesion rule; older CSVs lack NSD).
+    shown = [m for m in _TABLE_METRICS if any(_num(r.get(m[0])) is not None for r in rows)]
+    if isinstance(summary, dict) and summary.get("regions_why"):
+        parts.append(f'<p class="note">Regions {_e(", ".join(summary.get("regions", [])))}: {_e(summary["regions_why"])}. '
+                     f'NSD at {_e(str(summary.get("nsd_tolerance_mm", "")))} mm; {_e(str(summary.get("lesion_rule", "")))}.</p>')
     if isinstance(stats, dict):
-        header = ["region", *(f"{t} mean &plusmn; std" for _, t, _ in _TABLE_METRICS), "Dice median [p25, p75]"]
+        header = ["region", *(f"{t} mean &plusmn; std" for _, t, _ in shown), "Dice median [p25, p75]"]
         lines = []
         for region in regions:
             if region not in stats:
                 continue
             cells = [_e(region)]
-            for key, _, digits in _TABLE_METRICS:
+            for key, _, digits in shown:
                 s = stats[region].get(key, {})
                 cells.append(f"{_fmt(s.get('mean'), digits)} &plusmn; {_fmt(s.get('std'), digits)}")
             d = stats[region].get("dice", {})
@@ -245,10 +253,10 @@ def _evaluation_section(inputs: ReportInputs, rows: Sequence[Mapping[str, str]])
     parts.append(_figure(lambda p: _save_box_plots(p, rows, regions), "per-case Dice and HD95 per region"))
     table_rows = []
     for row in rows:
-        table_rows.append([_e(row["case"]), _e(row["region"]), *(_fmt(row.get(k), d) for k, _, d in _TABLE_METRICS),
+        table_rows.append([_e(row["case"]), _e(row["region"]), *(_fmt(row.get(k), d) for k, _, d in shown),
                            "yes" if row.get("missing_prediction") in ("1", "True", "true") else ""])
     parts.append("<h3>Per case</h3>")
-    parts.append(_table(["case", "region", *(t for _, t, _ in _TABLE_METRICS), "missing"], table_rows, escape=False))
+    parts.append(_table(["case", "region", *(t for _, t, _ in shown), "missing"], table_rows, escape=False))
     parts.append("</section>")
     return "".join(parts)
 

@@ -28,11 +28,29 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.preprocessing import background_value
 from vox2vox.errors import Vox2VoxError
 from vox2vox.report.evaluation import index_predictions
-from vox2vox.report.image_metrics import normalise_pair, translation_scores
+from vox2vox.report.image_metrics import (
+    hounsfield_scores,
+    is_hounsfield,
+    normalise_pair,
+    translation_scores,
+)
 from vox2vox.report.report import _CSS, _e, _figure, _fmt, _kv_table, _table, _versions_section
 
 METRICS = (("mae", "MAE", 4), ("psnr", "PSNR dB", 2), ("ssim", "SSIM", 4))
 NORMALISATION = "both volumes z-scored over the mask, each by its own mean and standard deviation"
+#: Added for a CT target (the real volume in HU): the synthesis challenges' scores on the HU scale.
+HU_METRICS = (("mae_hu", "MAE HU", 1), ("psnr_hu", "PSNR(HU) dB", 2), ("ssim_hu", "SSIM(HU)", 4),
+              ("ssim_hu_mask", "SSIM(HU) mask", 4))
+#: What each column means: the summary JSON carries it, so no number is read under the wrong convention.
+CONVENTIONS = {
+    "mae": f"mean absolute error inside the mask, {NORMALISATION}",
+    "psnr": "PSNR inside the mask on the z-scored volumes, data range = the real volume's max - min in the mask",
+    "ssim": "SSIM (11^3 Gaussian window) averaged over the mask on the z-scored volumes, same data range",
+    "mae_hu": "CT target: mean absolute error in HU inside the mask, both clipped to [-1024, 3000] HU (SynthRAD)",
+    "psnr_hu": "CT target: PSNR inside the mask, both clipped to [-1024, 3000] HU, data range 4024 HU (SynthRAD)",
+    "ssim_hu": "CT target: SSIM over the whole volume, clipped to [-1024, 3000] HU, data range 4024 HU",
+    "ssim_hu_mask": "CT target: SSIM averaged over the mask, outside the mask set to -1024 HU, data range 4024 HU",
+}
 
 
 @dataclass(frozen=True)
@@ -51,10 +69,14 @@ class TranslationEvaluation:
     truth_cases: dict[str, TruthCase] = field(default_factory=dict)
     predictions: dict[str, Path] = field(default_factory=dict)
 
+    def metrics(self) -> tuple[tuple[str, str, int], ...]:
+        """The score columns present: :data:`METRICS`, and :data:`HU_METRICS` when a target is CT."""
+        return METRICS + (HU_METRICS if any("mae_hu" in r for r in self.rows) else ())
+
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
-        for key, _, _ in METRICS:
-            values = np.array([float(r[key]) for r in self.rows], dtype=np.float64)
+        for key, _, _ in self.metrics():
+            values = np.array([float(r.get(key, np.nan)) for r in self.rows], dtype=np.float64)
             finite = values[np.isfinite(values)]
             if finite.size:
                 p25, median, p75 = np.percentile(finite, [25, 50, 75])
@@ -64,7 +86,7 @@ class TranslationEvaluation:
 
     def format_summary(self) -> str:
         lines = [f"{len(self.rows)} case(s) scored inside the mask ({NORMALISATION})"]
-        for key, name, digits in METRICS:
+        for key, name, digits in self.metrics():
             s = self.summary().get(key)
             if s:
                 lines.append(f"  {name:8s} mean {s['mean']:.{digits}f} +- {s['std']:.{digits}f}  median {s['median']:.{digits}f}")
@@ -96,8 +118,10 @@ def evaluate_translation(pred_dir: str | os.PathLike[str], truth: str | os.PathL
         _same_grid(pred_geometry, geometry, pred_path, real_path)
         region, how = _case_mask(case_id, cases[case_id], masks, real, geometry)
         scores = translation_scores(pred.astype(np.float32), real.astype(np.float32), region)
-        rows.append({"case": case_id, **{k: scores[k] for k, _, _ in METRICS}, "voxels": int(scores["voxels"]),
-                     "mask": how})
+        if is_hounsfield(real):
+            scores.update(hounsfield_scores(pred, real, region))
+        rows.append({"case": case_id, **{k: scores[k] for k, _, _ in METRICS + HU_METRICS if k in scores},
+                     "voxels": int(scores["voxels"]), "mask": how})
     result = TranslationEvaluation(rows, sorted(set(cases) - set(predictions)), pred_dir, truth,
                                    {k: cases[k] for k in paired}, {k: predictions[k] for k in paired})
     if out_csv is not None:
@@ -110,11 +134,13 @@ def write_translation_result(result: TranslationEvaluation, out_csv: str | os.Pa
     """The per-case CSV, ``<stem>_summary.json`` beside it and ``<stem>_report.html``; returns the page."""
     out_csv = Path(out_csv)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["case", *(k for k, _, _ in METRICS), "voxels", "mask"])
+    writer = csv.DictWriter(buffer, fieldnames=["case", *(k for k, _, _ in result.metrics()), "voxels", "mask"],
+                            restval="")
     writer.writeheader()
     writer.writerows(result.rows)
     atomic_write_text(out_csv, buffer.getvalue())
     summary = {"task": "translate", "normalisation": NORMALISATION, "cases": len(result.rows),
+               "columns": {k: CONVENTIONS[k] for k, _, _ in result.metrics()},
                "summary": result.summary(), "missing_predictions": result.missing}
     atomic_write_text(out_csv.with_name(f"{out_csv.stem}_summary.json"), json.dumps(summary, indent=2) + "\n")
     page = out_csv.with_name(f"{out_csv.stem}_report.html")
@@ -194,9 +220,9 @@ def render_translation_html(result: TranslationEvaluation, masks: dict[str, Path
     summary = _table(["metric", "mean &plusmn; std", "median [p25, p75]"], [
         [name, f"{_fmt(stats.get(k, {}).get('mean'), d)} &plusmn; {_fmt(stats.get(k, {}).get('std'), d)}",
          f"{_fmt(stats.get(k, {}).get('median'), d)} [{_fmt(stats.get(k, {}).get('p25'), d)}, "
-         f"{_fmt(stats.get(k, {}).get('p75'), d)}]"] for k, name, d in METRICS], escape=False)
-    table = _table(["case", *(n for _, n, _ in METRICS), "voxels", "mask"],
-                   [[_e(str(r["case"])), *(_fmt(r[k], d) for k, _, d in METRICS), str(r["voxels"]), _e(str(r["mask"]))]
+         f"{_fmt(stats.get(k, {}).get('p75'), d)}]"] for k, name, d in result.metrics()], escape=False)
+    table = _table(["case", *(n for _, n, _ in result.metrics()), "voxels", "mask"],
+                   [[_e(str(r["case"])), *(_fmt(r.get(k), d) for k, _, d in result.metrics()), str(r["voxels"]), _e(str(r["mask"]))]
                     for r in result.rows], escape=False)
     ranked = sorted(result.rows, key=lambda r: float(r["ssim"]), reverse=True)
     picks = [("best", ranked[0])] + ([("worst", ranked[-1])] if len(ranked) > 1 else [])

@@ -256,7 +256,8 @@ def make_validator(val_cases: Sequence[Any], convention: Any, config: Config,
                    head: OutputHead | None = None, *, example: dict[str, np.ndarray] | None = None) -> Validator:
     """Score the generator on whole, un-augmented validation volumes: mean Dice over regions.
 
-    Regions are the convention's (BraTS: WT, TC, ET) or one per foreground class; the score per
+    Regions are the label set's scoring regions (:func:`vox2vox.data.labels.scoring_regions_for`, as
+    evaluate scores them: BraTS WT/TC/ET, else each label and their union); the score per
     case follows the BraTS rule for empty masks (both empty: Dice 1). ``example``, when given, is
     filled at every validation with the first case's axial slice holding the most foreground:
     ``image`` (first channel), ``truth`` and ``prediction`` (class indices), for the tracker.
