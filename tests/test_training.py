@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -143,6 +144,61 @@ def test_without_the_adversarial_part_the_discriminator_never_changes():
     assert same(d0, params(state.discriminator))
     assert all(p.grad is None for p in state.discriminator.parameters())
     assert not same(g0, params(state.generator))
+
+
+def test_the_critic_updates_on_every_kth_step_only_and_the_generator_on_every_step():
+    config = tiny_config(discriminator={"update_every": 3})
+    state = build_state(config)
+    updated = []
+    for seed in range(6):
+        d0, g0 = params(state.discriminator), params(state.generator)
+        out = train_step(state, *batch(seed), config)
+        updated.append(not same(d0, params(state.discriminator)))
+        assert "loss_adv" in out and not same(g0, params(state.generator))
+        assert ("loss_d" in out) is updated[-1]
+    assert updated == [True, False, False, True, False, False]
+
+
+def test_a_coarser_critic_sees_the_pair_pooled_and_its_map_shrinks():
+    from vox2vox.model.discriminator import Discriminator
+
+    config = tiny_config(discriminator={"input_scale": 2}, train={"patch_size": [32, 32, 32]})
+    full = dataclasses.replace(config.discriminator, input_scale=1)
+    image, seg = torch.randn(1, 2, 32, 32, 32), torch.rand(1, N_CLASSES, 32, 32, 32)
+    coarse, plain = Discriminator(config.discriminator), Discriminator(full)
+    plain.load_state_dict(coarse.state_dict())
+    coarse.eval(), plain.eval()
+    pooled = torch.nn.functional.avg_pool3d
+    assert torch.allclose(coarse(image, seg), plain(pooled(image, 2), pooled(seg, 2)))
+    assert config.discriminator.min_input_size() == 2 * full.min_input_size()
+    with pytest.raises(Vox2VoxError, match="discriminator needs at least"):
+        tiny_config(discriminator={"input_scale": 2})  # 16^3 patches pool to 8^3: too small for it
+    state = build_state(config)
+    out = train_step(state, torch.randn(2, 2, 32, 32, 32), torch.randint(0, N_CLASSES, (2, 32, 32, 32)), config)
+    assert out["d_updated"] == 1.0 and np.isfinite(out["loss_adv"])
+
+
+def test_feature_matching_pulls_the_fake_pair_towards_the_real_one_in_the_critics_features():
+    config = tiny_config(loss={"lambda_fm": 10.0}, discriminator={"update_every": 2})
+    state = build_state(config)
+    for seed in range(2):  # a step with the critic's half-step, then one without (real features recomputed)
+        out = train_step(state, *batch(seed), config)
+        assert out["loss_fm"] > 0
+    plain = tiny_config()
+    state_fm, state_plain = build_state(config), build_state(plain)
+    torch.manual_seed(0)  # the critic's dropout draws the same masks in both steps
+    out_fm = train_step(state_fm, *batch(), config)
+    torch.manual_seed(0)
+    out_plain = train_step(state_plain, *batch(), plain)
+    # Same seeds and weights: the objectives differ by exactly the weighted feature-matching term.
+    assert out_fm["loss_g"] == pytest.approx(out_plain["loss_g"] + 10.0 * out_fm["loss_fm"], rel=1e-5)
+
+
+@pytest.mark.parametrize(("key", "value"), [("discriminator.input_scale", 0), ("discriminator.update_every", 0),
+                                            ("loss.lambda_fm", -1.0)])
+def test_cheaper_critic_keys_are_validated(key, value):
+    with pytest.raises(Vox2VoxError, match=key):
+        Config().with_overrides([f"{key}={value}", "loss.adversarial=false"])
 
 
 # ---- fit --------------------------------------------------------------------------------------

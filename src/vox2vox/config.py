@@ -240,6 +240,8 @@ SIZE_LIMITS: dict[str, int] = {
     "discriminator.max_filters": 4096,
     "discriminator.kernel_size": 15,
     "discriminator.n_strided": 8,
+    "discriminator.input_scale": 16,
+    "discriminator.update_every": 1000,
     "preprocess.pad_multiple": 1024,
     "augment.elastic_points": 64,
 }
@@ -441,12 +443,18 @@ DESCRIPTIONS: dict[str, str] = {
     "discriminator.negative_slope": "LeakyReLU slope",
     "discriminator.norm": "instance, batch or none",
     "discriminator.norm_eps": "normalisation epsilon",
+    "discriminator.input_scale": "the critic judges the (image, segmentation) pair average-pooled by this factor "
+                                 "(2: 8x fewer voxels per critic pass; 1: as given, the paper)",
+    "discriminator.update_every": "the critic's half-step runs on every k-th training step only (the generator's "
+                                  "adversarial term still every step; 1: every step, the paper)",
     "loss.adversarial": "train with the discriminator (false: the generator alone on the Dice/CE terms)",
     "loss.dice": "generalized (the paper's one ratio over the batch) or per_sample (mean soft Dice per sample and class)",
     "loss.lambda_adv": "weight of the adversarial (LSGAN) term in the generator objective (paper: 1)",
     "loss.adversarial_start": "fraction of training before the adversarial term and D start (paper: 0)",
     "loss.lambda_dice": "weight of the Dice loss in the generator objective",
     "loss.lambda_ce": "weight of the voxel-wise cross-entropy (0: off, as the paper)",
+    "loss.lambda_fm": "weight of pix2pixHD's feature matching: L1 between the critic's hidden activations on "
+                      "the real and the fake pair, while the critic runs (0: off)",
     "loss.dice_weighting": "class weights of the generalized Dice: fixed, sudre or uniform",
     "loss.class_weights": "fixed class weights; null: computed from the training labels (N / (C * n_c))",
     "loss.eps": "smoothing term of the Dice ratio",

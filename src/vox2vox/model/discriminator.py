@@ -9,6 +9,12 @@ as the least-squares GAN loss expects.
 
 Shapes: image ``(B, in_channels, D, H, W)``, segmentation ``(B, n_classes, D, H, W)`` (one-hot or
 softmax), output ``(B, 1, d, h, w)`` patch scores.
+
+A cheaper critic (docs/method.md, "A cheaper critic"): ``input_scale = s`` judges the pair
+average-pooled by ``s`` (s^3 fewer voxels in every layer; the last ``size mod s`` voxels of an axis
+are not seen); ``update_every = k`` makes training run the critic's half-step on every k-th step
+only (read by :mod:`vox2vox.train.training`); ``forward(..., features=True)`` also returns the
+activations of every hidden layer, for the feature-matching term (``loss.lambda_fm``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vox2vox.errors import Vox2VoxError
@@ -42,10 +49,14 @@ class DiscriminatorConfig:
     negative_slope: float = 0.3
     norm: NormKind = "instance"
     norm_eps: float = 1e-3
+    # The critic judges the (image, segmentation) pair average-pooled by this factor (1: as given).
+    input_scale: int = 1
+    # The critic's half-step runs on every k-th training step only (1: every step, as the paper).
+    update_every: int = 1
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "discriminator", "in_channels", "n_classes", "base_filters", "max_filters",
-                            "n_strided", "kernel_size")
+                            "n_strided", "kernel_size", "input_scale", "update_every")
         if not 0.0 <= self.dropout < 1.0:
             raise Vox2VoxError(f"discriminator.dropout={self.dropout}: must be in [0, 1)")
 
@@ -80,10 +91,11 @@ class DiscriminatorConfig:
         return self.norm == "none" or min(normed) >= 2
 
     def min_input_size(self) -> int:
+        """The smallest patch side the critic accepts (before its ``input_scale`` pooling)."""
         size = 1
         while not self.fits(size):
             size += 1
-        return size
+        return size * self.input_scale
 
 
 class Discriminator(nn.Module):
@@ -116,7 +128,9 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(*layers)
         init_he_normal(self)
 
-    def forward(self, image: torch.Tensor, segmentation: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, segmentation: torch.Tensor, *,
+                features: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Raw patch scores; with ``features`` also every hidden layer's activation (after its LeakyReLU)."""
         cfg = self.config
         if image.shape[1] != cfg.in_channels or segmentation.shape[1] != cfg.n_classes:
             raise Vox2VoxError(
@@ -128,9 +142,19 @@ class Discriminator(nn.Module):
                 f"image {tuple(image.shape[2:])} and segmentation {tuple(segmentation.shape[2:])} differ in size"
             )
         smallest = min(image.shape[2:])
-        if not cfg.fits(smallest):
+        if smallest < cfg.min_input_size():
             raise Vox2VoxError(
                 f"patch size {tuple(image.shape[2:])} is too small for the discriminator "
                 f"({cfg.n_strided} stride-2 layers need at least {cfg.min_input_size()} voxels per axis)"
             )
-        return self.net(torch.cat([image, segmentation.to(image.dtype)], dim=1))
+        x = torch.cat([image, segmentation.to(image.dtype)], dim=1)
+        if cfg.input_scale > 1:
+            x = F.avg_pool3d(x, cfg.input_scale)
+        if not features:
+            return self.net(x)
+        hidden = []
+        for layer in self.net:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                hidden.append(x)
+        return x, hidden

@@ -39,6 +39,9 @@ class LossConfig:
     adversarial_start: float = 0.0
     lambda_dice: float = 5.0
     lambda_ce: float = 0.0
+    # pix2pixHD's feature matching: L1 between the critic's hidden activations on the real and the
+    # fake pair, added to the generator's objective with this weight while the critic runs (0: off).
+    lambda_fm: float = 0.0
     dice_weighting: DiceWeighting = "fixed"
     # Filled from the training labels when ``dice_weighting == "fixed"`` (w_c = N / (C * n_c)).
     class_weights: tuple[float, ...] | None = None
@@ -57,6 +60,8 @@ class LossConfig:
             raise Vox2VoxError(f"loss.lambda_dice={self.lambda_dice}: must be >= 0")
         if not self.lambda_ce >= 0:
             raise Vox2VoxError(f"loss.lambda_ce={self.lambda_ce}: must be >= 0")
+        if not self.lambda_fm >= 0:
+            raise Vox2VoxError(f"loss.lambda_fm={self.lambda_fm}: must be >= 0")
         if not self.adversarial and self.lambda_dice == 0 and self.lambda_ce == 0:
             raise Vox2VoxError("loss: with adversarial=false, lambda_dice or lambda_ce must be > 0 or nothing is trained")
 
@@ -70,6 +75,13 @@ def lsgan_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tenso
 def lsgan_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     """mean((1 - D(x, G(x)))^2): the generator wants its pairs judged real."""
     return (1.0 - fake_scores.float()).square().mean()
+
+
+def feature_matching_loss(fake_features: list[torch.Tensor], real_features: list[torch.Tensor]) -> torch.Tensor:
+    """pix2pixHD's feature matching: the mean over the critic's hidden layers of the L1 distance
+    between the fake pair's activations and the real pair's (a target: no gradient flows into it)."""
+    terms = [torch.mean(torch.abs(f.float() - r.detach().float())) for f, r in zip(fake_features, real_features, strict=True)]
+    return torch.stack(terms).mean()
 
 
 def discriminator_accuracy(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:

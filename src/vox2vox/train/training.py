@@ -49,6 +49,7 @@ from vox2vox.model.losses import (
     binary_cross_entropy_from_probs,
     cross_entropy_from_probs,
     discriminator_accuracy,
+    feature_matching_loss,
     fixed_class_weights,
     labelled_mask,
     lsgan_discriminator_loss,
@@ -95,9 +96,14 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
         fake = state.generator(image)  # the fake segmentation, once per step
     out: dict[str, float] = {}
     adversarial = config.loss.adversarial and progress >= config.loss.adversarial_start
-    if adversarial:
-        out.update(_update_discriminator(state, image, target, fake, config, mask=mask))
-    out.update(_update_generator(state, image, target, fake, config, adversarial=adversarial, mask=mask))
+    real_features: list[torch.Tensor] | None = None
+    # discriminator.update_every = k: the critic's half-step (its two forwards and its backward) on
+    # every k-th step only; the generator's adversarial term runs every step.
+    if adversarial and state.step % config.discriminator.update_every == 0:
+        d_out, real_features = _update_discriminator(state, image, target, fake, config, mask=mask)
+        out.update(d_out)
+    out.update(_update_generator(state, image, target, fake, config, adversarial=adversarial, mask=mask,
+                                 real_features=real_features))
     # Logged values are means over the global batch (each rank saw an equal share).
     return distributed.mean_over_ranks(out)
 
@@ -105,13 +111,20 @@ def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor, conf
 def _update_discriminator(
     state: TrainState, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, config: Config, *,
     mask: torch.Tensor | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[torch.Tensor] | None]:
     """D's half-step on (image, truth) and (image, detached fake), unless the accuracy gate holds it.
-    Ignore-label voxels (``mask`` 0) show D the fake's own values there, so it cannot learn from them."""
+    Ignore-label voxels (``mask`` 0) show D the fake's own values there, so it cannot learn from them.
+    Returns the losses and, when ``loss.lambda_fm`` asks for them, the real pair's hidden
+    activations (detached; pix2pixHD reuses the critic's real pass the same way)."""
     D, gate = state.discriminator, config.train.d_accuracy_gate
     real = target if mask is None else target * mask + fake.detach().float() * (1 - mask)
+    real_features = None
     with autocast(state.device, state.amp):
-        real_scores = D(image, real)
+        if config.loss.lambda_fm > 0:
+            real_scores, hidden = D(image, real, features=True)
+            real_features = [h.detach() for h in hidden]
+        else:
+            real_scores = D(image, real)
         fake_scores = D(image, fake.detach())
     loss_d = lsgan_discriminator_loss(real_scores, fake_scores)
     accuracy = distributed.mean_over_ranks(
@@ -123,14 +136,16 @@ def _update_discriminator(
         state.opt_d.zero_grad(set_to_none=True)
         state.scaler.scale(loss_d).backward()
         state.scaler.step(state.opt_d)
-    return {"loss_d": loss_d.item(), "d_acc": accuracy, "d_updated": float(update_d)}
+    return {"loss_d": loss_d.item(), "d_acc": accuracy, "d_updated": float(update_d)}, real_features
 
 
 def _update_generator(
     state: TrainState, image: torch.Tensor, target: torch.Tensor, fake: torch.Tensor, config: Config, *,
-    adversarial: bool, mask: torch.Tensor | None = None,
+    adversarial: bool, mask: torch.Tensor | None = None, real_features: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """G's half-step with D frozen: the task's term (Dice + CE, or L1 + SSIM) + lambda_adv * adversarial term."""
+    """G's half-step with D frozen: the task's term (Dice + CE, or L1 + SSIM) + lambda_adv * adversarial
+    term (+ lambda_fm * feature matching against ``real_features``, computed here when D's half-step
+    did not run this step)."""
     loss_cfg = config.loss
     if config.task.translate:
         loss_g, out = translation_loss(fake, target, config.task)
@@ -151,7 +166,18 @@ def _update_generator(
         frozen.requires_grad_(False)
         try:
             with autocast(state.device, state.amp):
-                loss_adv = lsgan_generator_loss(frozen(image, fake))
+                if loss_cfg.lambda_fm > 0:
+                    if real_features is None:
+                        with torch.no_grad():
+                            real = target if mask is None else target * mask + fake.detach().float() * (1 - mask)
+                            real_features = frozen(image, real, features=True)[1]
+                    scores, fake_features = frozen(image, fake, features=True)
+                    loss_fm = feature_matching_loss(fake_features, real_features)
+                    loss_g = loss_g + loss_cfg.lambda_fm * loss_fm
+                    out["loss_fm"] = loss_fm.item()
+                else:
+                    scores = frozen(image, fake)
+                loss_adv = lsgan_generator_loss(scores)
         finally:
             frozen.requires_grad_(True)
         loss_g = loss_g + loss_cfg.lambda_adv * loss_adv
