@@ -33,6 +33,7 @@ from vox2vox.device import cpu_bf16
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.translation import TaskConfig
 from vox2vox.progress import bar_hidden
+from vox2vox.train.adversarial import adversarial_decision
 from vox2vox.train.planning import estimate_memory
 from vox2vox.train.runs import find_labelled_cases
 from vox2vox.train.schedule import format_duration
@@ -215,7 +216,7 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
         assert task is not None
         _translation_objective(cfg, plan, task)
     else:
-        _segmentation_objective(cfg, plan, fp, convention)
+        _segmentation_objective(cfg, plan, fp, convention, device=device, budget_seconds=budget_seconds)
     batch = 2
     cfg["train"].update(patch_size=list(patch), batch_size=batch, foreground_prob=0.9 if translate else 0.5,
                         select="last", tune_prediction=not translate, device=device.kind, val_every=1)
@@ -271,8 +272,10 @@ def validation_cases(n_labelled: int) -> tuple[int, str]:
 
 
 def _segmentation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, fp: Fingerprint,
-                            convention: LabelConvention | None) -> None:
-    """Outputs, loss and optimiser of a segmentation run."""
+                            convention: LabelConvention | None, *, device: Device,
+                            budget_seconds: float | None) -> None:
+    """Outputs, loss and optimiser of a segmentation run; the adversarial term by
+    :func:`vox2vox.train.adversarial.adversarial_decision`'s rule and evidence."""
     regions = _nested_regions(convention)
     if len(regions) >= 2:
         # Measured, not assumed: at CPU budgets region outputs scored below class outputs on the
@@ -280,13 +283,14 @@ def _segmentation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, fp: Fing
         plan.why(f"outputs: one softmax per class; the nested regions {'/'.join(regions)} can be trained "
                  "directly (--set generator.output=regions), which did not score higher in the CPU-budget "
                  "rounds of benchmarks/RESULTS.md")
-    cfg["loss"].update(adversarial=True, dice="per_sample", lambda_dice=1.0, lambda_ce=1.0, lambda_adv=0.1,
+    decision = adversarial_decision(device.kind, budget_seconds)
+    # lambda_adv and adversarial_start are planned either way: --set loss.adversarial=true alone
+    # then gives the method's light, late term.
+    cfg["loss"].update(adversarial=decision.use, dice="per_sample", lambda_dice=1.0, lambda_ce=1.0, lambda_adv=0.1,
                        adversarial_start=0.3, dice_weighting="uniform")
     small = [i for i, f in enumerate(fp.class_fraction) if 0 < f < 0.01 and i > 0]
-    plan.why("loss Dice (per sample and class) + cross-entropy + 0.1 x LSGAN from 30% of training: "
-             "Dice+CE converges fastest; the critic joins once the segmentations are plausible"
-             + (f"; classes {small} hold < 1% of voxels, which per-sample Dice weights as much as the rest"
-                if small else ""))
+    plan.why(decision.reason + (f"; classes {small} hold < 1% of voxels, which per-sample Dice weights as much "
+                                "as the rest" if small else ""))
     cfg["optim"].update(lr_g=1e-3, lr_d=2e-4, beta1=0.9, beta1_d=0.5, schedule="poly")
     plan.why("optimiser Adam, generator lr 1e-3 (beta1 0.9), critic 2e-4 (beta1 0.5), poly decay to 0 "
              "at the end of the budget")
