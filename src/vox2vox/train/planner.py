@@ -211,7 +211,9 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     d_width = 8 if device.kind == "cpu" else 32
     cfg["discriminator"].update(base_filters=d_width, max_filters=8 * d_width, dropout=0.0,
                                 in_channels=n_in, n_classes=n_out)
-    plan.why(f"discriminator width {d_width}: a small critic costs about a fifth of a step")
+    plan.why(f"discriminator width {d_width}: a small critic; once it runs it adds about 55% to a CPU step, "
+             "13% with --set discriminator.input_scale=2 (it judges the pair pooled by 2; benchmarks/RESULTS.md, "
+             "critic_cost.py)")
     if translate:
         assert task is not None
         _translation_objective(cfg, plan, task)
