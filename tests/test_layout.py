@@ -54,7 +54,7 @@ def test_layout_has_the_subpackages_and_no_flat_leftovers():
     for sub in SUBPACKAGES:
         assert (PACKAGE / sub / "__init__.py").is_file(), sub
     top = {p.stem for p in PACKAGE.glob("*.py")}
-    assert top == {"__init__", "api", "atomic", "cli", "config", "demo", "device", "errors", "rundir"}
+    assert top == {"__init__", "api", "atomic", "cli", "config", "demo", "device", "errors", "rundir", "version"}
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -65,6 +65,15 @@ def test_imports_follow_the_data_flow(path):
             assert not _is_within(name, banned), f"{path.name} ({sub}/) imports {name}"
         if path.name != "cli.py" or sub is not None:
             assert not _is_within(name, "vox2vox.cli"), f"{path.relative_to(PACKAGE)} imports the CLI"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_nothing_imports_the_package_root(path):
+    # The root is the face that lazily loads the Python API; the version lives in vox2vox.version.
+    if path.relative_to(PACKAGE) == Path("__init__.py"):
+        return
+    root = [name for name, _ in _imports(path) if name == "vox2vox"]
+    assert not root, f"{path.relative_to(PACKAGE)} imports the package root"
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
