@@ -13,7 +13,7 @@ import pytest
 import torch
 from monai.losses import DiceLoss
 
-from vox2vox.config import Config, load_config
+from vox2vox.config import Config, load_config, parse_duration
 from vox2vox.data.fingerprint import Fingerprint, fingerprint_dataset
 from vox2vox.data.labels import get_convention
 from vox2vox.data.layouts import discover
@@ -24,7 +24,7 @@ from vox2vox.model.residual import ResidualGenerator, build_generator
 from vox2vox.model.translation import TaskConfig
 from vox2vox.train.planner import Device, make_plan, plan_to_toml, target_spacing
 from vox2vox.train.planning import estimate_memory
-from vox2vox.train.schedule import lr_factor, parse_duration
+from vox2vox.train.schedule import lr_factor
 from vox2vox.train.selection import choose_prediction_options
 
 BRATS_LIKE = Fingerprint(
