@@ -306,8 +306,9 @@ def _train(args: argparse.Namespace) -> int:
     import time
 
     from vox2vox.config import Config, parse_duration
+    from vox2vox.device import detect_device
     from vox2vox.train.finetune import explicit_keys, finetune_config, load_source
-    from vox2vox.train.planner import default_budget, detect_device, plan_dataset, plan_to_toml
+    from vox2vox.train.planner import default_budget, plan_dataset, plan_to_toml
     from vox2vox.train.runlock import check_run_folder
     from vox2vox.train.runs import train_on_dataset
     from vox2vox.train.tracking import check_tracking
@@ -513,7 +514,8 @@ def _cv(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from vox2vox.atomic import atomic_write_text
     from vox2vox.config import parse_duration
-    from vox2vox.train.planner import default_budget, detect_device, plan_dataset, plan_to_toml
+    from vox2vox.device import detect_device
+    from vox2vox.train.planner import default_budget, plan_dataset, plan_to_toml
     from vox2vox.train.planning import estimate_memory
 
     if args.data:

@@ -28,6 +28,7 @@ from vox2vox.data.fingerprint import Fingerprint, fingerprint_dataset
 from vox2vox.data.labels import LabelConvention
 from vox2vox.data.layouts import discover
 from vox2vox.data.translation import resolve_channels
+from vox2vox.device import Device
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.translation import TaskConfig
 from vox2vox.train.planning import estimate_memory
@@ -55,14 +56,6 @@ SIZE_STEP = 16  # patches and padded volumes are multiples of this (generator de
 OVERHEAD = 0.15
 
 
-@dataclass(frozen=True)
-class Device:
-    kind: str  # "cpu" or "cuda"
-    memory_bytes: int
-    name: str = ""
-    threads: int = 1
-
-
 @dataclass
 class Plan:
     config: dict[str, Any]
@@ -73,19 +66,6 @@ class Plan:
 
     def why(self, line: str) -> None:
         self.reasons.append(line)
-
-
-def detect_device(choice: str = "auto") -> Device:
-    """The device a plan targets: CUDA when asked for or available, else this CPU."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise Vox2VoxError(f"--device {choice!r}: choose auto, cpu or cuda")
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise Vox2VoxError("--device cuda: no CUDA device is visible to PyTorch")
-        props = torch.cuda.get_device_properties(0)
-        return Device("cuda", int(props.total_memory), props.name, torch.get_num_threads())
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return Device("cpu", int(memory), "cpu", torch.get_num_threads())
 
 
 # ---- the rules ---------------------------------------------------------------------------------
