@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vox2vox import __version__
 from vox2vox.errors import Vox2VoxError
 from vox2vox.rundir import RunDir
-from vox2vox.version import __version__
 
 # Each command imports the library it calls inside its handler (the one deliberate exception to
 # imports at module top): the library pulls in torch and MONAI (several seconds), which
