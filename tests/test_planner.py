@@ -22,8 +22,8 @@ from vox2vox.model.checkpoint import load_checkpoint
 from vox2vox.model.losses import one_hot, per_sample_dice_loss
 from vox2vox.model.residual import ResidualGenerator, build_generator
 from vox2vox.model.translation import TaskConfig
+from vox2vox.train.memory import estimate_memory
 from vox2vox.train.planner import Device, make_plan, plan_to_toml, target_spacing
-from vox2vox.train.planning import estimate_memory
 from vox2vox.train.schedule import lr_factor
 from vox2vox.train.selection import choose_prediction_options
 

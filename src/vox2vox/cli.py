@@ -515,8 +515,8 @@ def _plan(args: argparse.Namespace) -> int:
     from vox2vox.atomic import atomic_write_text
     from vox2vox.config import parse_duration
     from vox2vox.device import detect_device
+    from vox2vox.train.memory import estimate_memory
     from vox2vox.train.planner import default_budget, plan_dataset, plan_to_toml
-    from vox2vox.train.planning import estimate_memory
 
     if args.data:
         config = _config_from_args(args)

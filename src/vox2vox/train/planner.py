@@ -31,7 +31,7 @@ from vox2vox.data.translation import resolve_channels
 from vox2vox.device import Device
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.translation import TaskConfig
-from vox2vox.train.planning import estimate_memory
+from vox2vox.train.memory import estimate_memory
 from vox2vox.train.runs import find_labelled_cases
 from vox2vox.train.schedule import format_duration
 from vox2vox.train.state import build_state
