@@ -66,6 +66,7 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case, read_case
 from vox2vox.data.manifest import write_manifest
 from vox2vox.data.preprocessing import PreprocessConfig, undo_preprocessing
+from vox2vox.device import detect_device
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
 from vox2vox.infer.postprocessing import PostprocessConfig, postprocess
@@ -76,7 +77,7 @@ from vox2vox.model.outputs import output_head
 from vox2vox.report.metrics import dice, hd95
 from vox2vox.train.crossval import kfold_splits
 from vox2vox.train.patches import PatchDataset
-from vox2vox.train.planner import detect_device, make_plan, plan_from_fingerprint
+from vox2vox.train.planner import make_plan, plan_from_fingerprint
 from vox2vox.train.training import fit
 
 METHODS = ("vox2vox", "dice-only", "monai-unet")

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from vox2vox.cli import main
+from vox2vox.device import detect_device
 from vox2vox.environment import VECTOR_FLAGS, read_environment, torch_build
-from vox2vox.train.planner import detect_device
 
 
 def test_env_reports_what_torch_and_the_planner_see(capsys):

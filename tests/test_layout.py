@@ -16,6 +16,12 @@ FORBIDDEN = {
     "model": ("vox2vox.train", "vox2vox.infer", "vox2vox.report"),
     "infer": ("vox2vox.train", "vox2vox.report"),
 }
+# Top-level modules under the same rule: the config is made of data/ and model/ sections and is
+# read by every stage, so it may import neither the stages that read it nor the faces above them.
+TOP_FORBIDDEN = {
+    "config.py": ("vox2vox.train", "vox2vox.infer", "vox2vox.report", "vox2vox.api", "vox2vox.demo"),
+    "version.py": ("vox2vox",),
+}
 
 
 def _modules() -> list[Path]:
@@ -54,7 +60,8 @@ def test_layout_has_the_subpackages_and_no_flat_leftovers():
     for sub in SUBPACKAGES:
         assert (PACKAGE / sub / "__init__.py").is_file(), sub
     top = {p.stem for p in PACKAGE.glob("*.py")}
-    assert top == {"__init__", "api", "atomic", "cli", "config", "demo", "device", "environment", "errors", "progress", "rundir"}
+    assert top == {"__init__", "api", "atomic", "cli", "config", "demo", "device", "environment", "errors", "progress",
+                   "rundir", "version"}
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -63,8 +70,20 @@ def test_imports_follow_the_data_flow(path):
     for name, _ in _imports(path):
         for banned in FORBIDDEN.get(sub or "", ()):
             assert not _is_within(name, banned), f"{path.name} ({sub}/) imports {name}"
+        for banned in TOP_FORBIDDEN.get(path.name, ()) if sub is None else ():
+            assert not _is_within(name, banned), f"{path.name} imports {name}"
         if path.name != "cli.py" or sub is not None:
             assert not _is_within(name, "vox2vox.cli"), f"{path.relative_to(PACKAGE)} imports the CLI"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_nothing_imports_the_package_root(path):
+    # The root is the face that lazily loads the Python API; the version lives in vox2vox.version.
+    # The command line, the other face, may use the root.
+    if path.relative_to(PACKAGE) in (Path("__init__.py"), Path("cli.py")):
+        return
+    root = [name for name, _ in _imports(path) if name == "vox2vox"]
+    assert not root, f"{path.relative_to(PACKAGE)} imports the package root"
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))

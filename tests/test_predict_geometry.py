@@ -18,7 +18,8 @@ import torch
 from vox2vox.cli import main
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
-from vox2vox.infer.inference import LoadedModel, load_model, predict_dataset
+from vox2vox.infer.inference import load_model, predict_dataset
+from vox2vox.infer.loaded import LoadedModel
 from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.model.generator import Generator
 

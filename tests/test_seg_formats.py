@@ -30,7 +30,8 @@ from vox2vox.data.dicom import allow_nonuniform
 from vox2vox.data.io import Geometry, read_volume
 from vox2vox.data.labels import get_convention
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.inference import LoadedModel, predict_dataset
+from vox2vox.infer.inference import predict_dataset
+from vox2vox.infer.loaded import LoadedModel
 from vox2vox.report.evaluation import evaluate_folder
 
 SERIES = Path("ct-totalsegmentator") / "dicom_case" / "example_ct_dicom"

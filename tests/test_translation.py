@@ -13,8 +13,17 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import assert_user_error, cli, tiny_brats_segmenter, tiny_overrides
+import vox2vox.train.training as training
+from helpers import (
+    TINY,
+    assert_user_error,
+    cli,
+    make_manifest,
+    tiny_brats_segmenter,
+    tiny_overrides,
+)
 from vox2vox.data.cases import CaseFiles
 from vox2vox.data.io import read_volume
 from vox2vox.data.layouts import discover
@@ -23,6 +32,7 @@ from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.data.translation import read_translation_case, restore_synthesis
 from vox2vox.infer.inference import load_model
 from vox2vox.infer.translation import synthesise_case
+from vox2vox.model.checkpoint import file_sha256, load_checkpoint, read_metadata
 from vox2vox.model.residual import build_generator
 from vox2vox.model.translation import TaskConfig, translation_loss
 from vox2vox.report.image_metrics import mae, normalise_pair, psnr, ssim, translation_scores
@@ -328,3 +338,57 @@ def test_a_ct_target_is_also_scored_in_hounsfield_units(shared_data, tmp_path):
     assert row["mae"] == pytest.approx(0.0, abs=1e-3)  # z-scoring hides an offset: why HU columns exist
     summary = json.loads((tmp_path / "t_summary.json").read_text())
     assert "4024 HU" in summary["columns"]["psnr_hu"] and "z-scored" in summary["columns"]["mae"]
+
+
+#: A seconds-long translation run on two-channel manifest cases (t1 -> t2).
+TINY_TRANSLATE = [*TINY, "--set", 'task.kind="translate"', "--set", 'task.source=["t1"]',
+                  "--set", 'task.target=["t2"]']
+
+
+def _translation_run(root: Path, capsys, *extra) -> tuple[Path, str]:
+    manifest = make_manifest(root / "data", n_cases=3, channels=("t1", "t2"))
+    out = root / "run"
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", out, *TINY_TRANSLATE, *extra)
+    assert code == 0, err
+    return out, err
+
+
+def test_a_translation_run_with_init_from_starts_from_the_source_weights(tmp_path, capsys, monkeypatch):
+    source, _ = _translation_run(tmp_path / "source", capsys)
+    seen: dict[str, torch.Tensor] = {}
+    original = training.train_step
+
+    def recording(state, *args, **kwargs):
+        if not seen:
+            seen.update({k: v.clone() for k, v in state.generator.state_dict().items()})
+        return original(state, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", recording)
+    out, err = _translation_run(tmp_path / "tuned", capsys, "--init-from", source)
+    src = load_checkpoint(source / "checkpoints" / "best.safetensors")
+    for name, tensor in src.generator.items():
+        assert torch.equal(seen[name], tensor), name
+    recorded = read_metadata(out / "checkpoints" / "last.safetensors")["state"]["init_from"]
+    assert recorded["sha256"] == file_sha256(source / "checkpoints" / "best.safetensors")
+    assert "fine-tuning from" in err
+
+
+def test_init_from_refuses_a_model_with_other_outputs_for_a_translation(tmp_path, capsys):
+    source, _ = _translation_run(tmp_path / "source", capsys)
+    manifest = make_manifest(tmp_path / "data", n_cases=3, channels=("t1", "t2", "flair"))
+    out = tmp_path / "two-targets"
+    result = cli(capsys, "train", "--data", manifest, "--out", out, *TINY_TRANSLATE,
+                 "--set", 'task.target=["t2","flair"]', "--init-from", source)
+    assert_user_error(result, "output channel", "--reinit-head")
+    assert not out.exists()
+
+
+def test_a_translation_run_with_train_log_tensorboard_writes_event_files(tmp_path, capsys):
+    out, _ = _translation_run(tmp_path, capsys, "--set", "data.val_cases=1", "--set", 'train.log="tensorboard"')
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert "val_mae" in events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("val_mae")] == [r["step"] for r in rows]
+    assert [e.value for e in events.Scalars("val_mae")] == pytest.approx([r["val_mae"] for r in rows], rel=1e-6)

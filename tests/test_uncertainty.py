@@ -27,7 +27,8 @@ from helpers import (
 )
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
-from vox2vox.infer.inference import LoadedModel, predict_averaged, predict_dataset
+from vox2vox.infer.inference import predict_averaged, predict_dataset
+from vox2vox.infer.loaded import LoadedModel
 from vox2vox.infer.uncertainty import (
     UNCERTAINTY_CSV,
     normalised_entropy,

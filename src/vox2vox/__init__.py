@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from vox2vox.version import __version__
+
 __all__ = ["Model", "Prediction", "Synthesis", "__version__", "load_model"]
 
 if TYPE_CHECKING:

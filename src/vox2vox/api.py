@@ -51,12 +51,12 @@ from vox2vox.infer.ensemble import (
 )
 from vox2vox.infer.inference import (
     InferenceConfig,
-    LoadedModel,
     PredictionReport,
     predict_case,
     predict_dataset,
 )
 from vox2vox.infer.inference import load_model as load_one
+from vox2vox.infer.loaded import LoadedModel
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.translation import (
     check_translation_models,

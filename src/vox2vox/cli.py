@@ -368,11 +368,11 @@ def _config_from_args(args: argparse.Namespace, *, saved: Path | None = None) ->
 def _train(args: argparse.Namespace) -> int:
     import time
 
+    from vox2vox.config import parse_duration
     from vox2vox.train.finetune import explicit_keys, finetune_config, load_source
     from vox2vox.train.planned import PlanRequest, plan_run
     from vox2vox.train.runlock import check_run_folder
     from vox2vox.train.runs import train_on_dataset
-    from vox2vox.train.schedule import parse_duration
     from vox2vox.train.tracking import check_tracking
 
     started = time.perf_counter()  # a budget counts planning and loading too
@@ -569,9 +569,9 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _cv(args: argparse.Namespace) -> int:
+    from vox2vox.config import parse_duration
     from vox2vox.train.crossval import run_cross_validation
     from vox2vox.train.planned import PlanRequest
-    from vox2vox.train.schedule import parse_duration
 
     if args.budget is not None:
         parse_duration(args.budget, key="--budget")
@@ -590,9 +590,9 @@ def _cv(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from vox2vox.atomic import atomic_write_text
+    from vox2vox.config import parse_duration
+    from vox2vox.train.memory import estimate_memory
     from vox2vox.train.planned import PlanRequest, plan_run
-    from vox2vox.train.planning import estimate_memory
-    from vox2vox.train.schedule import parse_duration
 
     if args.data:
         if args.budget is not None:

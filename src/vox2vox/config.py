@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -25,10 +26,33 @@ from vox2vox.model.discriminator import DiscriminatorConfig
 from vox2vox.model.generator import GeneratorConfig
 from vox2vox.model.losses import LossConfig
 from vox2vox.model.translation import TaskConfig
-from vox2vox.train.schedule import Schedule, parse_duration
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 AmpChoice = Literal["auto", "bf16", "fp16", "off"]
+# The learning-rate factor over training progress; train/schedule.py computes it.
+Schedule = Literal["constant", "poly", "cosine"]
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+
+
+def parse_duration(text: str | float | int, *, key: str = "train.budget") -> float:
+    """Seconds in ``"30m"``, ``"12h"``, ``"1h30m"``, ``"90s"`` or a plain number of seconds."""
+    if isinstance(text, bool):
+        raise Vox2VoxError(f"{key}={text!r}: give a duration such as 30m, 12h or 1h30m")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        s = text.strip().lower().replace(" ", "")
+        if re.fullmatch(r"\d+(\.\d+)?", s):
+            seconds = float(s)
+        elif s and _DURATION.sub("", s) == "" and _DURATION.search(s):
+            seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(s))
+        else:
+            raise Vox2VoxError(f"{key}={text!r}: give a duration such as 30m, 12h or 1h30m")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise Vox2VoxError(f"{key}={text!r}: must be a positive, finite duration")
+    return seconds
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import platform
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -13,6 +14,16 @@ import torch
 from vox2vox.errors import Vox2VoxError
 
 AmpDtype = Literal["bf16", "fp16", "off"]
+
+
+@dataclass(frozen=True)
+class Device:
+    """The machine a plan targets: its kind, memory and name, and the threads PyTorch uses."""
+
+    kind: str  # "cpu" or "cuda"
+    memory_bytes: int
+    name: str = ""
+    threads: int = 1
 
 
 def resolve_device(choice: str = "auto") -> torch.device:
@@ -24,6 +35,21 @@ def resolve_device(choice: str = "auto") -> torch.device:
     if choice not in ("cpu",) and not choice.startswith("cuda"):
         raise Vox2VoxError(f"--device {choice}: choose auto, cpu or cuda")
     return torch.device(choice)
+
+
+def detect_device(choice: str = "auto") -> Device:
+    """The device ``choice`` resolves to (:func:`resolve_device`), described for a plan."""
+    device = resolve_device(choice)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return Device("cuda", int(props.total_memory), props.name, torch.get_num_threads())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return Device("cpu", int(memory), "cpu", torch.get_num_threads())
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The bare network inside a DistributedDataParallel wrapper (itself when not wrapped)."""
+    return module.module if hasattr(module, "module") else module
 
 
 def resolve_amp(choice: str, device: torch.device) -> AmpDtype:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from vox2vox import __version__
-from vox2vox.train.planner import default_budget, detect_device
+from vox2vox.device import detect_device
+from vox2vox.train.planner import default_budget
 from vox2vox.train.schedule import format_duration
+from vox2vox.version import __version__
 
 #: CPU flags (as Linux names them in /proc/cpuinfo) that decide how fast 3D convolutions run on a
 #: CPU: oneDNN picks its kernels by them, and bf16 prediction (``--amp bf16``) needs the last ones.

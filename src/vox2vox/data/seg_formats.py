@@ -30,13 +30,13 @@ from typing import Any, Literal
 import numpy as np
 import SimpleITK as sitk
 
-from vox2vox import __version__
 from vox2vox.atomic import atomic_path
 from vox2vox.data.colours import colours_for
 from vox2vox.data.dicom import series_files
 from vox2vox.data.io import Geometry, format_of, to_source_orientation, write_volume
 from vox2vox.data.labels import LabelConvention
 from vox2vox.errors import Vox2VoxError
+from vox2vox.version import __version__
 
 OutputFormat = Literal["nifti", "dicom-seg", "seg-nrrd"]
 OUTPUT_FORMATS: tuple[str, ...] = ("nifti", "dicom-seg", "seg-nrrd")

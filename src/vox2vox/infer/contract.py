@@ -29,13 +29,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vox2vox import __version__
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
 from vox2vox.data.translation import RESTORE_MEANING, head_meaning, intensity_scale
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import check_metadata
 from vox2vox.model.outputs import head_for
+from vox2vox.version import __version__
 
 FORMAT = "vox2vox-export"
 #: The newest format this vox2vox reads and writes (module docstring: 1 segmentation, 2 translation).

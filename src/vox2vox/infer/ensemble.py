@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vox2vox.data.labels import LabelConvention, get_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.profile import distribution_problems
 from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.loaded import LoadedModel
 from vox2vox.model.checkpoint import ModelInfo
 from vox2vox.model.outputs import OutputHead, check_threshold, head_for
-
-if TYPE_CHECKING:  # only for annotations: inference imports this module
-    from vox2vox.infer.inference import LoadedModel
 
 
 def check_ensemble(models: Sequence[LoadedModel]) -> tuple[LabelConvention, OutputHead]:

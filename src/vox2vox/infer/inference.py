@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from vox2vox.errors import Vox2VoxError
 from vox2vox.infer import ensemble
 from vox2vox.infer.backends import check_precision, exported_format, load_exported
 from vox2vox.infer.case_files import CasePrediction, ProbabilityFormat, finish_case, write_case
+from vox2vox.infer.loaded import LoadedModel
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.uncertainty import (
     UNCERTAINTY_CSV,
@@ -109,29 +110,6 @@ class InferenceConfig:
             raise Vox2VoxError(f"amp={self.amp!r}: choose off, bf16 or fp16")
 
 
-@dataclass
-class LoadedModel:
-    """A generator rebuilt from a checkpoint alone, with what prediction needs to know.
-
-    ``state`` holds what training stored beside the weights: ``channels`` (input channel names in
-    order), ``convention`` (the label convention as JSON) and ``layout``.
-    """
-
-    generator: torch.nn.Module
-    config: Config
-    state: dict[str, Any]
-    path: Path
-
-    @property
-    def channels(self) -> list[str] | None:
-        return self.state.get("channels")
-
-    @property
-    def backend(self) -> str:
-        """``pytorch``, or the exported file's runtime (``onnx``, ``torchscript``)."""
-        return getattr(self.generator, "backend", "pytorch")
-
-
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
     """Rebuild the generator from a run directory or a ``.safetensors`` checkpoint (eval mode), or
     load a ``vox2vox export`` file (``.onnx``; ``.pt``/``.ts`` TorchScript) with the same contract
@@ -149,7 +127,7 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
 
 
 @dataclass
-class Prediction:
+class AveragedPrediction:
     """The averaged softmax of one image and what uncertainty needs from its members.
 
     ``probabilities``: ``(n_classes, D, H, W)`` float32, the mean over members; ``members``: how
@@ -188,8 +166,8 @@ def predict_averaged(
     device: torch.device | str = "cpu",
     member_entropy: bool = False,
     output_kind: OutputKind = "classes",
-) -> Prediction:
-    """:func:`predict_probabilities` as a :class:`Prediction`; with ``member_entropy`` it also
+) -> AveragedPrediction:
+    """:func:`predict_probabilities` as a :class:`AveragedPrediction`; with ``member_entropy`` it also
     sums each member's entropy as it goes (one extra volume, never all members in memory), of a
     softmax or, with ``output_kind="regions"``, of independent region sigmoids."""
     if not models:
@@ -234,7 +212,7 @@ def predict_averaged(
         # The mean of the members' normalised entropies, as uncertainty.normalised_entropy scales them.
         scale = n * entropy_scale(total.shape[1], output_kind)
         expected = entropy_total.div_(scale).clamp_(0.0, 1.0)[0].cpu().numpy()
-    return Prediction(total[0].cpu().numpy(), n, expected)
+    return AveragedPrediction(total[0].cpu().numpy(), n, expected)
 
 
 def _entropy_sum(probs: torch.Tensor, kind: OutputKind) -> torch.Tensor:

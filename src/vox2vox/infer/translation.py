@@ -32,11 +32,11 @@ from vox2vox.data.translation import read_translation_case, restore_synthesis, s
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import (
     InferenceConfig,
-    LoadedModel,
     PredictionReport,
     predict_dataset,
     predict_probabilities,
 )
+from vox2vox.infer.loaded import LoadedModel
 from vox2vox.progress import bar_hidden
 
 #: Prediction's default settings (whole volume when it fits, else sliding windows; no flips).

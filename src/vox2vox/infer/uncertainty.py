@@ -55,7 +55,7 @@ def normalised_entropy(probs: np.ndarray, *, axis: int = 0, kind: OutputKind = "
     """The normalised entropy of ``probs`` over ``axis``, float32 in [0, 1], ``0 log 0 = 0``:
     categorical over softmax classes, or the mean binary entropy of sigmoid regions.
 
-    (Prediction sums its members' entropies on the device with torch, the same formula:
+    (Ensembled prediction sums its members' entropies on the device with torch, the same formula:
     :func:`vox2vox.infer.inference.predict_averaged`.)
     """
     probs = np.asarray(probs, dtype=np.float32)

@@ -32,6 +32,7 @@ from vox2vox.atomic import atomic_write_bytes
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
 from vox2vox.data.profile import DataProfile
+from vox2vox.device import unwrap
 from vox2vox.errors import Vox2VoxError
 from vox2vox.rundir import RunDir
 
@@ -147,19 +148,14 @@ class ResumableState(Protocol):
     last_score: float | None
 
 
-def _bare(module: torch.nn.Module) -> torch.nn.Module:
-    """The network inside a DistributedDataParallel wrapper."""
-    return module.module if hasattr(module, "module") else module
-
-
 def training_checkpoint(state: ResumableState, config: dict[str, Any], info: ModelInfo | None) -> Checkpoint:
     """A resumable checkpoint of ``state``: both networks' weights, Adam moments, the grad scaler,
     the loop's counters (epoch, step, best score, a Ctrl-C'd epoch's progress and RNG state), and
     ``info`` (what prediction needs: channels, layout, label convention)."""
     return Checkpoint(
         config=config,
-        generator=_bare(state.generator).state_dict(),
-        discriminator=_bare(state.discriminator).state_dict(),
+        generator=unwrap(state.generator).state_dict(),
+        discriminator=unwrap(state.discriminator).state_dict(),
         optimizers={"generator": state.opt_g.state_dict(), "discriminator": state.opt_d.state_dict()},
         state={
             "epoch": state.epoch,
@@ -185,8 +181,8 @@ def restore_training_state(state: ResumableState, ckpt: Checkpoint, path: str | 
     naming ``path`` (the checkpoint file).
     """
     path = Path(path)
-    load_weights(_bare(state.generator), ckpt.generator, path, what="generator")
-    load_weights(_bare(state.discriminator), ckpt.discriminator, path, what="discriminator")
+    load_weights(unwrap(state.generator), ckpt.generator, path, what="generator")
+    load_weights(unwrap(state.discriminator), ckpt.discriminator, path, what="discriminator")
     try:
         state.opt_g.load_state_dict(_to_device(ckpt.optimizers["generator"], state.device))
         state.opt_d.load_state_dict(_to_device(ckpt.optimizers["discriminator"], state.device))

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from vox2vox import __version__
 from vox2vox.atomic import atomic_write_text
 from vox2vox.data.cases import CaseFiles
 from vox2vox.data.io import Geometry, read_channels, read_volume
@@ -45,6 +44,7 @@ from vox2vox.infer.uncertainty import UNCERTAINTY_CSV, read_uncertainty_csv
 from vox2vox.report.evaluation import index_predictions
 from vox2vox.report.plots import save_overlay, save_training_curves
 from vox2vox.rundir import RunDir, read_metrics
+from vox2vox.version import __version__
 
 _EVAL_COLUMNS = ("case", "region", "dice", "hd95")
 # Shown in the per-case table and summary (volumes stay in the CSV).

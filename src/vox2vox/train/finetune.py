@@ -158,6 +158,17 @@ def check_classes(source: FineTune, convention: LabelConvention, where: Any, *, 
         "output layer for this label set")
 
 
+def check_outputs(source: FineTune, targets: Sequence[str], where: Any, *, reinit_output: bool) -> None:
+    """A translation's targets must be as many as the source model's outputs, unless the output
+    layer starts fresh (a segmentation model's classes are outputs too: its encoder can start a
+    translation with ``--reinit-head``)."""
+    if reinit_output or source.config.generator.n_classes == len(targets):
+        return
+    raise Vox2VoxError(
+        f"{source.path}: the model has {source.config.generator.n_classes} output channel(s) but {where} is to "
+        f"synthesise {len(targets)} ({', '.join(targets)}); pass --reinit-head to train a new output layer for them")
+
+
 def initial_weights(source: FineTune, *, reinit_output: bool, announce: bool) -> Callable[[TrainState], None]:
     """The ``fit(init=...)`` hook: copy the source's weights into a freshly built training state.
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from vox2vox.config import Config
-from vox2vox.train.planner import Plan, default_budget, detect_device, plan_dataset, plan_to_toml
-from vox2vox.train.planning import estimate_memory
+from vox2vox.device import detect_device
+from vox2vox.train.memory import estimate_memory
+from vox2vox.train.planner import Plan, default_budget, plan_dataset, plan_to_toml
 
 #: Which config keys each of the plan's reasons explains, by the words it begins with
 #: (:func:`vox2vox.train.planner.make_plan`). A key ending in "." stands for its whole section.

@@ -12,16 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import sys
-import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import torch
-from tqdm import tqdm
+import tomli_w
 
 from vox2vox.config import Config
 from vox2vox.data.cases import CaseFiles
@@ -29,16 +25,14 @@ from vox2vox.data.fingerprint import Fingerprint, fingerprint_dataset
 from vox2vox.data.labels import LabelConvention
 from vox2vox.data.layouts import discover
 from vox2vox.data.translation import resolve_channels
-from vox2vox.device import cpu_bf16
+from vox2vox.device import Device, cpu_bf16
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.translation import TaskConfig
-from vox2vox.progress import bar_hidden
 from vox2vox.train.adversarial import adversarial_decision
-from vox2vox.train.planning import estimate_memory
+from vox2vox.train.memory import estimate_memory
 from vox2vox.train.runs import find_labelled_cases
 from vox2vox.train.schedule import format_duration
-from vox2vox.train.state import build_state
-from vox2vox.train.training import train_step
+from vox2vox.train.timing import CpuWatch, contention_note, measure_throughput, patch_key
 
 # Voxels of the median (foreground-cropped) case after resampling, by device: on a 2-core CPU a
 # 30-minute run learns BraTS well at 2 mm (about 80^3 voxels a brain) and poorly at 1 mm, where a
@@ -59,14 +53,6 @@ SIZE_STEP = 16  # patches and padded volumes are multiples of this (generator de
 OVERHEAD = 0.15
 
 
-@dataclass(frozen=True)
-class Device:
-    kind: str  # "cpu" or "cuda"
-    memory_bytes: int
-    name: str = ""
-    threads: int = 1
-
-
 @dataclass
 class Plan:
     config: dict[str, Any]
@@ -77,19 +63,6 @@ class Plan:
 
     def why(self, line: str) -> None:
         self.reasons.append(line)
-
-
-def detect_device(choice: str = "auto") -> Device:
-    """The device a plan targets: CUDA when asked for or available, else this CPU."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise Vox2VoxError(f"--device {choice!r}: choose auto, cpu or cuda")
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise Vox2VoxError("--device cuda: no CUDA device is visible to PyTorch")
-        props = torch.cuda.get_device_properties(0)
-        return Device("cuda", int(props.total_memory), props.name, torch.get_num_threads())
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return Device("cpu", int(memory), "cpu", torch.get_num_threads())
 
 
 # ---- the rules ---------------------------------------------------------------------------------
@@ -227,7 +200,7 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     if budget_seconds is not None:
         cfg["train"]["budget"] = format_duration(budget_seconds)
         plan.why(f"budget {format_duration(budget_seconds)}: about {steps} steps of batch {batch} at "
-                 f"{step_seconds.get(_key(patch), float('nan')):.2f} s a step; training ends at the budget")
+                 f"{step_seconds.get(patch_key(patch), float('nan')):.2f} s a step; training ends at the budget")
     else:
         cfg["train"]["epochs"] = epochs or 1000
         plan.why(f"epochs {cfg['train']['epochs']}: no budget given")
@@ -349,7 +322,7 @@ def precision_for(patch: Sequence[int], throughput: dict[str, float], bf16_patch
     """``train.amp`` for a CPU plan (None on a GPU: ``auto`` already picks bf16 or fp16 there) and its reason."""
     if device.kind != "cpu":
         return None, None
-    key = _key(patch)
+    key = patch_key(patch)
     fp32, bf16 = throughput.get(key), throughput.get(key + BF16_SUFFIX)
     if bf16 is None or fp32 is None:
         return "off", "precision fp32: bf16 autocast was not timed (this CPU has no fast bf16 path in oneDNN)"
@@ -364,16 +337,16 @@ def precision_for(patch: Sequence[int], throughput: dict[str, float], bf16_patch
 def choose_patch(candidates: list[tuple[int, int, int]], throughput: dict[str, float], budget_seconds: float | None,
                  device: Device, fp: Fingerprint, case_shape: Sequence[float]) -> tuple[tuple[int, int, int], int, str]:
     """The largest measured patch that still gives ``MIN_STEPS`` steps in the budget."""
-    timed = [p for p in candidates if _key(p) in throughput]
+    timed = [p for p in candidates if patch_key(p) in throughput]
     if not timed:
         raise Vox2VoxError("plan: no throughput measured for any candidate patch")
     if budget_seconds is None:
         patch = timed[-1]
         return patch, 0, f"patch {_fmt(patch)}: the largest candidate (no budget to fit)"
     usable = budget_seconds * (1 - OVERHEAD)
-    fits = [p for p in timed if usable / throughput[_key(p)] >= MIN_STEPS]
+    fits = [p for p in timed if usable / throughput[patch_key(p)] >= MIN_STEPS]
     patch = fits[-1] if fits else timed[0]
-    steps = int(usable / throughput[_key(patch)])
+    steps = int(usable / throughput[patch_key(patch)])
     whole = "x".join(str(round(n)) for n in case_shape)
     if fits:
         why = (f"patch {_fmt(patch)}: the largest that gives >= {MIN_STEPS} steps in the budget "
@@ -429,7 +402,7 @@ def plan_from_fingerprint(fp: Fingerprint, *, device: Device, budget_seconds: fl
     """Time the candidate patches for ``fp`` on ``device`` and plan (:func:`make_plan`)."""
 
     def config_for(patch: tuple[int, int, int]) -> Config:
-        trial = make_plan(fp, device=device, budget_seconds=budget_seconds, throughput={_key(patch): 1.0},
+        trial = make_plan(fp, device=device, budget_seconds=budget_seconds, throughput={patch_key(patch): 1.0},
                           convention=convention, task=task)
         return Config.from_dict(trial.config, source="plan")
 
@@ -439,7 +412,7 @@ def plan_from_fingerprint(fp: Fingerprint, *, device: Device, budget_seconds: fl
         table = measure_throughput(candidates, config_for, device=device, progress=progress)
         if device.kind == "cpu" and cpu_bf16():
             # The same candidates under bf16 autocast; the plan adopts it only where it is faster.
-            timed = [c for c in candidates if _key(c) in table]
+            timed = [c for c in candidates if patch_key(c) in table]
             bf16 = measure_throughput(timed, partial(_with_amp, config_for, "bf16"), device=device, progress=progress)
             table |= {k + BF16_SUFFIX: v for k, v in bf16.items()}
     plan = make_plan(fp, device=device, budget_seconds=budget_seconds, throughput=table, convention=convention,
@@ -457,151 +430,17 @@ def _with_amp(config_for: Callable[[tuple[int, int, int]], Config], amp: str, pa
     return config.replace(train=dataclasses.replace(config.train, amp=amp))
 
 
-# ---- was the machine busy? ---------------------------------------------------------------------
-# Idle cores short of the plan's threads, on average, beyond which the measured step times (and so
-# the patch and the step count) no longer describe this machine: half a core slows a 2-thread step
-# measurably.
-BUSY_CORES = 0.5
-
-
-class CpuWatch:
-    """How many of the cores this process may run on other processes kept busy, on average, while
-    the block ran.
-
-    Reads the kernel's per-core CPU counters (``/proc/stat``) for the cores in this process's
-    affinity set, less this process's own CPU time; where the counters do not exist (not Linux)
-    ``others_cores`` stays None: unknown, not zero.
-    """
-
-    def __init__(self) -> None:
-        self.others_cores: float | None = None
-        self._cores = _usable_cores()
-        self.cores = len(self._cores) or (os.cpu_count() or 1)
-
-    def __enter__(self) -> CpuWatch:
-        self._start = (_busy_seconds(self._cores), _own_cpu_seconds(), time.perf_counter())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        busy0, own0, t0 = self._start
-        busy1, wall = _busy_seconds(self._cores), time.perf_counter() - t0
-        if busy0 is None or busy1 is None or wall <= 0:
-            return
-        others = (busy1 - busy0) - (_own_cpu_seconds() - own0)
-        self.others_cores = max(others, 0.0) / wall
-
-
-def contention_note(others_cores: float | None, device: Device, cores: int) -> str | None:
-    """A warning for the plan when other processes left fewer idle cores than the plan's threads
-    while its steps were timed (None: no warning)."""
-    if others_cores is None or device.kind != "cpu":
-        return None
-    if cores - others_cores >= device.threads - BUSY_CORES:
-        return None
-    return (f"warning: other processes kept {others_cores:.1f} of the {cores} cores this process may use busy "
-            f"while the steps were timed ({device.threads} threads wanted them), so the step times are slower "
-            "than this machine trains when idle and the patch above is smaller than an idle machine would "
-            "get; plan again when the machine is idle (`vox2vox plan`), or keep this plan if the load will "
-            "last through training")
-
-
-def _usable_cores() -> set[int]:
-    try:
-        return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return set()
-
-
-def _busy_seconds(cores: set[int]) -> float | None:
-    """CPU seconds spent on ``cores`` since boot by every process (idle and I/O wait excluded)."""
-    if not cores:
-        return None
-    busy = 0
-    try:
-        with open("/proc/stat") as f:
-            for line in f:
-                name, *values = line.split()
-                if not name.startswith("cpu"):
-                    break
-                if name == "cpu" or int(name[3:]) not in cores:
-                    continue
-                fields = [int(v) for v in values[:8]]  # user .. steal (guest time is inside user)
-                busy += sum(fields) - fields[3] - fields[4]
-    except (OSError, ValueError, IndexError):
-        return None
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-# ---- the measurement ---------------------------------------------------------------------------
-def measure_throughput(candidates: Sequence[tuple[int, int, int]], make_config: Callable[[tuple[int, int, int]], Config],
-                       *, device: Device, steps: int = 3, max_seconds: float = 60.0,
-                       progress: bool = False) -> dict[str, float]:
-    """Seconds per training step (G and D half-steps, random data) of each candidate patch, smallest
-    first; stops early once a step takes more than ``max_seconds / 4`` (larger ones only cost more).
-    ``progress`` shows a progress bar on stderr that vanishes when done."""
-    table: dict[str, float] = {}
-    spent = 0.0
-    bar = tqdm(candidates, desc=f"plan: timing training steps of candidate patch sizes on {device.kind}",
-               leave=False, disable=bar_hidden(progress), file=sys.stderr)
-    for patch in bar:
-        config = make_config(patch)
-        state = build_state(config, device=torch.device(device.kind))
-        g = torch.Generator().manual_seed(0)
-        # A translation's batch holds the source channels followed by the targets.
-        n_image = config.generator.in_channels + (config.generator.n_classes if config.task.translate else 0)
-        shape = (config.train.batch_size, n_image, *patch)
-        image = torch.randn(shape, generator=g).to(device.kind)
-        label = torch.randint(0, config.generator.n_classes, (shape[0], *patch), generator=g).to(device.kind)
-        train_step(state, image, label, config, progress=1.0)  # warm-up: allocator, kernels
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            train_step(state, image, label, config, progress=1.0)
-            if device.kind == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        # The median: one step slowed by another process must not shrink the whole plan.
-        seconds = float(sorted(times)[len(times) // 2])
-        table[_key(patch)] = round(seconds, 4)
-        spent += seconds * (steps + 1)
-        if seconds > max_seconds / 4 or spent > max_seconds:
-            break
-    return table
-
-
 def plan_to_toml(plan: Plan) -> str:
     """The plan as a config file `--config` reads: the reasons as comments, then the sections."""
     lines = ["# vox2vox plan: a complete training config; edit and pass it with --config.", "#"]
     lines += [f"# {r}" for r in plan.reasons]
     lines += ["", f"# device: {json.dumps(plan.device)}",
-              f"# seconds per step by patch: {json.dumps(plan.throughput)}"]
-    for section, values in plan.config.items():
-        if not values:
-            continue
-        lines += ["", f"[{section}]"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise Vox2VoxError(f"plan: cannot write {value!r} as TOML")
-
-
-def _key(patch: Sequence[int]) -> str:
-    return "x".join(str(int(p)) for p in patch)
+              f"# seconds per step by patch: {json.dumps(plan.throughput)}", ""]
+    sections = {section: values for section, values in plan.config.items() if values}
+    try:
+        return "\n".join(lines) + "\n" + tomli_w.dumps(sections)
+    except TypeError as err:  # a value TOML cannot hold (None): a planner bug, not the user's
+        raise Vox2VoxError(f"plan: cannot write the config as TOML ({err})") from err
 
 
 def _fmt(patch: Sequence[int]) -> str:

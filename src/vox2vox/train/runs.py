@@ -13,8 +13,9 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from vox2vox.data.checking import degenerate_training_data
 from vox2vox.data.labels import IGNORE_INDEX, LabelConvention, get_convention, infer_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
+from vox2vox.data.preprocessing import LoadedCase
 from vox2vox.data.profile import profile_from_records
 from vox2vox.device import tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError, Vox2VoxWarning
@@ -45,12 +47,13 @@ from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
 from vox2vox.train.finetune import FineTune, check_channels, check_classes, initial_weights
+from vox2vox.train.patches import Augment
 from vox2vox.train.runlock import RunLock, check_run_folder
 from vox2vox.train.selection import choose_prediction_options, record_prediction_options
 from vox2vox.train.splits import run_split
 from vox2vox.train.tracking import Tracker, check_tracking, open_tracker
 from vox2vox.train.training import FitResult, Validator, fit
-from vox2vox.train.translation import train_translation
+from vox2vox.train.translation import load_translation
 
 
 def find_labelled_cases(config: Config) -> tuple[DatasetSpec, list[CaseFiles], LabelConvention | None]:
@@ -65,6 +68,23 @@ def find_labelled_cases(config: Config) -> tuple[DatasetSpec, list[CaseFiles], L
     return spec, labelled, convention
 
 
+class RunTask(Protocol):
+    """What the one run pipeline (:func:`train_on_dataset`) asks of a task once its cases are
+    loaded: :class:`SegmentationRun` here, :class:`vox2vox.train.translation.TranslationRun`.
+    Everything else (run folder checks, the lock, the split, tracking, fine-tuning, counters) is
+    the pipeline's, so a feature reaches both tasks or is refused by one in one place."""
+
+    config: Config  # the networks sized for the data: its channels in, the task's outputs out
+    spec: DatasetSpec
+    cases: dict[str, LoadedCase]
+    augment: Augment
+
+    def check_config(self, *, resume: bool) -> None: ...
+    def model_info(self, train_ids: list[str], val_ids: list[str], source: SourceModel | None) -> ModelInfo: ...
+    def validator(self, val_ids: list[str], example: dict[str, np.ndarray]) -> Validator: ...
+    def after_fit(self, run_dir: Path, val_ids: list[str], *, progress: bool) -> None: ...
+
+
 def train_on_dataset(
     config: Config,
     run_dir: str | Path,
@@ -76,7 +96,8 @@ def train_on_dataset(
     plan_toml: str | None = None,
     finetune: FineTune | None = None,
 ) -> FitResult:
-    """Discover, check, load and split ``config.data.path``, then :func:`fit` with validation by Dice.
+    """Discover, check, load and split ``config.data.path``, then :func:`fit` with the task's
+    validation (Dice for segmentation; MAE, PSNR, SSIM for translation, :mod:`vox2vox.train.translation`).
 
     A ``train.budget`` counts from ``started`` (a ``time.perf_counter()`` reading; default: now),
     so loading the cases is part of it. With ``train.tune_prediction``, flip TTA, the foreground
@@ -91,10 +112,8 @@ def train_on_dataset(
     once the run folder is checked and locked. ``finetune`` (``train --init-from``, :mod:`vox2vox.train.finetune`)
     starts the networks from a trained model's weights once its channels and classes are checked
     against the data; ``train.log`` mirrors the log to TensorBoard or MLflow (:mod:`vox2vox.train.tracking`).
+    Both tasks run this one pipeline; what differs is their :class:`RunTask`.
     """
-    if config.task.translate:  # synthesise channels instead of segmenting: no labels needed
-        return train_translation(config, run_dir, resume=resume, progress=progress, split=split, started=started,
-                                 plan_toml=plan_toml)
     started = time.perf_counter() if started is None else started
     if not config.data.path:
         raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
@@ -104,6 +123,27 @@ def train_on_dataset(
     ctx = distributed.setup(config.train.device)
     progress = progress and ctx.is_main
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
+    load = load_translation if config.task.translate else load_segmentation
+    task: RunTask = load(config, finetune=finetune, progress=progress)
+    if ctx.is_main and not config.task.translate:
+        files = {c.case_id: c for c in task.spec.cases}
+        for problem in degenerate_training_data(task.cases, files, where=config.data.path):
+            warnings.warn(problem, Vox2VoxWarning, stacklevel=2)
+    train_ids, val_ids = run_split(list(task.cases), config, split)
+    run_dir = Path(run_dir)
+    # One training process per run folder (rank 0 holds the lock for the job).
+    lock = RunLock(run_dir).acquire() if ctx.is_main else None
+    try:
+        return _train_locked(task, train_ids, val_ids, run_dir, ctx=ctx, resume=resume, progress=progress,
+                             started=started, plan_toml=plan_toml, finetune=finetune)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def load_segmentation(config: Config, *, finetune: FineTune | None, progress: bool) -> SegmentationRun:
+    """The segment task's cases: labelled, preprocessed, labels as classes (a convention inferred
+    when none is given); data a fine-tuning source does not fit is refused before it is loaded."""
     spec, labelled, convention = find_labelled_cases(config)
     reinit = config.train.reinit_output
     if finetune is not None:  # refuse data the source model does not fit before loading it
@@ -119,50 +159,87 @@ def train_on_dataset(
         convention = apply_inferred_convention(cases, where=config.data.path, announce=progress)
         if finetune is not None:
             check_classes(finetune, convention, config.data.path, reinit_output=reinit)
-    if ctx.is_main:
-        for problem in degenerate_training_data(cases, {c.case_id: c for c in labelled}, where=config.data.path):
-            warnings.warn(problem, Vox2VoxWarning, stacklevel=2)
-    train_ids, val_ids = run_split(list(cases), config, split)
-    run_dir = Path(run_dir)
-    # One training process per run folder (rank 0 holds the lock for the job).
-    lock = RunLock(run_dir).acquire() if ctx.is_main else None
-    try:
-        return _train_locked(config, spec, cases, convention, train_ids, val_ids, run_dir, ctx=ctx,
-                             resume=resume, progress=progress, started=started, plan_toml=plan_toml,
-                             finetune=finetune)
-    finally:
-        if lock is not None:
-            lock.release()
+    return SegmentationRun(config, spec, cases, convention)
 
 
-def _train_locked(config: Config, spec: Any, cases: dict[str, Any], convention: LabelConvention,
-                  train_ids: list[str], val_ids: list[str], run_dir: Path, *, ctx: distributed.DistContext,
-                  resume: bool, progress: bool, started: float, plan_toml: str | None,
-                  finetune: FineTune | None = None) -> FitResult:
+@dataclass
+class SegmentationRun:
+    """The segment task of a run: the networks take the data's channels and one output per class
+    (or nested region), validation scores Dice, and prediction options are chosen afterwards."""
+
+    user_config: Config
+    spec: DatasetSpec
+    cases: dict[str, LoadedCase]
+    convention: LabelConvention
+    config: Config = field(init=False)
+    head: OutputHead = field(init=False)
+    augment: Augment = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.head = output_head(self.convention, self.user_config.generator.output)
+        n_channels, n_classes = len(self.spec.channel_names), self.head.n_outputs
+        self.config = self.user_config.replace(
+            generator=dataclasses.replace(self.user_config.generator, in_channels=n_channels, n_classes=n_classes),
+            discriminator=dataclasses.replace(self.user_config.discriminator, in_channels=n_channels,
+                                              n_classes=n_classes),
+        )
+        self.augment = Augmenter(self.config.augment)
+
+    def check_config(self, *, resume: bool) -> None:
+        weights = self.config.loss.class_weights
+        n_outputs = self.head.n_outputs
+        if weights is not None and not resume and len(weights) != n_outputs:
+            what = "class" if self.config.generator.output == "classes" else "region (generator.output=regions)"
+            raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per {what}: {n_outputs} "
+                               f"({', '.join(self.head.names)})")
+
+    def model_info(self, train_ids: list[str], val_ids: list[str], source: SourceModel | None) -> ModelInfo:
+        profile = profile_from_records([self.cases[i].record for i in train_ids + val_ids], self.spec.channel_names,
+                                       n_train=len(train_ids), n_val=len(val_ids))
+        return ModelInfo(channels=tuple(self.spec.channel_names), layout=self.spec.layout,
+                         convention=self.convention.to_json(), data=profile, source=source)
+
+    def validator(self, val_ids: list[str], example: dict[str, np.ndarray]) -> Validator:
+        return make_validator([self.cases[i] for i in val_ids], self.convention, self.config, self.head,
+                              example=example)
+
+    def after_fit(self, run_dir: Path, val_ids: list[str], *, progress: bool) -> None:
+        if not (self.config.train.tune_prediction and val_ids):
+            return
+        best = RunDir(run_dir).best
+        choice = choose_prediction_options(load_model(best).generator, [self.cases[i] for i in val_ids],
+                                           self.convention, self.config.train.patch_size, head=self.head,
+                                           case_ids=val_ids)
+        record_prediction_options(best, choice)
+        if progress:
+            cut = choice["foreground_threshold"]
+            print(f"prediction options from validation: tta {choice['tta']}, foreground threshold "
+                  f"{'argmax' if cut is None else cut}, largest component {choice['largest_component']} "
+                  f"(on {len(val_ids)} validation case(s); the rule and evidence: vox2vox info)", file=sys.stderr)
+
+
+def _train_locked(task: RunTask, train_ids: list[str], val_ids: list[str], run_dir: Path, *,
+                  ctx: distributed.DistContext, resume: bool, progress: bool, started: float,
+                  plan_toml: str | None, finetune: FineTune | None) -> FitResult:
     """The part of :func:`train_on_dataset` that writes into ``run_dir`` (under its lock)."""
     check_run_folder(run_dir, resume=resume)  # again, now that no other process can change it
-    weights = config.loss.class_weights
-    n_outputs = output_head(convention, config.generator.output).n_outputs
-    if weights is not None and not resume and len(weights) != n_outputs:
-        what = "class" if config.generator.output == "classes" else "region (generator.output=regions)"
-        raise Vox2VoxError(f"loss.class_weights={list(weights)}: give one weight per {what}: {n_outputs} "
-                           f"({', '.join(output_head(convention, config.generator.output).names)})")
+    task.check_config(resume=resume)
     # A tracker that cannot start (unreachable MLflow server) is one error before the run writes a file.
     example: dict[str, np.ndarray] = {}  # one validation slice for the tracker's overlays
-    tracker = open_tracker(config, run_dir, resume=resume, example=example) if ctx.is_main else None
+    tracker = open_tracker(task.config, run_dir, resume=resume, example=example) if ctx.is_main else None
     try:
-        return _train_tracked(config, spec, cases, convention, train_ids, val_ids, run_dir, ctx=ctx, resume=resume,
-                              progress=progress, started=started, plan_toml=plan_toml, finetune=finetune,
-                              tracker=tracker, example=example)
+        return _train_tracked(task, train_ids, val_ids, run_dir, ctx=ctx, resume=resume, progress=progress,
+                              started=started, plan_toml=plan_toml, finetune=finetune, tracker=tracker,
+                              example=example)
     finally:
         if tracker is not None:
             tracker.close()
 
 
-def _train_tracked(config: Config, spec: Any, cases: dict[str, Any], convention: LabelConvention,
-                   train_ids: list[str], val_ids: list[str], run_dir: Path, *, ctx: distributed.DistContext,
-                   resume: bool, progress: bool, started: float, plan_toml: str | None,
-                   finetune: FineTune | None, tracker: Tracker | None, example: dict[str, np.ndarray]) -> FitResult:
+def _train_tracked(task: RunTask, train_ids: list[str], val_ids: list[str], run_dir: Path, *,
+                   ctx: distributed.DistContext, resume: bool, progress: bool, started: float,
+                   plan_toml: str | None, finetune: FineTune | None, tracker: Tracker | None,
+                   example: dict[str, np.ndarray]) -> FitResult:
     """Write the run's files and train (the tracker, when there is one, is open)."""
     if ctx.is_main:
         ensure_folder(run_dir)
@@ -170,50 +247,26 @@ def _train_tracked(config: Config, spec: Any, cases: dict[str, Any], convention:
         if plan_toml is not None:
             atomic_write_text(RunDir(run_dir).plan, plan_toml)
 
-    # The networks take the data's channel count and one output per class (or per nested region).
-    head = output_head(convention, config.generator.output)
-    n_channels, n_classes = len(spec.channel_names), head.n_outputs
-    config = config.replace(
-        generator=dataclasses.replace(config.generator, in_channels=n_channels, n_classes=n_classes),
-        discriminator=dataclasses.replace(config.discriminator, in_channels=n_channels, n_classes=n_classes),
-    )
+    config = task.config
     source = finetune.source(config.train.reinit_output) if finetune is not None else None
-    if resume and source is None:
-        source = _recorded_source(RunDir(run_dir).last)  # a fine-tuned run's source, kept across resumes
-    profile = profile_from_records([cases[i].record for i in train_ids + val_ids], spec.channel_names,
-                                   n_train=len(train_ids), n_val=len(val_ids))
-    model_info = ModelInfo(channels=tuple(spec.channel_names), layout=spec.layout, convention=convention.to_json(),
-                           data=profile, source=source)
-    validate = make_validator([cases[i] for i in val_ids], convention, config, head, example=example) if val_ids else None
+    if resume and source is None:  # a fine-tuned run's source, kept across resumes
+        source = _recorded_source(RunDir(run_dir).last, translate=config.task.translate)
+    model_info = task.model_info(train_ids, val_ids, source)
+    validate = task.validator(val_ids, example) if val_ids else None
     init = None
     if finetune is not None:
         if progress:
             print(f"fine-tuning from {finetune.path} (sha256 {finetune.sha256[:16]}...)", file=sys.stderr)
         init = initial_weights(finetune, reinit_output=config.train.reinit_output, announce=progress)
-    result = _fit(config, cases, train_ids, run_dir, validate, model_info, resume=resume, progress=progress,
-                  started=started, init=init, on_epoch=tracker)
+    result = fit(config, [(task.cases[i].image, task.cases[i].label) for i in train_ids], run_dir, validate=validate,
+                 sample_patch=sample_patch, augment=task.augment, model_info=model_info,
+                 on_step=distributed.checksum_hook(), resume=resume, progress=progress, started=started, init=init,
+                 on_epoch=tracker)
     if ctx.is_main:
         record_run_summary(RunDir(run_dir))
-    if config.train.tune_prediction and val_ids and ctx.is_main:
-        best = RunDir(run_dir).best
-        choice = choose_prediction_options(load_model(best).generator, [cases[i] for i in val_ids], convention,
-                                           config.train.patch_size, head=head, case_ids=val_ids)
-        record_prediction_options(best, choice)
-        if progress:
-            cut = choice["foreground_threshold"]
-            print(f"prediction options from validation: tta {choice['tta']}, foreground threshold "
-                  f"{'argmax' if cut is None else cut}, largest component {choice['largest_component']} "
-                  f"(on {len(val_ids)} validation case(s); the rule and evidence: vox2vox info)", file=sys.stderr)
+        task.after_fit(run_dir, val_ids, progress=progress)
     distributed.barrier()
     return result
-
-
-def _fit(config: Config, cases: dict[str, Any], train_ids: list[str], run_dir: Path, validate: Validator | None,
-         model_info: ModelInfo, **options: Any) -> FitResult:
-    """:func:`fit` on the training cases with the data's patch sampler and augmentation."""
-    return fit(config, [(cases[i].image, cases[i].label) for i in train_ids], run_dir, validate=validate,
-               sample_patch=sample_patch, augment=Augmenter(config.augment), model_info=model_info,
-               on_step=distributed.checksum_hook(), **options)
 
 
 def record_run_summary(run: RunDir) -> None:
@@ -227,11 +280,11 @@ def record_run_summary(run: RunDir) -> None:
     save_checkpoint(run.best, ckpt)
 
 
-def _recorded_source(checkpoint: Path) -> SourceModel | None:
+def _recorded_source(checkpoint: Path, *, translate: bool) -> SourceModel | None:
     """The fine-tuning source a run's checkpoint records (None when it has none)."""
     if not checkpoint.is_file():
         return None
-    info = ModelInfo.from_state(read_metadata(checkpoint).get("state", {}), checkpoint)
+    info = ModelInfo.from_state(read_metadata(checkpoint).get("state", {}), checkpoint, translate=translate)
     return info.source if info is not None else None
 
 

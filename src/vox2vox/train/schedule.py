@@ -1,4 +1,4 @@
-"""Time budgets and learning-rate schedules.
+"""Learning-rate schedules over training progress (epochs or a time budget).
 
 A run has either a number of epochs or a time budget (``train.budget``, e.g. ``"30m"``). Training
 progress ``p`` in [0, 1] is the completed fraction of whichever applies, and the learning rate of
@@ -11,34 +11,9 @@ resumed run continues the same schedule instead of restarting it.
 from __future__ import annotations
 
 import math
-import re
-from typing import Literal
 
+from vox2vox.config import Schedule
 from vox2vox.errors import Vox2VoxError
-
-Schedule = Literal["constant", "poly", "cosine"]
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
-
-
-def parse_duration(text: str | float | int, *, key: str = "train.budget") -> float:
-    """Seconds in ``"30m"``, ``"12h"``, ``"1h30m"``, ``"90s"`` or a plain number of seconds."""
-    if isinstance(text, bool):
-        raise Vox2VoxError(f"{key}={text!r}: give a duration such as 30m, 12h or 1h30m")
-    if isinstance(text, int | float):
-        seconds = float(text)
-    else:
-        s = text.strip().lower().replace(" ", "")
-        if re.fullmatch(r"\d+(\.\d+)?", s):
-            seconds = float(s)
-        elif s and _DURATION.sub("", s) == "" and _DURATION.search(s):
-            seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(s))
-        else:
-            raise Vox2VoxError(f"{key}={text!r}: give a duration such as 30m, 12h or 1h30m")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise Vox2VoxError(f"{key}={text!r}: must be a positive, finite duration")
-    return seconds
 
 
 def lr_factor(progress: float, schedule: Schedule) -> float:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
-from vox2vox.device import autocast, tune_cpu_allocator
+from vox2vox.device import autocast, tune_cpu_allocator, unwrap
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
     ModelInfo,
@@ -151,7 +151,7 @@ def _update_generator(
         loss_g, out = translation_loss(fake, target, config.task)
     else:
         loss_g, out = _segmentation_loss(state, target, fake, config, mask=mask)
-        aux = getattr(_unwrap(state.generator), "aux_outputs", list)()
+        aux = getattr(unwrap(state.generator), "aux_outputs", list)()
         if aux:  # deep supervision: weights 1, 1/2, 1/4 over the scales, normalised (nnU-Net)
             weights = [0.5**k for k in range(len(aux) + 1)]
             loss_g = loss_g * weights[0]
@@ -162,7 +162,7 @@ def _update_generator(
                                                          probs, config, mask=coarse_mask)[0]
             loss_g = loss_g / sum(weights)
     if adversarial:
-        frozen = _unwrap(state.discriminator)
+        frozen = unwrap(state.discriminator)  # the bare D: G's half-step needs no D gradient sync
         frozen.requires_grad_(False)
         try:
             with autocast(state.device, state.amp):
@@ -215,11 +215,6 @@ def _segmentation_loss(state: TrainState, target: torch.Tensor, fake: torch.Tens
         out["loss_ce"] = loss_ce.item()
     out["loss_dice"] = loss_dice.item()
     return loss_g, out
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The bare network inside a DistributedDataParallel wrapper (G's half-step needs no D sync)."""
-    return module.module if hasattr(module, "module") else module
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -444,7 +439,7 @@ def stop_if_not_finite(values: dict[str, Any], state: TrainState, run: RunDir, *
     checkpoint and ``best`` is never a non-finite epoch."""
     bad = [f"{k}={v}" for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
     if weights and not bad:
-        if not all(bool(torch.isfinite(p).all()) for p in _unwrap(state.generator).parameters()):
+        if not all(bool(torch.isfinite(p).all()) for p in unwrap(state.generator).parameters()):
             bad = ["generator weights"]
     if not bad:
         return
@@ -485,7 +480,7 @@ def _end_epoch(
         save_due = state.epoch % config.train.checkpoint_every == 0 and not last_epoch
     # Validate on whole, un-augmented cases (rank 0; the others wait) and keep the best by Dice.
     if validate is not None and due:
-        scores = distributed.on_main(lambda: validate(_unwrap(state.generator)))
+        scores = distributed.on_main(lambda: validate(unwrap(state.generator)))
         row.update(scores)
         key = selection_key(config.task)  # val_dice, or a translation's val_score
         state.last_score = scores.get(key)
@@ -498,7 +493,7 @@ def _end_epoch(
     if ctx.is_main:
         write_metrics(run.metrics, history)
         if on_epoch is not None:
-            on_epoch(row, _unwrap(state.generator))
+            on_epoch(row, unwrap(state.generator))
         if progress and (due or not budget):
             tqdm.write(_format_row(row, config), file=sys.stderr)
         if save_due:

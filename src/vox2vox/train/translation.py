@@ -1,7 +1,7 @@
-"""A translation run (``task.kind = "translate"``): discover, load and split the cases, then :func:`fit`.
+"""A translation run (``task.kind = "translate"``): its cases, networks and validation.
 
-The counterpart of :func:`vox2vox.train.runs.train_on_dataset` (which hands translate configs to
-:func:`train_translation`): labels are not needed, the channels ``task.source`` and
+The translate task of :func:`vox2vox.train.runs.train_on_dataset`'s one run pipeline
+(:func:`load_translation` gives its :class:`TranslationRun`): labels are not needed, the channels ``task.source`` and
 ``task.target`` of every case are (:mod:`vox2vox.data.translation`). The generator takes the
 source channels and outputs the targets through ``task.head``; the discriminator judges
 (source, target) pairs; validation scores the synthesised targets of the validation cases on the
@@ -11,33 +11,26 @@ preprocessed grid inside their foreground: MAE, PSNR and, with ``task.select = "
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
-from vox2vox.data.augmentation import sample_patch
+from vox2vox.data.cases import DatasetSpec
 from vox2vox.data.layouts import discover
 from vox2vox.data.preprocessing import LoadedCase
 from vox2vox.data.translation import TranslationAugmenter, load_translation_case, resolve_channels
-from vox2vox.device import tune_cpu_allocator
-from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import InferenceConfig, predict_probabilities
-from vox2vox.model.checkpoint import ModelInfo
+from vox2vox.model.checkpoint import ModelInfo, SourceModel
 from vox2vox.progress import bar_hidden
 from vox2vox.report.image_metrics import translation_scores
-from vox2vox.rundir import RunDir
-from vox2vox.train import distributed
-from vox2vox.train.runlock import RunLock, check_run_folder
-from vox2vox.train.splits import run_split
-from vox2vox.train.training import FitResult, Validator, fit
+from vox2vox.train.finetune import FineTune, check_channels, check_outputs
+from vox2vox.train.training import Validator
 
 
 def translation_config(config: Config, source: Sequence[str], target: Sequence[str]) -> Config:
@@ -50,44 +43,49 @@ def translation_config(config: Config, source: Sequence[str], target: Sequence[s
     )
 
 
-def train_translation(config: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-                      split: tuple[Sequence[str], Sequence[str]] | None = None,
-                      started: float | None = None, plan_toml: str | None = None) -> FitResult:
-    """Train a translation model on ``config.data.path`` into ``run_dir`` (arguments as ``train_on_dataset``)."""
-    started = time.perf_counter() if started is None else started
-    if not config.data.path:
-        raise Vox2VoxError("no training data: pass --data PATH (or set data.path in the config)")
-    check_run_folder(run_dir, resume=resume)
-    ctx = distributed.setup(config.train.device)
-    progress = progress and ctx.is_main
-    tune_cpu_allocator()
+def load_translation(config: Config, *, finetune: FineTune | None, progress: bool) -> TranslationRun:
+    """The translate task's cases: ``task.source`` and ``task.target`` channels of every case (no
+    labels needed); data a fine-tuning source does not fit is refused before it is loaded."""
     spec = discover(config.data.path, layout=config.data.layout, label_name=config.data.label_name,
                     channel_names=config.data.channels)
     source, target = resolve_channels(spec, config.task.source, config.task.target or (), where=config.data.path)
     config = translation_config(config, source, target)
+    if finetune is not None:  # refuse data the source model does not fit before loading it
+        check_channels(finetune, source, config.data.path)
+        check_outputs(finetune, target, config.data.path, reinit_output=config.train.reinit_output)
     cases: dict[str, LoadedCase] = {}
     for case in tqdm(spec.cases, desc="loading cases", disable=bar_hidden(progress), leave=False, file=sys.stderr):
         cases[case.case_id] = load_translation_case(case, source, target, prep=config.preprocess,
                                                     head=config.task.head)
-    train_ids, val_ids = run_split(list(cases), config, split)
-    run_dir = Path(run_dir)
-    lock = RunLock(run_dir).acquire() if ctx.is_main else None
-    try:
-        check_run_folder(run_dir, resume=resume)  # again, now that no other process can change it
-        if ctx.is_main:
-            ensure_folder(run_dir)
-            atomic_write_text(RunDir(run_dir).split, json.dumps({"train": train_ids, "val": val_ids}, indent=2) + "\n")
-            if plan_toml is not None:
-                atomic_write_text(RunDir(run_dir).plan, plan_toml)
-        info = ModelInfo(channels=tuple(source), layout=spec.layout, convention=None)
-        validate = make_translation_validator([cases[i] for i in val_ids], config) if val_ids else None
-        return fit(config, [(cases[i].image, cases[i].label) for i in train_ids], run_dir, validate=validate,
-                   sample_patch=sample_patch, augment=TranslationAugmenter(config.augment, len(source)),
-                   model_info=info, resume=resume, progress=progress, on_step=distributed.checksum_hook(),
-                   started=started)
-    finally:
-        if lock is not None:
-            lock.release()
+    return TranslationRun(config, spec, cases)
+
+
+@dataclass
+class TranslationRun:
+    """The translate task of a run (:class:`vox2vox.train.runs.RunTask`): the networks map the
+    sources to the targets, validation scores the synthesis, and nothing is chosen afterwards."""
+
+    config: Config
+    spec: DatasetSpec
+    cases: dict[str, LoadedCase]
+    augment: TranslationAugmenter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.augment = TranslationAugmenter(self.config.augment, len(self.config.task.source or ()))
+
+    def check_config(self, *, resume: bool) -> None:
+        """Nothing beyond the task section's own checks (the config validates them)."""
+
+    def model_info(self, train_ids: list[str], val_ids: list[str], source: SourceModel | None) -> ModelInfo:
+        return ModelInfo(channels=tuple(self.config.task.source or ()), layout=self.spec.layout, convention=None,
+                         source=source)
+
+    def validator(self, val_ids: list[str], example: dict[str, np.ndarray]) -> Validator:
+        # No overlay for the tracker: ``example`` (truth and predicted classes) is a segmentation's.
+        return make_translation_validator([self.cases[i] for i in val_ids], self.config)
+
+    def after_fit(self, run_dir: Path, val_ids: list[str], *, progress: bool) -> None:
+        """No prediction options to choose: a synthesis has no threshold or components."""
 
 
 def make_translation_validator(val_cases: Sequence[LoadedCase], config: Config) -> Validator:

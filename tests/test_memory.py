@@ -12,7 +12,7 @@ import torch
 
 from vox2vox.cli import main
 from vox2vox.config import Config
-from vox2vox.train.planning import estimate_memory
+from vox2vox.train.memory import estimate_memory
 from vox2vox.train.state import build_state
 from vox2vox.train.training import train_step
 

@@ -16,7 +16,7 @@
   the batch itself, the one-hot target and the generator's output.
 
 Accuracy: the peak resident memory measured on CPU for two small configs lies within 35 % of this
-estimate (tests/test_planning.py; resident size is a noisy measure: allocator reuse, CPU
+estimate (tests/test_memory.py; resident size is a noisy measure: allocator reuse, CPU
 convolution buffers). On a GPU, kernel
 workspace (cuDNN) and the CUDA context (about 0.5-1 GB) come on top: leave headroom. Shapes: batches are ``(B, C, D, H, W)``.
 """
