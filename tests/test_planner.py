@@ -337,3 +337,17 @@ def test_plan_holds_out_enough_validation_cases_for_choices_no_case_decides(labe
     reason = next(r for r in plan.reasons if r.startswith("validation:"))
     assert f"{held_out} of {labelled} labelled cases" in reason
     assert ("keep their defaults" in reason) is (held_out < 2)
+
+
+def test_a_users_validation_hold_out_replaces_the_plans_and_its_reason():
+    from vox2vox.train.planned import changed_keys, reasons_after
+
+    plan = make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800, throughput=TABLE)
+    planned = Config.from_dict(plan.config)
+    assert planned.data.val_cases == 2
+    final = planned.with_overrides(["data.val_cases=0", "data.path=elsewhere"])
+    changed = changed_keys(planned, final)
+    assert changed == {"data.val_cases": 0}  # where the data is stays the user's, not a change to the plan
+    reasons = reasons_after(plan.reasons, changed, final)
+    assert any(r.startswith("validation: data.val_cases=0 (your setting") for r in reasons)
+    assert not any("2 of 8 labelled cases" in r for r in reasons)
