@@ -1209,8 +1209,11 @@ def test_evaluate_keeps_large_label_values_apart(tmp_path, capsys):
                          "--regions", "labels", "--out", tmp_path / "e" / "e.csv")
     assert code == 0, err
     summary = json.loads((tmp_path / "e" / "e_summary.json").read_text())["summary"]
-    assert len(summary) == 2  # two labels, two regions
-    assert all(region["dice"]["mean"] == 0.0 for region in summary.values())
+    # Two labels kept apart (two regions that do not overlap), plus their union, which does.
+    labels = sorted(k for k in summary if k != "foreground")
+    assert len(labels) == 2 and "foreground" in summary
+    assert all(summary[k]["dice"]["mean"] == 0.0 for k in labels)
+    assert summary["foreground"]["dice"]["mean"] == 1.0
 
 
 def test_resume_with_a_corrupt_metrics_log(tmp_path, capsys):

@@ -170,7 +170,8 @@ def test_failing_case_is_reported_and_the_others_go_on(tmp_path):
     report = predict_dataset([load_model(ckpt)], manifest, out, progress=False)
     assert sorted(report.written) == ["c0", "c2"]
     assert list(report.failed) == ["c1"] and "c1.nii.gz" in report.failed["c1"]
-    assert sorted(p.name for p in out.iterdir()) == ["c0.nii.gz", "c2.nii.gz"]  # no temporary left
+    # No temporary left; labels.json records the label convention for `evaluate`.
+    assert sorted(p.name for p in out.iterdir()) == ["c0.nii.gz", "c2.nii.gz", "labels.json"]
 
 
 def test_existing_outputs_are_replaced_atomically_and_probabilities_saved(tmp_path):
@@ -197,7 +198,7 @@ def test_existing_outputs_are_replaced_atomically_and_probabilities_saved(tmp_pa
     assert probs_img.shape == (14, 12, 10, 2) and probs_img.get_data_dtype() == np.float32
     np.testing.assert_allclose(probs_img.affine, labels.affine)
     np.testing.assert_allclose(np.asarray(probs_img.dataobj), probs.transpose(3, 2, 1, 0), atol=1e-6)
-    assert sorted(p.name for p in out.iterdir()) == ["c0.nii.gz", "c0.npz", "c0_probs.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["c0.nii.gz", "c0.npz", "c0_probs.nii.gz", "labels.json"]
 
 
 def test_postprocessing_is_applied_to_written_labels(tmp_path):

@@ -5,6 +5,7 @@ evaluates a real case there."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -94,14 +95,19 @@ def test_every_imported_library_is_declared():
     # torch.utils.tensorboard needs the tensorboard distribution (the tensorboard extra).
     imported = _imported_top_level(REPO / "src" / "vox2vox") | {"tensorboard"}
     stdlib = set(sys.stdlib_module_names) | {"vox2vox"}
-    missing = sorted(m for m in imported - stdlib if distribution.get(m, m).lower() not in declared)
+    missing = sorted(m for m in imported - stdlib if _normalised(distribution.get(m, m)) not in declared)
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
 
 
 def _requirement_name(requirement: str) -> str:
     for stop in "<>=!~[; ":
         requirement = requirement.split(stop, 1)[0]
-    return requirement.strip().lower()
+    return _normalised(requirement.strip())
+
+
+def _normalised(name: str) -> str:
+    """A distribution name as the package index compares them (PEP 503: runs of -, _ and . alike)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _imported_top_level(package: Path) -> set[str]:

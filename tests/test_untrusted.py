@@ -158,7 +158,7 @@ def test_manifest_paths_through_dotdot_and_symlinks_are_read_but_never_written(t
     code, _, err = cli(capsys, "predict", "--model", model, "--input", data / "manifest.csv", "--output", out,
                        "--no-progress")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["first.nii.gz", "second.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["first.nii.gz", "labels.json", "second.nii.gz"]
     assert {p: p.stat().st_mtime_ns for p in outside.rglob("*")} == before
     assert image.is_file()
 
@@ -177,4 +177,4 @@ def test_a_symlink_planted_in_the_output_folder_is_replaced_not_followed(tmp_pat
     assert victim.read_text() == "do not touch\n"
     written = out / "scan.nii.gz"
     assert written.is_file() and not written.is_symlink()
-    assert sorted(os.listdir(out)) == ["scan.nii.gz"]
+    assert sorted(os.listdir(out)) == ["labels.json", "scan.nii.gz"]

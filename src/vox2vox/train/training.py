@@ -62,7 +62,7 @@ from vox2vox.model.translation import selection_key, split_source_target, transl
 from vox2vox.progress import bar_hidden
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
 from vox2vox.train import distributed
-from vox2vox.train.control import InterruptFlag, RunClock
+from vox2vox.train.control import Horizon, InterruptFlag, RunClock
 from vox2vox.train.patches import (
     Augment,
     BatchStream,
@@ -284,12 +284,13 @@ def fit(
     save = partial(_save, state, config, model_info=model_info)
 
     clock = RunClock(state.seconds, started)
+    horizon = Horizon.of(config)
 
     interrupted = InterruptFlag()
     stream = BatchStream(partial(_epoch_loader, config, train_cases, sample_patch, augment, ctx),
                          background=config.train.num_workers == 0)
     with interrupted, stream:
-        while not _finished(state, config):
+        while not horizon.done(epoch=state.epoch, seconds=state.seconds):
             row = _train_epoch(state, config, stream, len(train_cases), state.epoch, run=run, ctx=ctx,
                                interrupted=interrupted, progress=progress, on_step=on_step, clock=clock)
             state.seconds = clock()
@@ -396,14 +397,12 @@ def _train_epoch(
     n_batches = batches_per_epoch(config, n_cases, ctx)
     t0 = time.perf_counter()
     n = skip
-    budget = config.train.budget_seconds
-    total = f"{config.train.budget} budget" if budget else str(config.train.epochs)
-    bar = tqdm(stream.epoch(epoch, skip), desc=f"epoch {epoch + 1}/{total}", total=n_batches - skip, leave=False,
-               disable=bar_hidden(progress), file=sys.stderr)
+    horizon = Horizon.of(config)
+    bar = tqdm(stream.epoch(epoch, skip), desc=f"epoch {epoch + 1}/{horizon.label(config.train.budget)}",
+               total=n_batches - skip, leave=False, disable=bar_hidden(progress), file=sys.stderr)
     for image, label in bar:
-        # Progress through training: the budget's spent share, or the epochs' (by batch).
-        done = clock() / budget if budget else (epoch + n / max(n_batches, 1)) / config.train.epochs
-        if budget and distributed.any_rank(done >= 1.0):
+        done = horizon.progress(epoch=epoch, batch=n, batches=n_batches, seconds=clock())
+        if horizon.budget_seconds and distributed.any_rank(done >= 1.0):
             break  # the budget is spent: this epoch ends here
         _set_learning_rates(state, config, done)
         non_blocking = state.device.type == "cuda"  # pinned host memory copies asynchronously
@@ -467,19 +466,10 @@ def _end_epoch(
     row and save the last checkpoint. With a budget, epochs are short and many: validation and the
     last checkpoint come at every tenth of the budget instead of every ``val_every``/``checkpoint_every`` epochs.
     """
-    budget = config.train.budget_seconds
-    if budget:
-        last_epoch = _finished(state, config)
-        mark = min(int(10 * state.seconds / budget), 10)
-        save_due = mark > state.val_mark and not last_epoch  # fit saves the final state after the loop
-        due = last_epoch or mark > state.val_mark
-        state.val_mark = max(mark, state.val_mark)
-    else:
-        last_epoch = state.epoch == config.train.epochs
-        due = state.epoch % config.train.val_every == 0 or last_epoch
-        save_due = state.epoch % config.train.checkpoint_every == 0 and not last_epoch
+    due = Horizon.of(config).epoch_end(epoch=state.epoch, seconds=state.seconds, mark=state.val_mark)
+    state.val_mark = due.mark
     # Validate on whole, un-augmented cases (rank 0; the others wait) and keep the best by Dice.
-    if validate is not None and due:
+    if validate is not None and due.validate:
         scores = distributed.on_main(lambda: validate(unwrap(state.generator)))
         row.update(scores)
         key = selection_key(config.task)  # val_dice, or a translation's val_score
@@ -494,14 +484,14 @@ def _end_epoch(
         write_metrics(run.metrics, history)
         if on_epoch is not None:
             on_epoch(row, unwrap(state.generator))
-        if progress and (due or not budget):
+        if progress and due.show_row:
             tqdm.write(_format_row(row, config), file=sys.stderr)
-        if save_due:
+        if due.save_last:
             save(run.last)
 
 
 def _format_row(row: dict[str, Any], config: Config) -> str:
-    parts = [f"epoch {row['epoch']}" + (f" (step {row['step']})" if config.train.budget else f"/{config.train.epochs}")]
+    parts = [Horizon.of(config).row_label(row["epoch"], row["step"])]
     for key in ("loss_g", "loss_dice", "loss_l1", "loss_adv", "loss_d", "d_acc", "val_dice", "val_mae", "val_ssim"):
         if key in row:
             parts.append(f"{key} {row[key]:.4f}")
@@ -516,11 +506,6 @@ def _save(state: TrainState, config: Config, path: Path, model_info: ModelInfo |
 
 def _replace(obj: Any, **changes: Any) -> Any:
     return dataclasses.replace(obj, **changes)
-
-
-def _finished(state: TrainState, config: Config) -> bool:
-    budget = config.train.budget_seconds
-    return state.seconds >= budget if budget else state.epoch >= config.train.epochs
 
 
 def _set_learning_rates(state: TrainState, config: Config, progress: float) -> None:
