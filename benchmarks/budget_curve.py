@@ -9,6 +9,8 @@ Dice and HD95 on the cases' own grids). Methods:
   then ``vox2vox predict``);
 - ``critic`` / ``dice-only``: the same plan with ``loss.adversarial=true`` / ``false`` (the plan
   decides the term by its recorded rule, so one of the two equals ``readme`` at a given budget);
+- ``cheap-critic``: the term on with the critic judging the pair pooled by 2
+  (``discriminator.input_scale=2``, +13% a CPU step instead of +55%: benchmarks/RESULTS.md);
 - ``unet``: the plain MONAI U-Net of ``benchmarks/quality.py`` (default width 16, 80x96x80 patches
   at 2 mm: the peer of the recent rounds in benchmarks/RESULTS.md).
 
@@ -17,7 +19,7 @@ curve resumes. Prints one JSON line per run, then one per (budget, method): Dice
 over seeds and steps.
 
     python benchmarks/budget_curve.py --out OUT/curve --seeds 0 1 2                   # 10m, 30m, 2h
-    python benchmarks/budget_curve.py --out OUT/curve --budgets 30m --methods readme dice-only critic unet
+    python benchmarks/budget_curve.py --out OUT/curve --budgets 30m --methods readme dice-only critic cheap-critic unet
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ METHOD_ARGS = {
     "readme": ["--method", "readme"],
     "critic": ["--method", "readme", "--set", "loss.adversarial=true"],
     "dice-only": ["--method", "readme", "--set", "loss.adversarial=false"],
+    "cheap-critic": ["--method", "readme", "--set", "loss.adversarial=true", "--set", "discriminator.input_scale=2"],
     "unet": ["--method", "unet"],
 }
 
