@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from vox2vox.cli import main
-from vox2vox.device import detect_device
+from vox2vox.device import cpu_bf16, detect_device
 from vox2vox.environment import VECTOR_FLAGS, read_environment, torch_build
 
 
@@ -26,11 +26,13 @@ def test_env_reports_what_torch_and_the_planner_see(capsys):
     cpuinfo = Path("/proc/cpuinfo").read_text()
     flags = set(next(line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))).split(":")[1].split())
     assert env["cpu_flags"] == [f for f in VECTOR_FLAGS if f in flags]
+    assert env["cpu_bf16"] == cpu_bf16()  # whether a CPU plan also times bf16 autocast
 
     assert main(["env"]) == 0
     text = capsys.readouterr().out
     assert f"torch {torch.__version__}: {env['torch_build']} build" in text
     assert "CPU vector extensions: " in text and "a plan here targets: " in text
+    assert "bf16 on the CPU: " + ("fast in oneDNN" if env["cpu_bf16"] else "no fast oneDNN path") in text
 
 
 def test_torch_build_names_cuda_and_rocm(monkeypatch):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from vox2vox.device import detect_device
+from vox2vox.device import cpu_bf16, detect_device
 from vox2vox.train.planner import default_budget
 from vox2vox.train.schedule import format_duration
 from vox2vox.version import __version__
@@ -50,6 +50,7 @@ class Environment:
     cpu_model: str
     cpu_flags: list[str]  # the VECTOR_FLAGS this CPU has
     torch_cpu_capability: str  # the widest vector kernels torch dispatches to here (DEFAULT, AVX2, AVX512)
+    cpu_bf16: bool  # oneDNN runs bf16 fast here, so a CPU plan also times bf16 autocast
     logical_cpus: int
     usable_cpus: int  # in this process's CPU affinity mask (what a batch job's allocation allows)
     torch_threads: int
@@ -76,7 +77,9 @@ class Environment:
             f"CPU: {self.cpu_model}; {self.usable_cpus} of {self.logical_cpus} logical CPUs usable; "
             f"torch uses {self.torch_threads} threads",
             f"CPU vector extensions: {', '.join(self.cpu_flags) or 'none found'} "
-            f"(torch's kernels here: {self.torch_cpu_capability})",
+            f"(torch's kernels here: {self.torch_cpu_capability}); bf16 on the CPU: "
+            + ("fast in oneDNN, so a plan times it and trains in it where it measured faster" if self.cpu_bf16
+               else "no fast oneDNN path, so plans train in fp32"),
             f"memory: {gib(self.memory_total_gib)} total, {gib(self.memory_available_gib)} available"
             + (f", limited to {gib(self.memory_limit_gib)} for this process's group" if self.memory_limit_gib else ""),
         ]
@@ -117,6 +120,7 @@ def read_environment() -> Environment:
         cpu_model=_cpu_model(),
         cpu_flags=[f for f in VECTOR_FLAGS if f in _cpu_flags()],
         torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        cpu_bf16=cpu_bf16(),
         logical_cpus=os.cpu_count() or 1,
         usable_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
         torch_threads=torch.get_num_threads(),
