@@ -47,7 +47,12 @@ from vox2vox.device import autocast, cpu_bf16
 from vox2vox.model.losses import lsgan_generator_loss, one_hot
 from vox2vox.train.patches import BatchStream, patch_loader
 from vox2vox.train.state import build_state
-from vox2vox.train.training import _segmentation_loss, _update_discriminator, train_step
+from vox2vox.train.training import (
+    _critic_amp,
+    _segmentation_loss,
+    _update_discriminator,
+    train_step,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats2018-deepvoxnet2"
 PATCH = (80, 96, 80)
@@ -160,7 +165,7 @@ def phases(config: Config, cases: list, repeats: int) -> dict[str, object]:
         D = state.discriminator
         D.requires_grad_(False)
         f = forward()
-        with autocast(state.device, state.amp):
+        with autocast(state.device, _critic_amp(state)):  # as train_step runs the critic
             lsgan_generator_loss(D(x, f)).backward()
         D.requires_grad_(True)
 

@@ -428,3 +428,23 @@ def test_degenerate_training_data_warns_in_one_line_naming_the_file(tmp_path, ca
     assert code == 0, err
     warned = [line for line in err.splitlines() if ": warning: " in line]
     assert len(warned) == 1 and warned[0].startswith(needle), err
+
+
+def test_cpu_bf16_runs_the_generator_in_bf16_and_keeps_the_critic_in_float32():
+    # Under bf16 autocast on a CPU the critic's weight gradients turned non-finite within ~100
+    # adversarial steps (docs/method.md, "Self-configuration"): the critic stays float32 there.
+    config = Config.from_dict({
+        "generator": {"arch": "residual", "in_channels": 1, "n_classes": 2, "base_filters": 4, "max_filters": 16,
+                      "depth": 2, "dropout": 0.0},
+        "discriminator": {"in_channels": 1, "n_classes": 2, "base_filters": 4, "max_filters": 16, "dropout": 0.0},
+        "loss": {"dice": "per_sample", "lambda_adv": 0.1, "adversarial_start": 0.0},
+        "train": {"patch_size": [32, 32, 32], "batch_size": 1, "device": "cpu", "amp": "bf16"},
+    })
+    state = build_state(config)
+    dtypes: dict[str, torch.dtype] = {}
+    for name, net in (("G", state.generator), ("D", state.discriminator)):
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+        conv.register_forward_hook(lambda m, i, o, name=name: dtypes.setdefault(name, o.dtype) and None)
+    out = train_step(state, torch.randn(1, 1, 32, 32, 32), torch.randint(0, 2, (1, 32, 32, 32)), config, progress=1.0)
+    assert dtypes == {"G": torch.bfloat16, "D": torch.float32}
+    assert "loss_adv" in out and all(np.isfinite(v) for v in out.values())

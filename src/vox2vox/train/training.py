@@ -35,7 +35,7 @@ from tqdm import tqdm
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
-from vox2vox.device import autocast, tune_cpu_allocator, unwrap
+from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator, unwrap
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
     ModelInfo,
@@ -119,7 +119,7 @@ def _update_discriminator(
     D, gate = state.discriminator, config.train.d_accuracy_gate
     real = target if mask is None else target * mask + fake.detach().float() * (1 - mask)
     real_features = None
-    with autocast(state.device, state.amp):
+    with autocast(state.device, _critic_amp(state)):
         if config.loss.lambda_fm > 0:
             real_scores, hidden = D(image, real, features=True)
             real_features = [h.detach() for h in hidden]
@@ -165,7 +165,7 @@ def _update_generator(
         frozen = unwrap(state.discriminator)  # the bare D: G's half-step needs no D gradient sync
         frozen.requires_grad_(False)
         try:
-            with autocast(state.device, state.amp):
+            with autocast(state.device, _critic_amp(state)):
                 if loss_cfg.lambda_fm > 0:
                     if real_features is None:
                         with torch.no_grad():
@@ -189,6 +189,13 @@ def _update_generator(
     state.step += 1
     out["loss_g"] = loss_g.item()
     return out
+
+
+def _critic_amp(state: TrainState) -> AmpDtype:
+    """The critic's precision: the run's, except on a CPU, where it stays float32: under bf16
+    autocast oneDNN's weight gradients of the critic's last small convolutions turned non-finite
+    within ~100 adversarial steps on phantoms (tests/test_patches.py), while the generator's did not."""
+    return "off" if state.device.type == "cpu" else state.amp
 
 
 def _segmentation_loss(state: TrainState, target: torch.Tensor, fake: torch.Tensor, config: Config, *, mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
