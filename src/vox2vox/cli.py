@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill-missing", action="append", default=[], metavar="CHANNEL=MODEL",
                    help="synthesise the model's channel CHANNEL with the translation model MODEL (run directory or "
                         "checkpoint) from the channels the cases have, then segment (repeatable)")
+    p.add_argument("--missing", action="append", default=[], metavar="CHANNEL",
+                   help="the cases have no CHANNEL (repeatable): a model trained with channel dropout "
+                        "(augment.channel_dropout) segments them without it; other models refuse. An empty "
+                        "manifest cell is the same for one case")
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = sub.add_parser("export", parents=[common], help="the generator as one ONNX or TorchScript file with its "
@@ -464,7 +468,8 @@ def _predict(args: argparse.Namespace) -> int:
         if models[0].config.task.translate or args.fill_missing:
             raise Vox2VoxError("--input NAME=FILE: one case from channel files is predicted by segmentation "
                                "models without --fill-missing; give a manifest or folder otherwise")
-        spec = channel_files_spec(args.input, models[0].channels)
+        given = None if models[0].channels is None else [c for c in models[0].channels if c not in args.missing]
+        spec = channel_files_spec(args.input, given)
         input_path = spec.root
     else:
         input_path = args.input[0]
@@ -485,7 +490,7 @@ def _predict(args: argparse.Namespace) -> int:
         if models[0].config.task.translate:  # a translation model writes synthesised volumes
             seg_only = [o for o, v in (("--save-probabilities", args.save_probabilities), ("--min-et-voxels",
                         args.min_et_voxels), ("--largest-component", args.largest_component), ("--threshold", args.threshold), ("--fill-missing",
-                        args.fill_missing), ("--output-format", args.output_format != "nifti"),
+                        args.fill_missing), ("--missing", args.missing), ("--output-format", args.output_format != "nifti"),
                         ("--save-uncertainty", args.save_uncertainty)) if v]
             if seg_only:
                 raise Vox2VoxError(f"{models[0].path}: a translation model; {seg_only[0]} applies to segmentation")
@@ -497,7 +502,7 @@ def _predict(args: argparse.Namespace) -> int:
                                          layout=args.layout, **options)
     else:
         report = predict_dataset(models, input_path, args.output, config=config, device=device, layout=args.layout,
-                                 spec=spec, **options)
+                                 spec=spec, missing=args.missing, **options)
     print(f"wrote {len(report.written)} prediction(s) to {args.output}")
     if report.empty:
         print(f"  no foreground predicted in {len(report.empty)} case(s): {', '.join(one_line(c) for c in report.empty)}")

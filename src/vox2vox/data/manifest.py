@@ -77,12 +77,15 @@ def read_manifest(path: Path) -> DatasetSpec:
             raise Vox2VoxError(f"{path}: line {line}: case id {case_id!r} is empty or repeated")
         seen.add(case_id)
         by_name = dict(zip(header, cells, strict=True))
-        if any(not by_name[n] for n in channel_names):
-            raise Vox2VoxError(f"{path}: line {line}: case {case_id} has an empty channel path")
-        channels = {n: resolve_cell(base, by_name[n]) for n in channel_names}
+        # An empty cell is a contrast this case lacks: prediction may run without it
+        # (CaseFiles.absent); reading the case for anything else refuses it.
+        absent = tuple(n for n in channel_names if not by_name[n])
+        if len(absent) == len(channel_names):
+            raise Vox2VoxError(f"{path}: line {line}: case {case_id} has no channel path at all")
+        channels = {n: resolve_cell(base, by_name[n]) for n in channel_names if by_name[n]}
         label = resolve_cell(base, cells[-1]) if has_label and cells[-1] else None
         mask = resolve_cell(base, cells[mask_column]) if mask_column is not None and cells[mask_column] else None
-        cases.append(CaseFiles(case_id, channels, label, mask))
+        cases.append(CaseFiles(case_id, channels, label, mask, absent))
     return DatasetSpec(path, "manifest", channel_names, tuple(cases), "auto")
 
 

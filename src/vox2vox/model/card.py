@@ -58,6 +58,7 @@ class ModelCard:
             "target_spacing": list(prep.target_spacing) if prep.target_spacing else None,
             "network": {"generator": self.config.to_dict()["generator"], "patch_size": list(self.config.train.patch_size)},
             "task": _task_json(self.config),
+            "channel_dropout": self.config.augment.channel_dropout,
             "labels": info.convention if info else None,
             "layout": info.layout if info else None,
             "training_data": info.data.to_json() if info and info.data else None,
@@ -150,6 +151,7 @@ def format_card(card: ModelCard) -> str:
         lines.append(("objective", _objective(config)))
     else:
         lines.append(("labels", _labels(info)))
+        lines.append(("missing input", _missing_channels(config)))
     lines += _data_lines(info)
     if c.get("epochs") is None:
         lines.append(("training", NOT_RECORDED))
@@ -200,6 +202,15 @@ def _validation(config: Config, c: dict[str, Any]) -> str:
     best_text = f"best {name} {best:.4f} (epoch {c['best_epoch']})" if best is not None else f"best {name} {NOT_RECORDED}"
     last_text = f"last {last:.4f}" if last is not None else f"last {NOT_RECORDED}"
     return f"{best_text}, {last_text}; " + (f"{how}; " if how else "") + f"this file is the {c['select']} model"
+
+
+def _missing_channels(config: Config) -> str:
+    """Whether ``predict --missing`` runs this model (augment.channel_dropout, docs/method.md)."""
+    p = config.augment.channel_dropout
+    if p <= 0:
+        return "refused: trained without channel dropout (augment.channel_dropout 0), every channel is needed"
+    return (f"tolerated: trained with channel dropout (augment.channel_dropout {p:g}); a case may lack any "
+            "channels but one (predict --missing)")
 
 
 def _objective(config: Config) -> str:
