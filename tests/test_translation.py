@@ -252,8 +252,9 @@ def test_fill_missing_segments_with_the_synthesised_channel(phantoms, translator
                           "--fill-missing", "t2=" + str(translator), "--layout", "brats", "--no-progress"), "t2", "t1, flair")
     filled = tmp_path / "filled"
     code, _, err = cli(capsys, "predict", "--model", seg, "--input", missing, "--output", filled,
-                       "--fill-missing", f"flair={translator}", "--layout", "brats", "--no-progress")
+                       "--fill-missing", f"flair={translator}", "--fill-unchecked", "--layout", "brats", "--no-progress")
     assert code == 0, err
+    assert "UNMEASURED" in err
     # The same as writing the synthesised FLAIR into the cases and segmenting them as usual.
     synth = tmp_path / "synth"
     assert cli(capsys, "predict", "--model", translator, "--input", missing, "--output", synth, "--layout", "brats",

@@ -337,6 +337,8 @@ class PredictionReport:
     #: Cases whose label map holds no foreground at all.
     empty: list[str] = dataclasses.field(default_factory=list)
     warnings: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Lines about the whole call the user must see (which route ``--fill-missing`` took, and why).
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def predict_case(
