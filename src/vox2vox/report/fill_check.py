@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vox2vox import __version__
 from vox2vox.data.cases import CaseFiles
 from vox2vox.data.io import read_channels
 from vox2vox.data.labels import LabelConvention, round_label_map
@@ -35,7 +34,8 @@ from vox2vox.data.loading import load_case, load_case_without
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer import ensemble
 from vox2vox.infer.fill_record import FillRecord, ModelRef, Route, write_record
-from vox2vox.infer.inference import InferenceConfig, LoadedModel, predict_case
+from vox2vox.infer.inference import InferenceConfig, predict_case
+from vox2vox.infer.loaded import LoadedModel
 from vox2vox.infer.translation import (
     DEFAULT_INFERENCE,
     check_translation_models,
@@ -44,6 +44,7 @@ from vox2vox.infer.translation import (
 )
 from vox2vox.progress import bar_hidden
 from vox2vox.report.metrics import dice
+from vox2vox.version import __version__
 
 #: The smallest mean Dice gain over the fallback route that counts as helping (``--min-gain``).
 DEFAULT_MIN_GAIN = 0.01
