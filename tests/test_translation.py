@@ -273,6 +273,23 @@ def test_fill_missing_segments_with_the_synthesised_channel(phantoms, translator
         assert geo.same_grid(read_volume(source.channels["t1"])[1])
 
 
+def test_several_source_contrasts_translate_to_flair(phantoms, tmp_path, capsys):
+    run = tmp_path / "three-to-flair"
+    code, _, err = cli(capsys, "train", "--config", "paper", "--data", phantoms, "--out", run, *TRANSLATE,
+                       "--set", 'task.source=["t1","t1ce","t2"]', "--set", "train.epochs=2", "--no-progress")
+    assert code == 0, err
+    model = load_model(run)
+    assert model.config.generator.in_channels == 3 and model.channels == ["t1", "t1ce", "t2"]
+    case_id = discover(phantoms).cases[0].case_id
+    sources = tmp_path / "sources" / case_id
+    shutil.copytree(phantoms / case_id, sources)
+    (sources / f"{case_id}_flair.nii.gz").unlink()
+    assert cli(capsys, "predict", "--model", run, "--input", sources.parent, "--output", tmp_path / "out",
+               "--layout", "brats", "--no-progress")[0] == 0
+    volume, _ = read_volume(tmp_path / "out" / f"{case_id}.nii.gz")
+    assert volume.shape == SHAPE and np.isfinite(volume).all() and volume.std() > 0
+
+
 # ---- bad task configs -------------------------------------------------------------------------
 @pytest.mark.parametrize(("settings", "needles"), [
     ({"task.target": '["t3"]'}, ["'t3'", "t1, t1ce, t2, flair"]),
