@@ -132,6 +132,8 @@ def test_an_empty_manifest_cell_is_an_absent_channel_for_that_case(runs, tmp_pat
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "pred").glob("*.nii.gz")) == [
         "case_000.nii.gz", "case_001.nii.gz", "case_002.nii.gz"]
+    code, out, _ = cli(capsys, "dataset", holed)
+    assert code == 0 and "case_000: manifest: no file for channel(s) flair" in out
     # Training needs every channel: the hole is one line naming the case.
     assert_user_error(cli(capsys, "train", "--data", holed, "--out", tmp_path / "run", *PAPER, *TINY_SETTINGS),
                       "case_000", "flair")
