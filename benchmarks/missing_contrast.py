@@ -19,7 +19,10 @@ target gets ``--seg-budget``, and ``vox2vox fill-check`` (:func:`vox2vox.report.
 measures on the held-out cases the Dice (mean over the label convention's regions; whole tumour on
 the shared BraTS 2018 cases) with the real target, with each network's synthesis, and with the
 target absent; ``route`` is what ``predict --fill-missing`` would then use (the synthesis where
-the record shows a gain of at least ``--min-gain``, else the absent channel).
+the record shows a gain of at least ``--min-gain``, else the absent channel). That record is
+measured on the very cases it is applied to, so its route never scores below the absent one;
+``held_out_route_dice`` decides each case's route from the other held-out cases only, as on new
+cases.
 
 Full scale (benchmarks/RESULTS.md: 30 minutes a method and fold, 3 folds, 2 seeds)::
 
@@ -185,12 +188,27 @@ def run_fold(args: argparse.Namespace, spec: DatasetSpec, seed: int, fold: int, 
             record = fill_check([segmenter], load_model(fold_dir / method / "run"), test_manifest,
                                 channel=args.target, min_gain=args.min_gain, progress=False)
             route = "synthesised" if record.helps else record.fallback
+            held_out = cross_fitted_routes(record.per_case, record.fallback, args.min_gain)
+            held_out_dice = float(np.mean([record.per_case[c][r] for c, r in held_out.items()]))
             row["segmentation"][method] = {"dice": record.dice, "regions": record.regions,
-                                           "per_case": record.per_case, "route": route, "gain": record.gain}
+                                           "per_case": record.per_case, "route": route, "gain": record.gain,
+                                           "held_out_routes": held_out, "held_out_route_dice": held_out_dice}
             print(f"seed {seed} fold {fold} Dice with {args.target} real {record.dice['real']:.3f}, synthesised by "
                   f"{method} {record.dice['synthesised']:.3f}, absent {record.dice[record.fallback]:.3f}: "
-                  f"fill-missing takes {route}", flush=True)
+                  f"fill-missing takes {route}; decided on the other cases {held_out_dice:.3f}", flush=True)
     return row
+
+
+def cross_fitted_routes(per_case: dict[str, dict[str, float]], fallback: str, min_gain: float) -> dict[str, str]:
+    """Each case's route decided, as ``predict --fill-missing`` decides, from a record of the OTHER
+    cases only: the fold's record is measured on the cases it is then applied to, so its own route
+    can never score below the fallback; this one can, as on new cases (no other case: the fallback)."""
+    routes = {}
+    for case_id in per_case:
+        others = [v for c, v in per_case.items() if c != case_id]
+        gain = np.mean([v["synthesised"] - v[fallback] for v in others]) if others else -math.inf
+        routes[case_id] = "synthesised" if gain >= min_gain else fallback
+    return routes
 
 
 def _means(per_case: dict[str, dict[str, float]]) -> str:
@@ -223,9 +241,11 @@ def summarise(results: dict) -> None:
         runs = [r["segmentation"][method] for r in segmented]
         dice = {k: [s["dice"][k] for s in runs if k in s["dice"]] for k in ("real", "synthesised", "absent", "zeroed")}
         route = [s["dice"][s["route"]] for s in runs]
+        held_out = [s["held_out_route_dice"] for s in runs]
         print(f"Dice ({method} translator): " + ", ".join(f"{k} {np.mean(v):.3f} +- {np.std(v):.3f}"
                                                           for k, v in dice.items() if v)
-              + f"; route fill-missing takes {np.mean(route):.3f} ({', '.join(s['route'] for s in runs)})")
+              + f"; route fill-missing takes {np.mean(route):.3f} ({', '.join(s['route'] for s in runs)}), "
+                f"decided on the other cases {np.mean(held_out):.3f}")
 
 
 def main() -> None:

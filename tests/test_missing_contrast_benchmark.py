@@ -36,6 +36,8 @@ def test_the_benchmark_compares_methods_at_equal_time_and_records_the_fill_route
         assert set(seg["dice"]) == {"real", "synthesised", "absent"}
         # The route is the synthesis only where it measured a gain, else the absent channel.
         assert seg["route"] == ("synthesised" if seg["gain"] >= 0.01 else "absent")
+        # One held-out case per fold: no other case to decide from, so the absent channel.
+        assert seg["held_out_routes"] == dict.fromkeys(row["test"], "absent")
     for method in row["methods"].values():
         for scores in method["cases"].values():
             assert math.isfinite(scores["ssim"]) and math.isfinite(scores["psnr"]) and "tumour_psnr" in scores
