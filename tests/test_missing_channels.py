@@ -114,6 +114,13 @@ def test_a_dropout_model_predicts_without_a_channel_and_says_so_in_its_card(runs
     assert code == 0, err
     labels = nib.load(str(tmp_path / "pred" / "case_000.nii.gz"))
     assert labels.shape == (16, 16, 16)
+    # One case from channel files, the missing one not given.
+    t1 = read_manifest(runs["manifest"]).cases[0].channels["t1"]
+    code, _, err = cli(capsys, "predict", "--model", runs["dropout"], "--input", f"t1={t1}", "--output",
+                       tmp_path / "one", "--missing", "flair", "--no-progress")
+    assert code == 0, err
+    (one,) = (tmp_path / "one").glob("*.nii.gz")
+    np.testing.assert_array_equal(np.asanyarray(nib.load(str(one)).dataobj), np.asanyarray(labels.dataobj))
     code, card, _ = cli(capsys, "info", runs["dropout"])
     assert code == 0 and "missing input" in card and "tolerated" in card and "0.5" in card
     code, card, _ = cli(capsys, "info", runs["plain"])
