@@ -22,7 +22,7 @@ from vox2vox.cli import main
 from vox2vox.config import Config
 from vox2vox.data.augmentation import AugmentConfig, Augmenter, drop_channels
 from vox2vox.data.loading import load_case, load_case_without
-from vox2vox.data.manifest import read_manifest
+from vox2vox.data.manifest import read_manifest, write_spec_manifest
 from vox2vox.data.preprocessing import PreprocessConfig
 from vox2vox.errors import Vox2VoxError
 
@@ -134,6 +134,8 @@ def test_an_empty_manifest_cell_is_an_absent_channel_for_that_case(runs, tmp_pat
     holed = runs["manifest"].parent / "holed.csv"
     holed.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
     assert read_manifest(holed).cases[0].absent == ("flair",)
+    again = write_spec_manifest(read_manifest(holed), tmp_path / "again.csv")  # the hole survives a rewrite
+    assert read_manifest(again).cases[0].absent == ("flair",) and not read_manifest(again).cases[1].absent
     code, _, err = cli(capsys, "predict", "--model", runs["dropout"], "--input", holed, "--output",
                        tmp_path / "pred", "--no-progress")
     assert code == 0, err

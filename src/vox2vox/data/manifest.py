@@ -99,14 +99,15 @@ def resolve_cell(base: Path, cell: str) -> Path:
 
 def write_manifest(
     path: str | Path,
-    cases: list[tuple[str, dict[str, str | Path], str | Path | None]],
+    cases: list[tuple[str, dict[str, str | Path | None], str | Path | None]],
     *,
     masks: dict[str, str | Path] | None = None,
 ) -> Path:
     """Write a manifest CSV (paths stored relative to the CSV where possible), atomically.
 
     ``cases``: ``(case_id, {channel: path}, label_path_or_None)``, channels in the same order for
-    every case; ``masks``: optional case id -> brain/body mask file (adds a ``mask`` column).
+    every case (a None path: an empty cell, the case lacks that channel); ``masks``: optional
+    case id -> brain/body mask file (adds a ``mask`` column).
     """
     path = Path(path)
     if not cases:
@@ -118,7 +119,8 @@ def write_manifest(
     for case_id, channels, label in cases:
         if list(channels) != names:
             raise Vox2VoxError(f"{path}: case {case_id} has channels {list(channels)}, not {names}")
-        cells = [case_id, *(_relative(channels[n], path.parent) for n in names)]
+        cells = [case_id, *("" if channels[n] is None else _relative(channels[n], path.parent)  # type: ignore[arg-type]
+                            for n in names)]
         if masks:
             cells.append(_relative(masks[case_id], path.parent) if case_id in masks else "")
         if with_label:
@@ -146,7 +148,7 @@ def write_spec_manifest(spec: DatasetSpec, path: str | Path) -> Path:
     clash = [n for n in spec.channel_names if n.lower() in RESERVED_COLUMNS]
     if clash:
         raise Vox2VoxError(f"{path}: channel name(s) {', '.join(clash)} are manifest column names; pass --channels")
-    cases = [(c.case_id, dict(c.channels), c.label) for c in spec.cases]
+    cases = [(c.case_id, {n: c.channels.get(n) for n in spec.channel_names}, c.label) for c in spec.cases]
     masks = {c.case_id: c.mask for c in spec.cases if c.mask is not None}
     return write_manifest(path, cases, masks=masks or None)
 
