@@ -430,8 +430,9 @@ class Model:
         if array.ndim == 3 and n_in == 1:
             array = array[None]
         if array.ndim != 4 or array.shape[0] != n_in:
-            raise Vox2VoxError(f"array of shape {array.shape}: the model takes (C, X, Y, Z) with C = {n_in} "
-                               f"({', '.join(self.channels)})" + ("" if n_in > 1 else " or (X, Y, Z)"))
+            given = "the channels given" if n_absent else "the model's channels"
+            raise Vox2VoxError(f"array of shape {array.shape}: the model takes (C, X, Y, Z) with C = {n_in}, {given} "
+                               f"(of {', '.join(self.channels)})" + ("" if n_in > 1 else " or (X, Y, Z)"))
         if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
             raise Vox2VoxError(f"array of dtype {array.dtype}: give real intensities")
         array = array.astype(np.float32, copy=False)
