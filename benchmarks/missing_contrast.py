@@ -30,6 +30,11 @@ Full scale (benchmarks/RESULTS.md: 30 minutes a method and fold, 3 folds, 2 seed
         --data ../shared/data/brats2018-deepvoxnet2 --source T1 --target FLAIR --folds 3 --seeds 0,1 \\
         --budget 30m --seg-budget 30m --out OUT
 
+``--planned`` trains both networks with the plan ``vox2vox train`` makes for the budget from each
+fold's training cases (the finest spacing the budget allows) instead of the fixed 1.5 mm networks.
+On a CPU where the plan adopts bf16, add ``--set train.amp=off``: torch 2.13's CPU bf16 backward of
+the critic's last convolution (32 -> 1 channels) returned weight gradients of ~1e25-1e37 in this
+session, and the run diverged (a failed run is reported and left out of the table, never scored).
 ``--summarise OUT [OUT ...]`` prints the table over finished output folders (one process per seed
 or fold: ``--only-folds``).
 """
@@ -65,6 +70,7 @@ from vox2vox.report.fill_check import DEFAULT_MIN_GAIN, fill_check
 from vox2vox.report.image_metrics import translation_scores
 from vox2vox.report.translation import evaluate_translation
 from vox2vox.train.crossval import kfold_splits
+from vox2vox.train.planned import PlanRequest, plan_run
 from vox2vox.train.runs import train_on_dataset
 
 #: Both networks and the segmenter: MONAI's residual U-Net, small enough for a CPU, at 1.5 mm (the
@@ -80,7 +86,9 @@ NETWORK_METHODS = ("vox2vox", "l1")
 IMAGE_METRICS = ("mae", "psnr", "ssim")
 
 
-def translation_config(args: argparse.Namespace, seed: int, *, adversarial: bool) -> Config:
+def translation_config(args: argparse.Namespace, seed: int, *, adversarial: bool, planned: Config | None = None) -> Config:
+    if planned is not None:  # the plan of the fold's training cases; L1 alone only drops the critic
+        return planned.with_overrides([f"loss.adversarial={str(adversarial).lower()}", f"train.seed={seed}"])
     return Config().with_overrides([
         *NETWORK, f'data.path="{args.data}"', 'task.kind="translate"', f"task.source={json.dumps(args.sources)}",
         f'task.target=["{args.target}"]', f"loss.adversarial={str(adversarial).lower()}",
@@ -95,6 +103,19 @@ def segmenter_config(args: argparse.Namespace, seed: int) -> Config:
         f"augment.channel_dropout={args.channel_dropout}", 'loss.dice="per_sample"', "loss.lambda_ce=1.0",
         "loss.adversarial=false", f'train.budget="{args.seg_budget}"', f"train.seed={seed}", *args.set,
     ])
+
+
+def plan_translation(args: argparse.Namespace, seed: int, train_ids: list[str], fold_dir: Path) -> Config:
+    """``vox2vox train``'s plan for the translation at ``--budget`` from the fold's training cases
+    (spacing, patch and network chosen for this machine and budget), ``plan.toml`` kept beside it."""
+    request = Config().with_overrides([
+        f'data.path="{args.data}"', "data.val_cases=0", 'task.kind="translate"',
+        f"task.source={json.dumps(args.sources)}", f'task.target=["{args.target}"]', 'train.device="cpu"',
+        f'train.budget="{args.budget}"', f"train.seed={seed}"])
+    planned = plan_run(request, PlanRequest(overrides=("data.val_cases=0", *args.set), budget_given=True),
+                       case_ids=train_ids, progress=False)
+    (fold_dir / "plan.toml").write_text(planned.toml)
+    return planned.config
 
 
 def write_linear(cases: dict[str, CaseFiles], train_ids: list[str], test_ids: list[str], sources: list[str],
@@ -159,6 +180,7 @@ def run_fold(args: argparse.Namespace, spec: DatasetSpec, seed: int, fold: int, 
     # warm-ups (allocator, kernels) do not always fall in the same method's budget.
     networks = [m for m in args.methods if m in NETWORK_METHODS]
     order = (networks if (seed + fold) % 2 == 0 else networks[::-1]) + [m for m in args.methods if m == "linear"]
+    planned = plan_translation(args, seed, train_ids, fold_dir) if args.planned and networks else None
     for method in order:
         out = ensure_folder(fold_dir / method / "pred")
         t0 = time.perf_counter()
@@ -166,11 +188,18 @@ def run_fold(args: argparse.Namespace, spec: DatasetSpec, seed: int, fold: int, 
         if method == "linear":
             info = write_linear(cases, train_ids, test_ids, args.sources, args.target, out)
         else:
-            run = fold_dir / method / "run"
-            if not (run / "checkpoints" / "last.safetensors").exists():
-                result = train_on_dataset(translation_config(args, seed, adversarial=method == "vox2vox"), run,
-                                          split=(train_ids, []), progress=False)
-                info = {"steps": result.steps, "epochs": result.epochs}
+            run, failed = fold_dir / method / "run", fold_dir / method / "failed.txt"
+            if not failed.exists() and not (run / "checkpoints" / "last.safetensors").exists():
+                config = translation_config(args, seed, adversarial=method == "vox2vox", planned=planned)
+                try:
+                    result = train_on_dataset(config, run, split=(train_ids, []), progress=False)
+                    info = {"steps": result.steps, "epochs": result.epochs}
+                except Vox2VoxError as err:  # e.g. a diverged run: reported, never scored as if it had trained
+                    failed.write_text(str(err) + "\n")
+            if failed.exists():
+                row["methods"][method] = {"failed": failed.read_text().strip()}
+                print(f"seed {seed} fold {fold} {method}: FAILED: {row['methods'][method]['failed']}", flush=True)
+                continue
             info["train_seconds"] = round(time.perf_counter() - t0, 1)
             write_network(run, cases, test_ids, args.target, out)
         info["cases"] = score_translation(out, test_manifest, cases, args, fold_dir / method / "scores.csv")
@@ -184,7 +213,7 @@ def run_fold(args: argparse.Namespace, spec: DatasetSpec, seed: int, fold: int, 
             train_on_dataset(segmenter_config(args, seed), seg_run, split=(train_ids, []), progress=False)
         segmenter = load_model(seg_run)
         row["segmentation"] = {}
-        for method in (m for m in args.methods if m in NETWORK_METHODS):
+        for method in (m for m in args.methods if m in NETWORK_METHODS and "failed" not in row["methods"][m]):
             record = fill_check([segmenter], load_model(fold_dir / method / "run"), test_manifest,
                                 channel=args.target, min_gain=args.min_gain, progress=False)
             route = "synthesised" if record.helps else record.fallback
@@ -224,13 +253,19 @@ def summarise(results: dict) -> None:
     for method in ("vox2vox", "l1", "linear"):
         if not all(method in r["methods"] for r in rows):
             continue
-        cases = [c for r in rows for c in r["methods"][method]["cases"].values()]
+        failed = [r for r in rows if "failed" in r["methods"][method]]
+        if failed:
+            print(f"{method:8s} | FAILED in {len(failed)} fold run(s), left out of its row: "
+                  f"{failed[0]['methods'][method]['failed']}")
+        cases = [c for r in rows if "failed" not in r["methods"][method] for c in r["methods"][method]["cases"].values()]
+        if not cases:
+            continue
 
         def stat(key: str, digits: int, cases: list = cases) -> str:
             values = np.array([c.get(key, math.nan) for c in cases], dtype=float)
             return f"{np.nanmean(values):.{digits}f} +- {np.nanstd(values):.{digits}f}"
 
-        steps = [r["methods"][method].get("steps") for r in rows]
+        steps = [r["methods"][method].get("steps") for r in rows if "failed" not in r["methods"][method]]
         mean_steps = "-" if None in steps else f"{np.mean(steps):.0f}"
         print(f"{method:8s} | {stat('ssim', 4)} | {stat('psnr', 2)} | {stat('tumour_ssim', 4)} | "
               f"{stat('tumour_psnr', 2)} | {mean_steps}")
@@ -262,6 +297,9 @@ def main() -> None:
     parser.add_argument("--min-gain", type=float, default=DEFAULT_MIN_GAIN)
     parser.add_argument("--methods", default="vox2vox,l1,linear", help="comma-separated subset of vox2vox,l1,linear")
     parser.add_argument("--only-folds", default=None, metavar="I,J", help="run only these folds of each seed's split")
+    parser.add_argument("--planned", action="store_true",
+                        help="train both networks with the plan `vox2vox train` makes for the budget from each fold's "
+                             "training cases (spacing, patch, widths), instead of the fixed networks above")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every network (after the defaults above), e.g. train.patch_size=[32,32,32]")
     parser.add_argument("--summarise", type=Path, nargs="+", default=None, metavar="OUT",
