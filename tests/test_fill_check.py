@@ -96,6 +96,9 @@ def test_fill_check_measures_the_three_routes_and_records_both_models(setup, tmp
         truth = brats.region_masks(np.rint(nib.load(case.label).get_fdata()).astype(int))
         want = np.mean([dice(got[r], truth[r]) for r in truth])
         assert record.per_case[case.case_id]["real"] == pytest.approx(want)
+    # The translator's card lists the record.
+    code, card, _ = cli(capsys, "info", setup["translator"])
+    assert code == 0 and "fill-check" in card and f"sha256 {record.segmenters[0].sha256[:16]}" in card
     # A segmenter trained without channel dropout is compared with the channel zeroed.
     assert cli(capsys, "fill-check", "--segmenter", setup["plain"], "--translator", setup["translator"],
                "--data", setup["data"], "--max-cases", "1", "--no-progress")[0] == 0

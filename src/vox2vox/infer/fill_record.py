@@ -147,6 +147,19 @@ def read_record(translator_file: str | Path, segmenter_files: Sequence[str | Pat
     return record
 
 
+def records_beside(translator_file: str | Path) -> list[dict[str, Any]]:
+    """Every fill-check record beside a translator's file as JSON (``vox2vox info``), whichever
+    segmenters they were measured for; an unreadable one as ``{"file", "error"}``."""
+    file = Path(translator_file)
+    out: list[dict[str, Any]] = []
+    for path in sorted(file.parent.glob(f"{file.name}.fill-check-*.json")):
+        try:
+            out.append(FillRecord.from_json(json.loads(path.read_text(encoding="utf-8")), path).to_json())
+        except (OSError, ValueError, Vox2VoxError) as err:
+            out.append({"file": path.name, "error": str(err).replace(str(path) + ": ", "")})
+    return out
+
+
 Decision = Literal["synthesise", "absent", "refuse"]
 
 

@@ -39,6 +39,8 @@ class ModelCard:
     predict: dict[str, Any] | None = None  # prediction options training chose (train.tune_prediction)
     versions: dict[str, str] = field(default_factory=dict)
     exported: dict[str, Any] | None = None  # an export's backend, format and source checkpoint
+    # A translator's fill-check records found beside its file (vox2vox.infer.fill_record), as JSON.
+    fill_checks: tuple[dict[str, Any], ...] = ()
 
     @property
     def translate(self) -> bool:
@@ -68,6 +70,7 @@ class ModelCard:
             "prediction_options": self.predict,
             "versions": self.versions or None,
             "exported": self.exported,
+            "fill_checks": list(self.fill_checks),
         }
 
 
@@ -168,6 +171,8 @@ def format_card(card: ModelCard) -> str:
         chosen = {k: v for k, v in card.predict.items() if not isinstance(v, dict)}
         lines.append(("prediction", ", ".join(f"{k} {'argmax' if k == 'foreground_threshold' and v is None else v}"
                                                for k, v in chosen.items())))
+    for check in card.fill_checks:
+        lines.append(("fill-check", _fill_check_line(check)))
     lines.append(("versions", ", ".join(f"{k} {v}" for k, v in card.versions.items()) or NOT_RECORDED))
     width = max(len(key) for key, _ in lines)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in lines)
@@ -202,6 +207,17 @@ def _validation(config: Config, c: dict[str, Any]) -> str:
     best_text = f"best {name} {best:.4f} (epoch {c['best_epoch']})" if best is not None else f"best {name} {NOT_RECORDED}"
     last_text = f"last {last:.4f}" if last is not None else f"last {NOT_RECORDED}"
     return f"{best_text}, {last_text}; " + (f"{how}; " if how else "") + f"this file is the {c['select']} model"
+
+
+def _fill_check_line(check: dict[str, Any]) -> str:
+    """One fill-check record (``FillRecord.to_json``, or ``{"file", "error"}`` for an unreadable one)."""
+    if "error" in check:
+        return f"{check['file']}: {check['error']}"
+    segs = ", ".join(f"{m['path']} (sha256 {m['sha256'][:16]}...)" for m in check["segmenters"])
+    dice, fallback = check["dice"], check["fallback"]
+    verdict = "helps: --fill-missing uses it" if check["helps"] else "does not help: --fill-missing will not use it"
+    return (f"{check['channel']} for {segs}: Dice {dice['synthesised']:.3f} synthesised vs {dice[fallback]:.3f} "
+            f"{fallback} (real {dice['real']:.3f}), {len(check['case_ids'])} case(s); {verdict}")
 
 
 def _missing_channels(config: Config) -> str:
