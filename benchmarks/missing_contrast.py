@@ -32,9 +32,7 @@ Full scale (benchmarks/RESULTS.md: 30 minutes a method and fold, 3 folds, 2 seed
 
 ``--planned`` trains both networks with the plan ``vox2vox train`` makes for the budget from each
 fold's training cases (the finest spacing the budget allows) instead of the fixed 1.5 mm networks.
-On a CPU where the plan adopts bf16, add ``--set train.amp=off``: torch 2.13's CPU bf16 backward of
-the critic's last convolution (32 -> 1 channels) returned weight gradients of ~1e25-1e37 in this
-session, and the run diverged (a failed run is reported and left out of the table, never scored).
+A run that fails (e.g. diverges) is reported and left out of the table, never scored.
 ``--summarise OUT [OUT ...]`` prints the table over finished output folders (one process per seed
 or fold: ``--only-folds``).
 """
