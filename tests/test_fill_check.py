@@ -23,6 +23,7 @@ from helpers import (
 )
 from vox2vox.data.labels import get_convention
 from vox2vox.data.layouts import discover
+from vox2vox.data.manifest import write_spec_manifest
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.fill_record import (
@@ -190,3 +191,19 @@ def test_fill_check_mistakes_are_one_line(setup, tmp_path, capsys):
                           "--data", setup["no_flair"], "--layout", "brats"), "flair")
     assert_user_error(cli(capsys, "fill-check", "--segmenter", setup["plain"], "--translator", setup["plain"],
                           "--data", setup["data"]), "a segmentation model")
+
+
+def test_empty_manifest_cells_of_the_filled_channel_are_what_fill_missing_supplies(setup, tmp_path, capsys):
+    spec = discover(setup["data"])
+    holed = dataclasses.replace(spec, channel_names=("t1", "flair"), cases=tuple(
+        dataclasses.replace(c, channels={"t1": c.channels["t1"]}, absent=("flair",)) for c in spec.cases))
+    manifest = write_spec_manifest(holed, tmp_path / "cases.csv")
+    # No record: --fill-unchecked then uses the synthesis, and the holes do not make the plain model refuse.
+    record_path(setup["translator"], [file_sha256(setup["plain"])], "flair").unlink(missing_ok=True)
+    code, _, err = cli(capsys, "predict", "--model", setup["plain"], "--input", manifest, "--output",
+                       tmp_path / "filled", "--fill-missing", f"flair={setup['translator']}", "--fill-unchecked",
+                       "--no-progress")
+    assert code == 0, err
+    assert_user_error(cli(capsys, "predict", "--model", setup["dropout"], "--input", manifest, "--output",
+                          tmp_path / "x", "--fill-missing", f"flair={setup['translator']}", "--missing", "flair"),
+                      "--missing flair", "--fill-missing")

@@ -518,11 +518,9 @@ def _predict(args: argparse.Namespace) -> int:
                                         layout=args.layout, progress=not args.no_progress)
         else:
             fill = {c: load_model(m, device=device) for c, m in parse_fill(args.fill_missing).items()}
-            if args.missing:
-                raise Vox2VoxError("--missing and --fill-missing: give one of them (a channel --fill-missing does "
-                                   "not synthesise is left absent by it when its fill-check says so)")
             report = predict_with_filled(models, fill, input_path, args.output, config=config, device=device,
-                                         layout=args.layout, unchecked=args.fill_unchecked, **options)
+                                         layout=args.layout, unchecked=args.fill_unchecked, missing=args.missing,
+                                         **options)
     else:
         report = predict_dataset(models, input_path, args.output, config=config, device=device, layout=args.layout,
                                  spec=spec, missing=args.missing, **options)

@@ -31,7 +31,7 @@ from vox2vox.data.loading import preprocess_without, read_case_and_mask
 from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig
 from vox2vox.data.translation import read_translation_case, restore_synthesis, synthesis_description
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.ensemble import tolerates_absent
+from vox2vox.infer.ensemble import check_absent_allowed, tolerates_absent
 from vox2vox.infer.fill_record import decide_fills
 from vox2vox.infer.inference import (
     InferenceConfig,
@@ -153,16 +153,22 @@ def parse_fill(items: Sequence[str]) -> dict[str, str]:
 def predict_with_filled(models: Sequence[LoadedModel], fill: Mapping[str, LoadedModel], input_path: str | Path,
                         output_dir: str | Path, *, config: InferenceConfig = DEFAULT_INFERENCE,
                         device: torch.device | str = "cpu", layout: str = "auto", unchecked: bool = False,
-                        **options: Any) -> PredictionReport:
+                        missing: Sequence[str] = (), **options: Any) -> PredictionReport:
     """Segment the cases under ``input_path`` with ``models``, each channel named in ``fill``
     synthesised by its translation model from the channels the case has (module docstring) when
     its fill-check record says the synthesis helps these segmenters
     (:func:`vox2vox.infer.fill_record.fill_decision`): otherwise the channel is left absent (a
     channel-dropout segmenter) or the whole call is refused, before any case, in one line. The
-    decisions' lines are the report's ``notes``. ``options`` are
-    :func:`vox2vox.infer.inference.predict_dataset`'s."""
+    decisions' lines are the report's ``notes``. ``missing``: other channels no case has, left
+    absent as ``predict --missing`` does. ``options`` are :func:`vox2vox.infer.inference.predict_dataset`'s."""
     seg = models[0]
     channels = tuple(seg.channels or ())
+    for name in missing:
+        if name not in channels or name in fill:
+            raise Vox2VoxError(f"--missing {name}: not another channel of {seg.path} ({', '.join(channels)}) "
+                               "than the --fill-missing ones")
+        for model in models:
+            check_absent_allowed(model, name, input_path)
     for name, model in fill.items():
         if name not in channels:
             raise Vox2VoxError(f"--fill-missing {name}: the segmentation model {seg.path} has no channel {name!r}; "
@@ -176,9 +182,17 @@ def predict_with_filled(models: Sequence[LoadedModel], fill: Mapping[str, Loaded
     refused = next((d for d in decisions if d.action == "refuse"), None)
     if refused is not None:
         raise Vox2VoxError(refused.reason)
-    absent = tuple(d.channel for d in decisions if d.action == "absent")
+    absent = (*dict.fromkeys(missing), *(d.channel for d in decisions if d.action == "absent"))
     fill = {c: m for c, m in fill.items() if c not in absent}
     spec = discover(input_path, layout=layout)
+    # An empty manifest cell of a filled (or left out) channel is what this call supplies; of
+    # any other channel it is a hole nothing fills.
+    for case in spec.cases:
+        hole = next((n for n in case.absent if n not in fill and n not in absent), None)
+        if hole is not None:
+            raise Vox2VoxError(f"{input_path}: case {case.case_id} has no {hole} file (an empty manifest cell), and "
+                               f"nothing fills it: add it to --fill-missing or --missing")
+    spec = dataclasses.replace(spec, cases=tuple(dataclasses.replace(c, absent=()) for c in spec.cases))
     needed = {c for c in channels if c not in fill and c not in absent}
     for model in fill.values():
         needed.update(model.config.task.source or ())
