@@ -17,7 +17,8 @@ Prints JSON lines:
   critic's half-step, the adversarial term's extra forward/backward), and G's forward + backward by
   layer kind (torch profiler, self CPU time);
 - ``loop`` per variant: steps per second of the real loop (batches from the stream, ``train_step``)
-  before and after the critic starts, and G's forward + backward GFLOP/s and share of the matmul rate.
+  before and after the critic starts, and G's forward + backward GFLOP/s and share of the matmul rate;
+  besides before and after, each change alone (overlapped sampling in fp32, bf16 with serial sampling).
 
     python benchmarks/step_speed.py --steps 20            # idle machine; OMP_NUM_THREADS sets threads
 """
@@ -218,7 +219,10 @@ def main() -> None:
     gflop = generator_gflop(planned_config("off"))
     for amp in dict.fromkeys(["off", fast_amp]):
         print(json.dumps({"phases": phases(planned_config(amp), cases, args.repeats)}), flush=True)
-    variants = {"before: fp32, serial sampling": ("off", False), f"after: {fast_amp}, overlapped sampling": (fast_amp, True)}
+    variants = {"before: fp32, serial sampling": ("off", False), f"after: {fast_amp}, overlapped sampling": (fast_amp, True),
+                "fp32, overlapped sampling": ("off", True)}
+    if fast_amp != "off":
+        variants[f"{fast_amp}, serial sampling"] = (fast_amp, False)
     rates: dict[str, dict[str, list[float]]] = {name: {"seg": [], "adv": []} for name in variants}
     for _ in range(args.rounds):  # alternate, so drifting machine load hits both alike
         for name, (amp, background) in variants.items():

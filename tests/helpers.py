@@ -17,6 +17,7 @@ from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
 from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.model.generator import Generator
+from vox2vox.model.residual import build_generator
 
 SHAPE = (16, 16, 16)
 
@@ -131,12 +132,11 @@ def no_temporary_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".tmp" in p.name]
 
 
-def tiny_brats_segmenter(path: Path) -> Path:
+def tiny_brats_segmenter(path: Path, *, channel_dropout: float = 0.0) -> Path:
     """A tiny untrained BraTS segmenter on (t1, flair), saved at ``path``: for paths (filling a
-    missing channel) that only need a segmentation model to run."""
-    from vox2vox.model.residual import build_generator
-
+    missing channel) that only need a segmentation model to run; ``channel_dropout`` as if trained with it."""
     config = Config.from_dict({
+        "augment": {"channel_dropout": channel_dropout},
         "generator": {"in_channels": 2, "n_classes": 4, "base_filters": 4, "max_filters": 8, "depth": 3,
                       "bottleneck_blocks": 1},
         "discriminator": {"in_channels": 2, "n_classes": 4, "base_filters": 4, "max_filters": 8},
@@ -147,4 +147,28 @@ def tiny_brats_segmenter(path: Path) -> Path:
              "epoch": 1, "step": 1}
     save_checkpoint(path, Checkpoint(config=config.to_dict(), generator=build_generator(config.generator).state_dict(),
                                      state=state))
+    return path
+
+
+def translation_checkpoint(path: Path, *, source=("t1",), target=("flair",), prep=None, head="linear",
+                           state=None, task=None, loss=None) -> Path:
+    """A randomly initialised translation generator with what training stores beside it."""
+    config = Config.from_dict({
+        "task": {"kind": "translate", "source": list(source), "target": list(target), "head": head, **(task or {})},
+        "loss": loss or {},
+        "generator": {"in_channels": len(source), "n_classes": len(target), "output": head,
+                      "base_filters": 4, "max_filters": 8, "depth": 3,
+                      "bottleneck_blocks": 1},
+        "discriminator": {"in_channels": len(source), "n_classes": len(target), "base_filters": 4, "max_filters": 8},
+        "preprocess": prep or {"target_spacing": [1.25, 1.25, 1.25], "pad_multiple": 8},
+        "train": {"patch_size": [32, 32, 32]},
+    })
+    torch.manual_seed(2)
+    generator = build_generator(config.generator)
+    with torch.no_grad():  # outputs of a few units, as a trained z-scored synthesis has
+        last = [m for m in generator.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)][-1]
+        last.weight.mul_(4.0)
+    state = {"channels": list(source), "layout": "brats", "epoch": 3, "step": 12, "best_score": -0.75,
+             "best_epoch": 2, **(state or {})}
+    save_checkpoint(path, Checkpoint(config=config.to_dict(), generator=generator.state_dict(), state=state))
     return path

@@ -309,6 +309,24 @@ def test_translation_plan_sizes_the_networks_for_sources_and_targets():
         make_plan(MR_PAIR, device=CPU, budget_seconds=1800, throughput=TABLE)
 
 
+BRATS_CONTRASTS = dataclasses.replace(BRATS_LIKE, n_labelled=0, channels=("t1", "t1ce", "t2", "flair"), n_classes=1,
+                                      channel_kind=("mr",) * 4, channel_percentiles=((0.0, 800.0),) * 4,
+                                      class_fraction=(1.0,), median_class_voxels=(0.0,), median_components=(0.0,))
+
+
+def test_translation_plan_is_finer_for_a_longer_budget_and_takes_several_sources():
+    task = TaskConfig(kind="translate", source=("t1", "t1ce", "t2"), target=("flair",))
+    spacings = {}
+    for hours in (0.5, 2.0, 4.0):
+        config = Config.from_dict(make_plan(BRATS_CONTRASTS, device=CPU, budget_seconds=hours * 3600,
+                                            throughput=TABLE, task=task).config)
+        assert (config.generator.in_channels, config.generator.n_classes) == (3, 1)
+        assert config.task.source == ("t1", "t1ce", "t2") and config.task.target == ("flair",)
+        spacings[hours] = config.preprocess.target_spacing
+    # Finer with every longer budget (the median case's voxels grow with it), never below the data's 1 mm.
+    assert math.prod(spacings[0.5]) > math.prod(spacings[2.0]) > math.prod(spacings[4.0]) >= 1.0
+
+
 def test_planned_translation_from_the_command_line(tmp_path):
     """`train --set task.kind=translate` without --config plans a translation run and trains it."""
     from vox2vox.cli import main

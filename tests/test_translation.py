@@ -252,8 +252,9 @@ def test_fill_missing_segments_with_the_synthesised_channel(phantoms, translator
                           "--fill-missing", "t2=" + str(translator), "--layout", "brats", "--no-progress"), "t2", "t1, flair")
     filled = tmp_path / "filled"
     code, _, err = cli(capsys, "predict", "--model", seg, "--input", missing, "--output", filled,
-                       "--fill-missing", f"flair={translator}", "--layout", "brats", "--no-progress")
+                       "--fill-missing", f"flair={translator}", "--fill-unchecked", "--layout", "brats", "--no-progress")
     assert code == 0, err
+    assert "UNMEASURED" in err
     # The same as writing the synthesised FLAIR into the cases and segmenting them as usual.
     synth = tmp_path / "synth"
     assert cli(capsys, "predict", "--model", translator, "--input", missing, "--output", synth, "--layout", "brats",
@@ -270,6 +271,23 @@ def test_fill_missing_segments_with_the_synthesised_channel(phantoms, translator
         assert a.shape == SHAPE and np.array_equal(a, b)
         source = CaseFiles(case_id, {"t1": missing / case_id / f"{case_id}_t1.nii.gz"}, None)
         assert geo.same_grid(read_volume(source.channels["t1"])[1])
+
+
+def test_several_source_contrasts_translate_to_flair(phantoms, tmp_path, capsys):
+    run = tmp_path / "three-to-flair"
+    code, _, err = cli(capsys, "train", "--config", "paper", "--data", phantoms, "--out", run, *TRANSLATE,
+                       "--set", 'task.source=["t1","t1ce","t2"]', "--set", "train.epochs=2", "--no-progress")
+    assert code == 0, err
+    model = load_model(run)
+    assert model.config.generator.in_channels == 3 and model.channels == ["t1", "t1ce", "t2"]
+    case_id = discover(phantoms).cases[0].case_id
+    sources = tmp_path / "sources" / case_id
+    shutil.copytree(phantoms / case_id, sources)
+    (sources / f"{case_id}_flair.nii.gz").unlink()
+    assert cli(capsys, "predict", "--model", run, "--input", sources.parent, "--output", tmp_path / "out",
+               "--layout", "brats", "--no-progress")[0] == 0
+    volume, _ = read_volume(tmp_path / "out" / f"{case_id}.nii.gz")
+    assert volume.shape == SHAPE and np.isfinite(volume).all() and volume.std() > 0
 
 
 # ---- bad task configs -------------------------------------------------------------------------

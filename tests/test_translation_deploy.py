@@ -20,44 +20,24 @@ import onnx
 import pytest
 import torch
 
-from helpers import assert_user_error, cli, make_model, tiny_brats_segmenter, tiny_overrides
+from helpers import (
+    assert_user_error,
+    cli,
+    make_model,
+    tiny_brats_segmenter,
+    tiny_overrides,
+    translation_checkpoint,
+)
 from vox2vox import Synthesis, load_model
-from vox2vox.config import Config
 from vox2vox.data.layouts import discover
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.export import VERIFY_TOLERANCE, verify_tolerance
-from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
-from vox2vox.model.residual import build_generator
 
 SHAPE = (32, 32, 32)
 #: Anisotropic phantoms: resampling to the models' 1.25 mm grid and back is on every path.
 SPACING = (1.0, 1.25, 1.5)
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
-
-
-def translation_checkpoint(path: Path, *, source=("t1",), target=("flair",), prep=None, head="linear",
-                           state=None, task=None, loss=None) -> Path:
-    """A randomly initialised translation generator with what training stores beside it."""
-    config = Config.from_dict({
-        "task": {"kind": "translate", "source": list(source), "target": list(target), "head": head, **(task or {})},
-        "loss": loss or {},
-        "generator": {"in_channels": len(source), "n_classes": len(target), "output": head,
-                      "base_filters": 4, "max_filters": 8, "depth": 3,
-                      "bottleneck_blocks": 1},
-        "discriminator": {"in_channels": len(source), "n_classes": len(target), "base_filters": 4, "max_filters": 8},
-        "preprocess": prep or {"target_spacing": [1.25, 1.25, 1.25], "pad_multiple": 8},
-        "train": {"patch_size": [32, 32, 32]},
-    })
-    torch.manual_seed(2)
-    generator = build_generator(config.generator)
-    with torch.no_grad():  # outputs of a few units, as a trained z-scored synthesis has
-        last = [m for m in generator.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)][-1]
-        last.weight.mul_(4.0)
-    state = {"channels": list(source), "layout": "brats", "epoch": 3, "step": 12, "best_score": -0.75,
-             "best_epoch": 2, **(state or {})}
-    save_checkpoint(path, Checkpoint(config=config.to_dict(), generator=generator.state_dict(), state=state))
-    return path
 
 
 def _main(*argv) -> int:
@@ -160,7 +140,7 @@ def test_fill_missing_with_an_exported_translator(setup, tmp_path, capsys):
     for kind in ("pytorch", "onnx", "torchscript"):
         out = tmp_path / kind
         code, _, err = cli(capsys, "predict", "--model", seg, "--input", missing, "--output", out, "--layout", "brats",
-                           "--fill-missing", f"flair={setup['models'][kind]}", "--no-progress")
+                           "--fill-missing", f"flair={setup['models'][kind]}", "--fill-unchecked", "--no-progress")
         assert code == 0, err
         labels[kind] = [_read(out / f"{c}.nii.gz")[0] for c in setup["cases"]]
     for kind in ("onnx", "torchscript"):

@@ -32,7 +32,7 @@ import torch
 
 from vox2vox.data.cases import CaseFiles
 from vox2vox.data.io import Geometry, canonical_from_array, to_source_orientation, write_volume
-from vox2vox.data.loading import load_case
+from vox2vox.data.loading import load_case, load_case_without, preprocess_without
 from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig, preprocess
 from vox2vox.data.translation import (
     intensity_scale,
@@ -44,10 +44,12 @@ from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.backends import prediction_amp
 from vox2vox.infer.case_files import CasePrediction
 from vox2vox.infer.ensemble import (
+    check_absent_allowed,
     check_channels,
     check_ensemble,
     discover_like_training,
     prediction_options,
+    with_absent_channels,
 )
 from vox2vox.infer.inference import (
     InferenceConfig,
@@ -239,6 +241,7 @@ class Model:
         window: tuple[int, int, int] = (128, 128, 128),
         overlap: float = 0.5,
         amp: str = "off",
+        missing: Sequence[str] = (),
     ) -> Prediction | Synthesis:
         """Segment one case (a translation model: synthesise its targets, a :class:`Synthesis`).
 
@@ -255,6 +258,9 @@ class Model:
         the same inputs (its source channels) and options but the segmentation-only ones
         (``probabilities``, ``uncertainty``, ``largest_component``, ``min_et_voxels``, ``threshold``); ``mask``
         then replaces the source foreground as the voxels the synthesis is defined in.
+        ``missing``: channels the case lacks (``predict --missing``), for a model trained with
+        channel dropout: the files or the array then hold the other channels only, in
+        :attr:`channels` order; a model trained without it refuses.
         """
         inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
                                     tta_flips=prediction_options(self.models, tta=tta)[0],
@@ -265,12 +271,14 @@ class Model:
                                               threshold=threshold)
             return self._synthesise(image, spacing=spacing, affine=affine, mask=mask, inference=inference)
         post = self._postprocess(largest_component, min_et_voxels, threshold)
+        missing = self._check_missing(missing)
         if isinstance(image, str | Path) or _is_file_list(image):
             if spacing is not None or affine is not None or mask is not None:
                 raise Vox2VoxError("spacing=, affine= and mask= are for arrays; a file's header gives its grid")
-            (loaded, names), where = self._load_files(image), str(image)
+            (loaded, names), where = self._load_files(image, missing), str(image)
         else:
-            loaded, names, where = self._load_array(image, spacing=spacing, affine=affine, mask=mask), None, "array"
+            loaded = self._load_array(image, spacing=spacing, affine=affine, mask=mask, missing=missing)
+            names, where = None, "array"
         result = predict_case(self.models, loaded, convention=self.convention, head=self.head, config=inference,
                               device=self.device, postprocess=post, where=where, uncertainty=uncertainty,
                               channel_names=names)
@@ -283,11 +291,12 @@ class Model:
                        save_uncertainty: bool = False, progress: bool = True,
                        tta: bool | None = None, largest_component: str | None = None, min_et_voxels: int = 0,
                        threshold: float | str | None = None, mode: str = "auto", window: tuple[int, int, int] = (128, 128, 128),
-                       overlap: float = 0.5, amp: str = "off") -> PredictionReport:
+                       overlap: float = 0.5, amp: str = "off", missing: Sequence[str] = ()) -> PredictionReport:
         """``vox2vox predict`` on a dataset folder, manifest or image: ``<output_dir>/<case_id>.nii.gz``
         (``output_format``: ``nifti``, ``seg-nrrd`` or ``dicom-seg``; ``save_uncertainty``: entropy
         and spread maps with ``uncertainty.csv``, as ``predict --save-uncertainty``). A translation
-        model writes its synthesised volumes (``<case_id>_<target>.nii.gz`` for several targets)."""
+        model writes its synthesised volumes (``<case_id>_<target>.nii.gz`` for several targets).
+        ``missing``: channels no case has (``predict --missing``), as :meth:`predict`'s."""
         inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
                                     tta_flips=prediction_options(self.models, tta=tta)[0],
                                     amp=prediction_amp(amp, self.device, [m.backend for m in self.models]))
@@ -302,9 +311,26 @@ class Model:
                                layout=layout, postprocess=self._postprocess(largest_component, min_et_voxels, threshold),
                                save_probabilities=save_probabilities,  # type: ignore[arg-type]
                                output_format=output_format, save_uncertainty=save_uncertainty,  # type: ignore[arg-type]
-                               progress=progress)
+                               progress=progress, missing=self._check_missing(missing))
 
     # ---- the pieces --------------------------------------------------------------------------
+    def _check_missing(self, missing: Sequence[str]) -> tuple[str, ...]:
+        """``missing`` as a tuple, refused for a translation model or one trained without channel dropout."""
+        if isinstance(missing, str):
+            missing = (missing,)
+        missing = tuple(dict.fromkeys(missing))
+        if missing and self.task == "translate":
+            raise Vox2VoxError(f"{self.models[0].path}: a translation model; missing= applies to segmentation")
+        for name in missing:
+            if name not in self.channels:
+                raise Vox2VoxError(f"missing={name!r}: the model has no such channel; its channels are "
+                                   f"{', '.join(self.channels)}")
+            for model in self.models:
+                check_absent_allowed(model, name, "this case")
+        if missing and len(missing) == len(self.channels):
+            raise Vox2VoxError("missing=: every channel named missing; at least one must be given")
+        return missing
+
     def _refuse_segmentation_options(self, **given: Any) -> None:
         used = [name for name, value in given.items() if value not in (None, False, 0)]
         if used:
@@ -348,27 +374,30 @@ class Model:
     def _prep(self) -> PreprocessConfig:  # the training preprocessing, without the training machine's cache
         return dataclasses.replace(self.models[0].config.preprocess, cache_dir=None)
 
-    def _load_files(self, image: Any) -> tuple[LoadedCase, tuple[str, ...] | None]:
+    def _load_files(self, image: Any, missing: Sequence[str] = ()) -> tuple[LoadedCase, tuple[str, ...] | None]:
         """The case and its channel names when they come from the files (compared with training's)."""
         first = self.models[0]
         names = None
         if isinstance(image, str | Path):
-            spec = discover_like_training(first, image, "auto")
+            spec = discover_like_training(first, image, "auto", missing)
             if len(spec.cases) != 1:
                 raise Vox2VoxError(f"{image}: holds {len(spec.cases)} cases; predict one case here, or a "
                                    "dataset with Model.predict_folder")
+            spec = with_absent_channels(self.models, spec, missing, image)
             check_channels(first, spec.channel_names, image)
             case = spec.cases[0]
-            files = CaseFiles(case.case_id, case.channels, None, case.mask)
+            files = CaseFiles(case.case_id, case.channels, None, case.mask, case.absent)
             # A single image's one channel is always called "image": named channels only.
             names = tuple(spec.channel_names) if spec.layout != "single" else None
         else:
-            channels = self._channel_files(image)
-            files = CaseFiles("case", channels, None)
+            files = CaseFiles("case", self._channel_files(image, missing), None, absent=tuple(missing))
+        if files.absent:
+            return load_case_without(files, self.channels, files.absent, prep=self._prep()), names
         return load_case(files, convention=None, prep=self._prep()), names
 
-    def _channel_files(self, image: Sequence[PathLike] | Mapping[str, PathLike]) -> dict[str, Path]:
-        names = self.channels
+    def _channel_files(self, image: Sequence[PathLike] | Mapping[str, PathLike],
+                       missing: Sequence[str] = ()) -> dict[str, Path]:
+        names = [n for n in self.channels if n not in missing]
         if isinstance(image, Mapping):
             missing = [n for n in names if n not in image]
             if missing:
@@ -381,22 +410,29 @@ class Model:
         return {n: Path(f) for n, f in zip(names, files, strict=True)}
 
     def _load_array(self, image: Any, *, spacing: Sequence[float] | None, affine: np.ndarray | None,
-                    mask: np.ndarray | None) -> LoadedCase:
-        canonical, geometry, canonical_mask = self._canonical_array(image, spacing=spacing, affine=affine, mask=mask)
-        image_p, _, record = preprocess(canonical, None, spacing=geometry.spacing, config=self._prep(),
-                                        mask=canonical_mask)
+                    mask: np.ndarray | None, missing: Sequence[str] = ()) -> LoadedCase:
+        canonical, geometry, canonical_mask = self._canonical_array(image, spacing=spacing, affine=affine, mask=mask,
+                                                                    n_absent=len(missing))
+        if missing:
+            image_p, record = preprocess_without(canonical, self.channels, missing, spacing=geometry.spacing,
+                                                 prep=self._prep(), mask=canonical_mask)
+        else:
+            image_p, _, record = preprocess(canonical, None, spacing=geometry.spacing, config=self._prep(),
+                                            mask=canonical_mask)
         return LoadedCase("array", image_p, None, geometry, record)
 
     def _canonical_array(self, image: Any, *, spacing: Sequence[float] | None, affine: np.ndarray | None,
-                         mask: np.ndarray | None) -> tuple[np.ndarray, Geometry, np.ndarray | None]:
-        """An array (and its optional mask) checked and reoriented as a file read would be."""
+                         mask: np.ndarray | None, n_absent: int = 0) -> tuple[np.ndarray, Geometry, np.ndarray | None]:
+        """An array (and its optional mask) checked and reoriented as a file read would be; with
+        ``n_absent`` channels missing it holds the others only."""
         array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        n_in = self.models[0].config.generator.in_channels
+        n_in = self.models[0].config.generator.in_channels - n_absent
         if array.ndim == 3 and n_in == 1:
             array = array[None]
         if array.ndim != 4 or array.shape[0] != n_in:
-            raise Vox2VoxError(f"array of shape {array.shape}: the model takes (C, X, Y, Z) with C = {n_in} "
-                               f"({', '.join(self.channels)})" + ("" if n_in > 1 else " or (X, Y, Z)"))
+            given = "the channels given" if n_absent else "the model's channels"
+            raise Vox2VoxError(f"array of shape {array.shape}: the model takes (C, X, Y, Z) with C = {n_in}, {given} "
+                               f"(of {', '.join(self.channels)})" + ("" if n_in > 1 else " or (X, Y, Z)"))
         if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
             raise Vox2VoxError(f"array of dtype {array.dtype}: give real intensities")
         array = array.astype(np.float32, copy=False)

@@ -155,7 +155,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs), else argmax")
     p.add_argument("--fill-missing", action="append", default=[], metavar="CHANNEL=MODEL",
                    help="synthesise the model's channel CHANNEL with the translation model MODEL (run directory or "
-                        "checkpoint) from the channels the cases have, then segment (repeatable)")
+                        "checkpoint) from the channels the cases have, then segment (repeatable); only where "
+                        "'vox2vox fill-check' measured that the synthesis helps this segmenter: otherwise the "
+                        "channel is left absent (channel-dropout model) or the call refused, with a line saying which")
+    p.add_argument("--fill-unchecked", action="store_true",
+                   help="use a --fill-missing synthesis that no fill-check record has measured (otherwise refused)")
+    p.add_argument("--missing", action="append", default=[], metavar="CHANNEL",
+                   help="the cases have no CHANNEL (repeatable): a model trained with channel dropout "
+                        "(augment.channel_dropout) segments them without it; other models refuse. An empty "
+                        "manifest cell is the same for one case")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+
+    p = sub.add_parser("fill-check", parents=[common], help="measure whether a translator's synthesis of a channel "
+                       "helps a segmenter (Dice with the real channel, the synthesis, and the channel absent or zeroed) "
+                       "and record it beside the translator, for predict --fill-missing")
+    p.add_argument("--segmenter", required=True, action="append",
+                   help="segmentation run directory or checkpoint (repeat for an ensemble, as predict --model)")
+    p.add_argument("--translator", required=True, help="translation run directory or checkpoint")
+    p.add_argument("--data", required=True, help="labelled cases with every channel, neither model trained on "
+                   "(a validation or test split): folder or manifest")
+    p.add_argument("--channel", default=None, help="the segmenter's channel the translator fills (default: its one target)")
+    p.add_argument("--layout", default="auto", help=LAYOUT_HELP)
+    p.add_argument("--max-cases", type=int, default=None, metavar="N", help="score the first N labelled cases only")
+    p.add_argument("--min-gain", type=float, default=0.01, metavar="D",
+                   help="mean Dice the synthesis must gain over the absent/zeroed route to count as helping (default 0.01)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = sub.add_parser("export", parents=[common], help="the generator as one ONNX or TorchScript file with its "
@@ -464,7 +488,8 @@ def _predict(args: argparse.Namespace) -> int:
         if models[0].config.task.translate or args.fill_missing:
             raise Vox2VoxError("--input NAME=FILE: one case from channel files is predicted by segmentation "
                                "models without --fill-missing; give a manifest or folder otherwise")
-        spec = channel_files_spec(args.input, models[0].channels)
+        given = None if models[0].channels is None else [c for c in models[0].channels if c not in args.missing]
+        spec = channel_files_spec(args.input, given)
         input_path = spec.root
     else:
         input_path = args.input[0]
@@ -485,7 +510,7 @@ def _predict(args: argparse.Namespace) -> int:
         if models[0].config.task.translate:  # a translation model writes synthesised volumes
             seg_only = [o for o, v in (("--save-probabilities", args.save_probabilities), ("--min-et-voxels",
                         args.min_et_voxels), ("--largest-component", args.largest_component), ("--threshold", args.threshold), ("--fill-missing",
-                        args.fill_missing), ("--output-format", args.output_format != "nifti"),
+                        args.fill_missing), ("--missing", args.missing), ("--output-format", args.output_format != "nifti"),
                         ("--save-uncertainty", args.save_uncertainty)) if v]
             if seg_only:
                 raise Vox2VoxError(f"{models[0].path}: a translation model; {seg_only[0]} applies to segmentation")
@@ -494,10 +519,13 @@ def _predict(args: argparse.Namespace) -> int:
         else:
             fill = {c: load_model(m, device=device) for c, m in parse_fill(args.fill_missing).items()}
             report = predict_with_filled(models, fill, input_path, args.output, config=config, device=device,
-                                         layout=args.layout, **options)
+                                         layout=args.layout, unchecked=args.fill_unchecked, missing=args.missing,
+                                         **options)
     else:
         report = predict_dataset(models, input_path, args.output, config=config, device=device, layout=args.layout,
-                                 spec=spec, **options)
+                                 spec=spec, missing=args.missing, **options)
+    for note in report.notes:
+        print(f"note: {one_line(note)}", file=sys.stderr)
     print(f"wrote {len(report.written)} prediction(s) to {args.output}")
     if report.empty:
         print(f"  no foreground predicted in {len(report.empty)} case(s): {', '.join(one_line(c) for c in report.empty)}")
@@ -509,6 +537,33 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"  failed: {one_line(case_id)}: {one_line(reason)}", file=sys.stderr)
     if report.failed:
         return 2
+    return 0
+
+
+def _fill_check(args: argparse.Namespace) -> int:
+    from vox2vox.device import resolve_device
+    from vox2vox.infer.fill_record import record_path
+    from vox2vox.infer.inference import load_model
+    from vox2vox.report.fill_check import fill_check
+    from vox2vox.train.crossval import expand_model_paths
+
+    device = resolve_device(args.device)
+    segmenters = [load_model(m, device=device) for m in expand_model_paths(args.segmenter)]
+    translator = load_model(args.translator, device=device)
+    if args.max_cases is not None and args.max_cases < 1:
+        raise Vox2VoxError(f"--max-cases {args.max_cases}: must be >= 1")
+    record = fill_check(segmenters, translator, args.data, channel=args.channel, layout=args.layout,
+                        max_cases=args.max_cases, min_gain=args.min_gain, device=device,
+                        progress=not args.no_progress)
+    for route in ("real", "synthesised", record.fallback):
+        regions = ", ".join(f"{n} {v:.3f}" for n, v in record.regions[route].items())
+        print(f"{route:<12} Dice {record.dice[route]:.3f} ({regions})")
+    verdict = ("helps: predict --fill-missing will use it" if record.helps else
+               "does not help: predict --fill-missing will " +
+               ("predict without the channel" if record.fallback == "absent" else "refuse"))
+    print(f"{record.channel}: synthesis gain {record.gain:+.3f} over {record.fallback} (needed {record.min_gain:+.3f}) "
+          f"on {len(record.case_ids)} case(s): {verdict}")
+    print(f"record: {record_path(translator.path, [m.sha256 for m in record.segmenters], record.channel)}")
     return 0
 
 
@@ -628,6 +683,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {
+    "fill-check": _fill_check,
     "demo": _demo,
     "dataset": _dataset,
     "train": _train,

@@ -182,6 +182,12 @@ class Config:
         if self.task.translate and self.task.head == "tanh" and self.preprocess.normalize != "ct-window":
             raise Vox2VoxError(f"task.head='tanh' needs targets in a fixed range: preprocess.normalize='ct-window' "
                                f"(this is {self.preprocess.normalize!r}); use task.head='linear' for z-scored targets")
+        if self.augment.channel_dropout > 0 and self.task.translate:
+            raise Vox2VoxError(f"augment.channel_dropout={self.augment.channel_dropout}: a translation's channels are its "
+                               "sources and targets, none may be left out; set it to 0")
+        if self.augment.channel_dropout > 0 and self.generator.in_channels < 2:
+            raise Vox2VoxError(f"augment.channel_dropout={self.augment.channel_dropout}: needs at least 2 input channels "
+                               f"(this model has {self.generator.in_channels}); a model cannot lose its only channel")
         if self.task.translate and self.train.tune_prediction:
             raise Vox2VoxError("train.tune_prediction chooses segmentation clean-up (TTA, threshold, largest component); "
                                "a translation has none: set it to false")
@@ -520,6 +526,7 @@ DESCRIPTIONS: dict[str, str] = {
     "augment.p_elastic": "probability of an elastic deformation",
     "augment.elastic_sigma": "elastic displacement, voxels",
     "augment.elastic_points": "control points per axis of the elastic grid",
+    "augment.channel_dropout": "probability that a training patch loses 1 to C-1 of its channels (set to 0, never all); > 0 trains a model that predicts cases without a channel (predict --missing); 0: off",
     "task.kind": "segment (label maps) or translate (synthesise task.target channels from task.source)",
     "task.source": "translate: input channels, by name (e.g. [\"t1\"]); null: every channel but the targets",
     "task.target": "translate: channel(s) to synthesise, by name (e.g. [\"flair\"])",

@@ -15,6 +15,7 @@ the ``elasticdeform`` package the authors used: random displacements with standa
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,9 +53,10 @@ class AugmentConfig:
     p_elastic: float = 0.5
     elastic_sigma: float = 2.0
     elastic_points: int = 3
+    channel_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("p_untouched", "p_flip", "p_intensity", "p_rotate", "p_scale", "p_elastic"):
+        for name in ("p_untouched", "p_flip", "p_intensity", "p_rotate", "p_scale", "p_elastic", "channel_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise Vox2VoxError(f"augment.{name}={value}: must be in [0, 1]")
@@ -107,8 +109,9 @@ class Augmenter:
         zoom = rng.uniform(*cfg.scale_range)
         do_elastic = rng.random() < cfg.p_elastic
         elastic_seed = int(rng.integers(2**31 - 1))
+        dropped = drop_channels(image.shape[0], cfg.channel_dropout, rng) if cfg.channel_dropout > 0 else ()
         if untouched:
-            return image.copy(), label.astype(np.int64)
+            return absent_channels(image.copy(), dropped), label.astype(np.int64)
 
         if do_flip:
             axes = [a for a in cfg.flip_axes if flips[a]]
@@ -132,7 +135,29 @@ class Augmenter:
             )
         if do_rotate or do_scale or displacement is not None:
             image, label = warp(image, label, matrix=matrix, displacement=displacement)
-        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label, dtype=np.int64)
+        image = absent_channels(np.array(image, dtype=np.float32), dropped)
+        return image, np.ascontiguousarray(label, dtype=np.int64)
+
+
+def drop_channels(n_channels: int, p: float, rng: np.random.Generator) -> tuple[int, ...]:
+    """The channels one patch loses under ``channel_dropout = p``: none with probability 1 - p,
+    else k of them (k uniform in 1..C-1, the subset uniform), never every one. Always three draws,
+    so the draws after it do not depend on the outcome."""
+    lose = rng.random() < p
+    k = 1 + int(rng.integers(max(n_channels - 1, 1)))
+    order = rng.permutation(n_channels)
+    if not lose or n_channels < 2:
+        return ()
+    return tuple(sorted(int(c) for c in order[:k]))
+
+
+def absent_channels(image: np.ndarray, absent: Sequence[int]) -> np.ndarray:
+    """``image`` ``(C, D, H, W)`` with the channels ``absent`` set to 0: how a missing contrast is
+    represented, in training (:func:`drop_channels`) and at prediction alike (0 is a normalised
+    channel's background and its foreground mean). Changes ``image`` in place and returns it."""
+    for c in absent:
+        image[c] = 0.0
+    return image
 
 
 def power_law(image: np.ndarray, gains: np.ndarray, gammas: np.ndarray) -> np.ndarray:

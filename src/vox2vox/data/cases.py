@@ -22,12 +22,16 @@ class CaseFiles:
     Paths are what the layout expects; a missing file is reported by :func:`check_dataset`.
     ``mask`` (optional) is a brain/body mask (> 0.5 inside): z-scoring and cropping use it
     instead of the "differs from the background value" rule.
+    ``absent`` names the dataset's channels this case has no file for (an empty manifest cell):
+    reading the case refuses it (:func:`vox2vox.data.loading.read_case`); only prediction with a
+    model trained with channel dropout takes it (:func:`vox2vox.data.loading.load_case_without`).
     """
 
     case_id: str
     channels: dict[str, Path]
     label: Path | None
     mask: Path | None = None
+    absent: tuple[str, ...] = ()
 
     def channel_files(self) -> dict[Path, list[str]]:
         """Each distinct image file with the channel names it holds, in channel order: reading

@@ -158,6 +158,10 @@ def _check_case(case: CaseFiles, conv: LabelConvention | None, problems: list[Pr
     def add(severity: str, file: Path | str, message: str) -> None:
         problems.append(Problem(severity, case.case_id, Path(file).name, message))
 
+    if case.absent:
+        add("warning", "manifest", f"no file for channel(s) {', '.join(case.absent)} (empty manifest cell): training "
+                                   "needs every channel; predict takes the case only with a model trained with "
+                                   "augment.channel_dropout")
     reference: tuple[Geometry, Path] | None = None
     for file, names in case.channel_files().items():
         if not file_of(file).exists():

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from vox2vox.atomic import atomic_path, atomic_write_text
+from vox2vox.data.augmentation import absent_channels
 from vox2vox.data.cases import CaseFiles
 from vox2vox.data.hdf5 import file_of
 from vox2vox.data.io import Geometry, read_channels, same_affine
@@ -35,6 +37,10 @@ def read_case(case: CaseFiles) -> tuple[np.ndarray, np.ndarray | None, Geometry]
 def _read_case_with_mask(
     case: CaseFiles,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, Geometry]:
+    if case.absent:
+        raise Vox2VoxError(f"case {case.case_id}: has no file for channel(s) {', '.join(case.absent)} (an empty "
+                           "manifest cell); every channel is needed here: only predict takes such a case, with a "
+                           "model trained with augment.channel_dropout (docs/bad-inputs.md)")
     volumes: list[np.ndarray] = []
     geometry: Geometry | None = None
     first_path: Path | None = None
@@ -182,3 +188,46 @@ def _write_cache(case: LoadedCase, npz: Path, meta: Path) -> None:
 def read_case_and_mask(case: CaseFiles) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, Geometry]:
     """:func:`read_case` plus the case's foreground mask (bool, or None when the case has none)."""
     return _read_case_with_mask(case)
+
+
+def load_case_without(case: CaseFiles, channel_names: Sequence[str], absent: Sequence[str], *,
+                      prep: PreprocessConfig) -> LoadedCase:
+    """Read and preprocess a case to predict without the channels ``absent`` (names among
+    ``channel_names``, the model's channels in order): the other channels read and preprocessed as
+    usual, each absent one as :func:`preprocess_without` represents it."""
+    present = [n for n in channel_names if n not in set(absent)]
+    if not present:
+        raise Vox2VoxError(f"case {case.case_id}: every channel is absent ({', '.join(channel_names)}); "
+                           "nothing to segment")
+    files = CaseFiles(case.case_id, {n: case.channels[n] for n in present}, None, case.mask)
+    image, _, mask, geometry = _read_case_with_mask(files)
+    image, record = preprocess_without(image, channel_names, absent, spacing=geometry.spacing, prep=prep, mask=mask)
+    return LoadedCase(case.case_id, image, None, geometry, record)
+
+
+def preprocess_without(present: np.ndarray, channel_names: Sequence[str], absent: Sequence[str], *,
+                       spacing: tuple[float, float, float], prep: PreprocessConfig,
+                       mask: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Preprocess the present channels ``(P, D, H, W)`` (``channel_names`` without ``absent``, in
+    order) into the model's ``(C, D, H, W)``: each absent channel 0 everywhere, as channel dropout
+    represents it in training (:func:`vox2vox.data.augmentation.absent_channels`). The record's
+    ``intensity`` entry of an absent channel is None (nothing to compare with the training data)
+    and ``absent`` names them."""
+    names = list(channel_names)
+    gone = [n for n in names if n in set(absent)]
+    if present.shape[0] != len(names) - len(gone):
+        raise Vox2VoxError(f"{present.shape[0]} channel(s) given for the {len(names) - len(gone)} present of "
+                           f"{', '.join(names)} (absent: {', '.join(gone) or 'none'})")
+    # An all-zero channel adds no foreground voxel (foreground_mask), so normalisation and cropping
+    # follow the present channels; it is set to 0 again after preprocessing all the same.
+    full = np.zeros((len(names), *present.shape[1:]), np.float32)
+    kept = iter(present)
+    for index, name in enumerate(names):
+        if name not in gone:
+            full[index] = next(kept)
+    image, _, record = preprocess(full, None, spacing=spacing, config=prep, mask=mask)
+    indices = [names.index(n) for n in gone]
+    absent_channels(image, indices)
+    record["intensity"] = [None if i in indices else s for i, s in enumerate(record["intensity"])]
+    record["absent"] = gone
+    return image, record

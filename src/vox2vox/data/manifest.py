@@ -77,12 +77,15 @@ def read_manifest(path: Path) -> DatasetSpec:
             raise Vox2VoxError(f"{path}: line {line}: case id {case_id!r} is empty or repeated")
         seen.add(case_id)
         by_name = dict(zip(header, cells, strict=True))
-        if any(not by_name[n] for n in channel_names):
-            raise Vox2VoxError(f"{path}: line {line}: case {case_id} has an empty channel path")
-        channels = {n: resolve_cell(base, by_name[n]) for n in channel_names}
+        # An empty cell is a contrast this case lacks: prediction may run without it
+        # (CaseFiles.absent); reading the case for anything else refuses it.
+        absent = tuple(n for n in channel_names if not by_name[n])
+        if len(absent) == len(channel_names):
+            raise Vox2VoxError(f"{path}: line {line}: case {case_id} has no channel path at all")
+        channels = {n: resolve_cell(base, by_name[n]) for n in channel_names if by_name[n]}
         label = resolve_cell(base, cells[-1]) if has_label and cells[-1] else None
         mask = resolve_cell(base, cells[mask_column]) if mask_column is not None and cells[mask_column] else None
-        cases.append(CaseFiles(case_id, channels, label, mask))
+        cases.append(CaseFiles(case_id, channels, label, mask, absent))
     return DatasetSpec(path, "manifest", channel_names, tuple(cases), "auto")
 
 
@@ -96,14 +99,15 @@ def resolve_cell(base: Path, cell: str) -> Path:
 
 def write_manifest(
     path: str | Path,
-    cases: list[tuple[str, dict[str, str | Path], str | Path | None]],
+    cases: list[tuple[str, dict[str, str | Path | None], str | Path | None]],
     *,
     masks: dict[str, str | Path] | None = None,
 ) -> Path:
     """Write a manifest CSV (paths stored relative to the CSV where possible), atomically.
 
     ``cases``: ``(case_id, {channel: path}, label_path_or_None)``, channels in the same order for
-    every case; ``masks``: optional case id -> brain/body mask file (adds a ``mask`` column).
+    every case (a None path: an empty cell, the case lacks that channel); ``masks``: optional
+    case id -> brain/body mask file (adds a ``mask`` column).
     """
     path = Path(path)
     if not cases:
@@ -115,7 +119,8 @@ def write_manifest(
     for case_id, channels, label in cases:
         if list(channels) != names:
             raise Vox2VoxError(f"{path}: case {case_id} has channels {list(channels)}, not {names}")
-        cells = [case_id, *(_relative(channels[n], path.parent) for n in names)]
+        cells = [case_id, *("" if channels[n] is None else _relative(channels[n], path.parent)  # type: ignore[arg-type]
+                            for n in names)]
         if masks:
             cells.append(_relative(masks[case_id], path.parent) if case_id in masks else "")
         if with_label:
@@ -143,7 +148,7 @@ def write_spec_manifest(spec: DatasetSpec, path: str | Path) -> Path:
     clash = [n for n in spec.channel_names if n.lower() in RESERVED_COLUMNS]
     if clash:
         raise Vox2VoxError(f"{path}: channel name(s) {', '.join(clash)} are manifest column names; pass --channels")
-    cases = [(c.case_id, dict(c.channels), c.label) for c in spec.cases]
+    cases = [(c.case_id, {n: c.channels.get(n) for n in spec.channel_names}, c.label) for c in spec.cases]
     masks = {c.case_id: c.mask for c in spec.cases if c.mask is not None}
     return write_manifest(path, cases, masks=masks or None)
 

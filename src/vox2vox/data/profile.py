@@ -161,6 +161,8 @@ def distribution_problems(profile: DataProfile, record: dict[str, Any], *, norma
         if value > spread.high * SPACING_FACTOR or value < spread.low / SPACING_FACTOR:
             problems.append(f"spacing {value:.3g} mm on axis {axis} (training {spread.format(' mm')})")
     for stats, channel in zip(record.get("intensity", ()), profile.channels, strict=False):
+        if stats is None:  # an absent channel (predict --missing): nothing was read
+            continue
         kind = "ct" if looks_like_ct([stats]) else "mr"
         if kind != channel.kind:
             problems.append(f"channel {channel.name} looks like {kind.upper()}, training was {channel.kind.upper()}")

@@ -6,10 +6,12 @@ channels, the right number of channels). Shared by ``vox2vox predict`` and :mod:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vox2vox.data.cases import CaseFiles, DatasetSpec
 from vox2vox.data.labels import LabelConvention, get_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.profile import distribution_problems
@@ -72,8 +74,10 @@ def prediction_options(models: Sequence[LoadedModel], *, tta: bool | None = None
             None if cut is None else float(cut))
 
 
-def discover_like_training(model: LoadedModel, input_path: str | Path, layout: str) -> Any:
-    """Find the cases to predict, choosing channels (and a case-folder label) as in training."""
+def discover_like_training(model: LoadedModel, input_path: str | Path, layout: str,
+                           missing: Sequence[str] = ()) -> Any:
+    """Find the cases to predict, choosing channels (and a case-folder label) as in training;
+    ``missing`` (``predict --missing``) names training channels the input does not have."""
     label_name = model.config.data.label_name
     try:
         # A 'folders' dataset may need the label name training used to tell label from channels.
@@ -82,12 +86,66 @@ def discover_like_training(model: LoadedModel, input_path: str | Path, layout: s
         spec = None
     if spec is None:
         spec = discover(input_path, layout=layout)
-    trained = tuple(model.channels or ())
+    trained = tuple(n for n in model.channels or () if n not in set(missing))
     if trained and set(trained) <= set(spec.channel_names) and trained != spec.channel_names:
         # The training channels by name, when the input orders them differently or has extras.
         spec = discover(input_path, layout=layout, channel_names=trained,
                         **({"label_name": label_name} if spec.layout == "folders" and label_name else {}))
     return spec
+
+
+def with_absent_channels(models: Sequence[LoadedModel], spec: DatasetSpec, missing: Sequence[str],
+                         where: str | Path) -> DatasetSpec:
+    """The cases with the models' channels in training order, each case's absent channels named
+    (``missing`` for every case, ``predict --missing``; an empty manifest cell for one): the spec
+    :func:`vox2vox.data.loading.load_case_without` reads. Refuses, before any case, a channel the
+    models lack, an input without a channel that is not declared missing, and a member trained
+    without channel dropout (it has never seen a channel absent: its output would be a guess)."""
+    first = models[0]
+    trained = tuple(first.channels or ())
+    missing = tuple(dict.fromkeys(missing))
+    if not missing and not any(c.absent for c in spec.cases):
+        return spec
+    if not trained:
+        raise Vox2VoxError(f"{first.path}: records no channel names, so no channel can be named missing")
+    for name in missing:
+        if name not in trained:
+            raise Vox2VoxError(f"--missing {name}: {first.path} has no channel {name!r}; its channels are "
+                               f"{', '.join(trained)}")
+    name = missing[0] if missing else next(n for c in spec.cases for n in c.absent)
+    for model in models:
+        check_absent_allowed(model, name, where)
+    present = [n for n in trained if n not in missing]
+    if not present:
+        raise Vox2VoxError(f"--missing: every channel of {first.path} is named missing; at least one must be given")
+    if spec.layout == "single" and len(present) == 1 and spec.channel_names == ("image",):
+        spec = dataclasses.replace(spec, channel_names=(present[0],), cases=tuple(
+            dataclasses.replace(c, channels={present[0]: c.channels["image"]}) for c in spec.cases))
+    lacking = [n for n in present if n not in spec.channel_names]
+    if lacking:
+        raise Vox2VoxError(f"{where}: has no channel {lacking[0]!r}, which {first.path} needs; its channels are "
+                           f"{', '.join(spec.channel_names)} (--missing {lacking[0]} predicts without it)")
+    cases = []
+    for case in spec.cases:
+        absent = tuple(n for n in trained if n in missing or n in case.absent)
+        if len(absent) == len(trained):
+            raise Vox2VoxError(f"{where}: case {case.case_id} has none of the channels {', '.join(trained)}")
+        cases.append(CaseFiles(case.case_id, {n: case.channels[n] for n in trained if n not in absent},
+                               case.label, case.mask, absent))
+    return dataclasses.replace(spec, channel_names=trained, cases=tuple(cases))
+
+
+def tolerates_absent(model: LoadedModel) -> bool:
+    """Whether the model was trained with channel dropout, so it segments a case without a channel."""
+    return not model.config.task.translate and model.config.augment.channel_dropout > 0
+
+
+def check_absent_allowed(model: LoadedModel, channel: str, where: str | Path) -> None:
+    """One line refusing a model trained without channel dropout a case lacking ``channel``."""
+    if not tolerates_absent(model):
+        raise Vox2VoxError(f"{model.path}: trained without channel dropout (augment.channel_dropout 0), so it cannot "
+                           f"segment {where} without channel {channel!r}; give the channel, fill it (--fill-missing "
+                           f"{channel}=TRANSLATOR) or use a model trained with augment.channel_dropout > 0")
 
 
 def check_channels(model: LoadedModel, channel_names: Sequence[str], where: str | Path) -> None:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vox2vox.config import Config
 from vox2vox.data.cases import CaseFiles, DatasetSpec
 from vox2vox.data.labels import LabelConvention, write_prediction_record
-from vox2vox.data.loading import load_case
+from vox2vox.data.loading import load_case, load_case_without
 from vox2vox.data.preprocessing import LoadedCase
 from vox2vox.data.seg_formats import (
     OutputFormat,
@@ -337,6 +337,8 @@ class PredictionReport:
     #: Cases whose label map holds no foreground at all.
     empty: list[str] = dataclasses.field(default_factory=list)
     warnings: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Lines about the whole call the user must see (which route ``--fill-missing`` took, and why).
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def predict_case(
@@ -387,6 +389,7 @@ def predict_dataset(
     progress: bool = True,
     spec: DatasetSpec | None = None,
     load_input: Callable[[CaseFiles], LoadedCase] | None = None,
+    missing: Sequence[str] = (),
 ) -> PredictionReport:
     """Predict every case under ``input_path`` and write ``<output_dir>/<case_id>.nii.gz``.
 
@@ -422,6 +425,11 @@ def predict_dataset(
     ``spec`` (the cases, instead of discovering ``input_path``) and ``load_input`` (a case's
     preprocessed image, instead of reading its channels) let a caller supply channels the input
     lacks: :func:`vox2vox.infer.translation.predict_with_filled` synthesises them.
+
+    ``missing`` (``predict --missing``) names model channels no case has, and an empty manifest
+    cell one a case lacks: such cases run with that channel absent (0, as channel dropout trained
+    the model, :func:`vox2vox.data.loading.load_case_without`); a model trained without channel
+    dropout refuses them before any case (:func:`vox2vox.infer.ensemble.with_absent_channels`).
     """
     if save_probabilities not in (None, "npz", "nifti"):
         raise Vox2VoxError(f"save_probabilities={save_probabilities!r}: choose npz or nifti")
@@ -429,7 +437,8 @@ def predict_dataset(
     convention, head = ensemble.check_ensemble(models)
     check_precision([m.generator for m in models], config.amp)
     first = models[0]
-    spec = spec if spec is not None else ensemble.discover_like_training(first, input_path, layout)
+    spec = spec if spec is not None else ensemble.discover_like_training(first, input_path, layout, missing)
+    spec = ensemble.with_absent_channels(models, spec, missing, input_path)
     ensemble.check_channels(first, spec.channel_names, input_path)
     if output_format == "dicom-seg":
         check_dicom_seg_inputs([(c.case_id, next(iter(c.channels.values()))) for c in spec.cases])
@@ -451,8 +460,12 @@ def predict_dataset(
             first_channel = next(iter(case.channels.values()))
             # The series' headers first: a SEG that cannot reference them costs no prediction.
             source = read_dicom_source(first_channel) if output_format == "dicom-seg" else None
-            loaded = (load_input(case) if load_input is not None else
-                      load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep))
+            if load_input is not None:
+                loaded = load_input(case)
+            elif case.absent:
+                loaded = load_case_without(case, spec.channel_names, case.absent, prep=prep)
+            else:
+                loaded = load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep)
             result = predict_case(models, loaded, convention=convention, head=head, config=config, device=device,
                                   postprocess=postprocess, where=first_channel, uncertainty=save_uncertainty,
                                   channel_names=names)

@@ -8,7 +8,8 @@ The header's description says what the values are, e.g. ``vox2vox synthetic flai
 
 ``predict_with_filled`` segments cases that lack a channel the segmentation model needs: a
 translation model synthesises it from the channels the case has, on the case's own grid, and
-the segmentation model's preprocessing then treats it like a real channel.
+the segmentation model's preprocessing then treats it like a real channel; only where a
+fill-check record (:mod:`vox2vox.infer.fill_record`) measured that this helps the segmenter.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from tqdm import tqdm
 from vox2vox.data.cases import CaseFiles, DatasetSpec, check_case_id
 from vox2vox.data.io import Geometry, write_volume
 from vox2vox.data.layouts import discover
-from vox2vox.data.loading import read_case_and_mask
-from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig, preprocess
+from vox2vox.data.loading import preprocess_without, read_case_and_mask
+from vox2vox.data.preprocessing import LoadedCase, PreprocessConfig
 from vox2vox.data.translation import read_translation_case, restore_synthesis, synthesis_description
 from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.ensemble import check_absent_allowed, tolerates_absent
+from vox2vox.infer.fill_record import decide_fills
 from vox2vox.infer.inference import (
     InferenceConfig,
     PredictionReport,
@@ -149,38 +152,67 @@ def parse_fill(items: Sequence[str]) -> dict[str, str]:
 
 def predict_with_filled(models: Sequence[LoadedModel], fill: Mapping[str, LoadedModel], input_path: str | Path,
                         output_dir: str | Path, *, config: InferenceConfig = DEFAULT_INFERENCE,
-                        device: torch.device | str = "cpu", layout: str = "auto", **options: Any) -> PredictionReport:
+                        device: torch.device | str = "cpu", layout: str = "auto", unchecked: bool = False,
+                        missing: Sequence[str] = (), **options: Any) -> PredictionReport:
     """Segment the cases under ``input_path`` with ``models``, each channel named in ``fill``
-    synthesised by its translation model from the channels the case has (module docstring).
-    ``options`` are :func:`vox2vox.infer.inference.predict_dataset`'s."""
+    synthesised by its translation model from the channels the case has (module docstring) when
+    its fill-check record says the synthesis helps these segmenters
+    (:func:`vox2vox.infer.fill_record.fill_decision`): otherwise the channel is left absent (a
+    channel-dropout segmenter) or the whole call is refused, before any case, in one line. The
+    decisions' lines are the report's ``notes``. ``missing``: other channels no case has, left
+    absent as ``predict --missing`` does. ``options`` are :func:`vox2vox.infer.inference.predict_dataset`'s."""
     seg = models[0]
     channels = tuple(seg.channels or ())
+    for name in missing:
+        if name not in channels or name in fill:
+            raise Vox2VoxError(f"--missing {name}: not another channel of {seg.path} ({', '.join(channels)}) "
+                               "than the --fill-missing ones")
+        for model in models:
+            check_absent_allowed(model, name, input_path)
     for name, model in fill.items():
         if name not in channels:
             raise Vox2VoxError(f"--fill-missing {name}: the segmentation model {seg.path} has no channel {name!r}; "
                                f"its channels are {', '.join(channels) or 'not recorded'}")
         check_translation_models([model])
-        if _target_index(model, name) is None:
+        if target_index(model, name) is None:
             targets = tuple(model.config.task.target or ())
             raise Vox2VoxError(f"--fill-missing {name}: {model.path} synthesises {', '.join(targets)}, not {name}")
+    decisions = decide_fills({c: m.path for c, m in fill.items()}, [m.path for m in models],
+                             tolerates_absent=all(tolerates_absent(m) for m in models), unchecked=unchecked)
+    refused = next((d for d in decisions if d.action == "refuse"), None)
+    if refused is not None:
+        raise Vox2VoxError(refused.reason)
+    absent = (*dict.fromkeys(missing), *(d.channel for d in decisions if d.action == "absent"))
+    fill = {c: m for c, m in fill.items() if c not in absent}
     spec = discover(input_path, layout=layout)
-    needed = {c for c in channels if c not in fill}
+    # An empty manifest cell of a filled (or left out) channel is what this call supplies; of
+    # any other channel it is a hole nothing fills.
+    for case in spec.cases:
+        hole = next((n for n in case.absent if n not in fill and n not in absent), None)
+        if hole is not None:
+            raise Vox2VoxError(f"{input_path}: case {case.case_id} has no {hole} file (an empty manifest cell), and "
+                               f"nothing fills it: add it to --fill-missing or --missing")
+    spec = dataclasses.replace(spec, cases=tuple(dataclasses.replace(c, absent=()) for c in spec.cases))
+    needed = {c for c in channels if c not in fill and c not in absent}
     for model in fill.values():
         needed.update(model.config.task.source or ())
     _require_channels(spec, sorted(needed), input_path, seg.path)
     prep = dataclasses.replace(seg.config.preprocess, cache_dir=None)
-    loader = _filling_loader(channels, fill, prep=prep, config=config, device=device)
+    loader = filling_loader(channels, fill, absent, prep=prep, config=config, device=device)
     spec = dataclasses.replace(spec, channel_names=channels)
-    return predict_dataset(models, input_path, output_dir, config=config, device=device, layout=layout,
-                           spec=spec, load_input=loader, **options)
+    report = predict_dataset(models, input_path, output_dir, config=config, device=device, layout=layout,
+                             spec=spec, load_input=loader, **options)
+    report.notes.extend(d.reason for d in decisions)
+    return report
 
 
-def _filling_loader(channels: Sequence[str], fill: Mapping[str, LoadedModel], *, prep: Any, config: InferenceConfig,
-                    device: torch.device | str) -> Callable[[CaseFiles], LoadedCase]:
-    """A case's preprocessed image in the segmentation model's channel order, filled channels synthesised."""
+def filling_loader(channels: Sequence[str], fill: Mapping[str, LoadedModel], absent: Sequence[str], *, prep: Any,
+                    config: InferenceConfig, device: torch.device | str) -> Callable[[CaseFiles], LoadedCase]:
+    """A case's preprocessed image in the segmentation model's channel order, filled channels
+    synthesised, ``absent`` ones left out (0, as channel dropout trained the model)."""
 
     def load(case: CaseFiles) -> LoadedCase:
-        real = [c for c in channels if c not in fill]
+        real = [c for c in channels if c not in fill and c not in absent]
         volumes: dict[str, np.ndarray] = {}
         mask, geometry = None, None
         if real:
@@ -189,20 +221,20 @@ def _filling_loader(channels: Sequence[str], fill: Mapping[str, LoadedModel], *,
             volumes.update(zip(real, image, strict=True))
         for name, model in fill.items():
             synthetic, _, geo = synthesise_case([model], case, config=config, device=device)
-            volumes[name] = synthetic[_target_index(model, name)]
+            volumes[name] = synthetic[target_index(model, name)]
             if geometry is not None and not geometry.same_grid(geo):
                 raise Vox2VoxError(f"case {case.case_id}: the synthesised {name} is not on the grid of the case's "
                                    "other channels; their files must share one grid")
             geometry = geometry or geo
         assert geometry is not None
-        image = np.stack([volumes[c] for c in channels]).astype(np.float32)
-        image, _, record = preprocess(image, None, spacing=geometry.spacing, config=prep, mask=mask)
+        present = np.stack([volumes[c] for c in channels if c not in absent]).astype(np.float32)
+        image, record = preprocess_without(present, channels, absent, spacing=geometry.spacing, prep=prep, mask=mask)
         return LoadedCase(case.case_id, image, None, geometry, record)
 
     return load
 
 
-def _target_index(model: LoadedModel, name: str) -> int | None:
+def target_index(model: LoadedModel, name: str) -> int | None:
     """Which of the model's targets is channel ``name`` (names compared without case: ``FLAIR`` of a
     folders layout is ``flair`` of BraTS); None when it synthesises no such channel."""
     targets = [t.lower() for t in model.config.task.target or ()]

@@ -39,6 +39,8 @@ class ModelCard:
     predict: dict[str, Any] | None = None  # prediction options training chose (train.tune_prediction)
     versions: dict[str, str] = field(default_factory=dict)
     exported: dict[str, Any] | None = None  # an export's backend, format and source checkpoint
+    # A translator's fill-check records found beside its file (vox2vox.infer.fill_record), as JSON.
+    fill_checks: tuple[dict[str, Any], ...] = ()
 
     @property
     def translate(self) -> bool:
@@ -58,6 +60,7 @@ class ModelCard:
             "target_spacing": list(prep.target_spacing) if prep.target_spacing else None,
             "network": {"generator": self.config.to_dict()["generator"], "patch_size": list(self.config.train.patch_size)},
             "task": _task_json(self.config),
+            "channel_dropout": self.config.augment.channel_dropout,
             "labels": info.convention if info else None,
             "layout": info.layout if info else None,
             "training_data": info.data.to_json() if info and info.data else None,
@@ -67,6 +70,7 @@ class ModelCard:
             "prediction_options": self.predict,
             "versions": self.versions or None,
             "exported": self.exported,
+            "fill_checks": list(self.fill_checks),
         }
 
 
@@ -150,6 +154,7 @@ def format_card(card: ModelCard) -> str:
         lines.append(("objective", _objective(config)))
     else:
         lines.append(("labels", _labels(info)))
+        lines.append(("missing input", _missing_channels(config)))
     lines += _data_lines(info)
     if c.get("epochs") is None:
         lines.append(("training", NOT_RECORDED))
@@ -163,6 +168,8 @@ def format_card(card: ModelCard) -> str:
         lines.append(("fine-tuned from", f"{info.source.path} (sha256 {info.source.sha256[:16]}...{reinit})"))
     if card.predict:
         lines += _prediction_lines(card.predict)
+    for check in card.fill_checks:
+        lines.append(("fill-check", _fill_check_line(check)))
     lines.append(("versions", ", ".join(f"{k} {v}" for k, v in card.versions.items()) or NOT_RECORDED))
     width = max(len(key) for key, _ in lines)
     return "\n".join(f"{key:<{width}}  {value}" for key, value in lines)
@@ -216,6 +223,26 @@ def _validation(config: Config, c: dict[str, Any]) -> str:
     best_text = f"best {name} {best:.4f} (epoch {c['best_epoch']})" if best is not None else f"best {name} {NOT_RECORDED}"
     last_text = f"last {last:.4f}" if last is not None else f"last {NOT_RECORDED}"
     return f"{best_text}, {last_text}; " + (f"{how}; " if how else "") + f"this file is the {c['select']} model"
+
+
+def _fill_check_line(check: dict[str, Any]) -> str:
+    """One fill-check record (``FillRecord.to_json``, or ``{"file", "error"}`` for an unreadable one)."""
+    if "error" in check:
+        return f"{check['file']}: {check['error']}"
+    segs = ", ".join(f"{m['path']} (sha256 {m['sha256'][:16]}...)" for m in check["segmenters"])
+    dice, fallback = check["dice"], check["fallback"]
+    verdict = "helps: --fill-missing uses it" if check["helps"] else "does not help: --fill-missing will not use it"
+    return (f"{check['channel']} for {segs}: Dice {dice['synthesised']:.3f} synthesised vs {dice[fallback]:.3f} "
+            f"{fallback} (real {dice['real']:.3f}), {len(check['case_ids'])} case(s); {verdict}")
+
+
+def _missing_channels(config: Config) -> str:
+    """Whether ``predict --missing`` runs this model (augment.channel_dropout, docs/method.md)."""
+    p = config.augment.channel_dropout
+    if p <= 0:
+        return "refused: trained without channel dropout (augment.channel_dropout 0), every channel is needed"
+    return (f"tolerated: trained with channel dropout (augment.channel_dropout {p:g}); a case may lack any "
+            "channels but one (predict --missing)")
 
 
 def _objective(config: Config) -> str:

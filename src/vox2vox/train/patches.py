@@ -92,7 +92,7 @@ def patch_loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_
         epoch=epoch,
         patches_per_case=config.train.patches_per_case,
         sample_patch=sample_patch,
-        augment=augment if config.augment.p_untouched < 1.0 else None,
+        augment=augment if config.augment.p_untouched < 1.0 or config.augment.channel_dropout > 0 else None,
         foreground_prob=config.train.foreground_prob,
     )
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
