@@ -15,6 +15,7 @@ from vox2vox.train.selection import (
     RULE,
     adopt,
     choose_prediction_options,
+    no_case_lowered,
     record_prediction_options,
 )
 
@@ -108,6 +109,16 @@ def test_largest_component_on_several_cases():
 ])
 def test_the_rule(candidate, current, adopted):
     assert adopt(candidate, current)[0] is adopted
+
+
+@pytest.mark.parametrize(("candidate", "current", "adopted"), [
+    ([0.8007, 0.812], [0.8, 0.8], True),  # a small gain on one case, no loss: clean-up kept
+    ([0.95, 0.79], [0.8, 0.8], False),  # erased a real lesion in one case
+    ([0.8, 0.8], [0.8, 0.8], False),  # changes nothing
+    ([0.9], [0.5], False),  # one case
+])
+def test_the_clean_up_rule(candidate, current, adopted):
+    assert no_case_lowered(candidate, current)[0] is adopted
 
 
 def test_info_shows_the_rule_and_the_evidence(tmp_path, capsys):
