@@ -5,12 +5,12 @@ needs its own pinned requirements (pandas 1.3.4: newer pandas breaks its ``appen
 calls; that pandas needs Python <= 3.10), so it runs in its own virtual environment; give its
 interpreter and a checkout of the repository::
 
-    python3.10 -m venv /tmp/brats2023-py310
-    /tmp/brats2023-py310/bin/pip install numpy==1.24.3 scipy==1.11.1 pandas==1.3.4 \
+    python3.10 -m venv OFFICIAL_VENV
+    OFFICIAL_VENV/bin/pip install numpy==1.24.3 scipy==1.11.1 pandas==1.3.4 \
         connected-components-3d==3.12.1 nibabel==5.1.0
-    git clone https://github.com/rachitsaluja/BraTS-2023-Metrics /tmp/brats2023-metrics
-    PYTHONPATH=src python benchmarks/lesionwise_vs_official.py --python /tmp/brats2023-py310/bin/python \
-        --official /tmp/brats2023-metrics --cases 3
+    git clone https://github.com/rachitsaluja/BraTS-2023-Metrics OFFICIAL_REPO
+    PYTHONPATH=src python benchmarks/lesionwise_vs_official.py --python OFFICIAL_VENV/bin/python \
+        --official OFFICIAL_REPO --cases 3
 
 Predictions are made here from each truth: a dropped lesion (the largest truth component of the
 region removed), an added false-positive blob away from the tumour, a boundary eroded by two
