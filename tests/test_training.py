@@ -448,3 +448,20 @@ def test_cpu_bf16_runs_the_generator_in_bf16_and_keeps_the_critic_in_float32():
     out = train_step(state, torch.randn(1, 1, 32, 32, 32), torch.randint(0, 2, (1, 32, 32, 32)), config, progress=1.0)
     assert dtypes == {"G": torch.bfloat16, "D": torch.float32}
     assert "loss_adv" in out and all(np.isfinite(v) for v in out.values())
+
+
+def test_a_metric_logged_on_some_steps_is_averaged_over_those_steps(tmp_path, monkeypatch):
+    # Under discriminator.update_every the critic's losses come every other step: their epoch mean
+    # is over the steps that logged them, not over all steps.
+    real_step = training.train_step
+    calls = {"n": 0}
+
+    def alternating(state, *args, **kwargs):
+        real_step(state, *args, **kwargs)
+        calls["n"] += 1
+        return {"loss_g": 1.0, **({"loss_d": 2.0} if calls["n"] % 2 else {})}
+
+    monkeypatch.setattr(training, "train_step", alternating)
+    result = run_fit(fit_config(1), tmp_path / "run")
+    row = result.history[-1]
+    assert calls["n"] >= 2 and row["loss_g"] == 1.0 and row["loss_d"] == 2.0

@@ -399,6 +399,9 @@ def _train_epoch(
     """
     torch.manual_seed(distributed.rank_seed(derive_seed(config.train.seed, epoch, 1)))
     skip, sums = state.batches_done, dict(state.partial_sums)
+    # Steps each metric was logged in: the critic's losses skip steps under discriminator.update_every
+    # (a resumed epoch's partial sums are counted over all its steps: the checkpoint keeps no counts).
+    counts = dict.fromkeys(sums, skip)
     if skip and state.rng_state is not None:  # continue an epoch cut short by Ctrl-C
         torch.set_rng_state(state.rng_state)
     n_batches = batches_per_epoch(config, n_cases, ctx)
@@ -421,6 +424,7 @@ def _train_epoch(
             stop_if_not_finite(step_out, state, run, epoch=epoch + 1)
         for k, v in step_out.items():
             sums[k] = sums.get(k, 0.0) + v
+            counts[k] = counts.get(k, 0) + 1
         n += 1
         bar.set_postfix(loss_g=f"{step_out['loss_g']:.3f}")
         if distributed.any_rank(interrupted.flag):
@@ -432,7 +436,7 @@ def _train_epoch(
     state.epoch, state.batches_done, state.partial_sums, state.rng_state = epoch + 1, 0, {}, None
     row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0,
                            "lr_g": state.opt_g.param_groups[0]["lr"]}
-    row.update({k: v / max(n, 1) for k, v in sums.items()})
+    row.update({k: v / max(counts.get(k, n), 1) for k, v in sums.items()})
     # Under fp16 a skipped overflow step may leave an Inf in the mean: the weights decide.
     stop_if_not_finite({} if state.scaler.is_enabled() else row, state, run, epoch=state.epoch, weights=True)
     return row
