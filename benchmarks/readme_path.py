@@ -51,10 +51,11 @@ def truth_wt(files) -> tuple[np.ndarray, tuple[float, ...]]:
     return np.asarray(raw) > 0, geometry.spacing  # every tumour label is whole tumour
 
 
-def run_readme(train_csv: Path, test_csv: Path, out: Path, minutes: float, overrides: list[str]) -> dict:
+def run_readme(train_csv: Path, test_csv: Path, out: Path, minutes: float, overrides: list[str],
+               init_from: str | None = None) -> dict:
     vox2vox = [sys.executable, "-m", "vox2vox.cli"]
     t0 = time.perf_counter()
-    sets = [arg for o in overrides for arg in ("--set", o)]
+    sets = [arg for o in overrides for arg in ("--set", o)] + (["--init-from", init_from] if init_from else [])
     subprocess.run([*vox2vox, "train", "--data", str(train_csv), "--budget", f"{minutes:g}m", "--out",
                     str(out / "run"), *sets], check=True)
     train_s = time.perf_counter() - t0
@@ -126,6 +127,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="--method readme: a config override passed to `vox2vox train` (a variant of the plan)")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="--method readme: fine-tune this model (e.g. builtin:brain-tumour) instead of training from scratch")
     p.add_argument("--unet-width", type=int, default=8, help="--method unet: the U-Net's first width")
     p.add_argument("--unet-patch", type=int, nargs=3, default=[48, 48, 48],
                    help="--method unet: its training patch (multiples of 16), at 2 mm")
@@ -139,11 +142,11 @@ def main() -> None:
         result = {**previous, **retune(train_csv, test_csv, out), "retuned_from": previous["per_case"]}
         args.method, args.overrides = "readme", previous.get("overrides", [])
     elif args.method == "readme":
-        result = run_readme(train_csv, test_csv, out, args.minutes, args.overrides)
+        result = run_readme(train_csv, test_csv, out, args.minutes, args.overrides, args.init_from)
     else:
         result = run_unet(train_csv, test_csv, out, args.minutes, args.seed, args.unet_width, args.unet_patch)
     dices = [s["dice"] for s in result["per_case"].values()]
-    result.update(method=args.method, overrides=args.overrides, unet_width=args.unet_width,
+    result.update(method=args.method, overrides=args.overrides, init_from=args.init_from, unet_width=args.unet_width,
                   unet_patch=args.unet_patch, minutes=args.minutes, machine=quality.machine(),
                   load_before=load, load_after=os.getloadavg()[0], wt_dice_mean=float(np.mean(dices)))
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")

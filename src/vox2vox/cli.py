@@ -253,6 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("bf16", "fp16", "off"), default=None,
                    help="precision to plan for (default: train.amp, 'auto' counted as bf16)")
 
+    p = sub.add_parser("models", parents=[common], help="the models shipped with vox2vox (use one as "
+                       "--model builtin:NAME or --init-from builtin:NAME)")
+    p.add_argument("--json", action="store_true", help="print the list with each card as JSON")
+
+    p = sub.add_parser("prior", parents=[common], help="train the shipped brain-tumour prior from domain-randomised "
+                       "synthetic scans (the recipe of `make prior`) and write it as a shippable model + card")
+    p.add_argument("--out", required=True, help="output folder: run/ (a run folder) and brain-tumour.{safetensors,json}")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped prior's recipe)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+                   help="training precision (auto: bf16 on a GPU, float32 on a CPU; bf16 on a CPU with native bf16)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+
     p = sub.add_parser("config", parents=[common], help="print the configuration: every key, its default and meaning")
     p.add_argument("--defaults", action="store_true",
                    help="the same as no option: every config key with its default value and what it means")
@@ -423,8 +438,17 @@ def _train(args: argparse.Namespace) -> int:
         check_run_folder(out, resume=False)
         finetune = load_source(args.init_from)
         explicit = explicit_keys(None if args.config == "paper" else args.config, [*args.overrides, *_implied_keys(args)])
-        config = finetune_config(finetune, config, explicit=explicit, planned=planned)
-        planned = False  # the source model's settings, not a new plan
+        if planned and finetune.from_randomised_scans:
+            # A prior's schedule and options were made for synthetic scans: plan for this data and
+            # keep only the prior's network and preprocessing.
+            run = plan_run(config, PlanRequest(tuple(args.overrides), budget_given=args.budget is not None))
+            for line in run.reasons:
+                print(f"plan: {line}")
+            print(f"plan: network and preprocessing from {args.init_from} (fine-tuning keeps them)")
+            config, plan_toml = finetune_config(finetune, run.config, explicit=explicit, planned=False), run.toml
+        else:
+            config = finetune_config(finetune, config, explicit=explicit, planned=planned)
+        planned = False  # the source model's settings, or the plan made above
     if planned:
         check_run_folder(out, resume=False)  # before minutes of planning
         # The plan, then the user's data options and --set values on top of it.
@@ -465,10 +489,48 @@ def _implied_keys(args: argparse.Namespace) -> list[str]:
 
 def _info(args: argparse.Namespace) -> int:
     from vox2vox.infer.info import read_model_card
+    from vox2vox.model.builtin import find_builtin, format_shipped, is_builtin
     from vox2vox.model.card import card_json_text, format_card
 
     card = read_model_card(args.model)
-    print(card_json_text(card) if args.json else format_card(card))
+    shipped = find_builtin(args.model) if is_builtin(args.model) else None
+    if args.json:
+        doc = json.loads(card_json_text(card))
+        if shipped is not None:
+            doc["shipped"] = shipped.card
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_card(card))
+        if shipped is not None:
+            print(format_shipped(shipped))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from vox2vox.model.builtin import PREFIX, shipped_models
+
+    models = shipped_models()
+    if args.json:
+        print(json.dumps([{"name": PREFIX + m.name, **m.card} for m in models], indent=2))
+        return 0
+    if not models:
+        print("no models are shipped with this installation")
+    for m in models:
+        print(f"{PREFIX}{m.name}  ({m.weights.stat().st_size / 1e6:.1f} MB)\n  {m.summary}")
+    return 0
+
+
+def _prior(args: argparse.Namespace) -> int:
+    from vox2vox.train.prior import PRIOR_STEPS, ship_prior, train_prior
+
+    out = Path(args.out)
+    steps = PRIOR_STEPS if args.steps is None else args.steps
+    result = train_prior(out / "run", steps=steps, seed=args.seed, device=args.device, amp=args.amp,
+                         progress=not args.no_progress, resume=args.resume)
+    command = f"vox2vox prior --steps {steps} --seed {args.seed} --amp {args.amp}"
+    target = ship_prior(out / "run", out, command=command)
+    print(f"trained the prior for {result.steps} steps; wrote {target} and {target.with_suffix('.json')} "
+          "(add zero-shot scores with benchmarks/prior_zero_shot.py --card)")
     return 0
 
 
@@ -697,6 +759,8 @@ _COMMANDS = {
     "render": _render,
     "config": _config,
     "env": _env,
+    "models": _models,
+    "prior": _prior,
 }
 
 

@@ -15,6 +15,7 @@ from vox2vox.data.cases import CaseFiles, DatasetSpec
 from vox2vox.data.labels import LabelConvention, get_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.profile import distribution_problems
+from vox2vox.data.randomised import ANY_MRI
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.loaded import LoadedModel
 from vox2vox.model.checkpoint import ModelInfo
@@ -151,6 +152,10 @@ def check_absent_allowed(model: LoadedModel, channel: str, where: str | Path) ->
 def check_channels(model: LoadedModel, channel_names: Sequence[str], where: str | Path) -> None:
     """Refuse input with another number of channels than the model was trained on."""
     n_in = model.config.generator.in_channels
+    if tuple(model.channels or ()) == (ANY_MRI,) and len(channel_names) != 1:
+        raise Vox2VoxError(
+            f"{where}: cases have {len(channel_names)} channels ({', '.join(channel_names)}) but {model.path} takes "
+            f"one MRI contrast of any kind; give one: a single image, one-channel cases, or --input {ANY_MRI}=FILE")
     if len(channel_names) != n_in:
         raise Vox2VoxError(
             f"{where}: cases have {len(channel_names)} channel(s) ({', '.join(channel_names)}) "

@@ -34,6 +34,7 @@ from vox2vox.data.labels import get_convention
 from vox2vox.data.profile import DataProfile
 from vox2vox.device import unwrap
 from vox2vox.errors import Vox2VoxError
+from vox2vox.model.builtin import find_builtin, is_builtin
 from vox2vox.rundir import RunDir
 
 FORMAT = "vox2vox-checkpoint"
@@ -429,7 +430,10 @@ def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path
 
 
 def resolve_checkpoint(path: str | Path, *, which: str = "best") -> Path:
-    """A run directory -> its ``checkpoints/<which>.safetensors`` (falling back to ``last``)."""
+    """A run directory -> its ``checkpoints/<which>.safetensors`` (falling back to ``last``);
+    ``builtin:<name>`` -> the shipped model's checked weights (:mod:`vox2vox.model.builtin`)."""
+    if is_builtin(path):
+        return find_builtin(path).weights
     path = Path(path)
     if path.is_file():
         return path

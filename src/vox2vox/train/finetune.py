@@ -33,6 +33,7 @@ import torch
 
 from vox2vox.config import Config, read_config_file
 from vox2vox.data.labels import LabelConvention, get_convention
+from vox2vox.data.randomised import ANY_MRI, RANDOMISED
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
     Checkpoint,
@@ -65,6 +66,11 @@ class FineTune:
     config: Config
     info: ModelInfo | None
     sha256: str
+
+    @property
+    def from_randomised_scans(self) -> bool:
+        """A prior (:mod:`vox2vox.train.prior`): trained on synthetic scans, not on a dataset."""
+        return self.info is not None and self.info.layout == RANDOMISED
 
     def source(self, reinit_output: bool) -> SourceModel:
         return SourceModel(str(self.path), self.sha256, reinit_output)
@@ -124,8 +130,11 @@ def finetune_config(source: FineTune, config: Config, *, explicit: set[str], pla
 
 
 def check_channels(source: FineTune, channels: Sequence[str], where: Any) -> None:
-    """The data's channels must be the source model's (count and names, in order)."""
+    """The data's channels must be the source model's (count and names, in order; one channel of
+    any name for a model of any single MRI contrast, :data:`vox2vox.data.randomised.ANY_MRI`)."""
     trained = list(source.info.channels) if source.info else None
+    if trained == [ANY_MRI] and len(channels) == 1:  # the prior takes one contrast, whichever it is
+        return
     if trained is None:  # an old or hand-made checkpoint: only the count is known
         if len(channels) == source.config.generator.in_channels:
             return

@@ -47,7 +47,7 @@ from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
 from vox2vox.train import distributed
 from vox2vox.train.finetune import FineTune, check_channels, check_classes, initial_weights
-from vox2vox.train.patches import Augment
+from vox2vox.train.patches import Augment, PatchSampler
 from vox2vox.train.runlock import RunLock, check_run_folder
 from vox2vox.train.selection import choose_prediction_options, record_prediction_options
 from vox2vox.train.splits import run_split
@@ -75,9 +75,9 @@ class RunTask(Protocol):
     the pipeline's, so a feature reaches both tasks or is refused by one in one place."""
 
     config: Config  # the networks sized for the data: its channels in, the task's outputs out
-    spec: DatasetSpec
     cases: dict[str, LoadedCase]
     augment: Augment
+    sample_patch: PatchSampler  # one training patch of a case (the prior draws a fresh scan instead)
 
     def check_config(self, *, resume: bool) -> None: ...
     def model_info(self, train_ids: list[str], val_ids: list[str], source: SourceModel | None) -> ModelInfo: ...
@@ -134,7 +134,7 @@ def train_on_dataset(
     # One training process per run folder (rank 0 holds the lock for the job).
     lock = RunLock(run_dir).acquire() if ctx.is_main else None
     try:
-        return _train_locked(task, train_ids, val_ids, run_dir, ctx=ctx, resume=resume, progress=progress,
+        return run_task(task, train_ids, val_ids, run_dir, ctx=ctx, resume=resume, progress=progress,
                              started=started, plan_toml=plan_toml, finetune=finetune)
     finally:
         if lock is not None:
@@ -174,6 +174,7 @@ class SegmentationRun:
     config: Config = field(init=False)
     head: OutputHead = field(init=False)
     augment: Augment = field(init=False)
+    sample_patch: PatchSampler = field(default=sample_patch, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.head = output_head(self.convention, self.user_config.generator.output)
@@ -218,7 +219,7 @@ class SegmentationRun:
                   f"(on {len(val_ids)} validation case(s); the rule and evidence: vox2vox info)", file=sys.stderr)
 
 
-def _train_locked(task: RunTask, train_ids: list[str], val_ids: list[str], run_dir: Path, *,
+def run_task(task: RunTask, train_ids: list[str], val_ids: list[str], run_dir: Path, *,
                   ctx: distributed.DistContext, resume: bool, progress: bool, started: float,
                   plan_toml: str | None, finetune: FineTune | None) -> FitResult:
     """The part of :func:`train_on_dataset` that writes into ``run_dir`` (under its lock)."""
@@ -259,7 +260,7 @@ def _train_tracked(task: RunTask, train_ids: list[str], val_ids: list[str], run_
             print(f"fine-tuning from {finetune.path} (sha256 {finetune.sha256[:16]}...)", file=sys.stderr)
         init = initial_weights(finetune, reinit_output=config.train.reinit_output, announce=progress)
     result = fit(config, [(task.cases[i].image, task.cases[i].label) for i in train_ids], run_dir, validate=validate,
-                 sample_patch=sample_patch, augment=task.augment, model_info=model_info,
+                 sample_patch=task.sample_patch, augment=task.augment, model_info=model_info,
                  on_step=distributed.checksum_hook(), resume=resume, progress=progress, started=started, init=init,
                  on_epoch=tracker)
     if ctx.is_main:

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from vox2vox.config import Config
+from vox2vox.data.augmentation import sample_patch
 from vox2vox.data.cases import DatasetSpec
 from vox2vox.data.layouts import discover
 from vox2vox.data.preprocessing import LoadedCase
@@ -30,6 +31,7 @@ from vox2vox.model.checkpoint import ModelInfo, SourceModel
 from vox2vox.progress import bar_hidden
 from vox2vox.report.image_metrics import translation_scores
 from vox2vox.train.finetune import FineTune, check_channels, check_outputs
+from vox2vox.train.patches import PatchSampler
 from vox2vox.train.training import Validator
 
 
@@ -69,6 +71,7 @@ class TranslationRun:
     spec: DatasetSpec
     cases: dict[str, LoadedCase]
     augment: TranslationAugmenter = field(init=False)
+    sample_patch: PatchSampler = field(default=sample_patch, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.augment = TranslationAugmenter(self.config.augment, len(self.config.task.source or ()))

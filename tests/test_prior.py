@@ -1,0 +1,112 @@
+"""The prior: its recipe runs, it ships checked, it predicts real scans by name and fine-tunes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import assert_user_error, cli
+from vox2vox.data.io import read_volume
+from vox2vox.data.manifest import write_manifest
+from vox2vox.data.randomised import ANY_MRI
+from vox2vox.errors import Vox2VoxError
+from vox2vox.infer.inference import load_model
+from vox2vox.model.builtin import PREFIX, SHIPPED, find_builtin, shipped_models
+from vox2vox.model.checkpoint import file_sha256, read_metadata
+from vox2vox.report.metrics import dice
+from vox2vox.train.prior import PRIOR_NAME, ship_prior, train_prior
+
+BUILTIN = f"{PREFIX}{PRIOR_NAME}"
+BRATS18 = "brats2018-deepvoxnet2"
+
+
+@pytest.fixture(scope="module")
+def recipe_run(tmp_path_factory) -> Path:
+    """The prior's recipe for two steps, shipped into a folder of its own."""
+    root = tmp_path_factory.mktemp("prior")
+    result = train_prior(root / "run", steps=2, seed=0, device="cpu", progress=False)
+    assert result.steps == 2
+    ship_prior(root / "run", root / "shipped", command="test")
+    return root
+
+
+def test_the_recipe_trains_on_randomised_scans_and_ships_a_checked_pair(recipe_run):
+    config = json.loads((recipe_run / "run" / "config.json").read_text())
+    assert config["generator"]["in_channels"] == 1 and config["generator"]["n_classes"] == 2
+    weights = recipe_run / "shipped" / f"{PRIOR_NAME}.safetensors"
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["sha256"] == file_sha256(weights)
+    assert card["made_by"]["steps"] == 2 and card["generator"]["spacing_mm"] == 2.0
+    meta = read_metadata(weights)
+    assert meta["state"]["channels"] == [ANY_MRI] and meta["optimizers"] == {}  # generator only
+    model = find_builtin(BUILTIN, recipe_run / "shipped")
+    assert model.weights == weights
+    assert weights.stat().st_size < 4e6
+
+
+def test_a_damaged_shipped_file_is_refused(recipe_run, tmp_path):
+    shutil.copytree(recipe_run / "shipped", tmp_path / "shipped")
+    weights = tmp_path / "shipped" / f"{PRIOR_NAME}.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(Vox2VoxError, match="sha256"):
+        find_builtin(BUILTIN, tmp_path / "shipped")
+    with pytest.raises(Vox2VoxError, match="no such shipped model"):
+        find_builtin(f"{PREFIX}no-such-model", tmp_path / "shipped")
+
+
+def test_the_prior_is_shipped_with_its_card(capsys):
+    names = [m.name for m in shipped_models()]
+    assert PRIOR_NAME in names
+    model = find_builtin(BUILTIN)  # checks the sha256 against the card
+    assert model.weights.parent == SHIPPED and model.weights.stat().st_size < 4e6
+    card = model.card
+    assert card["zero_shot"], "the card states measured zero-shot scores"
+    assert card["limits"]
+    code, out, _ = cli(capsys, "models")
+    assert code == 0 and BUILTIN in out
+    code, out, _ = cli(capsys, "info", BUILTIN)
+    assert code == 0 and "zero-shot" in out and model.sha256 in out
+    code, out, _ = cli(capsys, "info", BUILTIN, "--json")
+    assert json.loads(out)["shipped"]["sha256"] == model.sha256
+
+
+def test_builtin_prior_segments_a_real_flair_with_no_training(shared_data, tmp_path, capsys):
+    case = shared_data / BRATS18 / "case_1"
+    out = tmp_path / "pred"
+    code, stdout, err = cli(capsys, "predict", "--model", BUILTIN, "--input", case / "FLAIR.nii.gz", "--output", out,
+                            "--no-progress")
+    assert code == 0, err
+    (written,) = out.glob("*.nii.gz")
+    pred, geometry = read_volume(written)
+    truth, truth_geometry = read_volume(case / "GT_W.nii.gz")
+    assert pred.shape == truth.shape and np.allclose(geometry.affine, truth_geometry.affine)
+    assert dice(np.asarray(pred) > 0, np.asarray(truth) > 0.5) > 0.5
+
+
+def test_builtin_prior_refuses_several_channels_in_one_line(shared_data, tmp_path, capsys):
+    case = shared_data / BRATS18 / "case_1"
+    manifest = write_manifest(tmp_path / "two.csv", [("c1", {"flair": case / "FLAIR.nii.gz", "t1": case / "T1.nii.gz"},
+                                                      None)])
+    assert_user_error(cli(capsys, "predict", "--model", BUILTIN, "--input", manifest, "--output", tmp_path / "p",
+                          "--no-progress"), "one MRI contrast", ANY_MRI)
+    assert not (tmp_path / "p").exists()
+
+
+def test_init_from_builtin_fine_tunes_the_prior_on_real_cases(shared_data, tmp_path, capsys):
+    rows = [(f"c{i}", {"flair": shared_data / BRATS18 / f"case_{i}" / "FLAIR.nii.gz"},
+             shared_data / BRATS18 / f"case_{i}" / "GT_W.nii.gz") for i in (1, 2)]
+    manifest = write_manifest(tmp_path / "train.csv", rows)
+    out = tmp_path / "ft"
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", out, "--init-from", BUILTIN,
+                       "--set", "train.epochs=1", "--set", "data.val_cases=0", "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    source = read_metadata(out / "checkpoints" / "last.safetensors")["state"]["init_from"]
+    assert source["sha256"] == find_builtin(BUILTIN).sha256
+    tuned = load_model(out)
+    assert tuned.config.generator.base_filters == load_model(BUILTIN).config.generator.base_filters
