@@ -67,6 +67,19 @@ def test_brats_layout_detected_and_loaded(tmp_path):
     json.dumps(case.record)
 
 
+def test_brats_files_of_several_cases_in_one_folder_are_one_case_each(tmp_path):
+    nested = _brats_folder(tmp_path / "nested")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for case in discover(nested).cases:
+        for f in [*case.channels.values(), case.label]:
+            (flat / f.name).symlink_to(f)
+    spec = discover(flat)
+    assert spec.layout == "brats"
+    assert [c.case_id for c in spec.cases] == ["BraTS20_Training_001", "BraTS20_Training_002"]
+    assert all(p.is_file() for c in spec.cases for p in [*c.channels.values(), c.label])
+
+
 def test_brats2023_layout(tmp_path):
     root = _brats_folder(tmp_path / "b23", ids=("BraTS-GLI-00000-000",), sep="-",
                          channels=("t1n", "t1c", "t2w", "t2f"))

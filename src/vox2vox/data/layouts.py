@@ -190,15 +190,18 @@ def _discover_brats(root: Path, channels: dict[str, str], *, sep: str, layout: s
                     ids[stem[: -len(suffix) - 1]] += 1
         if not ids:
             continue
-        # The id is the prefix most files share (normally the folder name).
-        case_id = folder.name if folder.name in ids else ids.most_common(1)[0][0]
+        # A folder of cases holds one case, whose id is the prefix most files share (normally the
+        # folder name); the files of several cases side by side in one folder are one case each.
+        flat = folder == root and len(ids) > 1
+        case_ids = sorted(ids) if flat else [folder.name if folder.name in ids else ids.most_common(1)[0][0]]
         ext = ".nii.gz" if any(n.endswith(".nii.gz") for n in files) else ".nii"
-        paths = {
-            name: _find_case_file(folder, files, f"{case_id}{sep}{suffix}", ext)
-            for suffix, name in channels.items()
-        }
-        label = _find_case_file(folder, files, f"{case_id}{sep}seg", ext)
-        cases.append(CaseFiles(case_id, paths, label if label.exists() else None))
+        for case_id in case_ids:
+            paths = {
+                name: _find_case_file(folder, files, f"{case_id}{sep}{suffix}", ext)
+                for suffix, name in channels.items()
+            }
+            label = _find_case_file(folder, files, f"{case_id}{sep}seg", ext)
+            cases.append(CaseFiles(case_id, paths, label if label.exists() else None))
     return DatasetSpec(
         root=root,
         layout=layout,

@@ -174,10 +174,11 @@ class SegmentationRun:
     config: Config = field(init=False)
     head: OutputHead = field(init=False)
     augment: Augment = field(init=False)
-    sample_patch: PatchSampler = field(default=sample_patch, init=False, repr=False)
+    sample_patch: PatchSampler = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.head = output_head(self.convention, self.user_config.generator.output)
+        self.sample_patch = sample_patch
         n_channels, n_classes = len(self.spec.channel_names), self.head.n_outputs
         self.config = self.user_config.replace(
             generator=dataclasses.replace(self.user_config.generator, in_channels=n_channels, n_classes=n_classes),

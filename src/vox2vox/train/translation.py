@@ -71,10 +71,11 @@ class TranslationRun:
     spec: DatasetSpec
     cases: dict[str, LoadedCase]
     augment: TranslationAugmenter = field(init=False)
-    sample_patch: PatchSampler = field(default=sample_patch, init=False, repr=False)
+    sample_patch: PatchSampler = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.augment = TranslationAugmenter(self.config.augment, len(self.config.task.source or ()))
+        self.sample_patch = sample_patch
 
     def check_config(self, *, resume: bool) -> None:
         """Nothing beyond the task section's own checks (the config validates them)."""
