@@ -77,7 +77,9 @@ def test_the_prior_is_shipped_with_its_card(capsys):
 
 
 def test_builtin_prior_segments_a_real_flair_with_no_training(shared_data, tmp_path, capsys):
-    case = shared_data / BRATS18 / "case_1"
+    # A regression guard on the shared case the prior does best on (0.805 when shipped); the card
+    # and benchmarks/RESULTS.md give every case, most of them far lower.
+    case = shared_data / BRATS18 / "case_0"
     out = tmp_path / "pred"
     code, stdout, err = cli(capsys, "predict", "--model", BUILTIN, "--input", case / "FLAIR.nii.gz", "--output", out,
                             "--no-progress")
@@ -86,7 +88,8 @@ def test_builtin_prior_segments_a_real_flair_with_no_training(shared_data, tmp_p
     pred, geometry = read_volume(written)
     truth, truth_geometry = read_volume(case / "GT_W.nii.gz")
     assert pred.shape == truth.shape and np.allclose(geometry.affine, truth_geometry.affine)
-    assert dice(np.asarray(pred) > 0, np.asarray(truth) > 0.5) > 0.5
+    assert set(np.unique(pred)) <= {0, 1}
+    assert dice(np.asarray(pred) > 0, np.asarray(truth) > 0.5) > 0.7
 
 
 def test_builtin_prior_refuses_several_channels_in_one_line(shared_data, tmp_path, capsys):
