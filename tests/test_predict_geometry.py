@@ -22,6 +22,7 @@ from vox2vox.infer.inference import load_model, predict_dataset
 from vox2vox.infer.loaded import LoadedModel
 from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.model.generator import Generator
+from vox2vox.model.record import ModelRecord
 
 SPINE_T2 = Path("mri-spinalcord") / "t2" / "t2.nii.gz"
 
@@ -112,7 +113,7 @@ def threshold_model(threshold: float) -> LoadedModel:
                                       "preprocess.pad_multiple=4", "generator.in_channels=1",
                                       "generator.n_classes=2"])
     state = {"channels": ["image"], "convention": get_convention("binary").to_json()}
-    return LoadedModel(ThresholdNet(threshold), config, state, Path("threshold"))  # type: ignore[arg-type]
+    return LoadedModel(ThresholdNet(threshold), config, ModelRecord.from_json(state, "threshold"), Path("threshold"))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("codes", ["RAS", "LPS", "PSR"])

@@ -32,6 +32,7 @@ from vox2vox.data.labels import get_convention
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import predict_dataset
 from vox2vox.infer.loaded import LoadedModel
+from vox2vox.model.record import ModelRecord
 from vox2vox.report.evaluation import evaluate_folder
 
 SERIES = Path("ct-totalsegmentator") / "dicom_case" / "example_ct_dicom"
@@ -66,7 +67,7 @@ def band_model(edges: list[float], convention) -> LoadedModel:
                                       "preprocess.pad_multiple=4", "generator.in_channels=1",
                                       f"generator.n_classes={k}"])
     state = {"channels": ["image"], "convention": get_convention(convention).to_json()}
-    return LoadedModel(BandNet(edges), config, state, Path("bands"))  # type: ignore[arg-type]
+    return LoadedModel(BandNet(edges), config, ModelRecord.from_json(state, "bands"), Path("bands"))  # type: ignore[arg-type]
 
 
 def expected_values(intensities: np.ndarray, edges: list[float], values: list[int]) -> np.ndarray:

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from vox2vox.data.cases import CaseFiles, DatasetSpec
-from vox2vox.data.labels import LabelConvention, get_convention
+from vox2vox.data.labels import LabelConvention
 from vox2vox.data.layouts import discover
 from vox2vox.data.profile import distribution_problems
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.loaded import LoadedModel
-from vox2vox.model.checkpoint import ModelInfo
 from vox2vox.model.outputs import OutputHead, check_threshold, head_for
+from vox2vox.model.record import PredictionChoice
 
 
 def check_ensemble(models: Sequence[LoadedModel]) -> tuple[LabelConvention, OutputHead]:
@@ -30,7 +30,7 @@ def check_ensemble(models: Sequence[LoadedModel]) -> tuple[LabelConvention, Outp
     for other in models[1:]:
         if (
             other.config.preprocess != first.config.preprocess
-            or other.state.get("convention") != first.state.get("convention")
+            or other.record.convention != first.record.convention
             or other.config.generator.n_classes != first.config.generator.n_classes
             or other.config.generator.output != first.config.generator.output
         ):
@@ -38,12 +38,12 @@ def check_ensemble(models: Sequence[LoadedModel]) -> tuple[LabelConvention, Outp
                 f"{other.path}: ensemble members must share preprocessing, classes and label "
                 f"convention with {first.path}; ensemble models of one training setup"
             )
-    if "convention" not in first.state:
+    convention = first.record.convention
+    if convention is None:
         raise Vox2VoxError(
             f"{first.path}: checkpoint does not record its label convention; save it with "
             "state={'convention': ..., 'channels': [...]} as training does"
         )
-    convention = get_convention(first.state["convention"])
     try:
         head = head_for(first.config.generator.n_classes, first.config.generator.output, convention)
     except Vox2VoxError as err:
@@ -57,20 +57,16 @@ def prediction_options(models: Sequence[LoadedModel], *, tta: bool | None = None
     """Flip TTA, largest-component clean-up and the foreground threshold: as given, else what the
     first model's training chose on its validation cases (``state["predict"]``, planned runs), else
     off (and argmax). ``threshold="argmax"`` asks for the plain rule whatever training chose."""
-    chosen = (models[0].state.get("predict") or {}) if models else {}
+    chosen = (models[0].record.predict or PredictionChoice()) if models else PredictionChoice()
     if threshold == "argmax":
         cut = None
     elif threshold is not None:
         check_threshold(threshold)
         cut = float(threshold)
     else:
-        cut = chosen.get("foreground_threshold")
-        try:
-            check_threshold(cut)
-        except Vox2VoxError as err:
-            raise Vox2VoxError(f"{models[0].path}: the recorded {err}; the checkpoint's metadata is damaged") from None
-    return (tta if tta is not None else bool(chosen.get("tta", False)),
-            largest_component or str(chosen.get("largest_component", "off")),
+        cut = chosen.foreground_threshold  # checked when the record was read
+    return (tta if tta is not None else bool(chosen.tta),
+            largest_component or (chosen.largest_component or "off"),
             None if cut is None else float(cut))
 
 
@@ -162,8 +158,8 @@ def check_channels(model: LoadedModel, channel_names: Sequence[str], where: str 
 def training_data_problems(model: LoadedModel, record: Any, channel_names: Sequence[str] | None) -> list[str]:
     """How a preprocessed case (its ``PreprocessRecord``) differs from the model's training data
     (spacing, intensities, channels by name when given); empty when the model records no profile."""
-    info = ModelInfo.from_state(model.state, model.path)
-    if info is None or info.data is None:
+    data = model.record.data
+    if data is None or model.record.info() is None:
         return []
-    return distribution_problems(info.data, record, normalize=model.config.preprocess.normalize,
+    return distribution_problems(data, record, normalize=model.config.preprocess.normalize,
                                  channel_names=channel_names)

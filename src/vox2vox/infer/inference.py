@@ -115,15 +115,15 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
     load a ``vox2vox export`` file (``.onnx``; ``.pt``/``.ts`` TorchScript) with the same contract
     (see :mod:`vox2vox.infer.backends`)."""
     if exported_format(path) is not None:
-        generator, config, state, _ = load_exported(path, device=device)
-        return LoadedModel(generator, config, state, Path(path))
+        generator, contract = load_exported(path, device=device)
+        return LoadedModel(generator, contract.config, contract.record, Path(path))
     ckpt_path = resolve_checkpoint(path, which="best")
     ckpt = load_checkpoint(ckpt_path)
     config = Config.from_dict(ckpt.config, source=str(ckpt_path), ignore_unknown=True)
     generator = build_generator(config.generator)
     load_weights(generator, ckpt.generator, ckpt_path, what="generator")
     generator.to(device).eval()
-    return LoadedModel(generator, config, ckpt.state, ckpt_path)
+    return LoadedModel(generator, config, ckpt.record(ckpt_path), ckpt_path)
 
 
 @dataclass

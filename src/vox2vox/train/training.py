@@ -34,11 +34,9 @@ from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
-from vox2vox.data.labels import get_convention
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator, unwrap
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
-    ModelInfo,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
@@ -58,6 +56,7 @@ from vox2vox.model.losses import (
     per_sample_dice_loss,
 )
 from vox2vox.model.outputs import OutputHead, head_for
+from vox2vox.model.record import ModelInfo
 from vox2vox.model.translation import selection_key, split_source_target, translation_loss
 from vox2vox.progress import bar_hidden
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
@@ -285,7 +284,7 @@ def fit(
     progress = progress and ctx.is_main
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
     distributed.per_rank_batch(config.train.batch_size, ctx.world_size)
-    convention = get_convention(model_info.convention) if model_info and model_info.convention else None
+    convention = model_info.convention if model_info else None
     head = head_for(config.generator.n_classes, config.generator.output, convention)
     config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume, head=head, init=init)
     save = partial(_save, state, config, model_info=model_info)
