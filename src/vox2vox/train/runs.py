@@ -47,7 +47,7 @@ from vox2vox.train.runlock import RunLock, check_run_folder
 from vox2vox.train.selection import choose_prediction_options, record_prediction_options
 from vox2vox.train.splits import run_split
 from vox2vox.train.tracking import Tracker, check_tracking, open_tracker
-from vox2vox.train.training import FitResult, Validator, fit
+from vox2vox.train.training import FitHooks, FitResult, TrainingData, Validator, fit
 from vox2vox.train.translation import load_translation
 
 
@@ -253,10 +253,10 @@ def _train_tracked(task: RunTask, train_ids: list[str], val_ids: list[str], run_
         if progress:
             print(f"fine-tuning from {finetune.path} (sha256 {finetune.sha256[:16]}...)", file=sys.stderr)
         init = initial_weights(finetune, reinit_output=config.train.reinit_output, announce=progress)
-    result = fit(config, [(task.cases[i].image, task.cases[i].label) for i in train_ids], run_dir, validate=validate,
-                 sample_patch=sample_patch, augment=task.augment, model_info=model_info,
-                 on_step=distributed.checksum_hook(), resume=resume, progress=progress, started=started, init=init,
-                 on_epoch=tracker)
+    data = TrainingData([(task.cases[i].image, task.cases[i].label) for i in train_ids], sample_patch, task.augment)
+    hooks = FitHooks(validate=validate, on_step=distributed.checksum_hook(), on_epoch=tracker, init=init)
+    result = fit(config, data, run_dir, hooks=hooks, model_info=model_info, resume=resume, progress=progress,
+                 started=started)
     if ctx.is_main:
         record_run_summary(RunDir(run_dir))
         task.after_fit(run_dir, val_ids, progress=progress)
