@@ -78,7 +78,7 @@ from vox2vox.report.metrics import dice, hd95
 from vox2vox.train.crossval import kfold_splits
 from vox2vox.train.patches import PatchDataset
 from vox2vox.train.planner import make_plan, plan_from_fingerprint
-from vox2vox.train.training import fit
+from vox2vox.train.training import TrainingData, fit
 
 METHODS = ("vox2vox", "dice-only", "monai-unet")
 METRICS = ("dice", "hd95", "dice_lcc", "hd95_lcc")
@@ -257,8 +257,8 @@ def train_vox2vox(study: Study, settings: Settings, cases: list[Any], run_dir: P
     t0 = time.perf_counter()
     try:
         with Deadline(seconds):
-            fit(config, [(c.image, c.label) for c in cases], run_dir, sample_patch=sample_patch,
-                augment=Augmenter(config.augment), model_info=info, progress=False)
+            fit(config, TrainingData([(c.image, c.label) for c in cases], sample_patch, Augmenter(config.augment)),
+                run_dir, model_info=info, progress=False)
     except KeyboardInterrupt:
         pass  # the deadline: fit saved checkpoints/last.safetensors after the current step
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

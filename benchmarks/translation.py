@@ -54,6 +54,7 @@ from vox2vox.data.translation import (
     synthesis_description,
 )
 from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
+from vox2vox.infer.options import PredictionOptions
 from vox2vox.infer.translation import predict_with_filled, synthesise_case
 from vox2vox.report.metrics import dice
 from vox2vox.report.translation import evaluate_translation
@@ -136,9 +137,9 @@ def segmentation_fold(args: argparse.Namespace, fold_dir: Path, train_ids: list[
     test_spec = discover(test_dir)
     results: dict[str, dict[str, float]] = {}
     outputs = {"real": fold_dir / "seg_real", "synthesised": fold_dir / "seg_synth", "zeroed": fold_dir / "seg_zero"}
-    predict_dataset([seg], test_dir, outputs["real"], progress=False)
+    predict_dataset([seg], test_dir, outputs["real"], PredictionOptions(progress=False))
     translator = load_model(fold_dir / "vox2vox" / "run")
-    predict_with_filled([seg], {args.target: translator}, test_dir, outputs["synthesised"], progress=False)
+    predict_with_filled([seg], {args.target: translator}, test_dir, outputs["synthesised"], PredictionOptions(progress=False))
 
     def zeroed(case: CaseFiles) -> LoadedCase:
         real = [c for c in channels if c != args.target]
@@ -150,7 +151,7 @@ def segmentation_fold(args: argparse.Namespace, fold_dir: Path, train_ids: list[
         pre, _, record = preprocess(stacked, None, spacing=geometry.spacing, config=seg.config.preprocess, mask=mask)
         return LoadedCase(case.case_id, pre, None, geometry, record)
 
-    predict_dataset([seg], test_dir, outputs["zeroed"], spec=test_spec, load_input=zeroed, progress=False)
+    predict_dataset([seg], test_dir, outputs["zeroed"], PredictionOptions(progress=False), spec=test_spec, load_input=zeroed)
     for kind, folder in outputs.items():
         for case in test_spec.cases:
             pred, _ = read_volume(folder / f"{case.case_id}.nii.gz")

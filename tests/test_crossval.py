@@ -15,6 +15,7 @@ from vox2vox.data.loading import load_case
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import load_model, predict_dataset, predict_probabilities
+from vox2vox.infer.options import PredictionOptions
 from vox2vox.train.crossval import expand_model_paths, kfold_splits, prepare_folds
 
 TINY = tiny_overrides({"train.patch_size": "[24,24,24]", "train.batch_size": "2", "train.epochs": "1",
@@ -73,7 +74,7 @@ def test_cv_three_folds_make_three_models_and_an_ensemble_prediction(tmp_path):
     paths = expand_model_paths([out])
     assert paths == [out / f"fold_{i}" for i in range(3)]
     models = [load_model(p) for p in paths]
-    report = predict_dataset(models, new, tmp_path / "pred", progress=False)
+    report = predict_dataset(models, new, tmp_path / "pred", PredictionOptions(progress=False))
     assert list(report.written) == ["New_000"] and not report.failed
     written = np.asarray(nib.load(report.written["New_000"]).dataobj)
     assert written.shape == (32, 32, 24) and set(np.unique(written)) <= {0, 1, 2, 4}

@@ -132,7 +132,7 @@ def test_metadata_carries_the_input_contract(exported):
         assert model.backend == fmt and model.config == original.config
         assert model.generator.contract["source"]["sha256"] == sha
         for key in ("channels", "convention", "layout", "predict"):
-            assert model.state[key] == original.state[key]
+            assert model.record.to_json()[key] == original.record.to_json()[key]
 
 
 def test_exported_model_runs_any_batch_and_size_and_checks_its_input(exported):

@@ -18,7 +18,7 @@ from vox2vox.infer.inference import (
     predict_dataset,
     predict_probabilities,
 )
-from vox2vox.infer.postprocessing import PostprocessConfig
+from vox2vox.infer.options import PredictionOptions
 from vox2vox.model.blocks import PhaseTransposedConv3d
 from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.model.generator import Generator, GeneratorConfig
@@ -167,7 +167,7 @@ def test_failing_case_is_reported_and_the_others_go_on(tmp_path):
     manifest = write_manifest_folder(tmp_path)
     (tmp_path / "c1.nii.gz").write_bytes(b"not a nifti file at all")
     out = tmp_path / "pred"
-    report = predict_dataset([load_model(ckpt)], manifest, out, progress=False)
+    report = predict_dataset([load_model(ckpt)], manifest, out, PredictionOptions(progress=False))
     assert sorted(report.written) == ["c0", "c2"]
     assert list(report.failed) == ["c1"] and "c1.nii.gz" in report.failed["c1"]
     # No temporary left; labels.json records the label convention for `evaluate`.
@@ -181,7 +181,7 @@ def test_existing_outputs_are_replaced_atomically_and_probabilities_saved(tmp_pa
     out.mkdir()
     (out / "c0.nii.gz").write_bytes(b"old junk")
     model = load_model(ckpt)
-    report = predict_dataset([model], manifest, out, progress=False, save_probabilities="npz")
+    report = predict_dataset([model], manifest, out, PredictionOptions(progress=False, save_probabilities="npz"))
     labels = nib.load(out / "c0.nii.gz")
     assert labels.shape == (14, 12, 10) and np.issubdtype(labels.get_data_dtype(), np.integer)
     with np.load(report.probabilities["c0"]) as npz:
@@ -193,7 +193,7 @@ def test_existing_outputs_are_replaced_atomically_and_probabilities_saved(tmp_pa
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(probs.argmax(0).transpose(2, 1, 0), np.asarray(labels.dataobj))
 
-    report = predict_dataset([model], manifest, out, progress=False, save_probabilities="nifti")
+    report = predict_dataset([model], manifest, out, PredictionOptions(progress=False, save_probabilities="nifti"))
     probs_img = nib.load(report.probabilities["c0"])
     assert probs_img.shape == (14, 12, 10, 2) and probs_img.get_data_dtype() == np.float32
     np.testing.assert_allclose(probs_img.affine, labels.affine)
@@ -205,9 +205,8 @@ def test_postprocessing_is_applied_to_written_labels(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "m.safetensors")
     manifest = write_manifest_folder(tmp_path, n=1)
     model = load_model(ckpt)
-    plain = predict_dataset([model], manifest, tmp_path / "a", progress=False)
-    largest = predict_dataset([model], manifest, tmp_path / "b", progress=False,
-                              postprocess=PostprocessConfig(largest_component="class"))
+    plain = predict_dataset([model], manifest, tmp_path / "a", PredictionOptions(progress=False))
+    largest = predict_dataset([model], manifest, tmp_path / "b", PredictionOptions(progress=False, largest_component="class"))
     a = np.asarray(nib.load(plain.written["c0"]).dataobj)
     b = np.asarray(nib.load(largest.written["c0"]).dataobj)
     # Post-processing only removes foreground, leaving one component.
@@ -223,7 +222,7 @@ def test_ensemble_members_must_agree(tmp_path):
                                             convention={"values": {"0": "bg", "1": "a", "2": "b"}}))
     manifest = write_manifest_folder(tmp_path, n=1)
     with pytest.raises(Vox2VoxError, match="ensemble"):
-        predict_dataset([one, other], manifest, tmp_path / "p", progress=False)
+        predict_dataset([one, other], manifest, tmp_path / "p", PredictionOptions(progress=False))
 
 
 def test_fast_layers_match_the_transposed_convs_and_leave_the_model_alone():
@@ -250,8 +249,7 @@ def test_postprocessing_the_convention_cannot_do_is_refused_before_any_case(tmp_
     model = load_model(save_tiny_checkpoint(tmp_path / "m.safetensors"))  # binary: no ET region
     manifest = write_manifest_folder(tmp_path, n=1)
     with pytest.raises(Vox2VoxError, match="ET"):
-        predict_dataset([model], manifest, tmp_path / "p", progress=False,
-                        postprocess=PostprocessConfig(min_et_voxels=10))
+        predict_dataset([model], manifest, tmp_path / "p", PredictionOptions(progress=False, min_et_voxels=10))
     assert not (tmp_path / "p").exists()
 
 

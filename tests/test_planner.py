@@ -178,7 +178,7 @@ def test_residual_generator_contract():
 
 def test_budget_stop_and_resume_continue_the_schedule(tmp_path):
     from vox2vox.data.augmentation import sample_patch
-    from vox2vox.train.training import fit
+    from vox2vox.train.training import FitHooks, TrainingData, fit
 
     rng = np.random.default_rng(0)
     cases = []
@@ -209,10 +209,10 @@ def test_budget_stop_and_resume_continue_the_schedule(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
-        fit(config, cases, run, sample_patch=sample_patch, on_step=interrupt, progress=False)
+        fit(config, TrainingData(cases, sample_patch), run, hooks=FitHooks(on_step=interrupt), progress=False)
     first = load_checkpoint(run / "checkpoints" / "last.safetensors").state
     assert 1.5 < first["seconds"] < 6.0  # stopped inside the budget, with the time spent recorded
-    result = fit(config, cases, run, sample_patch=sample_patch, resume=True, progress=False)
+    result = fit(config, TrainingData(cases, sample_patch), run, resume=True, progress=False)
     final = load_checkpoint(run / "checkpoints" / "last.safetensors").state
     assert 6.0 <= final["seconds"] < 9.0  # the resume used what was left, not a new budget
     rows = [r for r in result.history if "lr_g" in r]
@@ -226,7 +226,7 @@ def test_the_last_checkpoint_is_the_final_state_when_epoch_end_work_spends_the_b
     import time
 
     from vox2vox.data.augmentation import sample_patch
-    from vox2vox.train.training import fit
+    from vox2vox.train.training import FitHooks, TrainingData, fit
 
     label = np.zeros((16, 16, 16), np.int64)
     label[4:10, 4:10, 4:10] = 1
@@ -244,10 +244,11 @@ def test_the_last_checkpoint_is_the_final_state_when_epoch_end_work_spends_the_b
             time.sleep(1.2)
 
     run = tmp_path / "run"
-    result = fit(config, cases, run, sample_patch=sample_patch, on_epoch=slow_epoch_end, progress=False)
+    result = fit(config, TrainingData(cases, sample_patch), run, hooks=FitHooks(on_epoch=slow_epoch_end),
+                 progress=False)
     last = load_checkpoint(run / "checkpoints" / "last.safetensors").state
     assert last["seconds"] >= 1.0 and last["step"] == result.steps
-    again = fit(config, cases, run, sample_patch=sample_patch, resume=True, progress=False)
+    again = fit(config, TrainingData(cases, sample_patch), run, resume=True, progress=False)
     assert again.steps == result.steps  # nothing left to train
 
 

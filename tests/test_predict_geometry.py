@@ -20,8 +20,10 @@ from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
 from vox2vox.infer.inference import load_model, predict_dataset
 from vox2vox.infer.loaded import LoadedModel
+from vox2vox.infer.options import PredictionOptions
 from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.model.generator import Generator
+from vox2vox.model.record import ModelRecord
 
 SPINE_T2 = Path("mri-spinalcord") / "t2" / "t2.nii.gz"
 
@@ -68,7 +70,7 @@ def assert_same_grid(pred: Path, ref: Path) -> None:
 def test_prediction_grid_equals_input_grid(tmp_path, codes):
     image = write_image(tmp_path / f"case_{codes}.nii.gz", codes)
     model = load_model(save_tiny_checkpoint(tmp_path / "m.safetensors"))
-    report = predict_dataset([model], image, tmp_path / "pred", progress=False)
+    report = predict_dataset([model], image, tmp_path / "pred", PredictionOptions(progress=False))
     assert not report.failed
     assert_same_grid(report.written[f"case_{codes}"], image)
 
@@ -112,7 +114,7 @@ def threshold_model(threshold: float) -> LoadedModel:
                                       "preprocess.pad_multiple=4", "generator.in_channels=1",
                                       "generator.n_classes=2"])
     state = {"channels": ["image"], "convention": get_convention("binary").to_json()}
-    return LoadedModel(ThresholdNet(threshold), config, state, Path("threshold"))  # type: ignore[arg-type]
+    return LoadedModel(ThresholdNet(threshold), config, ModelRecord.from_json(state, "threshold"), Path("threshold"))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("codes", ["RAS", "LPS", "PSR"])
@@ -120,7 +122,7 @@ def test_labels_land_on_the_right_voxels(tmp_path, shared_data, codes):
     source = shared_data / SPINE_T2 if codes == "PSR" else write_image(tmp_path / "img.nii.gz", codes)
     data = np.asarray(nib.load(source).dataobj, dtype=np.float32)
     threshold = float(np.median(data))
-    report = predict_dataset([threshold_model(threshold)], source, tmp_path / "pred", progress=False)
+    report = predict_dataset([threshold_model(threshold)], source, tmp_path / "pred", PredictionOptions(progress=False))
     (written,) = report.written.values()
     got = np.asarray(nib.load(written).dataobj)
     np.testing.assert_array_equal(got, (data > threshold).astype(got.dtype))

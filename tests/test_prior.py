@@ -92,13 +92,34 @@ def test_builtin_prior_segments_a_real_flair_with_no_training(shared_data, tmp_p
     assert dice(np.asarray(pred) > 0, np.asarray(truth) > 0.5) > 0.7
 
 
-def test_builtin_prior_refuses_several_channels_in_one_line(shared_data, tmp_path, capsys):
+def test_builtin_prior_reads_the_channel_it_is_told_and_refuses_to_guess(shared_data, tmp_path, capsys):
     case = shared_data / BRATS18 / "case_1"
     manifest = write_manifest(tmp_path / "two.csv", [("c1", {"flair": case / "FLAIR.nii.gz", "t1": case / "T1.nii.gz"},
                                                       None)])
     assert_user_error(cli(capsys, "predict", "--model", BUILTIN, "--input", manifest, "--output", tmp_path / "p",
-                          "--no-progress"), "one MRI contrast", ANY_MRI)
+                          "--no-progress"), "one MRI contrast", "--channel")
     assert not (tmp_path / "p").exists()
+    assert_user_error(cli(capsys, "predict", "--model", BUILTIN, "--input", manifest, "--output", tmp_path / "p",
+                          "--channel", "t2", "--no-progress"), "t2", "flair, t1")
+    code, _, err = cli(capsys, "predict", "--model", BUILTIN, "--input", manifest, "--output", tmp_path / "chosen",
+                       "--channel", "flair", "--no-progress")
+    assert code == 0, err
+    code, _, err = cli(capsys, "predict", "--model", BUILTIN, "--input", f"{ANY_MRI}={case / 'FLAIR.nii.gz'}",
+                       "--output", tmp_path / "alone", "--no-progress")
+    assert code == 0, err
+    (alone,) = (tmp_path / "alone").glob("*.nii.gz")
+    chosen, _ = read_volume(tmp_path / "chosen" / "c1.nii.gz")
+    assert np.array_equal(np.asarray(chosen), np.asarray(read_volume(alone)[0]))  # the FLAIR, read alone
+
+
+def test_channel_applies_to_one_channel_models_only(tmp_path, capsys):
+    from helpers import TINY, make_manifest
+    from vox2vox.cli import main
+
+    manifest = make_manifest(tmp_path / "data", n_cases=2, channels=("t1", "t2"))
+    assert main(["train", "--data", str(manifest), "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert_user_error(cli(capsys, "predict", "--model", tmp_path / "run", "--input", manifest, "--output",
+                          tmp_path / "p", "--channel", "t1", "--no-progress"), "--channel", "one-channel model")
 
 
 def test_init_from_builtin_fine_tunes_the_prior_on_real_cases(shared_data, tmp_path, capsys):

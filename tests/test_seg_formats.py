@@ -32,6 +32,8 @@ from vox2vox.data.labels import get_convention
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.inference import predict_dataset
 from vox2vox.infer.loaded import LoadedModel
+from vox2vox.infer.options import PredictionOptions
+from vox2vox.model.record import ModelRecord
 from vox2vox.report.evaluation import evaluate_folder
 
 SERIES = Path("ct-totalsegmentator") / "dicom_case" / "example_ct_dicom"
@@ -66,7 +68,7 @@ def band_model(edges: list[float], convention) -> LoadedModel:
                                       "preprocess.pad_multiple=4", "generator.in_channels=1",
                                       f"generator.n_classes={k}"])
     state = {"channels": ["image"], "convention": get_convention(convention).to_json()}
-    return LoadedModel(BandNet(edges), config, state, Path("bands"))  # type: ignore[arg-type]
+    return LoadedModel(BandNet(edges), config, ModelRecord.from_json(state, "bands"), Path("bands"))  # type: ignore[arg-type]
 
 
 def expected_values(intensities: np.ndarray, edges: list[float], values: list[int]) -> np.ndarray:
@@ -99,9 +101,9 @@ def test_dicom_seg_references_the_series_and_its_frames_sit_on_the_source_slices
     folder, study, series_uid = series
     edges, values = [-200.0, 200.0], [0, 1, 5]
     model = band_model(edges, CT_BANDS)
-    report = predict_dataset([model], folder, tmp_path / "seg", output_format="dicom-seg", progress=False)
+    report = predict_dataset([model], folder, tmp_path / "seg", PredictionOptions(output_format="dicom-seg", progress=False))
     assert not report.failed and report.written == {"series": tmp_path / "seg" / "series.dcm"}
-    nifti = predict_dataset([model], folder, tmp_path / "nii", progress=False).written["series"]
+    nifti = predict_dataset([model], folder, tmp_path / "nii", PredictionOptions(progress=False)).written["series"]
 
     seg = pydicom.dcmread(report.written["series"])
     assert hd.seg.segread(report.written["series"]).number_of_segments == 2  # highdicom parses it as a SEG
@@ -152,8 +154,7 @@ def test_dicom_seg_references_the_series_and_its_frames_sit_on_the_source_slices
 
 def test_dicom_seg_of_an_empty_prediction_is_valid_with_empty_segments(series, tmp_path):
     folder, _, series_uid = series
-    report = predict_dataset([band_model([1e6, 2e6], CT_BANDS)], folder, tmp_path / "seg",
-                             output_format="dicom-seg", progress=False)
+    report = predict_dataset([band_model([1e6, 2e6], CT_BANDS)], folder, tmp_path / "seg", PredictionOptions(output_format="dicom-seg", progress=False))
     assert report.empty == ["series"]
     path = report.written["series"]
     seg = pydicom.dcmread(path)
@@ -197,8 +198,7 @@ def test_seg_nrrd_reads_back_with_names_colours_values_and_the_input_geometry(sh
     data = np.asarray(image.dataobj, dtype=np.float32)
     # BraTS values 0/1/2/4; nothing is brighter than the last edge, so 'enhancing tumour' is empty.
     edges = [float(np.percentile(data, 50)), float(np.percentile(data, 90)), float(data.max()) + 1.0]
-    report = predict_dataset([band_model(edges, "brats")], source, tmp_path / "pred", output_format="seg-nrrd",
-                             progress=False)
+    report = predict_dataset([band_model(edges, "brats")], source, tmp_path / "pred", PredictionOptions(output_format="seg-nrrd", progress=False))
     path = report.written["t2"]
     assert path.name == "t2.seg.nrrd"
     voxels, header = nrrd.read(str(path))
@@ -255,8 +255,7 @@ def test_seg_nrrd_reads_back_with_names_colours_values_and_the_input_geometry(sh
 
 def test_seg_nrrd_of_a_dicom_series_lies_on_the_series(series, tmp_path):
     folder, _, _ = series
-    report = predict_dataset([band_model([-200.0, 200.0], CT_BANDS)], folder, tmp_path / "pred",
-                             output_format="seg-nrrd", progress=False)
+    report = predict_dataset([band_model([-200.0, 200.0], CT_BANDS)], folder, tmp_path / "pred", PredictionOptions(output_format="seg-nrrd", progress=False))
     read = sitk.ReadImage(str(report.written["series"]))
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))
     reference = sitk.ReadImage(files)
@@ -337,8 +336,7 @@ def test_dicom_seg_frames_follow_an_oblique_series_with_rectangular_slices(tmp_p
     folder = tmp_path / "oblique"
     study, series_uid = _write_oblique_series(folder, volume)
     edges, values = [-100.0, 250.0], [0, 1, 5]
-    report = predict_dataset([band_model(edges, CT_BANDS)], folder, tmp_path / "seg", output_format="dicom-seg",
-                             progress=False)
+    report = predict_dataset([band_model(edges, CT_BANDS)], folder, tmp_path / "seg", PredictionOptions(output_format="dicom-seg", progress=False))
     assert not report.failed, report.failed
     seg = pydicom.dcmread(report.written["oblique"])
     assert seg.StudyInstanceUID == study and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
@@ -371,8 +369,7 @@ def test_dicom_seg_of_a_resampled_series_references_the_slices_it_has(series, tm
         (gappy / path.name).write_bytes(path.read_bytes())
     edges, values = [-200.0, 200.0], [0, 1, 5]
     with allow_nonuniform():
-        report = predict_dataset([band_model(edges, CT_BANDS)], gappy, tmp_path / "seg", output_format="dicom-seg",
-                                 progress=False)
+        report = predict_dataset([band_model(edges, CT_BANDS)], gappy, tmp_path / "seg", PredictionOptions(output_format="dicom-seg", progress=False))
     assert not report.failed, report.failed
     seg = pydicom.dcmread(report.written["gappy"])
     by_uid = {pydicom.dcmread(p, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID: p for p in kept}

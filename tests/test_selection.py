@@ -62,8 +62,8 @@ def case(kind: str):
 
 def test_a_threshold_every_case_asks_for_is_adopted_deterministically_with_its_evidence():
     cases, ids = [case("rim"), case("rim"), case("rim")], ["a", "b", "c"]
-    first = choose_prediction_options(Shy(), cases, BINARY, WINDOW, case_ids=ids)
-    again = choose_prediction_options(Shy(), cases, BINARY, WINDOW, case_ids=ids)
+    first = choose_prediction_options(Shy(), cases, BINARY, WINDOW, case_ids=ids).to_json()
+    again = choose_prediction_options(Shy(), cases, BINARY, WINDOW, case_ids=ids).to_json()
     assert first["foreground_threshold"] in (0.3, 0.2)
     drop = ("seconds_per_case",)  # wall time is the one thing that may differ
     assert {k: v for k, v in first.items() if k not in drop} == {k: v for k, v in again.items() if k not in drop}
@@ -80,7 +80,7 @@ def test_one_case_cannot_swing_a_choice_that_the_others_pay_for():
     """The rim case gains ~0.8 Dice from 0.3, the two slab cases lose ~0.06 each: the mean rises
     (the old rule adopted it), but without the rim case it falls, so argmax stays."""
     cases = [case("rim"), case("slab"), case("slab")]
-    choice = choose_prediction_options(Shy(), cases, BINARY, WINDOW)
+    choice = choose_prediction_options(Shy(), cases, BINARY, WINDOW).to_json()
     argmax = np.mean(choice["per_case_dice"]["tta=False,threshold=argmax,largest_component=off"])
     lowered = np.mean(choice["per_case_dice"]["tta=False,threshold=0.3,largest_component=off"])
     assert lowered > argmax + 0.1  # the mean alone would have taken the threshold
@@ -89,13 +89,13 @@ def test_one_case_cannot_swing_a_choice_that_the_others_pay_for():
 
 
 def test_a_single_validation_case_keeps_the_defaults():
-    choice = choose_prediction_options(Shy(), [case("rim")], BINARY, WINDOW)
+    choice = choose_prediction_options(Shy(), [case("rim")], BINARY, WINDOW).to_json()
     assert (choice["tta"], choice["foreground_threshold"], choice["largest_component"]) == (False, None, "off")
     assert all(not d["adopted"] and "fewer than 2" in d["evidence"] for d in choice["decisions"])
 
 
 def test_largest_component_on_several_cases():
-    choice = choose_prediction_options(Blobs(), [case("stray"), case("stray")], BINARY, WINDOW)
+    choice = choose_prediction_options(Blobs(), [case("stray"), case("stray")], BINARY, WINDOW).to_json()
     assert choice["largest_component"] in ("class", "region") and choice["tta"] is True
     assert choice["validation_dice"]["tta=True,threshold=argmax,largest_component=class"] == pytest.approx(1.0)
 

@@ -19,7 +19,7 @@ from vox2vox.model.checkpoint import ModelInfo, load_checkpoint
 from vox2vox.train.patches import PatchDataset
 from vox2vox.train.runs import train_on_dataset
 from vox2vox.train.state import build_state
-from vox2vox.train.training import fit, train_step
+from vox2vox.train.training import FitHooks, TrainingData, fit, train_step
 
 N_CLASSES = 3
 #: A label convention of N_CLASSES classes, as training stores it (checkpoints validate it on loading).
@@ -229,8 +229,9 @@ def fit_config(epochs: int) -> Config:
     return tiny_config(train={"epochs": epochs, "batch_size": 2, "seed": 11}, loss={"dice_weighting": "fixed"})
 
 
-def run_fit(config, run_dir, **kw):
-    return fit(config, make_cases(), run_dir, sample_patch=sample_patch, augment=augment, progress=False, **kw)
+def run_fit(config, run_dir, *, validate=None, **kw):
+    return fit(config, TrainingData(make_cases(), sample_patch, augment), run_dir, hooks=FitHooks(validate=validate),
+               progress=False, **kw)
 
 
 def test_patch_dataset_items_depend_only_on_seed_epoch_and_index():
@@ -307,7 +308,7 @@ def test_a_finished_run_is_not_overwritten_and_resume_needs_a_run(tmp_path):
     with pytest.raises(Vox2VoxError, match="networks"):
         run_fit(other, run, resume=True)
     with pytest.raises(Vox2VoxError, match="no training cases"):
-        fit(fit_config(1), [], tmp_path / "empty", sample_patch=sample_patch, progress=False)
+        fit(fit_config(1), TrainingData([], sample_patch), tmp_path / "empty", progress=False)
 
 
 def test_resume_after_ctrl_c_mid_epoch_matches_an_uninterrupted_run(tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
 from vox2vox.infer.inference import predict_averaged, predict_dataset
 from vox2vox.infer.loaded import LoadedModel
+from vox2vox.infer.options import PredictionOptions
 from vox2vox.infer.uncertainty import (
     UNCERTAINTY_CSV,
     normalised_entropy,
@@ -37,6 +38,7 @@ from vox2vox.infer.uncertainty import (
     uncertainty_maps,
     write_uncertainty_csv,
 )
+from vox2vox.model.record import ModelRecord
 
 SPINE_T2 = Path("mri-spinalcord") / "t2" / "t2.nii.gz"
 
@@ -105,9 +107,9 @@ def test_region_models_get_the_mean_binary_entropy_of_their_sigmoids(tmp_path):
                                       "preprocess.pad_multiple=4", "generator.in_channels=1",
                                       "generator.n_classes=3", 'generator.output="regions"'])
     state = {"channels": ["image"], "convention": get_convention("brats").to_json()}
-    model = LoadedModel(FixedNet(a), config, state, Path("fixed"))  # type: ignore[arg-type]
+    model = LoadedModel(FixedNet(a), config, ModelRecord.from_json(state, "fixed"), Path("fixed"))  # type: ignore[arg-type]
     source = save_nifti(tmp_path / "case.nii.gz", np.ones((6, 5, 4), np.float32))
-    report = predict_dataset([model], source, tmp_path / "pred", save_uncertainty=True, progress=False)
+    report = predict_dataset([model], source, tmp_path / "pred", PredictionOptions(uncertainty=True, progress=False))
     written = np.asarray(nib.load(tmp_path / "pred" / "case_entropy.nii.gz").dataobj)
     assert written.shape == (6, 5, 4)
     np.testing.assert_allclose(written, np.mean([_binary_entropy(q) for q in a]), atol=1e-6)

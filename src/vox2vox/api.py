@@ -41,36 +41,24 @@ from vox2vox.data.translation import (
 )
 from vox2vox.device import resolve_device
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.backends import prediction_amp
 from vox2vox.infer.case_files import CasePrediction
 from vox2vox.infer.ensemble import (
     check_absent_allowed,
     check_channels,
-    check_ensemble,
     discover_like_training,
-    prediction_options,
     with_absent_channels,
 )
-from vox2vox.infer.inference import (
-    InferenceConfig,
-    PredictionReport,
-    predict_case,
-    predict_dataset,
-)
+from vox2vox.infer.inference import PredictionReport
 from vox2vox.infer.inference import load_model as load_one
 from vox2vox.infer.loaded import LoadedModel
-from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
-from vox2vox.infer.translation import (
-    check_translation_models,
-    discover_sources,
-    is_translation,
-    synthesise_case,
-    synthesise_dataset,
-    synthesise_loaded,
-)
+from vox2vox.infer.options import API_NAMES, PredictionOptions
+from vox2vox.infer.predictor import Predictor
+from vox2vox.infer.translation import discover_sources
 from vox2vox.train.crossval import expand_model_paths
 
 PathLike = str | Path
+#: ``predict_folder`` spells the uncertainty maps ``save_uncertainty=`` (``predict``: ``uncertainty=``).
+FOLDER_NAMES = {**API_NAMES, "uncertainty": "save_uncertainty="}
 
 
 @dataclass(frozen=True)
@@ -170,12 +158,10 @@ class Model:
     def __init__(self, models: Sequence[LoadedModel], device: torch.device):
         self.models = list(models)
         self.device = device
-        self.convention, self.head = None, None
-        if any(is_translation(m) for m in self.models):
-            check_translation_models(self.models)  # a translation ensemble: translation models only
-        else:
-            # The output head (classes or regions) turns probabilities into labels, as predict does.
-            self.convention, self.head = check_ensemble(self.models)
+        # The models checked together once (a segmentation's convention and output head, which turn
+        # probabilities into labels as predict does; a translation ensemble's task).
+        checked = Predictor(self.models, device=device)
+        self.convention, self.head = checked.convention, checked.head
 
     @property
     def task(self) -> str:
@@ -262,16 +248,13 @@ class Model:
         channel dropout: the files or the array then hold the other channels only, in
         :attr:`channels` order; a model trained without it refuses.
         """
-        inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
-                                    tta_flips=prediction_options(self.models, tta=tta)[0],
-                                    amp=prediction_amp(amp, self.device, [m.backend for m in self.models]))
-        if self.task == "translate":
-            self._refuse_segmentation_options(probabilities=probabilities, uncertainty=uncertainty,
-                                              largest_component=largest_component, min_et_voxels=min_et_voxels,
-                                              threshold=threshold)
-            return self._synthesise(image, spacing=spacing, affine=affine, mask=mask, inference=inference)
-        post = self._postprocess(largest_component, min_et_voxels, threshold)
-        missing = self._check_missing(missing)
+        options = PredictionOptions(tta=tta, threshold=threshold, largest_component=largest_component,
+                                    min_et_voxels=min_et_voxels, mode=mode, window=window, overlap=overlap, amp=amp,
+                                    missing=missing, probabilities=probabilities, uncertainty=uncertainty)
+        predictor = Predictor(self.models, options, device=self.device)
+        if predictor.translate:
+            return self._synthesise(image, spacing=spacing, affine=affine, mask=mask, predictor=predictor)
+        missing = self._check_missing(options.missing)
         if isinstance(image, str | Path) or _is_file_list(image):
             if spacing is not None or affine is not None or mask is not None:
                 raise Vox2VoxError("spacing=, affine= and mask= are for arrays; a file's header gives its grid")
@@ -279,9 +262,7 @@ class Model:
         else:
             loaded = self._load_array(image, spacing=spacing, affine=affine, mask=mask, missing=missing)
             names, where = None, "array"
-        result = predict_case(self.models, loaded, convention=self.convention, head=self.head, config=inference,
-                              device=self.device, postprocess=post, where=where, uncertainty=uncertainty,
-                              channel_names=names)
+        result = predictor.predict_case(loaded, where=where, channel_names=names)
         for problem in result.warnings:
             warnings.warn(f"{where}: unlike the model's training data: {problem}", stacklevel=2)
         return self._prediction(result, probabilities)
@@ -297,21 +278,15 @@ class Model:
         and spread maps with ``uncertainty.csv``, as ``predict --save-uncertainty``). A translation
         model writes its synthesised volumes (``<case_id>_<target>.nii.gz`` for several targets).
         ``missing``: channels no case has (``predict --missing``), as :meth:`predict`'s."""
-        inference = InferenceConfig(mode=mode, window=tuple(window), overlap=overlap,  # type: ignore[arg-type]
-                                    tta_flips=prediction_options(self.models, tta=tta)[0],
-                                    amp=prediction_amp(amp, self.device, [m.backend for m in self.models]))
-        if self.task == "translate":  # synthesised volumes, as `vox2vox predict` writes them
-            self._refuse_segmentation_options(save_probabilities=save_probabilities,
-                                              output_format=output_format != "nifti", save_uncertainty=save_uncertainty,
-                                              largest_component=largest_component, min_et_voxels=min_et_voxels,
-                                              threshold=threshold)
-            return synthesise_dataset(self.models, input_path, output_dir, config=inference, device=self.device,
-                                      layout=layout, progress=progress)
-        return predict_dataset(self.models, input_path, output_dir, config=inference, device=self.device,
-                               layout=layout, postprocess=self._postprocess(largest_component, min_et_voxels, threshold),
-                               save_probabilities=save_probabilities,  # type: ignore[arg-type]
-                               output_format=output_format, save_uncertainty=save_uncertainty,  # type: ignore[arg-type]
-                               progress=progress, missing=self._check_missing(missing))
+        options = PredictionOptions(tta=tta, threshold=threshold, largest_component=largest_component,
+                                    min_et_voxels=min_et_voxels, mode=mode, window=window, overlap=overlap, amp=amp,
+                                    missing=missing, uncertainty=save_uncertainty,
+                                    save_probabilities=save_probabilities,  # type: ignore[arg-type]
+                                    output_format=output_format, layout=layout, progress=progress)  # type: ignore[arg-type]
+        predictor = Predictor(self.models, options, device=self.device, names=FOLDER_NAMES)
+        if not predictor.translate:
+            self._check_missing(options.missing)
+        return predictor.predict_folder(input_path, output_dir)
 
     # ---- the pieces --------------------------------------------------------------------------
     def _check_missing(self, missing: Sequence[str]) -> tuple[str, ...]:
@@ -319,8 +294,6 @@ class Model:
         if isinstance(missing, str):
             missing = (missing,)
         missing = tuple(dict.fromkeys(missing))
-        if missing and self.task == "translate":
-            raise Vox2VoxError(f"{self.models[0].path}: a translation model; missing= applies to segmentation")
         for name in missing:
             if name not in self.channels:
                 raise Vox2VoxError(f"missing={name!r}: the model has no such channel; its channels are "
@@ -331,13 +304,8 @@ class Model:
             raise Vox2VoxError("missing=: every channel named missing; at least one must be given")
         return missing
 
-    def _refuse_segmentation_options(self, **given: Any) -> None:
-        used = [name for name, value in given.items() if value not in (None, False, 0)]
-        if used:
-            raise Vox2VoxError(f"{self.models[0].path}: a translation model; {used[0]}= applies to segmentation")
-
     def _synthesise(self, image: Any, *, spacing: Sequence[float] | None, affine: np.ndarray | None,
-                    mask: np.ndarray | None, inference: InferenceConfig) -> Synthesis:
+                    mask: np.ndarray | None, predictor: Predictor) -> Synthesis:
         """A translation model's :class:`Synthesis` of one case: files through ``synthesise_case``
         (``vox2vox predict``'s per-case call), arrays through ``synthesise_loaded``."""
         first = self.models[0]
@@ -352,24 +320,15 @@ class Model:
                 case = spec.cases[0]
             else:
                 case = CaseFiles("case", self._channel_files(image), None)
-            volumes, scale, geometry = synthesise_case(self.models, case, config=inference, device=self.device)
+            volumes, scale, geometry = predictor.synthesise_case(case)
         else:
             canonical, geometry, canonical_mask = self._canonical_array(image, spacing=spacing, affine=affine, mask=mask)
             loaded, fg = prepare_translation_case("array", canonical, geometry, canonical_mask,
                                                   n_source=canonical.shape[0], prep=self._prep())
-            volumes, scale, geometry = synthesise_loaded(self.models, loaded, fg, config=inference, device=self.device,
-                                                         where="array")
+            volumes, scale, geometry = predictor.synthesise_loaded(loaded, fg, where="array")
         on_input = np.moveaxis(to_source_orientation(np.moveaxis(volumes, 0, -1), geometry), -1, 0)
         return Synthesis(np.ascontiguousarray(on_input, dtype=np.float32), tuple(self.targets), scale,
                          geometry.source_affine, geometry)
-
-    def _postprocess(self, largest_component: str | None, min_et_voxels: int,
-                     threshold: float | str | None = None) -> PostprocessConfig:
-        _, largest, cut = prediction_options(self.models, largest_component=largest_component, threshold=threshold)
-        post = PostprocessConfig(min_et_voxels=min_et_voxels, largest_component=largest,  # type: ignore[arg-type]
-                                 foreground_threshold=cut)
-        check_postprocess(post, self.convention)
-        return post
 
     def _prep(self) -> PreprocessConfig:  # the training preprocessing, without the training machine's cache
         return dataclasses.replace(self.models[0].config.preprocess, cache_dir=None)

@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "channel is left absent (channel-dropout model) or the call refused, with a line saying which")
     p.add_argument("--fill-unchecked", action="store_true",
                    help="use a --fill-missing synthesis that no fill-check record has measured (otherwise refused)")
+    p.add_argument("--channel", default=None, metavar="NAME",
+                   help="the input channel a one-channel model reads, e.g. --channel flair for builtin:brain-tumour "
+                        "on a BraTS folder (the model's channel is named after it)")
     p.add_argument("--missing", action="append", default=[], metavar="CHANNEL",
                    help="the cases have no CHANNEL (repeatable): a model trained with channel dropout "
                         "(augment.channel_dropout) segments them without it; other models refuse. An empty "
@@ -537,10 +540,10 @@ def _prior(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from vox2vox.data.channel_files import channel_files_spec, is_channel_item
     from vox2vox.device import resolve_device
-    from vox2vox.infer.backends import prediction_amp
-    from vox2vox.infer.ensemble import prediction_options
-    from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
-    from vox2vox.infer.postprocessing import PostprocessConfig
+    from vox2vox.infer.inference import load_model
+    from vox2vox.infer.options import CLI_NAMES, PredictionOptions
+    from vox2vox.infer.predictor import Predictor
+    from vox2vox.infer.translation import parse_fill
     from vox2vox.train.crossval import expand_model_paths
 
     device = resolve_device(args.device)
@@ -555,37 +558,19 @@ def _predict(args: argparse.Namespace) -> int:
         input_path = spec.root
     else:
         input_path = args.input[0]
-    # Choices training made on its validation cases (train.tune_prediction), unless given here.
-    tta, largest, threshold = prediction_options(models, tta=args.tta, largest_component=args.largest_component,
-                                                 threshold=args.threshold)
-    config = InferenceConfig(mode=args.mode, window=tuple(args.window), overlap=args.overlap,
-                             tta_flips=tta, amp=prediction_amp(args.amp, device, [m.backend for m in models]))
-    post = PostprocessConfig(min_et_voxels=args.min_et_voxels, largest_component=largest,
-                             foreground_threshold=threshold)
-    options = {"postprocess": post, "save_probabilities": args.save_probabilities, "output_format": args.output_format,
-               "save_uncertainty": args.save_uncertainty,
-               # --no-progress also keeps the per-case lines, which the summary below repeats, off stderr.
-               "progress": not args.no_progress}
-    if models[0].config.task.translate or args.fill_missing:
-        from vox2vox.infer.translation import parse_fill, predict_with_filled, synthesise_dataset
-
-        if models[0].config.task.translate:  # a translation model writes synthesised volumes
-            seg_only = [o for o, v in (("--save-probabilities", args.save_probabilities), ("--min-et-voxels",
-                        args.min_et_voxels), ("--largest-component", args.largest_component), ("--threshold", args.threshold), ("--fill-missing",
-                        args.fill_missing), ("--missing", args.missing), ("--output-format", args.output_format != "nifti"),
-                        ("--save-uncertainty", args.save_uncertainty)) if v]
-            if seg_only:
-                raise Vox2VoxError(f"{models[0].path}: a translation model; {seg_only[0]} applies to segmentation")
-            report = synthesise_dataset(models, input_path, args.output, config=config, device=device,
-                                        layout=args.layout, progress=not args.no_progress)
-        else:
-            fill = {c: load_model(m, device=device) for c, m in parse_fill(args.fill_missing).items()}
-            report = predict_with_filled(models, fill, input_path, args.output, config=config, device=device,
-                                         layout=args.layout, unchecked=args.fill_unchecked, missing=args.missing,
-                                         **options)
-    else:
-        report = predict_dataset(models, input_path, args.output, config=config, device=device, layout=args.layout,
-                                 spec=spec, missing=args.missing, **options)
+    # Choices training made on its validation cases (train.tune_prediction) where not given here.
+    options = PredictionOptions(
+        tta=args.tta, threshold=args.threshold, largest_component=args.largest_component,
+        min_et_voxels=args.min_et_voxels, mode=args.mode, window=tuple(args.window), overlap=args.overlap,
+        amp=args.amp, missing=tuple(args.missing), fill_missing=tuple(parse_fill(args.fill_missing)),
+        uncertainty=args.save_uncertainty,
+        save_probabilities=args.save_probabilities, output_format=args.output_format, layout=args.layout,
+        channel=args.channel,
+        # --no-progress also keeps the per-case lines, which the summary below repeats, off stderr.
+        progress=not args.no_progress)
+    predictor = Predictor(models, options, device=device, names=CLI_NAMES)
+    fill = {c: load_model(m, device=device) for c, m in parse_fill(args.fill_missing).items()}  # a translation predictor refused it
+    report = predictor.predict_folder(input_path, args.output, spec=spec, fill=fill, unchecked=args.fill_unchecked)
     for note in report.notes:
         print(f"note: {one_line(note)}", file=sys.stderr)
     print(f"wrote {len(report.written)} prediction(s) to {args.output}")

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from vox2vox.data.augmentation import AugmentConfig
 from vox2vox.data.preprocessing import PreprocessConfig
+from vox2vox.data.settings import help_of, setting
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.discriminator import DiscriminatorConfig
 from vox2vox.model.generator import GeneratorConfig
@@ -59,13 +60,22 @@ def parse_duration(text: str | float | int, *, key: str = "train.budget") -> flo
 class DataConfig:
     """Where the cases are, how their labels read, and how they split into train/validation."""
 
-    path: str | None = None
-    layout: str = "auto"
-    convention: str | None = None  # label convention; None = the layout's default
-    val_fraction: float = 0.2
-    val_cases: int | None = None  # overrides val_fraction when set
-    label_name: str | None = None  # folders layout: the label file's name in each case folder
-    channels: tuple[str, ...] | None = None  # image channels to use, in order; None = all found
+    path: str | None = setting(None, "dataset folder, manifest .csv, dataset.json or single image (--data)")
+    layout: str = setting("auto", "auto (detect) or brats, brats2023, msd, nnunet, folders, manifest, single, hdf5")
+    convention: str | None = setting(  # label convention; None = the layout's default
+        None,
+        "label convention (brats, brats2015, brats2023, msd-brain, binary, a .json); null: the "
+        "layout's")
+    val_fraction: float = setting(0.2, "fraction of the labelled cases held out for validation (seeded by train.seed)")
+    val_cases: int | None = setting(  # overrides val_fraction when set
+        None,
+        "number of validation cases; overrides val_fraction when set")
+    label_name: str | None = setting(  # folders layout: the label file's name in each case folder
+        None,
+        "folders layout: the label file's name in every case folder")
+    channels: tuple[str, ...] | None = setting(  # image channels to use, in order; None = all found
+        None,
+        "image channels to use, in this order; null: all found")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -83,12 +93,14 @@ class OptimConfig:
     nnU-Net), ``cosine``, or ``constant`` (the paper); see :mod:`vox2vox.train.schedule`.
     """
 
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    beta1_d: float | None = None
-    schedule: Schedule = "constant"
+    lr_g: float = setting(2e-4, "Adam learning rate of the generator")
+    lr_d: float = setting(2e-4, "Adam learning rate of the discriminator")
+    beta1: float = setting(0.5, "Adam beta1 (both networks)")
+    beta2: float = setting(0.999, "Adam beta2 (both networks)")
+    beta1_d: float | None = setting(None, "Adam beta1 of the discriminator; null: optim.beta1")
+    schedule: Schedule = setting(
+        "constant",
+        "learning-rate decay over training: constant (paper), poly ((1-p)^0.9) or cosine")
 
     def __post_init__(self) -> None:
         for name in ("lr_g", "lr_d"):
@@ -106,36 +118,53 @@ class OptimConfig:
 class TrainConfig:
     """The loop: one random patch per training case per epoch (paper: batch 4, 200 epochs)."""
 
-    epochs: int = 200
-    batch_size: int = 4
-    patch_size: tuple[int, int, int] = (128, 128, 128)
-    patches_per_case: int = 1
+    epochs: int = setting(200, "epochs; each draws patches_per_case random patches per training case", at_most=10**7)
+    batch_size: int = setting(4, "global batch size (split over the processes under torchrun)", at_most=65536)
+    patch_size: tuple[int, int, int] = setting(
+        (128, 128, 128),
+        "training patch in voxels [x, y, z] (nibabel's axis order after reorientation to RAS+; "
+        "docs/axes.md); multiples of 2^generator.depth", at_most=2048)
+    patches_per_case: int = setting(1, "patches per training case per epoch", at_most=100000)
     # Probability that a patch is centred on a random foreground (label > 0) voxel.
-    foreground_prob: float = 0.5
+    foreground_prob: float = setting(0.5, "probability that a patch is centred on a random foreground voxel")
     # Train D only while its patch accuracy is <= this (None: update D every step, as the authors).
-    d_accuracy_gate: float | None = None
-    val_every: int = 1
-    checkpoint_every: int = 1
-    seed: int = 0
-    device: DeviceChoice = "auto"
-    amp: AmpChoice = "auto"
-    num_workers: int = 0
+    d_accuracy_gate: float | None = setting(None, "update D only while its patch accuracy is <= this; null: every step")
+    val_every: int = setting(1, "validate (whole volumes, Dice) every this many epochs, and after the last")
+    checkpoint_every: int = setting(1, "write checkpoints/last every this many epochs, and after the last")
+    seed: int = setting(0, "seed of weights, split, patches, augmentation and dropout")
+    device: DeviceChoice = setting("auto", "auto, cpu or cuda")
+    amp: AmpChoice = setting(
+        "auto",
+        "mixed precision: auto (CUDA: bf16 where supported, else fp16; CPU: off), bf16 (also on a "
+        "CPU; a plan picks it where it measured faster), fp16 (CUDA only) or off")
+    num_workers: int = setting(0, "data-loading worker processes (0: in the training process)")
     # Recompute generator blocks in backward instead of storing their activations (less memory,
     # about a third more compute); see vox2vox.train.state.enable_activation_checkpointing.
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = setting(
+        False,
+        "recompute generator blocks in backward (less memory, ~1/3 more compute)")
     # A time budget ("30m", "12h", "1h30m") instead of epochs: training (and the learning-rate
     # schedule) ends when it is spent; every second of every `train` call of the run counts.
-    budget: str | None = None
+    budget: str | None = setting(
+        None,
+        "train for this long (30m, 12h, 1h30m) instead of epochs; the schedule ends with it")
     # The model `predict` uses: "best" (highest validation Dice, the paper) or "last" (the final
     # weights at the end of the schedule).
-    select: Literal["best", "last"] = "best"
+    select: Literal["best", "last"] = setting(
+        "best",
+        "model predict uses: best (validation Dice) or last (final weights)")
     # After training, choose flip TTA and largest-component clean-up on the validation cases and
     # record the choice in the model for `predict` (vox2vox.train.selection).
-    tune_prediction: bool = False
+    tune_prediction: bool = setting(
+        False,
+        "after training, choose flip TTA, the foreground threshold and largest-component clean-up on "
+        "the validation cases")
     # Fine-tuning (`train --init-from`) for a new label set: a fresh output layer instead of the source's.
-    reinit_output: bool = False
+    reinit_output: bool = setting(False, "with --init-from: a fresh output layer for a new label set (--reinit-head)")
     # Where the curves, the config and validation overlays also go (vox2vox.train.tracking).
-    log: Literal["none", "tensorboard", "mlflow"] = "none"
+    log: Literal["none", "tensorboard", "mlflow"] = setting(
+        "none",
+        "also log curves, config and validation overlays to: none, tensorboard or mlflow (extras)")
 
     @property
     def budget_seconds(self) -> float | None:
@@ -251,45 +280,22 @@ class Config:
         return Config.from_dict(data, source=source)
 
 
-#: Upper bounds for sizes that build networks and batches: far beyond any real setup, small enough
-#: that a typo (an extra zero or two) is one clear error instead of a hang or an overflow.
-SIZE_LIMITS: dict[str, int] = {
-    "train.patch_size": 2048,
-    "train.batch_size": 65536,
-    "train.patches_per_case": 100000,
-    "train.epochs": 10**7,
-    "generator.in_channels": 1024,
-    "generator.n_classes": 1024,
-    "generator.base_filters": 4096,
-    "generator.max_filters": 4096,
-    "generator.kernel_size": 15,
-    "generator.bottleneck_blocks": 64,
-    "discriminator.in_channels": 1024,
-    "discriminator.n_classes": 1024,
-    "discriminator.base_filters": 4096,
-    "discriminator.max_filters": 4096,
-    "discriminator.kernel_size": 15,
-    "discriminator.n_strided": 8,
-    "discriminator.input_scale": 16,
-    "discriminator.update_every": 1000,
-    "preprocess.pad_multiple": 1024,
-    "augment.elastic_points": 64,
-}
+def _keys() -> dict[str, dataclasses.Field]:
+    """Every config key (``section.name``) and its declaration (:func:`vox2vox.data.settings.setting`)."""
+    return {f"{section.name}.{item.name}": item for section in dataclasses.fields(Config)
+            for item in dataclasses.fields(section.default_factory())}  # type: ignore[misc]
 
 
-#: Closed ranges for float fields whose absurd values train garbage without an error (NaN and
-#: infinities are refused for every field already).
-VALUE_RANGES: dict[str, tuple[float, float]] = {
-    "loss.class_weights": (0.0, 1e6),
-    "loss.eps": (1e-12, 1.0),
-    "augment.gain_range": (1e-3, 1e3),
-    "augment.gamma_range": (1e-3, 1e3),
-    "augment.scale_range": (1e-2, 1e2),
-    "augment.elastic_sigma": (0.0, 1e3),
-}
+#: Upper bounds for sizes that build networks and batches, as each section declares them (``at_most``).
+SIZE_LIMITS: dict[str, int] = {k: f.metadata["at_most"] for k, f in _keys().items() if f.metadata.get("at_most")}
+#: Closed ranges for float fields whose absurd values train garbage without an error (``within``;
+#: NaN and infinities are refused for every field already).
+VALUE_RANGES: dict[str, tuple[float, float]] = {k: f.metadata["within"] for k, f in _keys().items()
+                                                if f.metadata.get("within")}
 
 
 def _check_sizes(config: Config) -> None:
+    """Every key's declared limits, checked generically."""
     for key, (low, high) in VALUE_RANGES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
@@ -434,107 +440,8 @@ def _coerce(hint: Any, value: Any, *, key: str, source: str, ignore_unknown: boo
 
 
 # ---- what every key means (`vox2vox config --defaults`) -----------------------------------------
-#: One line per config key; tests/test_config.py checks that every key has one.
-DESCRIPTIONS: dict[str, str] = {
-    "data.path": "dataset folder, manifest .csv, dataset.json or single image (--data)",
-    "data.layout": "auto (detect) or brats, brats2023, msd, nnunet, folders, manifest, single, hdf5",
-    "data.convention": "label convention (brats, brats2015, brats2023, msd-brain, binary, a .json); null: the layout's",
-    "data.val_fraction": "fraction of the labelled cases held out for validation (seeded by train.seed)",
-    "data.val_cases": "number of validation cases; overrides val_fraction when set",
-    "data.label_name": "folders layout: the label file's name in every case folder",
-    "data.channels": "image channels to use, in this order; null: all found",
-    "preprocess.normalize": "zscore-nonzero (foreground z-score, the paper's), zscore, ct-window or none",
-    "preprocess.ct_window": "[low, high] HU to clip to before scaling to [0, 1]; needed by ct-window",
-    "preprocess.crop_foreground": "crop each case to its foreground bounding box",
-    "preprocess.target_spacing": "resample to this voxel size in mm [x, y, z] (the image's voxel axes in nibabel's order, after reorientation to RAS+; docs/axes.md); null keeps the spacing",
-    "preprocess.pad_multiple": "pad each spatial size up to a multiple of this (1: no padding)",
-    "preprocess.cache_dir": "folder for preprocessed cases (npz + JSON); null: no cache",
-    "generator.arch": "paper (the authors' 4^3 stride-2 U-Net) or residual (3^3 residual units at every level)",
-    "generator.in_channels": "image channels (training sets it from the data)",
-    "generator.n_classes": "output channels: the classes, or the nested regions with output=regions (training sets it from the label convention)",
-    "generator.output": "classes (softmax, one output per class: the paper) or regions (sigmoid per nested region, e.g. BraTS WT/TC/ET, turned back into labels on output); linear or tanh: a translation's (training sets them from task.head)",
-    "generator.deep_supervision": "residual generator: also train 1x1x1 heads on the decoder at 1/2 and 1/4 resolution (weights 1, 1/2, 1/4; nnU-Net's deep supervision); prediction uses the full-resolution output",
-    "generator.base_filters": "filters of the first encoder stage (doubling per stage)",
-    "generator.max_filters": "cap on the filters of any stage",
-    "generator.depth": "stride-2 encoder stages; input sizes must be multiples of 2^depth",
-    "generator.bottleneck_blocks": "blocks at the deepest resolution (each concatenates its output with its convolution's)",
-    "generator.kernel_size": "convolution kernel size",
-    "generator.dropout": "dropout rate of the U-Net's blocks (off in eval mode)",
-    "generator.negative_slope": "LeakyReLU slope",
-    "generator.norm": "instance, batch or none",
-    "generator.norm_eps": "normalisation epsilon",
-    "discriminator.in_channels": "image channels (training sets it from the data)",
-    "discriminator.n_classes": "segmentation channels it sees beside the image (the generator's outputs; set from the data)",
-    "discriminator.base_filters": "filters of the first layer (doubling per strided layer)",
-    "discriminator.max_filters": "cap on the filters of any layer",
-    "discriminator.n_strided": "stride-2 layers (fewer: smaller patches, smaller receptive field)",
-    "discriminator.kernel_size": "convolution kernel size",
-    "discriminator.dropout": "dropout after each strided layer",
-    "discriminator.negative_slope": "LeakyReLU slope",
-    "discriminator.norm": "instance, batch or none",
-    "discriminator.norm_eps": "normalisation epsilon",
-    "discriminator.input_scale": "the critic judges the (image, segmentation) pair average-pooled by this factor "
-                                 "(2: 8x fewer voxels per critic pass; 1: as given, the paper)",
-    "discriminator.update_every": "the critic's half-step runs on every k-th training step only (the generator's "
-                                  "adversarial term still every step; 1: every step, the paper)",
-    "loss.adversarial": "train with the discriminator (false: the generator alone on the Dice/CE terms)",
-    "loss.dice": "generalized (the paper's one ratio over the batch) or per_sample (mean soft Dice per sample and class)",
-    "loss.lambda_adv": "weight of the adversarial (LSGAN) term in the generator objective (paper: 1)",
-    "loss.adversarial_start": "fraction of training before the adversarial term and D start (paper: 0)",
-    "loss.lambda_dice": "weight of the Dice loss in the generator objective",
-    "loss.lambda_ce": "weight of the voxel-wise cross-entropy (0: off, as the paper)",
-    "loss.lambda_fm": "weight of pix2pixHD's feature matching: L1 between the critic's hidden activations on "
-                      "the real and the fake pair, while the critic runs (0: off)",
-    "loss.dice_weighting": "class weights of the generalized Dice: fixed, sudre or uniform",
-    "loss.class_weights": "fixed class weights; null: computed from the training labels (N / (C * n_c))",
-    "loss.eps": "smoothing term of the Dice ratio",
-    "optim.lr_g": "Adam learning rate of the generator",
-    "optim.lr_d": "Adam learning rate of the discriminator",
-    "optim.beta1": "Adam beta1 (both networks)",
-    "optim.beta2": "Adam beta2 (both networks)",
-    "optim.beta1_d": "Adam beta1 of the discriminator; null: optim.beta1",
-    "optim.schedule": "learning-rate decay over training: constant (paper), poly ((1-p)^0.9) or cosine",
-    "train.epochs": "epochs; each draws patches_per_case random patches per training case",
-    "train.batch_size": "global batch size (split over the processes under torchrun)",
-    "train.patch_size": "training patch in voxels [x, y, z] (nibabel's axis order after reorientation to RAS+; docs/axes.md); multiples of 2^generator.depth",
-    "train.patches_per_case": "patches per training case per epoch",
-    "train.foreground_prob": "probability that a patch is centred on a random foreground voxel",
-    "train.d_accuracy_gate": "update D only while its patch accuracy is <= this; null: every step",
-    "train.val_every": "validate (whole volumes, Dice) every this many epochs, and after the last",
-    "train.checkpoint_every": "write checkpoints/last every this many epochs, and after the last",
-    "train.seed": "seed of weights, split, patches, augmentation and dropout",
-    "train.device": "auto, cpu or cuda",
-    "train.amp": "mixed precision: auto (CUDA: bf16 where supported, else fp16; CPU: off), bf16 (also on a CPU; a plan picks it where it measured faster), fp16 (CUDA only) or off",
-    "train.num_workers": "data-loading worker processes (0: in the training process)",
-    "train.activation_checkpointing": "recompute generator blocks in backward (less memory, ~1/3 more compute)",
-    "train.budget": "train for this long (30m, 12h, 1h30m) instead of epochs; the schedule ends with it",
-    "train.select": "model predict uses: best (validation Dice) or last (final weights)",
-    "train.tune_prediction": "after training, choose flip TTA, the foreground threshold and largest-component clean-up on the validation cases",
-    "train.reinit_output": "with --init-from: a fresh output layer for a new label set (--reinit-head)",
-    "train.log": "also log curves, config and validation overlays to: none, tensorboard or mlflow (extras)",
-    "augment.p_untouched": "probability that a patch is not augmented at all",
-    "augment.p_flip": "probability of flipping (each axis of flip_axes then with probability 0.5)",
-    "augment.flip_axes": "axes that may flip (0, 1, 2 = x, y, z after reorientation to RAS+)",
-    "augment.p_intensity": "probability of a per-channel gain * x^gamma on the foreground",
-    "augment.gain_range": "range of the intensity gain",
-    "augment.gamma_range": "range of the intensity gamma",
-    "augment.p_rotate": "probability of a rotation about the volume centre",
-    "augment.max_rotation_deg": "largest rotation angle per axis, degrees",
-    "augment.rotate_axes": "axes rotated about (0, 1, 2 = x, y, z after reorientation to RAS+)",
-    "augment.p_scale": "probability of an isotropic zoom",
-    "augment.scale_range": "range of the zoom factor",
-    "augment.p_elastic": "probability of an elastic deformation",
-    "augment.elastic_sigma": "elastic displacement, voxels",
-    "augment.elastic_points": "control points per axis of the elastic grid",
-    "augment.channel_dropout": "probability that a training patch loses 1 to C-1 of its channels (set to 0, never all); > 0 trains a model that predicts cases without a channel (predict --missing); 0: off",
-    "task.kind": "segment (label maps) or translate (synthesise task.target channels from task.source)",
-    "task.source": "translate: input channels, by name (e.g. [\"t1\"]); null: every channel but the targets",
-    "task.target": "translate: channel(s) to synthesise, by name (e.g. [\"flair\"])",
-    "task.head": "translate: linear (z-scored targets) or tanh (ct-window targets, scaled to [-1, 1])",
-    "task.lambda_l1": "translate: weight of the L1 term in the generator objective (pix2pix: 100)",
-    "task.lambda_ssim": "translate: weight of (1 - SSIM) in the generator objective (0: off)",
-    "task.select": "translate: best checkpoint by lowest validation mae or highest ssim",
-}
+#: One line per config key, as each section declares it; tests/test_config.py checks that every key has one.
+DESCRIPTIONS: dict[str, str] = {key: help_of(f) for key, f in _keys().items()}
 
 
 def describe_defaults() -> str:

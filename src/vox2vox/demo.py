@@ -21,7 +21,8 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.device import resolve_device
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
+from vox2vox.infer.inference import load_model, predict_dataset
+from vox2vox.infer.options import PredictionOptions
 from vox2vox.report.evaluation import evaluate_folder
 from vox2vox.report.plots import save_overlay, save_training_curves
 from vox2vox.report.report import write_report
@@ -116,7 +117,7 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
     dev = resolve_device(device)
     model.generator.to(dev)
     predict_dataset([model], out / "data" / "test", out / "predictions",
-                    config=InferenceConfig(mode="whole"), device=dev, progress=progress)
+                    PredictionOptions(mode="whole", progress=progress), device=dev)
 
     # 4. Score them as BraTS does (WT, TC, ET).
     say("[4/5] evaluating (Dice and HD95 per BraTS region)")

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from vox2vox.data.settings import setting
 from vox2vox.errors import Vox2VoxError
 
 
@@ -39,21 +40,28 @@ class AugmentConfig:
     p_elastic: elastic deformation, ``elastic_sigma`` voxels on an ``elastic_points``^3 grid.
     """
 
-    p_untouched: float = 0.25
-    p_flip: float = 0.5
-    flip_axes: tuple[int, ...] = (0, 1, 2)
-    p_intensity: float = 0.5
-    gain_range: tuple[float, float] = (0.8, 1.2)
-    gamma_range: tuple[float, float] = (0.8, 1.2)
-    p_rotate: float = 0.5
-    max_rotation_deg: float = 30.0
-    rotate_axes: tuple[int, ...] = (0, 1, 2)
-    p_scale: float = 0.5
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    p_elastic: float = 0.5
-    elastic_sigma: float = 2.0
-    elastic_points: int = 3
-    channel_dropout: float = 0.0
+    p_untouched: float = setting(0.25, "probability that a patch is not augmented at all")
+    p_flip: float = setting(0.5, "probability of flipping (each axis of flip_axes then with probability 0.5)")
+    flip_axes: tuple[int, ...] = setting(
+        (0, 1, 2),
+        "axes that may flip (0, 1, 2 = x, y, z after reorientation to RAS+)")
+    p_intensity: float = setting(0.5, "probability of a per-channel gain * x^gamma on the foreground")
+    gain_range: tuple[float, float] = setting((0.8, 1.2), "range of the intensity gain", within=(0.001, 1000.0))
+    gamma_range: tuple[float, float] = setting((0.8, 1.2), "range of the intensity gamma", within=(0.001, 1000.0))
+    p_rotate: float = setting(0.5, "probability of a rotation about the volume centre")
+    max_rotation_deg: float = setting(30.0, "largest rotation angle per axis, degrees")
+    rotate_axes: tuple[int, ...] = setting(
+        (0, 1, 2),
+        "axes rotated about (0, 1, 2 = x, y, z after reorientation to RAS+)")
+    p_scale: float = setting(0.5, "probability of an isotropic zoom")
+    scale_range: tuple[float, float] = setting((0.9, 1.1), "range of the zoom factor", within=(0.01, 100.0))
+    p_elastic: float = setting(0.5, "probability of an elastic deformation")
+    elastic_sigma: float = setting(2.0, "elastic displacement, voxels", within=(0.0, 1000.0))
+    elastic_points: int = setting(3, "control points per axis of the elastic grid", at_most=64)
+    channel_dropout: float = setting(
+        0.0,
+        "probability that a training patch loses 1 to C-1 of its channels (set to 0, never all); > 0 "
+        "trains a model that predicts cases without a channel (predict --missing); 0: off")
 
     def __post_init__(self) -> None:
         for name in ("p_untouched", "p_flip", "p_intensity", "p_rotate", "p_scale", "p_elastic", "channel_dropout"):

@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from vox2vox.data.guards import check_declared_size
 from vox2vox.data.io import Geometry
+from vox2vox.data.settings import setting
 from vox2vox.errors import Vox2VoxError
 
 Normalize = Literal["zscore-nonzero", "zscore", "ct-window", "none"]
@@ -48,12 +49,19 @@ class PreprocessConfig:
     cache_dir: folder for preprocessed cases (see ``loading.load_case``); None disables the cache.
     """
 
-    normalize: Normalize = "zscore-nonzero"
-    ct_window: tuple[float, float] | None = None
-    crop_foreground: bool = True
-    target_spacing: tuple[float, float, float] | None = None
-    pad_multiple: int = 16
-    cache_dir: str | None = None
+    normalize: Normalize = setting(
+        "zscore-nonzero",
+        "zscore-nonzero (foreground z-score, the paper's), zscore, ct-window or none")
+    ct_window: tuple[float, float] | None = setting(
+        None,
+        "[low, high] HU to clip to before scaling to [0, 1]; needed by ct-window")
+    crop_foreground: bool = setting(True, "crop each case to its foreground bounding box")
+    target_spacing: tuple[float, float, float] | None = setting(
+        None,
+        "resample to this voxel size in mm [x, y, z] (the image's voxel axes in nibabel's order, "
+        "after reorientation to RAS+; docs/axes.md); null keeps the spacing")
+    pad_multiple: int = setting(16, "pad each spatial size up to a multiple of this (1: no padding)", at_most=1024)
+    cache_dir: str | None = setting(None, "folder for preprocessed cases (npz + JSON); null: no cache")
 
     def __post_init__(self) -> None:
         if self.normalize not in ("zscore-nonzero", "zscore", "ct-window", "none"):

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from vox2vox.config import Config
 from vox2vox.device import AmpDtype, resolve_prediction_amp
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.contract import INPUT_NAME, METADATA_KEY, output_name, parse_contract
+from vox2vox.infer.contract import INPUT_NAME, METADATA_KEY, Contract, output_name, parse_contract
+from vox2vox.model.checkpoint import JsonObject
 from vox2vox.model.generator import Generator, GeneratorConfig
 
 ExportFormat = Literal["onnx", "torchscript"]
@@ -58,7 +58,7 @@ class ExportedGenerator(nn.Module, metaclass=abc.ABCMeta):
         super().__init__()
         self.config = config
         self.path = path
-        self.contract: dict[str, Any] = {}  # the file's metadata document (vox2vox.infer.contract)
+        self.contract: JsonObject = {}  # the file's metadata document (vox2vox.infer.contract)
 
     def check_input(self, x: torch.Tensor) -> None:
         # The PyTorch generator's own rules and messages (an exported graph checks nothing itself).
@@ -134,9 +134,9 @@ def _existing_export(path: Path) -> ExportFormat:
     return kind
 
 
-def load_exported(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, Config, dict[str, Any], dict[str, Any]]:
-    """An exported model file -> (backend module, its :class:`Config`, the checkpoint state it
-    recorded, the whole metadata document). Refuses files without valid vox2vox metadata."""
+def load_exported(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[nn.Module, Contract]:
+    """An exported model file -> (backend module, its validated :class:`Contract`: config, the
+    checkpoint's record, the whole metadata document). Refuses files without valid vox2vox metadata."""
     path = Path(path)
     kind = _existing_export(path)
     device = torch.device(device)
@@ -145,7 +145,7 @@ def load_exported(path: str | Path, *, device: torch.device | str = "cpu") -> tu
     return _load_torchscript(path, device)
 
 
-def _load_onnx(path: Path, device: torch.device) -> tuple[nn.Module, Config, dict[str, Any], dict[str, Any]]:
+def _load_onnx(path: Path, device: torch.device) -> tuple[nn.Module, Contract]:
     try:
         # Lazy: ONNX Runtime is an optional extra, needed only for .onnx models.
         import onnxruntime as ort
@@ -174,12 +174,12 @@ def _load_onnx(path: Path, device: torch.device) -> tuple[nn.Module, Config, dic
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise Vox2VoxError(f"{path}: not a readable ONNX model ({first[:200]})") from err
     meta = session.get_modelmeta().custom_metadata_map
-    doc, config = parse_contract(meta.get(METADATA_KEY), path, backend="onnx")
+    contract = parse_contract(meta.get(METADATA_KEY), path, backend="onnx")
     _check_graph_io(path, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()],
-                    output_name(config.task.kind))
-    backend = OnnxRuntimeGenerator(config.generator, path, session)
-    backend.contract = doc
-    return backend, config, doc["state"], doc
+                    output_name(contract.config.task.kind))
+    backend = OnnxRuntimeGenerator(contract.config.generator, path, session)
+    backend.contract = contract.doc
+    return backend, contract
 
 
 def _check_graph_io(path: Path, inputs: list[str], outputs: list[str], output: str) -> None:
@@ -190,7 +190,7 @@ def _check_graph_io(path: Path, inputs: list[str], outputs: list[str], output: s
                                f"[{wanted!r}]; export the model again")
 
 
-def read_exported_contract(path: str | Path) -> tuple[dict[str, Any], Config]:
+def read_exported_contract(path: str | Path) -> Contract:
     """An exported file's validated metadata document and config, without running or
     deserialising the model (``vox2vox info``): the ONNX file's ``metadata_props`` through the
     ``onnx`` package (the file is parsed as protobuf data, nothing executes), a TorchScript
@@ -211,10 +211,10 @@ def read_exported_contract(path: str | Path) -> tuple[dict[str, Any], Config]:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise Vox2VoxError(f"{path}: not a readable ONNX model ({first[:200]})") from err
     meta = {entry.key: entry.value for entry in proto.metadata_props}
-    doc, config = parse_contract(meta.get(METADATA_KEY), path, backend="onnx")
+    contract = parse_contract(meta.get(METADATA_KEY), path, backend="onnx")
     _check_graph_io(path, [i.name for i in proto.graph.input], [o.name for o in proto.graph.output],
-                    output_name(config.task.kind))
-    return doc, config
+                    output_name(contract.config.task.kind))
+    return contract
 
 
 def read_torchscript_metadata(path: Path) -> str | None:
@@ -246,8 +246,8 @@ def read_torchscript_metadata(path: Path) -> str | None:
         raise Vox2VoxError(f"{path}: unreadable TorchScript archive ({err}); export the model again") from err
 
 
-def _load_torchscript(path: Path, device: torch.device) -> tuple[nn.Module, Config, dict[str, Any], dict[str, Any]]:
-    doc, config = parse_contract(read_torchscript_metadata(path), path, backend="torchscript")
+def _load_torchscript(path: Path, device: torch.device) -> tuple[nn.Module, Contract]:
+    contract = parse_contract(read_torchscript_metadata(path), path, backend="torchscript")
     try:
         with warnings.catch_warnings():  # torch.jit's deprecation notice is not the user's business
             warnings.filterwarnings("ignore", message=".*`torch.jit.load` is deprecated.*")
@@ -256,6 +256,6 @@ def _load_torchscript(path: Path, device: torch.device) -> tuple[nn.Module, Conf
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise Vox2VoxError(f"{path}: cannot load the TorchScript program ({first[:200]}); export the model again") from err
     module.eval()
-    backend = TorchScriptGenerator(config.generator, path, module)
-    backend.contract = doc
-    return backend, config, doc["state"], doc
+    backend = TorchScriptGenerator(contract.config.generator, path, module)
+    backend.contract = contract.doc
+    return backend, contract

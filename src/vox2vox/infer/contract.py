@@ -26,15 +26,16 @@ older versions; a v1 document without ``task`` is a segmentation.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vox2vox.config import Config
-from vox2vox.data.labels import get_convention
+from vox2vox.data.labels import LabelConvention
 from vox2vox.data.translation import RESTORE_MEANING, head_meaning, intensity_scale
 from vox2vox.errors import Vox2VoxError
-from vox2vox.model.checkpoint import check_metadata
-from vox2vox.model.outputs import head_for
+from vox2vox.model.checkpoint import JsonObject, check_metadata
+from vox2vox.model.outputs import OutputHead, head_for
+from vox2vox.model.record import ModelRecord, PredictionChoice
 from vox2vox.version import __version__
 
 FORMAT = "vox2vox-export"
@@ -77,35 +78,47 @@ def output_name(kind: str) -> str:
     return OUTPUT_NAMES[kind]
 
 
-def build_contract(config: Config, state: dict[str, Any], *, backend: str, source: Path, sha256: str,
-                   opset: int | None = None) -> dict[str, Any]:
-    """The JSON document for a generator of ``config`` trained as ``state`` records (a checkpoint's)."""
+@dataclass(frozen=True)
+class Contract:
+    """An export's validated contract: the document as stored, its config, the checkpoint's record
+    it keeps (``state``) and the source checkpoint's counters and versions (``source``)."""
+
+    doc: JsonObject
+    config: Config
+    record: ModelRecord
+    source: ModelRecord
+
+
+def build_contract(config: Config, record: ModelRecord, *, backend: str, source: Path, sha256: str,
+                   opset: int | None = None) -> JsonObject:
+    """The JSON document for a generator of ``config`` trained as ``record`` records (a checkpoint's)."""
     gen, task = config.generator, config.task
     prep = config.preprocess.to_json()
     prep.pop("cache_dir", None)  # a training machine's folder, not part of the contract
-    predict = dict(state.get("predict") or {})
+    predict = record.predict or PredictionChoice()
+    state = record.to_json()
     if task.translate:
-        check_translation_config(config, state, source)
+        check_translation_config(config, record, source)
         output, labels = _translation_output(config), None
-        predict_options: dict[str, Any] = {"tta": bool(predict.get("tta", False))}
-        task_section: dict[str, Any] = {"kind": "translate", "source": list(task.source or ()),
-                                        "target": list(task.target or ()), "head": task.head,
-                                        "lambda_l1": task.lambda_l1, "lambda_ssim": task.lambda_ssim,
-                                        "select": task.select}
+        predict_options: JsonObject = {"tta": bool(predict.tta)}
+        task_section: JsonObject = {"kind": "translate", "source": list(task.source or ()),
+                                    "target": list(task.target or ()), "head": task.head,
+                                    "lambda_l1": task.lambda_l1, "lambda_ssim": task.lambda_ssim,
+                                    "select": task.select}
     else:
-        if "convention" not in state:
+        convention = record.convention
+        if convention is None:
             raise Vox2VoxError(f"{source}: the checkpoint does not record its label convention; export needs "
                                "a checkpoint written by vox2vox train")
-        convention = get_convention(state["convention"])
         head = head_for(gen.n_classes, gen.output, convention)  # refuses a checkpoint that contradicts itself
         output, labels = _segmentation_output(config, convention, head), {
             "convention": convention.name,
             "classes": [{"class": i, "value": int(v), "name": n}
                         for i, (v, n) in enumerate(zip(convention.source_values, convention.class_names, strict=True))],
         }
-        predict_options = {"tta": bool(predict.get("tta", False)),
-                           "largest_component": str(predict.get("largest_component", "off")),
-                           "foreground_threshold": predict.get("foreground_threshold")}
+        predict_options = {"tta": bool(predict.tta),
+                           "largest_component": predict.largest_component or "off",
+                           "foreground_threshold": predict.foreground_threshold}
         task_section = {"kind": "segment"}
     return {
         "format": FORMAT,
@@ -120,7 +133,7 @@ def build_contract(config: Config, state: dict[str, Any], *, backend: str, sourc
             "name": INPUT_NAME,
             "shape": ["batch", "channels", "D", "H", "W"],
             "dtype": "float32",
-            "channels": list(state.get("channels") or [f"channel_{i}" for i in range(gen.in_channels)]),
+            "channels": list(record.channels or [f"channel_{i}" for i in range(gen.in_channels)]),
             "axes": _AXES,
             "size_multiple": gen.size_multiple,
             "normalization": {"method": prep["normalize"], "ct_window": prep["ct_window"],
@@ -142,7 +155,7 @@ def build_contract(config: Config, state: dict[str, Any], *, backend: str, sourc
     }
 
 
-def _segmentation_output(config: Config, convention: Any, head: Any) -> dict[str, Any]:
+def _segmentation_output(config: Config, convention: LabelConvention, head: OutputHead) -> JsonObject:
     gen = config.generator
     return {
         "name": output_name("segment"),
@@ -158,7 +171,7 @@ def _segmentation_output(config: Config, convention: Any, head: Any) -> dict[str
     }
 
 
-def _translation_output(config: Config) -> dict[str, Any]:
+def _translation_output(config: Config) -> JsonObject:
     task, prep = config.task, config.preprocess
     return {
         "name": output_name("translate"),
@@ -172,7 +185,7 @@ def _translation_output(config: Config) -> dict[str, Any]:
     }
 
 
-def check_translation_config(config: Config, state: dict[str, Any], where: object) -> None:
+def check_translation_config(config: Config, record: ModelRecord, where: object) -> None:
     """A translation checkpoint or export agrees with itself: sources, targets, head and network sizes."""
     gen, task = config.generator, config.task
     problem = None
@@ -183,16 +196,16 @@ def check_translation_config(config: Config, state: dict[str, Any], where: objec
     elif gen.in_channels != len(task.source) or gen.n_classes != len(task.target or ()):
         problem = (f"the generator maps {gen.in_channels} channel(s) to {gen.n_classes}, the task "
                    f"{len(task.source)} source(s) to {len(task.target or ())} target(s)")
-    elif state.get("channels") is not None and list(state["channels"]) != list(task.source):
-        problem = f"its channels {state['channels']} are not task.source {list(task.source)}"
-    elif "convention" in state:
+    elif record.channels is not None and list(record.channels) != list(task.source):
+        problem = f"its channels {list(record.channels)} are not task.source {list(task.source)}"
+    elif record.convention is not None:
         problem = "a translation with a label convention"
     if problem:
         raise Vox2VoxError(f"{where}: a translation model that contradicts itself ({problem}); "
                            "export a checkpoint written by vox2vox train")
 
 
-def describe_output(contract: dict[str, Any]) -> str:
+def describe_output(contract: JsonObject) -> str:
     """One line on what an export's output means (``vox2vox export`` prints it)."""
     if contract.get("task", {}).get("kind") == "translate":
         task, intensity = contract["task"], contract["output"]["intensity"]
@@ -201,12 +214,12 @@ def describe_output(contract: dict[str, Any]) -> str:
     return f"classes: {', '.join(c['name'] for c in contract['labels']['classes'])}"
 
 
-def dump_contract(contract: dict[str, Any]) -> str:
+def dump_contract(contract: JsonObject) -> str:
     return json.dumps(contract, sort_keys=True)
 
 
-def parse_contract(text: str | bytes | None, path: Path, *, backend: str) -> tuple[dict[str, Any], Config]:
-    """Validate an exported file's metadata; return the document and its :class:`Config`.
+def parse_contract(text: str | bytes | None, path: Path, *, backend: str) -> Contract:
+    """Validate an exported file's metadata; return the document with its :class:`Config` and records.
 
     Every problem is one :class:`Vox2VoxError` naming ``path``.
     """
@@ -236,7 +249,8 @@ def parse_contract(text: str | bytes | None, path: Path, *, backend: str) -> tup
     if not isinstance(state, dict) or (kind == "segment" and "convention" not in state):
         raise Vox2VoxError(f"{path}: malformed vox2vox metadata: no label convention; export the model again")
     # The checkpoint's own checks: the config through the typed Config, the state fields by type.
-    check_metadata({"config": doc.get("config"), "state": state}, path)
+    record = check_metadata({"config": doc.get("config"), "state": state}, path)
+    source = ModelRecord.from_json(doc.get("source", {}), path)
     config = Config.from_dict(doc["config"], source=f"{path}: exported config", ignore_unknown=True)
     gen = config.generator
     recorded = doc.get("generator", {}).get("output", "classes") if isinstance(doc.get("generator"), dict) else None
@@ -252,10 +266,10 @@ def parse_contract(text: str | bytes | None, path: Path, *, backend: str) -> tup
         raise Vox2VoxError(f"{path}: malformed vox2vox metadata: output {shown!r}, a {kind} export's is "
                            f"{output_name(kind)!r}; export the model again")
     if kind == "translate":
-        check_translation_config(config, state, f"{path}: malformed vox2vox metadata")
-        return doc, config
+        check_translation_config(config, record, f"{path}: malformed vox2vox metadata")
+        return Contract(doc, config, record, source)
     try:
-        head_for(gen.n_classes, gen.output, get_convention(state["convention"]))
+        head_for(gen.n_classes, gen.output, record.convention)
     except Vox2VoxError as err:
         raise Vox2VoxError(f"{path}: malformed vox2vox metadata: {err}; export the model again") from None
-    return doc, config
+    return Contract(doc, config, record, source)

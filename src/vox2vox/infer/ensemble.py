@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from vox2vox.data.cases import CaseFiles, DatasetSpec
-from vox2vox.data.labels import LabelConvention, get_convention
+from vox2vox.data.labels import LabelConvention
 from vox2vox.data.layouts import discover
 from vox2vox.data.profile import distribution_problems
 from vox2vox.data.randomised import ANY_MRI
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.loaded import LoadedModel
-from vox2vox.model.checkpoint import ModelInfo
 from vox2vox.model.outputs import OutputHead, check_threshold, head_for
+from vox2vox.model.record import PredictionChoice
 
 
 def check_ensemble(models: Sequence[LoadedModel]) -> tuple[LabelConvention, OutputHead]:
@@ -31,7 +31,7 @@ def check_ensemble(models: Sequence[LoadedModel]) -> tuple[LabelConvention, Outp
     for other in models[1:]:
         if (
             other.config.preprocess != first.config.preprocess
-            or other.state.get("convention") != first.state.get("convention")
+            or other.record.convention != first.record.convention
             or other.config.generator.n_classes != first.config.generator.n_classes
             or other.config.generator.output != first.config.generator.output
         ):
@@ -39,12 +39,12 @@ def check_ensemble(models: Sequence[LoadedModel]) -> tuple[LabelConvention, Outp
                 f"{other.path}: ensemble members must share preprocessing, classes and label "
                 f"convention with {first.path}; ensemble models of one training setup"
             )
-    if "convention" not in first.state:
+    convention = first.record.convention
+    if convention is None:
         raise Vox2VoxError(
             f"{first.path}: checkpoint does not record its label convention; save it with "
             "state={'convention': ..., 'channels': [...]} as training does"
         )
-    convention = get_convention(first.state["convention"])
     try:
         head = head_for(first.config.generator.n_classes, first.config.generator.output, convention)
     except Vox2VoxError as err:
@@ -58,27 +58,26 @@ def prediction_options(models: Sequence[LoadedModel], *, tta: bool | None = None
     """Flip TTA, largest-component clean-up and the foreground threshold: as given, else what the
     first model's training chose on its validation cases (``state["predict"]``, planned runs), else
     off (and argmax). ``threshold="argmax"`` asks for the plain rule whatever training chose."""
-    chosen = (models[0].state.get("predict") or {}) if models else {}
+    chosen = (models[0].record.predict or PredictionChoice()) if models else PredictionChoice()
     if threshold == "argmax":
         cut = None
     elif threshold is not None:
         check_threshold(threshold)
         cut = float(threshold)
     else:
-        cut = chosen.get("foreground_threshold")
-        try:
-            check_threshold(cut)
-        except Vox2VoxError as err:
-            raise Vox2VoxError(f"{models[0].path}: the recorded {err}; the checkpoint's metadata is damaged") from None
-    return (tta if tta is not None else bool(chosen.get("tta", False)),
-            largest_component or str(chosen.get("largest_component", "off")),
+        cut = chosen.foreground_threshold  # checked when the record was read
+    return (tta if tta is not None else bool(chosen.tta),
+            largest_component or (chosen.largest_component or "off"),
             None if cut is None else float(cut))
 
 
 def discover_like_training(model: LoadedModel, input_path: str | Path, layout: str,
-                           missing: Sequence[str] = ()) -> Any:
+                           missing: Sequence[str] = (), channel: str | None = None) -> Any:
     """Find the cases to predict, choosing channels (and a case-folder label) as in training;
-    ``missing`` (``predict --missing``) names training channels the input does not have."""
+    ``missing`` (``predict --missing``) names training channels the input does not have;
+    ``channel`` (``predict --channel``) the one input channel a one-channel model reads."""
+    if channel is not None:
+        return _one_channel(model, input_path, layout, channel)
     label_name = model.config.data.label_name
     try:
         # A 'folders' dataset may need the label name training used to tell label from channels.
@@ -93,6 +92,20 @@ def discover_like_training(model: LoadedModel, input_path: str | Path, layout: s
         spec = discover(input_path, layout=layout, channel_names=trained,
                         **({"label_name": label_name} if spec.layout == "folders" and label_name else {}))
     return spec
+
+
+def _one_channel(model: LoadedModel, input_path: str | Path, layout: str, channel: str) -> Any:
+    """The cases with only their channel ``channel``, named as the model's one channel (a prior
+    of any contrast reads a FLAIR as well as a T1: the user says which)."""
+    trained = tuple(model.channels or ())
+    if model.config.generator.in_channels != 1:
+        raise Vox2VoxError(f"--channel {channel}: {model.path} reads {model.config.generator.in_channels} channels "
+                           f"({', '.join(trained)}); --channel picks the input of a one-channel model")
+    spec = discover(input_path, layout=layout, channel_names=(channel,))
+    if not trained or trained == (channel,):
+        return spec
+    return dataclasses.replace(spec, channel_names=trained, cases=tuple(
+        dataclasses.replace(c, channels={trained[0]: c.channels[channel]}) for c in spec.cases))
 
 
 def with_absent_channels(models: Sequence[LoadedModel], spec: DatasetSpec, missing: Sequence[str],
@@ -155,7 +168,7 @@ def check_channels(model: LoadedModel, channel_names: Sequence[str], where: str 
     if tuple(model.channels or ()) == (ANY_MRI,) and len(channel_names) != 1:
         raise Vox2VoxError(
             f"{where}: cases have {len(channel_names)} channels ({', '.join(channel_names)}) but {model.path} takes "
-            f"one MRI contrast of any kind; give one: a single image, one-channel cases, or --input {ANY_MRI}=FILE")
+            f"one MRI contrast of any kind; name the one to read with --channel (e.g. --channel {channel_names[-1]})")
     if len(channel_names) != n_in:
         raise Vox2VoxError(
             f"{where}: cases have {len(channel_names)} channel(s) ({', '.join(channel_names)}) "
@@ -167,8 +180,8 @@ def check_channels(model: LoadedModel, channel_names: Sequence[str], where: str 
 def training_data_problems(model: LoadedModel, record: Any, channel_names: Sequence[str] | None) -> list[str]:
     """How a preprocessed case (its ``PreprocessRecord``) differs from the model's training data
     (spacing, intensities, channels by name when given); empty when the model records no profile."""
-    info = ModelInfo.from_state(model.state, model.path)
-    if info is None or info.data is None:
+    data = model.record.data
+    if data is None or model.record.info() is None:
         return []
-    return distribution_problems(info.data, record, normalize=model.config.preprocess.normalize,
+    return distribution_problems(data, record, normalize=model.config.preprocess.normalize,
                                  channel_names=channel_names)

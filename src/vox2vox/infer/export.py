@@ -25,7 +25,6 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +46,7 @@ from vox2vox.infer.contract import (
 )
 from vox2vox.infer.inference import load_model
 from vox2vox.model import blocks
-from vox2vox.model.checkpoint import read_metadata, resolve_checkpoint
+from vox2vox.model.checkpoint import JsonObject, resolve_checkpoint
 
 FORMATS: tuple[ExportFormat, ...] = ("onnx", "torchscript")
 #: ONNX opset: 17 has every operator the generators use (GroupNormalization's opset-18 form had
@@ -65,7 +64,7 @@ ONNX_MAX_BYTES = 2**31 - 2**24
 class ExportResult:
     path: Path
     format: ExportFormat
-    contract: dict[str, Any]
+    contract: JsonObject
     parameters: int
     max_difference: float
 
@@ -87,11 +86,10 @@ def export_model(model: str | Path, out: str | Path, *, fmt: str | None = None) 
         _require_onnx(out)
     loaded = load_model(ckpt_path)
     generator = loaded.generator.eval()
-    contract = build_contract(loaded.config, loaded.state, backend=fmt, source=ckpt_path,
+    contract = build_contract(loaded.config, loaded.record, backend=fmt, source=ckpt_path,
                               sha256=file_sha256(ckpt_path), opset=ONNX_OPSET if fmt == "onnx" else None)
-    versions = read_metadata(ckpt_path).get("versions")
-    if isinstance(versions, dict):  # the libraries it was trained with, for the export's model card
-        contract["source"]["versions"] = {str(k): str(v) for k, v in versions.items()}
+    if loaded.record.versions is not None:  # the libraries it was trained with, for the export's model card
+        contract["source"]["versions"] = dict(loaded.record.versions)
     data, difference = (_onnx_bytes if fmt == "onnx" else _torchscript_bytes)(generator, contract, ckpt_path)
     atomic_write_bytes(out, data)
     n_params = sum(p.numel() for p in generator.parameters())
@@ -238,7 +236,7 @@ def _quiet_trace() -> Iterator[None]:
         yield
 
 
-def _onnx_bytes(generator: nn.Module, contract: dict[str, Any], source: Path) -> tuple[bytes, float]:
+def _onnx_bytes(generator: nn.Module, contract: JsonObject, source: Path) -> tuple[bytes, float]:
     # Lazy: the onnx extra is optional (checked by _require_onnx before this runs).
     import onnx
     import onnxruntime as ort
@@ -284,7 +282,7 @@ def _onnx_bytes(generator: nn.Module, contract: dict[str, Any], source: Path) ->
     return data, _verify(generator, check, got, source)
 
 
-def _torchscript_bytes(generator: nn.Module, contract: dict[str, Any], source: Path) -> tuple[bytes, float]:
+def _torchscript_bytes(generator: nn.Module, contract: JsonObject, source: Path) -> tuple[bytes, float]:
     trace, check = _examples(generator)
     with _quiet_trace(), torch.no_grad():
         # Traced, not scripted: the generators' forward has Python-only input checks. The trace

@@ -32,7 +32,6 @@ from vox2vox.data.labels import LabelConvention, write_prediction_record
 from vox2vox.data.loading import load_case, load_case_without
 from vox2vox.data.preprocessing import LoadedCase
 from vox2vox.data.seg_formats import (
-    OutputFormat,
     check_dicom_seg_inputs,
     check_output_format,
     read_dicom_source,
@@ -41,9 +40,10 @@ from vox2vox.data.seg_formats import (
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer import ensemble
-from vox2vox.infer.backends import check_precision, exported_format, load_exported
-from vox2vox.infer.case_files import CasePrediction, ProbabilityFormat, finish_case, write_case
+from vox2vox.infer.backends import check_precision, exported_format, load_exported, prediction_amp
+from vox2vox.infer.case_files import CasePrediction, finish_case, write_case
 from vox2vox.infer.loaded import LoadedModel
+from vox2vox.infer.options import DEFAULT_OPTIONS, PredictionOptions
 from vox2vox.infer.postprocessing import PostprocessConfig, check_postprocess
 from vox2vox.infer.uncertainty import (
     UNCERTAINTY_CSV,
@@ -115,15 +115,15 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
     load a ``vox2vox export`` file (``.onnx``; ``.pt``/``.ts`` TorchScript) with the same contract
     (see :mod:`vox2vox.infer.backends`)."""
     if exported_format(path) is not None:
-        generator, config, state, _ = load_exported(path, device=device)
-        return LoadedModel(generator, config, state, Path(path))
+        generator, contract = load_exported(path, device=device)
+        return LoadedModel(generator, contract.config, contract.record, Path(path))
     ckpt_path = resolve_checkpoint(path, which="best")
     ckpt = load_checkpoint(ckpt_path)
     config = Config.from_dict(ckpt.config, source=str(ckpt_path), ignore_unknown=True)
     generator = build_generator(config.generator)
     load_weights(generator, ckpt.generator, ckpt_path, what="generator")
     generator.to(device).eval()
-    return LoadedModel(generator, config, ckpt.state, ckpt_path)
+    return LoadedModel(generator, config, ckpt.record(ckpt_path), ckpt_path)
 
 
 @dataclass
@@ -374,22 +374,37 @@ def predict_case(
                        uncertainty=uncertainty, warnings=problems)
 
 
+def inference_config(models: Sequence[LoadedModel], options: PredictionOptions,
+                     device: torch.device | str) -> InferenceConfig:
+    """How the network runs for ``options``: flip TTA as given, else as the first model's training
+    chose; the precision for ``device`` and the models' backends (:func:`prediction_amp`)."""
+    tta = ensemble.prediction_options(models, tta=options.tta)[0]
+    return InferenceConfig(mode=options.mode, window=options.window, overlap=options.overlap,  # type: ignore[arg-type]
+                           tta_flips=tta, amp=prediction_amp(options.amp, torch.device(device),
+                                                             [m.backend for m in models]))
+
+
+def postprocess_config(models: Sequence[LoadedModel], options: PredictionOptions,
+                       convention: LabelConvention) -> PostprocessConfig:
+    """The label map's clean-up and foreground threshold for ``options`` (training's choice where
+    not given), checked against ``convention``."""
+    _, largest, cut = ensemble.prediction_options(models, largest_component=options.largest_component,
+                                                  threshold=options.threshold)
+    post = PostprocessConfig(min_et_voxels=options.min_et_voxels, largest_component=largest,  # type: ignore[arg-type]
+                             foreground_threshold=cut)
+    check_postprocess(post, convention)
+    return post
+
+
 def predict_dataset(
     models: Sequence[LoadedModel],
     input_path: str | Path,
     output_dir: str | Path,
+    options: PredictionOptions = DEFAULT_OPTIONS,
     *,
-    config: InferenceConfig = InferenceConfig(),
     device: torch.device | str = "cpu",
-    layout: str = "auto",
-    postprocess: PostprocessConfig | None = None,
-    save_probabilities: ProbabilityFormat | None = None,
-    output_format: OutputFormat = "nifti",
-    save_uncertainty: bool = False,
-    progress: bool = True,
     spec: DatasetSpec | None = None,
     load_input: Callable[[CaseFiles], LoadedCase] | None = None,
-    missing: Sequence[str] = (),
 ) -> PredictionReport:
     """Predict every case under ``input_path`` and write ``<output_dir>/<case_id>.nii.gz``.
 
@@ -401,8 +416,9 @@ def predict_dataset(
     channel's shape and affine. An existing file of the same name is replaced atomically.
     ``models`` may be checkpoints or exported files (:func:`load_model` loads both).
 
-    ``postprocess``: optional clean-up of the label map (see :mod:`vox2vox.infer.postprocessing`).
-    ``save_probabilities``: also write the averaged softmax on the input grid, float32:
+    ``options`` (:class:`PredictionOptions`): the network run (:func:`inference_config`), the
+    clean-up of the label map (:func:`postprocess_config`, :mod:`vox2vox.infer.postprocessing`) and
+    what is written. ``save_probabilities``: also write the averaged softmax on the input grid, float32:
     ``"npz"`` -> ``<case_id>.npz`` as nnU-Net's ``--save_probabilities`` does (key
     ``probabilities``, axes ``(C, Z, Y, X)`` = the reverse of the file's voxel axes, nnU-Net's
     order for SimpleITK-read images; plus ``affine`` (4x4, the file's) and ``labels`` (the value
@@ -412,7 +428,7 @@ def predict_dataset(
     ``output_format``: the label map as ``nifti`` (above), ``dicom-seg`` (``<case_id>.dcm``, a
     DICOM SEG referencing the input series; DICOM input only, refused before any case otherwise)
     or ``seg-nrrd`` (``<case_id>.seg.nrrd`` for 3D Slicer), see :mod:`vox2vox.data.seg_formats`.
-    ``save_uncertainty``: also write ``<case_id>_entropy.nii.gz`` (and with several members,
+    ``uncertainty``: also write ``<case_id>_entropy.nii.gz`` (and with several members,
     TTA or an ensemble, ``<case_id>_spread.nii.gz``) and ``uncertainty.csv`` with per-case
     scores (rows of cases predicted into the folder earlier are kept), see
     :mod:`vox2vox.infer.uncertainty`.
@@ -431,14 +447,17 @@ def predict_dataset(
     the model, :func:`vox2vox.data.loading.load_case_without`); a model trained without channel
     dropout refuses them before any case (:func:`vox2vox.infer.ensemble.with_absent_channels`).
     """
+    save_probabilities, output_format, progress = options.save_probabilities, options.output_format, options.progress
     if save_probabilities not in (None, "npz", "nifti"):
         raise Vox2VoxError(f"save_probabilities={save_probabilities!r}: choose npz or nifti")
     check_output_format(output_format)
     convention, head = ensemble.check_ensemble(models)
+    config = inference_config(models, options, device)
     check_precision([m.generator for m in models], config.amp)
     first = models[0]
-    spec = spec if spec is not None else ensemble.discover_like_training(first, input_path, layout, missing)
-    spec = ensemble.with_absent_channels(models, spec, missing, input_path)
+    spec = spec if spec is not None else ensemble.discover_like_training(first, input_path, options.layout,
+                                                                         options.missing, options.channel)
+    spec = ensemble.with_absent_channels(models, spec, options.missing, input_path)
     ensemble.check_channels(first, spec.channel_names, input_path)
     if output_format == "dicom-seg":
         check_dicom_seg_inputs([(c.case_id, next(iter(c.channels.values()))) for c in spec.cases])
@@ -447,10 +466,9 @@ def predict_dataset(
     # Scores of cases predicted into this folder before stay (unless predicted again); read now so
     # a damaged table stops the run before any work.
     scores_path = output_dir / UNCERTAINTY_CSV
-    earlier = read_uncertainty_csv(scores_path) if save_uncertainty and scores_path.is_file() else {}
-    postprocess = postprocess or PostprocessConfig()
-    # Check post-processing against the convention once, not once per case.
-    check_postprocess(postprocess, convention)
+    earlier = read_uncertainty_csv(scores_path) if options.uncertainty and scores_path.is_file() else {}
+    # Checked against the convention once, not once per case.
+    postprocess = postprocess_config(models, options, convention)
     prep = dataclasses.replace(first.config.preprocess, cache_dir=None)
     # A single image's one channel is always called "image": only named channels are compared by name.
     names = spec.channel_names if spec.layout != "single" else None
@@ -467,7 +485,7 @@ def predict_dataset(
             else:
                 loaded = load_case(CaseFiles(case.case_id, case.channels, None, case.mask), convention=None, prep=prep)
             result = predict_case(models, loaded, convention=convention, head=head, config=config, device=device,
-                                  postprocess=postprocess, where=first_channel, uncertainty=save_uncertainty,
+                                  postprocess=postprocess, where=first_channel, uncertainty=options.uncertainty,
                                   channel_names=names)
             if result.warnings:
                 report.warnings[case.case_id] = "; ".join(result.warnings)

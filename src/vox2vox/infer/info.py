@@ -17,8 +17,8 @@ def read_model_card(path: str | Path) -> ModelCard:
     """The card of a run folder, ``.safetensors`` checkpoint, ``.onnx`` or TorchScript export; a
     translator's card also lists the fill-check records beside its file."""
     if exported_format(path) is not None:
-        doc, config = read_exported_contract(path)
-        card = card_from_export(path, doc, config)
+        contract = read_exported_contract(path)
+        card = card_from_export(path, contract.doc, contract.config, contract.record, contract.source)
     else:
         card = read_card(path)
     if not card.translate:

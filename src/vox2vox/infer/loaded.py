@@ -7,29 +7,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from vox2vox.config import Config
+from vox2vox.model.record import ModelRecord
 
 
 @dataclass
 class LoadedModel:
     """A generator rebuilt from a checkpoint alone, with what prediction needs to know.
 
-    ``state`` holds what training stored beside the weights: ``channels`` (input channel names in
-    order), ``convention`` (the label convention as JSON) and ``layout``.
+    ``record`` is what training stored beside the weights (:class:`ModelRecord`): the channel names
+    in order, the label convention, the layout, the prediction options training chose, ...
     """
 
     generator: torch.nn.Module
     config: Config
-    state: dict[str, Any]
+    record: ModelRecord
     path: Path
 
     @property
     def channels(self) -> list[str] | None:
-        return self.state.get("channels")
+        return None if self.record.channels is None else list(self.record.channels)
 
     @property
     def backend(self) -> str:

@@ -36,10 +36,12 @@ from vox2vox.infer.fill_record import decide_fills
 from vox2vox.infer.inference import (
     InferenceConfig,
     PredictionReport,
+    inference_config,
     predict_dataset,
     predict_probabilities,
 )
 from vox2vox.infer.loaded import LoadedModel
+from vox2vox.infer.options import DEFAULT_OPTIONS, PredictionOptions
 from vox2vox.progress import bar_hidden
 
 #: Prediction's default settings (whole volume when it fits, else sliding windows; no flips).
@@ -151,17 +153,17 @@ def parse_fill(items: Sequence[str]) -> dict[str, str]:
 
 
 def predict_with_filled(models: Sequence[LoadedModel], fill: Mapping[str, LoadedModel], input_path: str | Path,
-                        output_dir: str | Path, *, config: InferenceConfig = DEFAULT_INFERENCE,
-                        device: torch.device | str = "cpu", layout: str = "auto", unchecked: bool = False,
-                        missing: Sequence[str] = (), **options: Any) -> PredictionReport:
+                        output_dir: str | Path, options: PredictionOptions = DEFAULT_OPTIONS, *,
+                        device: torch.device | str = "cpu", unchecked: bool = False) -> PredictionReport:
     """Segment the cases under ``input_path`` with ``models``, each channel named in ``fill``
     synthesised by its translation model from the channels the case has (module docstring) when
     its fill-check record says the synthesis helps these segmenters
     (:func:`vox2vox.infer.fill_record.fill_decision`): otherwise the channel is left absent (a
     channel-dropout segmenter) or the whole call is refused, before any case, in one line. The
-    decisions' lines are the report's ``notes``. ``missing``: other channels no case has, left
-    absent as ``predict --missing`` does. ``options`` are :func:`vox2vox.infer.inference.predict_dataset`'s."""
-    seg = models[0]
+    decisions' lines are the report's ``notes``. ``options.missing``: other channels no case has, left
+    absent as ``predict --missing`` does; the rest of ``options`` as :func:`vox2vox.infer.inference.predict_dataset`
+    takes them (the synthesis runs as the segmentation does: :func:`inference_config`)."""
+    seg, missing = models[0], options.missing
     channels = tuple(seg.channels or ())
     for name in missing:
         if name not in channels or name in fill:
@@ -184,7 +186,7 @@ def predict_with_filled(models: Sequence[LoadedModel], fill: Mapping[str, Loaded
         raise Vox2VoxError(refused.reason)
     absent = (*dict.fromkeys(missing), *(d.channel for d in decisions if d.action == "absent"))
     fill = {c: m for c, m in fill.items() if c not in absent}
-    spec = discover(input_path, layout=layout)
+    spec = discover(input_path, layout=options.layout)
     # An empty manifest cell of a filled (or left out) channel is what this call supplies; of
     # any other channel it is a hole nothing fills.
     for case in spec.cases:
@@ -198,10 +200,11 @@ def predict_with_filled(models: Sequence[LoadedModel], fill: Mapping[str, Loaded
         needed.update(model.config.task.source or ())
     _require_channels(spec, sorted(needed), input_path, seg.path)
     prep = dataclasses.replace(seg.config.preprocess, cache_dir=None)
-    loader = filling_loader(channels, fill, absent, prep=prep, config=config, device=device)
+    loader = filling_loader(channels, fill, absent, prep=prep, config=inference_config(models, options, device),
+                            device=device)
     spec = dataclasses.replace(spec, channel_names=channels)
-    report = predict_dataset(models, input_path, output_dir, config=config, device=device, layout=layout,
-                             spec=spec, load_input=loader, **options)
+    report = predict_dataset(models, input_path, output_dir, dataclasses.replace(options, missing=()), device=device,
+                             spec=spec, load_input=loader)
     report.notes.extend(d.reason for d in decisions)
     return report
 

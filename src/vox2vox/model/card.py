@@ -23,7 +23,13 @@ from typing import Any
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
 from vox2vox.data.translation import RESTORE_MEANING, head_meaning, intensity_scale
-from vox2vox.model.checkpoint import ModelInfo, file_sha256, read_metadata, resolve_checkpoint
+from vox2vox.model.checkpoint import (
+    JsonObject,
+    file_sha256,
+    read_checkpoint_metadata,
+    resolve_checkpoint,
+)
+from vox2vox.model.record import ModelInfo, ModelRecord, PredictionChoice
 
 NOT_RECORDED = "not recorded"
 
@@ -35,18 +41,18 @@ class ModelCard:
     size_bytes: int
     config: Config
     info: ModelInfo | None
-    counters: dict[str, Any] = field(default_factory=dict)  # epochs, steps, seconds, best/last Dice (or score)
-    predict: dict[str, Any] | None = None  # prediction options training chose (train.tune_prediction)
+    counters: JsonObject = field(default_factory=dict)  # the card's training lines: epochs, steps, seconds, best/last Dice (or score)
+    predict: PredictionChoice | None = None  # prediction options training chose (train.selection)
     versions: dict[str, str] = field(default_factory=dict)
-    exported: dict[str, Any] | None = None  # an export's backend, format and source checkpoint
+    exported: JsonObject | None = None  # an export's backend, format and source checkpoint
     # A translator's fill-check records found beside its file (vox2vox.infer.fill_record), as JSON.
-    fill_checks: tuple[dict[str, Any], ...] = ()
+    fill_checks: tuple[JsonObject, ...] = ()
 
     @property
     def translate(self) -> bool:
         return self.config.task.translate
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         """Every field as plain JSON (None where the checkpoint does not record it)."""
         prep = self.config.preprocess
         info = self.info
@@ -61,13 +67,13 @@ class ModelCard:
             "network": {"generator": self.config.to_dict()["generator"], "patch_size": list(self.config.train.patch_size)},
             "task": _task_json(self.config),
             "channel_dropout": self.config.augment.channel_dropout,
-            "labels": info.convention if info else None,
+            "labels": info.convention.to_json() if info and info.convention else None,
             "layout": info.layout if info else None,
             "training_data": info.data.to_json() if info and info.data else None,
             "training": dict(self.counters),
             "fine_tuned_from": {"path": info.source.path, "sha256": info.source.sha256,
                                 "reinit_output": info.source.reinit_output} if info and info.source else None,
-            "prediction_options": self.predict,
+            "prediction_options": None if self.predict is None else self.predict.to_json(),
             "versions": self.versions or None,
             "exported": self.exported,
             "fill_checks": list(self.fill_checks),
@@ -77,43 +83,40 @@ class ModelCard:
 def read_card(path: str | Path) -> ModelCard:
     """The card of a checkpoint file or a run directory's model (``best``, as ``predict`` uses)."""
     file = resolve_checkpoint(path, which="best")
-    meta = read_metadata(file)
-    state = meta.get("state", {})
-    config = Config.from_dict(meta["config"], source=str(file), ignore_unknown=True)
-    predict = state.get("predict") if isinstance(state.get("predict"), dict) else None
-    versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
-    return ModelCard(file, file_sha256(file), file.stat().st_size, config,
-                     ModelInfo.from_state(state, file, translate=config.task.translate),
-                     _counters(state, config), predict, {str(k): str(v) for k, v in versions.items()})
+    meta = read_checkpoint_metadata(file)
+    config, record = meta.config, meta.record
+    return ModelCard(file, file_sha256(file), file.stat().st_size, config, record.info(translate=config.task.translate),
+                     _counters(record, config), record.predict, dict(record.versions or {}))
 
 
-def card_from_export(path: str | Path, doc: dict[str, Any], config: Config) -> ModelCard:
-    """The card of a ``vox2vox export`` file from its validated contract (``doc``, ``config``: what
-    ``infer.contract.parse_contract`` returns): the checkpoint's records plus the export's own."""
+def card_from_export(path: str | Path, doc: JsonObject, config: Config, record: ModelRecord,
+                     source_record: ModelRecord) -> ModelCard:
+    """The card of a ``vox2vox export`` file from its validated contract (what
+    ``infer.contract.parse_contract`` returns: the document, its config, the checkpoint's record and
+    the source checkpoint's counters): the checkpoint's records plus the export's own."""
     file = Path(path)
-    state, source = doc["state"], doc.get("source") if isinstance(doc.get("source"), dict) else {}
-    predict = state.get("predict") if isinstance(state.get("predict"), dict) else None
+    source = doc.get("source") if isinstance(doc.get("source"), dict) else {}
     exported = {"backend": doc.get("backend"), "format_version": doc.get("format_version"),
                 "onnx_opset": doc.get("onnx_opset"), "vox2vox_version": doc.get("vox2vox_version"),
                 "output": doc["output"].get("name"),
                 "checkpoint": {"file": source.get("file"), "sha256": source.get("sha256")}}
-    versions = source.get("versions") if isinstance(source.get("versions"), dict) else {}
     return ModelCard(file, file_sha256(file), file.stat().st_size, config,
-                     ModelInfo.from_state(state, file, translate=config.task.translate),
-                     _counters(source, config), predict, {str(k): str(v) for k, v in versions.items()}, exported)
+                     record.info(translate=config.task.translate), _counters(source_record, config),
+                     record.predict, dict(source_record.versions or {}), exported)
 
 
-def _counters(state: dict[str, Any], config: Config) -> dict[str, Any]:
-    """Epochs, steps, time and validation scores from a checkpoint's ``state`` (or an export's
+def _counters(record: ModelRecord, config: Config) -> JsonObject:
+    """Epochs, steps, time and validation scores from a checkpoint's record (or an export's
     ``source``): the whole run's counters (recorded in ``best`` when training ends), else the file's own."""
-    run = state.get("run") if isinstance(state.get("run"), dict) else {}
-    best, last = state.get("best_score"), run.get("last_score", state.get("last_score"))
+    own, run = record.counters, record.run
+    best = own.best_score
+    last = own.last_score if run is None else run.last_score
     counters = {
-        "epochs": run.get("epoch", state.get("epoch")),
-        "steps": run.get("step", state.get("step")),
-        "seconds": run.get("seconds", state.get("seconds")),
-        "file_epoch": state.get("epoch"),
-        "best_epoch": state.get("best_epoch") if best is not None else None,
+        "epochs": own.epoch if run is None else run.epoch,
+        "steps": own.step if run is None else run.step,
+        "seconds": own.seconds if run is None else run.seconds,
+        "file_epoch": own.epoch,
+        "best_epoch": own.best_epoch if best is not None else None,
         "select": config.train.select,
     }
     if not config.task.translate:
@@ -175,22 +178,21 @@ def format_card(card: ModelCard) -> str:
     return "\n".join(f"{key:<{width}}  {value}" for key, value in lines)
 
 
-def _prediction_lines(predict: dict[str, Any]) -> list[tuple[str, str]]:
+def _prediction_lines(predict: PredictionChoice) -> list[tuple[str, str]]:
     """The options training chose, the rule and each step's evidence (every per-case score: --json)."""
-    shown = ("tta", "foreground_threshold", "largest_component")
-    chosen = ", ".join(f"{k} {'argmax' if k == 'foreground_threshold' and predict.get(k) is None else predict.get(k)}"
-                       for k in shown if k in predict)
-    ids = predict.get("validation_case_ids")
-    n = predict.get("validation_cases")
-    on = (f"chosen on {n} validation case(s)" + (f" ({', '.join(map(str, ids))})" if isinstance(ids, list) else "")
+    shown = [("tta", predict.tta),
+             ("foreground_threshold", "argmax" if predict.foreground_threshold is None else predict.foreground_threshold),
+             ("largest_component", predict.largest_component)]
+    chosen = ", ".join(f"{k} {v}" for k, v in shown if v is not None)
+    ids, n = predict.validation_case_ids, predict.validation_cases
+    on = (f"chosen on {n} validation case(s)" + (f" ({', '.join(ids)})" if ids is not None else "")
           if n is not None else "validation cases not recorded")
     lines = [("prediction", f"{chosen}; {on}")]
-    if isinstance(predict.get("rule"), str):
-        lines.append(("  rule", predict["rule"]))
-    for d in predict.get("decisions") or []:
-        if isinstance(d, dict):
-            verdict = "adopted" if d.get("adopted") else "not adopted"
-            lines.append((f"  {d.get('step')}", f"{d.get('candidate')} {verdict}: {d.get('evidence')}"))
+    if predict.rule is not None:
+        lines.append(("  rule", predict.rule))
+    for d in predict.decisions or ():
+        verdict = "adopted" if d.adopted else "not adopted"
+        lines.append((f"  {d.step}", f"{d.candidate} {verdict}: {d.evidence}"))
     return lines
 
 

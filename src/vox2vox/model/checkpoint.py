@@ -13,7 +13,6 @@ byte of them is deserialised.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import json
 import math
@@ -30,11 +29,11 @@ from safetensors.torch import load_file, save
 
 from vox2vox.atomic import atomic_write_bytes
 from vox2vox.config import Config
-from vox2vox.data.labels import get_convention
-from vox2vox.data.profile import DataProfile
 from vox2vox.device import unwrap
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.builtin import find_builtin, is_builtin
+from vox2vox.model.record import LoopCounters, MetadataReader, ModelInfo, ModelRecord
+from vox2vox.model.record import SourceModel as SourceModel  # re-exported: the fine-tuning source
 from vox2vox.rundir import RunDir
 
 FORMAT = "vox2vox-checkpoint"
@@ -42,81 +41,25 @@ FORMAT_VERSION = 1
 METADATA_KEY = "vox2vox"
 
 
+#: A JSON object as the file stores it: the format layer only (code reads ``state`` through
+#: :class:`vox2vox.model.record.ModelRecord`, the config through :class:`Config`).
+JsonObject = dict[str, Any]
+
+
 @dataclass
 class Checkpoint:
-    """What a checkpoint holds, as plain Python values and CPU tensors."""
+    """What a checkpoint holds, as the file's JSON and CPU tensors. ``state`` is the JSON of a
+    :class:`ModelRecord` (:attr:`record`); hand-made and malformed files are written through it."""
 
-    config: dict[str, Any]
+    config: JsonObject
     generator: dict[str, torch.Tensor]
     discriminator: dict[str, torch.Tensor] = field(default_factory=dict)
-    optimizers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)  # epoch, step, best score, label info, ...
+    optimizers: dict[str, JsonObject] = field(default_factory=dict)
+    state: JsonObject = field(default_factory=dict)
 
-
-@dataclass(frozen=True)
-class SourceModel:
-    """The checkpoint a fine-tuned run started from (``vox2vox train --init-from``)."""
-
-    path: str  # as resolved when training started
-    sha256: str  # of that file, so the source can be identified even after it moved
-    reinit_output: bool = False  # the output layer was re-initialised (a new label set)
-
-    @classmethod
-    def from_state(cls, value: Any, path: Path) -> SourceModel:
-        if (not isinstance(value, dict) or not isinstance(value.get("path"), str)
-                or not isinstance(value.get("sha256"), str) or not isinstance(value.get("reinit_output", False), bool)):
-            raise Vox2VoxError(f"{path}: malformed checkpoint metadata: state.init_from (expected path, sha256 "
-                               "and reinit_output); re-save the checkpoint or use another")
-        return cls(value["path"], value["sha256"], value.get("reinit_output", False))
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a model needs at prediction time beyond its weights and config, stored in every
-    checkpoint training writes: the input channel names in order, the dataset layout it was
-    trained from, and the label convention (as :meth:`LabelConvention.to_json`); and for its card
-    (``vox2vox info``) the training data's profile and, for a fine-tuned model, its source.
-
-    Checkpoints from before the profile or the source was recorded load with them None."""
-
-    channels: tuple[str, ...]
-    layout: str
-    convention: dict[str, Any] | None  # None: a translation model, which has no labels
-    data: DataProfile | None = None
-    source: SourceModel | None = None
-
-    def to_state(self) -> dict[str, Any]:
-        """The checkpoint ``state`` entries (``channels``, ``layout``, ``convention`` unless None, and
-        ``data_profile`` / ``init_from`` when known)."""
-        state: dict[str, Any] = {"channels": list(self.channels), "layout": self.layout}
-        if self.convention is not None:
-            state["convention"] = self.convention
-        if self.data is not None:
-            state["data_profile"] = self.data.to_json()
-        if self.source is not None:
-            state["init_from"] = dataclasses.asdict(self.source)
-        return state
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], path: str | Path, *, translate: bool = False) -> ModelInfo | None:
-        """The typed record of a checkpoint's ``state`` (None when it records no channels or, for a
-        segmentation, no convention, as hand-made checkpoints); malformed entries are one
-        :class:`Vox2VoxError`. ``translate``: the state of a translation model (no convention)."""
-        path = Path(path)
-        if not isinstance(state.get("channels"), list) or ("convention" not in state and not translate):
-            return None
-        data = state.get("data_profile")
-        source = state.get("init_from")
-        convention = state.get("convention")
-        return cls(
-            channels=tuple(state["channels"]),
-            layout=str(state.get("layout") or "unknown"),
-            convention=(None if convention is None else
-                        convention if isinstance(convention, dict) else get_convention(convention).to_json()),
-            data=None if data is None else DataProfile.from_json(data, f"{path}: malformed checkpoint metadata: "
-                                                                        "state.data_profile"),
-            source=None if source is None else SourceModel.from_state(source, path),
-        )
+    def record(self, path: str | Path) -> ModelRecord:
+        """The typed ``state`` (``path``: the file, for messages)."""
+        return ModelRecord.from_json(self.state, path)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -149,29 +92,29 @@ class ResumableState(Protocol):
     last_score: float | None
 
 
-def training_checkpoint(state: ResumableState, config: dict[str, Any], info: ModelInfo | None) -> Checkpoint:
+def training_checkpoint(state: ResumableState, config: JsonObject, info: ModelInfo | None) -> Checkpoint:
     """A resumable checkpoint of ``state``: both networks' weights, Adam moments, the grad scaler,
     the loop's counters (epoch, step, best score, a Ctrl-C'd epoch's progress and RNG state), and
     ``info`` (what prediction needs: channels, layout, label convention)."""
+    counters = LoopCounters(
+        epoch=state.epoch,
+        step=state.step,
+        best_score=state.best_score if math.isfinite(state.best_score) else None,
+        best_epoch=state.best_epoch,
+        scaler=state.scaler.state_dict() if state.scaler.is_enabled() else None,
+        batches_done=state.batches_done,
+        partial_sums=state.partial_sums,
+        seconds=state.seconds,
+        val_mark=state.val_mark,
+        last_score=state.last_score,
+        rng_state=base64.b64encode(state.rng_state.numpy().tobytes()).decode() if state.rng_state is not None else None,
+    )
     return Checkpoint(
         config=config,
         generator=unwrap(state.generator).state_dict(),
         discriminator=unwrap(state.discriminator).state_dict(),
         optimizers={"generator": state.opt_g.state_dict(), "discriminator": state.opt_d.state_dict()},
-        state={
-            "epoch": state.epoch,
-            "step": state.step,
-            "best_score": state.best_score if math.isfinite(state.best_score) else None,
-            "best_epoch": state.best_epoch,
-            "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
-            "batches_done": state.batches_done,
-            "partial_sums": state.partial_sums,
-            "seconds": state.seconds,
-            "val_mark": state.val_mark,
-            "last_score": state.last_score,
-            "rng_state": base64.b64encode(state.rng_state.numpy().tobytes()).decode() if state.rng_state is not None else None,
-            **(info.to_state() if info is not None else {}),
-        },
+        state=ModelRecord.of(counters, info).to_json(),
     )
 
 
@@ -182,33 +125,33 @@ def restore_training_state(state: ResumableState, ckpt: Checkpoint, path: str | 
     naming ``path`` (the checkpoint file).
     """
     path = Path(path)
+    counters = ckpt.record(path).counters
     load_weights(unwrap(state.generator), ckpt.generator, path, what="generator")
     load_weights(unwrap(state.discriminator), ckpt.discriminator, path, what="discriminator")
     try:
         state.opt_g.load_state_dict(_to_device(ckpt.optimizers["generator"], state.device))
         state.opt_d.load_state_dict(_to_device(ckpt.optimizers["discriminator"], state.device))
-        if ckpt.state.get("scaler") and state.scaler.is_enabled():
-            state.scaler.load_state_dict(ckpt.state["scaler"])
-        state.epoch = int(ckpt.state["epoch"])
-        state.step = int(ckpt.state["step"])
+        if counters.scaler and state.scaler.is_enabled():
+            state.scaler.load_state_dict(counters.scaler)
+        if counters.epoch is None or counters.step is None:
+            raise KeyError("epoch" if counters.epoch is None else "step")
+        state.epoch, state.step = counters.epoch, counters.step
     except (KeyError, ValueError, TypeError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise Vox2VoxError(f"{path}: optimiser state or counters do not fit this run ({first}); "
                            "resume with the run's own checkpoint") from err
-    best = ckpt.state.get("best_score")
-    state.best_score = -math.inf if best is None else float(best)
-    state.best_epoch = int(ckpt.state.get("best_epoch", -1))
-    state.batches_done = int(ckpt.state.get("batches_done", 0))
-    state.partial_sums = dict(ckpt.state.get("partial_sums") or {})
-    state.seconds = float(ckpt.state.get("seconds", 0.0))
-    state.val_mark = int(ckpt.state.get("val_mark", 0))
-    last = ckpt.state.get("last_score")
-    state.last_score = None if last is None else float(last)
-    rng = ckpt.state.get("rng_state")
+    state.best_score = -math.inf if counters.best_score is None else float(counters.best_score)
+    state.best_epoch = -1 if counters.best_epoch is None else counters.best_epoch
+    state.batches_done = counters.batches_done or 0
+    state.partial_sums = dict(counters.partial_sums or {})
+    state.seconds = float(counters.seconds or 0.0)
+    state.val_mark = counters.val_mark or 0
+    state.last_score = None if counters.last_score is None else float(counters.last_score)
+    rng = counters.rng_state
     state.rng_state = torch.frombuffer(bytearray(base64.b64decode(rng)), dtype=torch.uint8) if rng else None
 
 
-def _to_device(osd: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def _to_device(osd: JsonObject, device: torch.device) -> JsonObject:
     state = {k: {n: (v.to(device) if torch.is_tensor(v) and n != "step" else v) for n, v in s.items()}
              for k, s in osd["state"].items()}
     return {"state": state, "param_groups": osd["param_groups"]}
@@ -233,11 +176,11 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     for prefix, sd in (("generator.", ckpt.generator), ("discriminator.", ckpt.discriminator)):
         for name, t in sd.items():
             tensors[prefix + name] = t.detach().to("cpu").contiguous()
-    optim_meta: dict[str, Any] = {}
+    optim_meta: JsonObject = {}
     for opt_name, osd in ckpt.optimizers.items():
         optim_meta[opt_name] = {"param_groups": osd["param_groups"], "state": {}}
         for idx, pstate in osd["state"].items():
-            entry: dict[str, Any] = {}
+            entry: JsonObject = {}
             for key, value in pstate.items():
                 if torch.is_tensor(value):
                     tensors[f"optim.{opt_name}.{idx}.{key}"] = value.detach().to("cpu").contiguous()
@@ -270,7 +213,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     check_finite_tensors(tensors, path)
     generator = {k[len("generator.") :]: v for k, v in tensors.items() if k.startswith("generator.")}
     discriminator = {k[len("discriminator.") :]: v for k, v in tensors.items() if k.startswith("discriminator.")}
-    optimizers: dict[str, dict[str, Any]] = {}
+    optimizers: dict[str, JsonObject] = {}
     for opt_name, om in meta.get("optimizers", {}).items():
         state = {}
         for idx, entry in om["state"].items():
@@ -287,10 +230,37 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
                       optimizers=optimizers, state=state)
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
+def read_metadata(path: str | Path) -> JsonObject:
     """A checkpoint file's validated JSON metadata (config, state, optimiser layout, versions),
     without reading its tensors; refuses pickle and anything that is not a vox2vox checkpoint."""
-    path = Path(path)
+    meta = _read_header(Path(path))
+    check_metadata(meta, Path(path))
+    return meta
+
+
+@dataclass(frozen=True)
+class CheckpointMetadata:
+    """A checkpoint file's metadata, typed: its config and its record (with the file's library versions)."""
+
+    config: Config
+    record: ModelRecord
+
+
+def read_checkpoint_metadata(path: str | Path) -> CheckpointMetadata:
+    """:func:`read_metadata`, typed."""
+    meta = read_metadata(path)
+    return CheckpointMetadata(
+        Config.from_dict(meta["config"], source=str(path), ignore_unknown=True),
+        ModelRecord.from_json({**meta.get("state", {}), "versions": meta.get("versions", {})}, path))
+
+
+def read_record(path: str | Path) -> ModelRecord:
+    """A checkpoint file's validated :class:`ModelRecord`, without reading its tensors."""
+    return read_checkpoint_metadata(path).record
+
+
+def _read_header(path: Path) -> JsonObject:
+    """The unvalidated metadata object of a safetensors checkpoint of this format."""
     _refuse_unsafe(path)
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
@@ -308,7 +278,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     version = meta.get("format_version", 0)
     if meta.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
         raise Vox2VoxError(f"{path}: unsupported checkpoint format {meta.get('format')!r} v{version!r}")
-    check_metadata(meta, path)
     return meta
 
 
@@ -323,80 +292,35 @@ def check_finite_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
             )
 
 
-#: Typed fields of the checkpoint's ``state`` block (other keys are kept as they are).
-_INT_FIELDS = ("epoch", "step", "best_epoch", "batches_done", "val_mark")
-
-
-def check_metadata(meta: dict[str, Any], path: Path) -> None:
-    """Validate the checkpoint's JSON metadata: the config with the same typed :class:`Config` as
-    ``--config``, the counters and label information by type, the optimiser layout by shape.
+def check_metadata(meta: JsonObject, path: Path) -> ModelRecord:
+    """Validate the checkpoint's JSON metadata and return its typed ``state``: the config with the
+    same typed :class:`Config` as ``--config``, the state as a :class:`ModelRecord`, the optimiser
+    layout by shape.
 
     Every problem is one :class:`Vox2VoxError` naming ``path`` and the field.
     """
-
-    def bad(field: str, value: Any, expected: str) -> Vox2VoxError:
-        shown = repr(value)
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        return Vox2VoxError(f"{path}: malformed checkpoint metadata: {field}={shown} ({expected}); "
-                            "re-save the checkpoint or use another")
-
+    read = MetadataReader(path)
     config = meta.get("config")
     if not isinstance(config, dict):
-        raise bad("config", config, "expected a table of sections")
+        raise read.bad("config", config, "expected a table of sections")
     try:
         Config.from_dict(config, source=f"{path}: checkpoint config", ignore_unknown=True)
     except Vox2VoxError as err:
         message = str(err)
         raise Vox2VoxError(message if message.startswith(str(path)) else f"{path}: checkpoint config: {message}") from err
-    state = meta.get("state", {})
-    if not isinstance(state, dict):
-        raise bad("state", state, "expected a JSON object")
-    for key in _INT_FIELDS:
-        if key in state and (isinstance(state[key], bool) or not isinstance(state[key], int)):
-            raise bad(f"state.{key}", state[key], "expected an integer")
-    for key in ("best_score", "last_score"):
-        if state.get(key) is not None and (isinstance(state[key], bool) or not isinstance(state[key], int | float)):
-            raise bad(f"state.{key}", state[key], "expected a number or null")
-    seconds = state.get("seconds", 0.0)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
-        raise bad("state.seconds", seconds, "expected a finite number of seconds >= 0")
-    channels = state.get("channels")
-    if channels is not None and (not isinstance(channels, list) or not all(isinstance(c, str) for c in channels)):
-        raise bad("state.channels", channels, "expected a list of channel names")
-    for key in ("layout", "rng_state"):
-        if state.get(key) is not None and not isinstance(state[key], str):
-            raise bad(f"state.{key}", state[key], "expected a string")
-    for key in ("scaler", "partial_sums"):
-        if state.get(key) is not None and not isinstance(state[key], dict):
-            raise bad(f"state.{key}", state[key], "expected a JSON object")
-    if isinstance(state.get("partial_sums"), dict):
-        for key, value in state["partial_sums"].items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise bad(f"state.partial_sums.{key}", value, "expected a number")
-    if "convention" in state:
-        if not isinstance(state["convention"], dict | str):
-            raise bad("state.convention", state["convention"], "expected a label convention")
-        try:
-            get_convention(state["convention"])
-        except Vox2VoxError as err:
-            raise Vox2VoxError(f"{path}: malformed checkpoint metadata: state.convention: {err}") from err
-    run = state.get("run")
-    if run is not None and (not isinstance(run, dict) or any(
-            v is not None and (isinstance(v, bool) or not isinstance(v, int | float)) for v in run.values())):
-        raise bad("state.run", run, "expected the run's counters (numbers or null)")
-    if isinstance(state.get("channels"), list) and "convention" in state:
-        ModelInfo.from_state(state, path)  # the card's profile and fine-tuning source, when recorded
+    record = ModelRecord.from_json(meta.get("state", {}), path)
     optimizers = meta.get("optimizers", {})
     if not isinstance(optimizers, dict):
-        raise bad("optimizers", optimizers, "expected a JSON object")
+        raise read.bad("optimizers", optimizers, "expected a JSON object")
     for name, om in optimizers.items():
         if not isinstance(om, dict) or not isinstance(om.get("param_groups"), list) or not isinstance(om.get("state"), dict):
-            raise bad(f"optimizers.{name}", om, "expected param_groups (a list) and state (an object)")
+            raise read.bad(f"optimizers.{name}", om, "expected param_groups (a list) and state (an object)")
         if not all(isinstance(g, dict) for g in om["param_groups"]):
-            raise bad(f"optimizers.{name}.param_groups", om["param_groups"], "expected a list of objects")
+            raise read.bad(f"optimizers.{name}.param_groups", om["param_groups"], "expected a list of objects")
         for idx, entry in om["state"].items():
             if not str(idx).isdigit() or not isinstance(entry, dict):
-                raise bad(f"optimizers.{name}.state.{idx}", entry, "expected a parameter index and an object")
+                raise read.bad(f"optimizers.{name}.state.{idx}", entry, "expected a parameter index and an object")
+    return record
 
 
 def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path, *, what: str) -> None:

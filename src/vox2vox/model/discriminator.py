@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vox2vox.data.settings import setting
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.blocks import (
     Conv3d,
@@ -39,20 +40,28 @@ from vox2vox.model.blocks import (
 class DiscriminatorConfig:
     """Architecture of the conditional PatchGAN (paper defaults)."""
 
-    in_channels: int = 4
-    n_classes: int = 4
-    base_filters: int = 64
-    max_filters: int = 512
-    n_strided: int = 3
-    kernel_size: int = 4
-    dropout: float = 0.2
-    negative_slope: float = 0.3
-    norm: NormKind = "instance"
-    norm_eps: float = 1e-3
+    in_channels: int = setting(4, "image channels (training sets it from the data)", at_most=1024)
+    n_classes: int = setting(
+        4,
+        "segmentation channels it sees beside the image (the generator's outputs; set from the data)", at_most=1024)
+    base_filters: int = setting(64, "filters of the first layer (doubling per strided layer)", at_most=4096)
+    max_filters: int = setting(512, "cap on the filters of any layer", at_most=4096)
+    n_strided: int = setting(3, "stride-2 layers (fewer: smaller patches, smaller receptive field)", at_most=8)
+    kernel_size: int = setting(4, "convolution kernel size", at_most=15)
+    dropout: float = setting(0.2, "dropout after each strided layer")
+    negative_slope: float = setting(0.3, "LeakyReLU slope")
+    norm: NormKind = setting("instance", "instance, batch or none")
+    norm_eps: float = setting(1e-3, "normalisation epsilon")
     # The critic judges the (image, segmentation) pair average-pooled by this factor (1: as given).
-    input_scale: int = 1
+    input_scale: int = setting(
+        1,
+        "the critic judges the (image, segmentation) pair average-pooled by this factor (2: 8x fewer "
+        "voxels per critic pass; 1: as given, the paper)", at_most=16)
     # The critic's half-step runs on every k-th training step only (1: every step, as the paper).
-    update_every: int = 1
+    update_every: int = setting(
+        1,
+        "the critic's half-step runs on every k-th training step only (the generator's adversarial "
+        "term still every step; 1: every step, the paper)", at_most=1000)
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "discriminator", "in_channels", "n_classes", "base_filters", "max_filters",

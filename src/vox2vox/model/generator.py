@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vox2vox.data.settings import setting
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.blocks import (
     Conv3d,
@@ -43,24 +44,38 @@ class GeneratorConfig:
     ``dropout`` and ``norm_eps`` (its bottleneck, kernel and slope are fixed).
     """
 
-    arch: Literal["paper", "residual"] = "paper"
-    in_channels: int = 4
+    arch: Literal["paper", "residual"] = setting(
+        "paper",
+        "paper (the authors' 4^3 stride-2 U-Net) or residual (3^3 residual units at every level)")
+    in_channels: int = setting(4, "image channels (training sets it from the data)", at_most=1024)
     # Output channels: the classes, or with output="regions" the label convention's nested regions;
     # "linear"/"tanh": continuous channels of a translation (vox2vox.model.translation).
-    n_classes: int = 4
-    output: Literal["classes", "regions", "linear", "tanh"] = "classes"
+    n_classes: int = setting(
+        4,
+        "output channels: the classes, or the nested regions with output=regions (training sets it "
+        "from the label convention)", at_most=1024)
+    output: Literal["classes", "regions", "linear", "tanh"] = setting(
+        "classes",
+        "classes (softmax, one output per class: the paper) or regions (sigmoid per nested region, "
+        "e.g. BraTS WT/TC/ET, turned back into labels on output); linear or tanh: a translation's "
+        "(training sets them from task.head)")
     # Residual generator only: extra outputs at 1/2 and 1/4 resolution trained too (nnU-Net's deep
     # supervision); prediction uses the full-resolution output alone.
-    deep_supervision: bool = False
-    base_filters: int = 64
-    max_filters: int = 512
-    depth: int = 4
-    bottleneck_blocks: int = 4
-    kernel_size: int = 4
-    dropout: float = 0.2
-    negative_slope: float = 0.3
-    norm: NormKind = "instance"
-    norm_eps: float = 1e-3
+    deep_supervision: bool = setting(
+        False,
+        "residual generator: also train 1x1x1 heads on the decoder at 1/2 and 1/4 resolution (weights"
+        " 1, 1/2, 1/4; nnU-Net's deep supervision); prediction uses the full-resolution output")
+    base_filters: int = setting(64, "filters of the first encoder stage (doubling per stage)", at_most=4096)
+    max_filters: int = setting(512, "cap on the filters of any stage", at_most=4096)
+    depth: int = setting(4, "stride-2 encoder stages; input sizes must be multiples of 2^depth")
+    bottleneck_blocks: int = setting(
+        4,
+        "blocks at the deepest resolution (each concatenates its output with its convolution's)", at_most=64)
+    kernel_size: int = setting(4, "convolution kernel size", at_most=15)
+    dropout: float = setting(0.2, "dropout rate of the U-Net's blocks (off in eval mode)")
+    negative_slope: float = setting(0.3, "LeakyReLU slope")
+    norm: NormKind = setting("instance", "instance, batch or none")
+    norm_eps: float = setting(1e-3, "normalisation epsilon")
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "generator", "in_channels", "n_classes", "base_filters", "max_filters", "kernel_size")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from monai.losses import DiceLoss
 
+from vox2vox.data.settings import setting
 from vox2vox.errors import Vox2VoxError
 
 DiceWeighting = Literal["fixed", "sudre", "uniform"]
@@ -33,19 +34,27 @@ class LossConfig:
     targets (benchmarks/RESULTS.md, quality study).
     """
 
-    adversarial: bool = True
-    dice: Literal["generalized", "per_sample"] = "generalized"
-    lambda_adv: float = 1.0
-    adversarial_start: float = 0.0
-    lambda_dice: float = 5.0
-    lambda_ce: float = 0.0
+    adversarial: bool = setting(True, "train with the discriminator (false: the generator alone on the Dice/CE terms)")
+    dice: Literal["generalized", "per_sample"] = setting(
+        "generalized",
+        "generalized (the paper's one ratio over the batch) or per_sample (mean soft Dice per sample "
+        "and class)")
+    lambda_adv: float = setting(1.0, "weight of the adversarial (LSGAN) term in the generator objective (paper: 1)")
+    adversarial_start: float = setting(0.0, "fraction of training before the adversarial term and D start (paper: 0)")
+    lambda_dice: float = setting(5.0, "weight of the Dice loss in the generator objective")
+    lambda_ce: float = setting(0.0, "weight of the voxel-wise cross-entropy (0: off, as the paper)")
     # pix2pixHD's feature matching: L1 between the critic's hidden activations on the real and the
     # fake pair, added to the generator's objective with this weight while the critic runs (0: off).
-    lambda_fm: float = 0.0
-    dice_weighting: DiceWeighting = "fixed"
+    lambda_fm: float = setting(
+        0.0,
+        "weight of pix2pixHD's feature matching: L1 between the critic's hidden activations on the "
+        "real and the fake pair, while the critic runs (0: off)")
+    dice_weighting: DiceWeighting = setting("fixed", "class weights of the generalized Dice: fixed, sudre or uniform")
     # Filled from the training labels when ``dice_weighting == "fixed"`` (w_c = N / (C * n_c)).
-    class_weights: tuple[float, ...] | None = None
-    eps: float = 1e-6
+    class_weights: tuple[float, ...] | None = setting(
+        None,
+        "fixed class weights; null: computed from the training labels (N / (C * n_c))", within=(0.0, 1000000.0))
+    eps: float = setting(1e-6, "smoothing term of the Dice ratio", within=(1e-12, 1.0))
 
     def __post_init__(self) -> None:
         if self.dice_weighting not in ("fixed", "sudre", "uniform"):

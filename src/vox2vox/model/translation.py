@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 
+from vox2vox.data.settings import setting
 from vox2vox.errors import Vox2VoxError
 
 TaskKind = Literal["segment", "translate"]
@@ -38,13 +39,21 @@ class TaskConfig:
     validation MAE (cheap) or the highest SSIM (MONAI's, seconds per case).
     """
 
-    kind: TaskKind = "segment"
-    source: tuple[str, ...] | None = None
-    target: tuple[str, ...] | None = None
-    head: Head = "linear"
-    lambda_l1: float = 100.0
-    lambda_ssim: float = 0.0
-    select: Literal["mae", "ssim"] = "mae"
+    kind: TaskKind = setting(
+        "segment",
+        "segment (label maps) or translate (synthesise task.target channels from task.source)")
+    source: tuple[str, ...] | None = setting(
+        None,
+        "translate: input channels, by name (e.g. [\"t1\"]); null: every channel but the targets")
+    target: tuple[str, ...] | None = setting(None, "translate: channel(s) to synthesise, by name (e.g. [\"flair\"])")
+    head: Head = setting(
+        "linear",
+        "translate: linear (z-scored targets) or tanh (ct-window targets, scaled to [-1, 1])")
+    lambda_l1: float = setting(100.0, "translate: weight of the L1 term in the generator objective (pix2pix: 100)")
+    lambda_ssim: float = setting(0.0, "translate: weight of (1 - SSIM) in the generator objective (0: off)")
+    select: Literal["mae", "ssim"] = setting(
+        "mae",
+        "translate: best checkpoint by lowest validation mae or highest ssim")
 
     def __post_init__(self) -> None:
         if self.kind not in ("segment", "translate"):

@@ -37,13 +37,12 @@ from vox2vox.data.randomised import ANY_MRI, RANDOMISED
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
     Checkpoint,
-    ModelInfo,
-    SourceModel,
     file_sha256,
     load_checkpoint,
     load_weights,
     resolve_checkpoint,
 )
+from vox2vox.model.record import ModelInfo, SourceModel
 from vox2vox.model.residual import build_generator
 from vox2vox.train.state import TrainState
 
@@ -82,7 +81,7 @@ def load_source(path: str | Path) -> FineTune:
     file = resolve_checkpoint(path, which="best")
     ckpt = load_checkpoint(file)
     config = Config.from_dict(ckpt.config, source=str(file), ignore_unknown=True)
-    return FineTune(file, ckpt, config, ModelInfo.from_state(ckpt.state, file), file_sha256(file))
+    return FineTune(file, ckpt, config, ckpt.record(file).info(), file_sha256(file))
 
 
 def explicit_keys(config_file: str | None, overrides: Sequence[str]) -> set[str]:

@@ -126,7 +126,8 @@ class PriorRun:
     def model_info(self, train_ids: list[str], val_ids: list[str], source: SourceModel | None) -> ModelInfo:
         # No data profile: the scans' contrast and resolution are random, so a real scan's
         # intensities or spacing say nothing about whether the prior fits it.
-        return ModelInfo(channels=(ANY_MRI,), layout=RANDOMISED, convention=PRIOR_CONVENTION, source=source)
+        return ModelInfo(channels=(ANY_MRI,), layout=RANDOMISED, convention=get_convention(PRIOR_CONVENTION),
+                         source=source)
 
     def validator(self, val_ids: list[str], example: dict[str, np.ndarray]) -> Validator:
         convention = get_convention(PRIOR_CONVENTION)

@@ -34,14 +34,9 @@ from vox2vox.data.profile import profile_from_records
 from vox2vox.device import tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError, Vox2VoxWarning
 from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
-from vox2vox.model.checkpoint import (
-    ModelInfo,
-    SourceModel,
-    load_checkpoint,
-    read_metadata,
-    save_checkpoint,
-)
+from vox2vox.model.checkpoint import load_checkpoint, read_record, save_checkpoint
 from vox2vox.model.outputs import OutputHead, output_head
+from vox2vox.model.record import ModelInfo, RunSummary, SourceModel
 from vox2vox.progress import bar_hidden
 from vox2vox.report.metrics import dice
 from vox2vox.rundir import RunDir
@@ -52,7 +47,7 @@ from vox2vox.train.runlock import RunLock, check_run_folder
 from vox2vox.train.selection import choose_prediction_options, record_prediction_options
 from vox2vox.train.splits import run_split
 from vox2vox.train.tracking import Tracker, check_tracking, open_tracker
-from vox2vox.train.training import FitResult, Validator, fit
+from vox2vox.train.training import FitHooks, FitResult, TrainingData, Validator, fit
 from vox2vox.train.translation import load_translation
 
 
@@ -199,7 +194,7 @@ class SegmentationRun:
         profile = profile_from_records([self.cases[i].record for i in train_ids + val_ids], self.spec.channel_names,
                                        n_train=len(train_ids), n_val=len(val_ids))
         return ModelInfo(channels=tuple(self.spec.channel_names), layout=self.spec.layout,
-                         convention=self.convention.to_json(), data=profile, source=source)
+                         convention=self.convention, data=profile, source=source)
 
     def validator(self, val_ids: list[str], example: dict[str, np.ndarray]) -> Validator:
         return make_validator([self.cases[i] for i in val_ids], self.convention, self.config, self.head,
@@ -214,9 +209,9 @@ class SegmentationRun:
                                            case_ids=val_ids)
         record_prediction_options(best, choice)
         if progress:
-            cut = choice["foreground_threshold"]
-            print(f"prediction options from validation: tta {choice['tta']}, foreground threshold "
-                  f"{'argmax' if cut is None else cut}, largest component {choice['largest_component']} "
+            cut = choice.foreground_threshold
+            print(f"prediction options from validation: tta {choice.tta}, foreground threshold "
+                  f"{'argmax' if cut is None else cut}, largest component {choice.largest_component} "
                   f"(on {len(val_ids)} validation case(s); the rule and evidence: vox2vox info)", file=sys.stderr)
 
 
@@ -260,10 +255,11 @@ def _train_tracked(task: RunTask, train_ids: list[str], val_ids: list[str], run_
         if progress:
             print(f"fine-tuning from {finetune.path} (sha256 {finetune.sha256[:16]}...)", file=sys.stderr)
         init = initial_weights(finetune, reinit_output=config.train.reinit_output, announce=progress)
-    result = fit(config, [(task.cases[i].image, task.cases[i].label) for i in train_ids], run_dir, validate=validate,
-                 sample_patch=task.sample_patch, augment=task.augment, model_info=model_info,
-                 on_step=distributed.checksum_hook(), resume=resume, progress=progress, started=started, init=init,
-                 on_epoch=tracker)
+    data = TrainingData([(task.cases[i].image, task.cases[i].label) for i in train_ids], task.sample_patch,
+                        task.augment)
+    hooks = FitHooks(validate=validate, on_step=distributed.checksum_hook(), on_epoch=tracker, init=init)
+    result = fit(config, data, run_dir, hooks=hooks, model_info=model_info, resume=resume, progress=progress,
+                 started=started)
     if ctx.is_main:
         record_run_summary(RunDir(run_dir))
         task.after_fit(run_dir, val_ids, progress=progress)
@@ -276,9 +272,10 @@ def record_run_summary(run: RunDir) -> None:
     whose own counters are those of its epoch: the model card shows both."""
     if not (run.best.is_file() and run.last.is_file()):
         return
-    final = read_metadata(run.last).get("state", {})
+    final = read_record(run.last).counters
     ckpt = load_checkpoint(run.best)
-    ckpt.state["run"] = {key: final.get(key) for key in ("epoch", "step", "seconds", "last_score")}
+    summary = RunSummary(final.epoch, final.step, final.seconds, final.last_score)
+    ckpt.state = ckpt.record(run.best).with_run(summary).to_json()
     save_checkpoint(run.best, ckpt)
 
 
@@ -286,7 +283,7 @@ def _recorded_source(checkpoint: Path, *, translate: bool) -> SourceModel | None
     """The fine-tuning source a run's checkpoint records (None when it has none)."""
     if not checkpoint.is_file():
         return None
-    info = ModelInfo.from_state(read_metadata(checkpoint).get("state", {}), checkpoint, translate=translate)
+    info = read_record(checkpoint).info(translate=translate)
     return info.source if info is not None else None
 
 

@@ -16,7 +16,7 @@ predictions, is kept when it lowers neither the leave-one-out means nor a majori
 case predicts within :data:`TTA_SECONDS_PER_CASE`.
 
 The choice, the rule, the case ids, every candidate's per-case Dice and each step's decision go
-into the checkpoint's metadata (``state["predict"]``): ``vox2vox info`` shows them.
+into the checkpoint's metadata (``state["predict"]``, a :class:`PredictionChoice`): ``vox2vox info`` shows them.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from vox2vox.infer.inference import InferenceConfig, predict_probabilities
 from vox2vox.infer.postprocessing import PostprocessConfig, postprocess
 from vox2vox.model.checkpoint import load_checkpoint, save_checkpoint
 from vox2vox.model.outputs import OutputHead, output_head
+from vox2vox.model.record import Decision, PredictionChoice
 from vox2vox.report.metrics import dice
 
 TTA_SECONDS_PER_CASE = 120.0
@@ -107,7 +108,7 @@ def _compare(candidate: Sequence[float], current: Sequence[float]) -> tuple[int,
 
 def choose_prediction_options(generator: torch.nn.Module, val_cases: Sequence[Any], convention: LabelConvention,
                               window: tuple[int, int, int], *, head: OutputHead | None = None,
-                              case_ids: Sequence[str] | None = None) -> dict[str, Any]:
+                              case_ids: Sequence[str] | None = None) -> PredictionChoice:
     """Score TTA, foreground thresholds and post-processing on each validation case and choose by
     :data:`RULE`; return the choice with its evidence (``validation_dice``: mean per candidate,
     ``per_case_dice``: per candidate the Dice of each case in ``case_ids`` order, ``decisions``)."""
@@ -133,46 +134,46 @@ def choose_prediction_options(generator: torch.nn.Module, val_cases: Sequence[An
                     per_region = region_dice(pred, truth, convention, scored)
                     scores.setdefault(_key(tta, threshold, option), []).append(float(np.mean(list(per_region.values()))))
     n = max(len(val_cases), 1)
-    decisions: list[dict[str, Any]] = []
+    decisions: list[Decision] = []
 
     # TTA averages the model's own flipped predictions: kept unless it measurably hurts.
     affordable = seconds[True] / n <= TTA_SECONDS_PER_CASE
     ok, why = harmless(scores[_key(True, None, "off")], scores[_key(False, None, "off")])
     tta = affordable and ok
-    decisions.append({"step": "tta", "candidate": True, "adopted": tta,
-                      "evidence": why + ("" if affordable else f"; {seconds[True] / n:.0f} s a case, over "
-                                         f"{TTA_SECONDS_PER_CASE:.0f} s")})
+    decisions.append(Decision("tta", True, tta, why + ("" if affordable else f"; {seconds[True] / n:.0f} s a case, "
+                                                                          f"over {TTA_SECONDS_PER_CASE:.0f} s")))
 
     # One threshold (the best mean among those the rule adopts), then the clean-up on top of it.
     threshold: float | None = None
     for cut in sorted((t for t in THRESHOLDS if t is not None),
                       key=lambda t: -float(np.mean(scores[_key(tta, t, "off")]))):
         ok, why = adopt(scores[_key(tta, cut, "off")], scores[_key(tta, None, "off")])
-        decisions.append({"step": "foreground_threshold", "candidate": cut, "adopted": ok, "evidence": why})
+        decisions.append(Decision("foreground_threshold", cut, ok, why))
         if ok:
             threshold = cut
             break
     largest = "off"
     for option in sorted(options[1:], key=lambda o: -float(np.mean(scores[_key(tta, threshold, o)]))):
         ok, why = no_case_lowered(scores[_key(tta, threshold, option)], scores[_key(tta, threshold, "off")])
-        decisions.append({"step": "largest_component", "candidate": option, "adopted": ok, "evidence": why})
+        decisions.append(Decision("largest_component", option, ok, why))
         if ok:
             largest = option
             break
-    return {"tta": tta, "foreground_threshold": threshold, "largest_component": largest,
-            "rule": RULE, "validation_case_ids": ids, "validation_cases": len(val_cases),
-            "validation_dice": {k: float(np.mean(v)) for k, v in scores.items()},
-            "per_case_dice": {k: [round(x, 5) for x in v] for k, v in scores.items()},
-            "decisions": decisions,
-            "seconds_per_case": {"plain": seconds[False] / n, "tta": seconds[True] / n}}
+    return PredictionChoice(
+        tta=tta, foreground_threshold=threshold, largest_component=largest, rule=RULE,
+        validation_case_ids=tuple(ids), validation_cases=len(val_cases),
+        validation_dice={k: float(np.mean(v)) for k, v in scores.items()},
+        per_case_dice={k: tuple(round(x, 5) for x in v) for k, v in scores.items()},
+        decisions=tuple(decisions),
+        seconds_per_case={"plain": seconds[False] / n, "tta": seconds[True] / n})
 
 
 def _key(tta: bool, threshold: float | None, largest_component: str) -> str:
     return f"tta={tta},threshold={'argmax' if threshold is None else threshold},largest_component={largest_component}"
 
 
-def record_prediction_options(path: str | Path, choice: dict[str, Any]) -> None:
+def record_prediction_options(path: str | Path, choice: PredictionChoice) -> None:
     """Store ``choice`` in the checkpoint's metadata (``state["predict"]``), atomically."""
     ckpt = load_checkpoint(path)
-    ckpt.state["predict"] = choice
+    ckpt.state = ckpt.record(path).with_predict(choice).to_json()
     save_checkpoint(path, ckpt)

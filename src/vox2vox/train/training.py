@@ -34,11 +34,9 @@ from tqdm import tqdm
 
 from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
-from vox2vox.data.labels import get_convention
 from vox2vox.device import AmpDtype, autocast, tune_cpu_allocator, unwrap
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
-    ModelInfo,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
@@ -58,6 +56,7 @@ from vox2vox.model.losses import (
     per_sample_dice_loss,
 )
 from vox2vox.model.outputs import OutputHead, head_for
+from vox2vox.model.record import ModelInfo
 from vox2vox.model.translation import selection_key, split_source_target, translation_loss
 from vox2vox.progress import bar_hidden
 from vox2vox.rundir import RunDir, read_metrics, write_metrics
@@ -240,37 +239,68 @@ StepHook = Callable[[TrainState], None]
 EpochHook = Callable[[dict[str, Any], torch.nn.Module], None]
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The training cases and how one training sample is made of a case: ``sample_patch(image,
+    label, size, rng, foreground_prob=...)`` and ``augment(image, label, rng)`` (none: as sampled)."""
+
+    cases: Sequence[TrainCase]
+    sample_patch: PatchSampler
+    augment: Augment | None = None
+
+
+@dataclass(frozen=True)
+class FitHooks:
+    """What the loop calls besides training, each optional.
+
+    ``validate(generator)`` scores the generator on un-augmented validation volumes and returns a
+    dict whose ``"val_dice"`` (a translation's ``"val_score"``) chooses the best checkpoint;
+    ``on_step(state)`` runs after every train step (e.g. :func:`vox2vox.train.distributed.checksum_hook`);
+    ``on_epoch(row, generator)`` gets every logged row on rank 0 (experiment tracking); ``init(state)``
+    sets a new run's first weights (fine-tuning)."""
+
+    validate: Validator | None = None
+    on_step: StepHook | None = None
+    on_epoch: EpochHook | None = None
+    init: StepHook | None = None
+
+
+NO_HOOKS = FitHooks()
+
+
+@dataclass(frozen=True)
+class _Epochs:
+    """What every epoch of one ``fit`` call shares (the loop's context)."""
+
+    config: Config
+    run: RunDir
+    ctx: distributed.DistContext
+    hooks: FitHooks
+    progress: bool
+    clock: RunClock
+    interrupted: InterruptFlag
+    save: Callable[[Path], None]
+
+
 def fit(
     config: Config,
-    train_cases: Sequence[TrainCase],
+    data: TrainingData,
     run_dir: str | Path,
     *,
-    validate: Validator | None = None,
-    sample_patch: PatchSampler,
-    augment: Augment | None = None,
+    hooks: FitHooks = NO_HOOKS,
     model_info: ModelInfo | None = None,
     resume: bool = False,
     progress: bool = True,
-    on_step: StepHook | None = None,
     started: float | None = None,
-    init: StepHook | None = None,
-    on_epoch: EpochHook | None = None,
 ) -> FitResult:
-    """Train Vox2Vox on ``train_cases`` and write the run to ``run_dir``.
+    """Train Vox2Vox on ``data`` and write the run to ``run_dir``.
 
     Training runs for ``train.epochs`` or, with ``train.budget``, until the budget is spent (the
     clock starts at ``started``, a ``time.perf_counter()`` reading, so that loading the data counts
     too; by default when ``fit`` starts). Both learning rates follow ``optim.schedule`` over that
-    span (:mod:`vox2vox.train.schedule`).
-
-    ``validate(generator)`` scores the generator on un-augmented validation volumes and returns a
-    dict whose ``"val_dice"`` chooses the best checkpoint. ``sample_patch(image, label, size, rng,
-    foreground_prob=...)`` and ``augment(image, label, rng)`` make one training sample.
+    span (:mod:`vox2vox.train.schedule`). ``hooks``: validation and the rest (:class:`FitHooks`).
     ``model_info`` (channel names, layout, label convention) is stored in checkpoints so a
-    checkpoint alone can predict. ``on_step(state)`` runs after every train step (e.g.
-    :func:`vox2vox.train.distributed.checksum_hook`); ``init(state)`` sets a new run's first weights
-    (fine-tuning); ``on_epoch(row, generator)`` gets every logged row on rank 0 (experiment tracking).
-    Writes the run folder (:class:`vox2vox.rundir.RunDir`:
+    checkpoint alone can predict. Writes the run folder (:class:`vox2vox.rundir.RunDir`:
     ``config.json``, ``metrics.jsonl``, ``checkpoints/{last,best}.safetensors``);
     ``resume=True`` continues from ``last``.
 
@@ -278,42 +308,35 @@ def fit(
     (:func:`_train_epoch`) and validate, log and checkpoint (:func:`_end_epoch`).
     """
     run = RunDir(run_dir)
-    if not train_cases:
+    if not data.cases:
         raise Vox2VoxError("no training cases: the dataset needs at least one labelled case")
     # Join the torchrun job if there is one (world size 1 otherwise); rank 0 alone writes.
     ctx = distributed.setup(config.train.device)
-    progress = progress and ctx.is_main
     tune_cpu_allocator()  # reuse freed activation memory instead of page-faulting it back each step
     distributed.per_rank_batch(config.train.batch_size, ctx.world_size)
-    convention = get_convention(model_info.convention) if model_info and model_info.convention else None
-    head = head_for(config.generator.n_classes, config.generator.output, convention)
-    config, state, history = _start_or_resume(config, train_cases, run, ctx, resume=resume, head=head, init=init)
-    save = partial(_save, state, config, model_info=model_info)
-
-    clock = RunClock(state.seconds, started)
+    head = head_for(config.generator.n_classes, config.generator.output, model_info.convention if model_info else None)
+    config, state, history = _start_or_resume(config, data.cases, run, ctx, resume=resume, head=head, init=hooks.init)
+    loop = _Epochs(config, run, ctx, hooks, progress and ctx.is_main, RunClock(state.seconds, started), InterruptFlag(),
+                   partial(_save, state, config, model_info=model_info))
     horizon = Horizon.of(config)
-
-    interrupted = InterruptFlag()
-    stream = BatchStream(partial(_epoch_loader, config, train_cases, sample_patch, augment, ctx),
-                         background=config.train.num_workers == 0)
-    with interrupted, stream:
+    stream = BatchStream(partial(_epoch_loader, config, data, ctx), background=config.train.num_workers == 0)
+    with loop.interrupted, stream:
         while not horizon.done(epoch=state.epoch, seconds=state.seconds):
-            row = _train_epoch(state, config, stream, len(train_cases), state.epoch, run=run, ctx=ctx,
-                               interrupted=interrupted, progress=progress, on_step=on_step, clock=clock)
-            state.seconds = clock()
+            row = _train_epoch(state, loop, stream, len(data.cases), state.epoch)
+            state.seconds = loop.clock()
             if row is None:  # Ctrl-C: keep the batches trained so far, then stop
                 if ctx.is_main:
-                    save(run.last)
+                    loop.save(run.last)
                 distributed.barrier()
                 raise KeyboardInterrupt
-            _end_epoch(state, config, row, history, run, validate, save, ctx=ctx, progress=progress, on_epoch=on_epoch)
-            state.seconds = clock()  # validation and checkpoints count too
+            _end_epoch(state, loop, row, history)
+            state.seconds = loop.clock()  # validation and checkpoints count too
     if ctx.is_main:
         # The epoch's end work (validation, hooks) can carry the clock past the budget after its
         # checkpoint was written: the resume point must be the final state, or a resume trains on.
-        save(run.last)
-        if validate is None or config.train.select == "last":
-            save(run.best)
+        loop.save(run.last)
+        if hooks.validate is None or config.train.select == "last":
+            loop.save(run.best)
     # No rank returns (and perhaps starts reading the run) before rank 0 has written it.
     distributed.barrier()
     return FitResult(run.root, state.epoch, state.step, state.best_score, state.best_epoch, history)
@@ -370,25 +393,13 @@ def _start_or_resume(
     return config, state, history
 
 
-def _epoch_loader(config: Config, train_cases: Sequence[TrainCase], sample_patch: PatchSampler,
-                  augment: Augment | None, ctx: distributed.DistContext, epoch: int, skip: int) -> DataLoader:
-    return patch_loader(config, train_cases, epoch, sample_patch, augment, ctx=ctx, skip_batches=skip)
+def _epoch_loader(config: Config, data: TrainingData, ctx: distributed.DistContext, epoch: int,
+                  skip: int) -> DataLoader:
+    return patch_loader(config, data.cases, epoch, data.sample_patch, data.augment, ctx=ctx, skip_batches=skip)
 
 
-def _train_epoch(
-    state: TrainState,
-    config: Config,
-    stream: BatchStream,
-    n_cases: int,
-    epoch: int,
-    *,
-    run: RunDir,
-    ctx: distributed.DistContext,
-    interrupted: InterruptFlag,
-    progress: bool,
-    on_step: StepHook | None = None,
-    clock: Callable[[], float],
-) -> dict[str, Any] | None:
+def _train_epoch(state: TrainState, loop: _Epochs, stream: BatchStream, n_cases: int,
+                 epoch: int) -> dict[str, Any] | None:
     """Train one epoch (or the rest of one cut short) and return its log row: mean step metrics.
 
     Every random draw is seeded by ``(seed, epoch)``: one augmented patch per case (times
@@ -397,6 +408,7 @@ def _train_epoch(
     non-finite loss (or, under fp16, non-finite weights at the epoch's end) stops training
     (:func:`stop_if_not_finite`) before anything of the epoch is saved.
     """
+    config, run, ctx, interrupted = loop.config, loop.run, loop.ctx, loop.interrupted
     torch.manual_seed(distributed.rank_seed(derive_seed(config.train.seed, epoch, 1)))
     skip, sums = state.batches_done, dict(state.partial_sums)
     # Steps each metric was logged in: the critic's losses skip steps under discriminator.update_every
@@ -409,17 +421,17 @@ def _train_epoch(
     n = skip
     horizon = Horizon.of(config)
     bar = tqdm(stream.epoch(epoch, skip), desc=f"epoch {epoch + 1}/{horizon.label(config.train.budget)}",
-               total=n_batches - skip, leave=False, disable=bar_hidden(progress), file=sys.stderr)
+               total=n_batches - skip, leave=False, disable=bar_hidden(loop.progress), file=sys.stderr)
     for image, label in bar:
-        done = horizon.progress(epoch=epoch, batch=n, batches=n_batches, seconds=clock())
+        done = horizon.progress(epoch=epoch, batch=n, batches=n_batches, seconds=loop.clock())
         if horizon.budget_seconds and distributed.any_rank(done >= 1.0):
             break  # the budget is spent: this epoch ends here
         _set_learning_rates(state, config, done)
         non_blocking = state.device.type == "cuda"  # pinned host memory copies asynchronously
         step_out = train_step(state, image.to(state.device, non_blocking=non_blocking),
                               label.to(state.device, non_blocking=non_blocking), config, progress=done)
-        if on_step is not None:
-            on_step(state)
+        if loop.hooks.on_step is not None:
+            loop.hooks.on_step(state)
         if not state.scaler.is_enabled():  # fp16's scaler skips non-finite steps itself
             stop_if_not_finite(step_out, state, run, epoch=epoch + 1)
         for k, v in step_out.items():
@@ -460,23 +472,12 @@ def stop_if_not_finite(values: dict[str, Any], state: TrainState, run: RunDir, *
     )
 
 
-def _end_epoch(
-    state: TrainState,
-    config: Config,
-    row: dict[str, Any],
-    history: list[dict[str, Any]],
-    run: RunDir,
-    validate: Validator | None,
-    save: Callable[[Path], None],
-    *,
-    ctx: distributed.DistContext,
-    progress: bool,
-    on_epoch: EpochHook | None = None,
-) -> None:
+def _end_epoch(state: TrainState, loop: _Epochs, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
     """Validate (when due), keep the best checkpoint by Dice (a translation: ``val_score``), log the
     row and save the last checkpoint. With a budget, epochs are short and many: validation and the
     last checkpoint come at every tenth of the budget instead of every ``val_every``/``checkpoint_every`` epochs.
     """
+    config, run, ctx, validate, save = loop.config, loop.run, loop.ctx, loop.hooks.validate, loop.save
     due = Horizon.of(config).epoch_end(epoch=state.epoch, seconds=state.seconds, mark=state.val_mark)
     state.val_mark = due.mark
     # Validate on whole, un-augmented cases (rank 0; the others wait) and keep the best by Dice.
@@ -493,9 +494,9 @@ def _end_epoch(
     history.append(row)
     if ctx.is_main:
         write_metrics(run.metrics, history)
-        if on_epoch is not None:
-            on_epoch(row, unwrap(state.generator))
-        if progress and due.show_row:
+        if loop.hooks.on_epoch is not None:
+            loop.hooks.on_epoch(row, unwrap(state.generator))
+        if loop.progress and due.show_row:
             tqdm.write(_format_row(row, config), file=sys.stderr)
         if due.save_last:
             save(run.last)

@@ -27,7 +27,7 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.preprocessing import LoadedCase
 from vox2vox.data.translation import TranslationAugmenter, load_translation_case, resolve_channels
 from vox2vox.infer.inference import InferenceConfig, predict_probabilities
-from vox2vox.model.checkpoint import ModelInfo, SourceModel
+from vox2vox.model.record import ModelInfo, SourceModel
 from vox2vox.progress import bar_hidden
 from vox2vox.report.image_metrics import translation_scores
 from vox2vox.train.finetune import FineTune, check_channels, check_outputs
