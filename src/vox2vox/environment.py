@@ -117,7 +117,7 @@ def read_environment() -> Environment:
         torch=torch.__version__,
         torch_build=torch_build(),
         cudnn=str(cudnn) if cudnn else None,
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         cpu_flags=[f for f in VECTOR_FLAGS if f in _cpu_flags()],
         torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
         cpu_bf16=cpu_bf16(),
@@ -161,7 +161,7 @@ def _cpuinfo() -> str:
         return ""
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     for line in _cpuinfo().splitlines():
         if line.startswith(("model name", "Hardware", "Model")) and ":" in line:
             return line.split(":", 1)[1].strip()

@@ -13,7 +13,6 @@ any machine of the same torch build.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from vox2vox.config import Config
 from vox2vox.data.augmentation import Augmenter
 from vox2vox.data.labels import get_convention
 from vox2vox.data.randomised import ANY_MRI, RANDOMISED, PriorRanges, randomised_scan
+from vox2vox.environment import cpu_model
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.checkpoint import (
     Checkpoint,
@@ -200,7 +200,7 @@ def ship_prior(run_dir: str | Path, out: str | Path, *, command: str) -> Path:
         "made_by": {"command": command, "steps": ckpt.state.get("step"), "epochs": ckpt.state.get("epoch"),
                     "seed": config.train.seed, "amp": config.train.amp,
                     "train_seconds": round(sum(float(r.get("seconds", 0.0)) for r in summary), 1),
-                    "versions": software_versions(), "cpu": platform.processor() or platform.machine(),
+                    "versions": software_versions(), "cpu": cpu_model(),
                     "date": time.strftime("%Y-%m-%d")},
         "network": {"arch": config.generator.arch, "widths": [config.generator.base_filters,
                                                                config.generator.max_filters],
