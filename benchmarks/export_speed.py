@@ -45,11 +45,11 @@ def _child(model: str, threads: int, out: str) -> dict:
     import numpy as np
     import torch
 
-    from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
+    from vox2vox.infer.inference import InferenceConfig, predict_probabilities, read_model
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    loaded = load_model(model)
+    loaded = read_model(model)
     load_s = time.perf_counter() - t0
     image = torch.randn((4, *SHAPE), generator=torch.Generator().manual_seed(0)).numpy()
     seconds = []

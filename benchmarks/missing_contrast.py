@@ -62,7 +62,7 @@ from vox2vox.data.translation import (
     synthesis_description,
 )
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.inference import InferenceConfig, load_model
+from vox2vox.infer.inference import InferenceConfig, read_model
 from vox2vox.infer.translation import synthesise_case
 from vox2vox.report.fill_check import DEFAULT_MIN_GAIN, fill_check
 from vox2vox.report.image_metrics import translation_scores
@@ -139,7 +139,7 @@ def write_linear(cases: dict[str, CaseFiles], train_ids: list[str], test_ids: li
 
 
 def write_network(run: Path, cases: dict[str, CaseFiles], test_ids: list[str], target: str, out: Path) -> None:
-    model = load_model(run)
+    model = read_model(run)
     for case_id in test_ids:
         volumes, scale, geometry = synthesise_case([model], cases[case_id], config=InferenceConfig())
         write_volume(volumes[0], geometry, out / f"{case_id}.nii.gz", dtype=np.float32,
@@ -209,10 +209,10 @@ def run_fold(args: argparse.Namespace, spec: DatasetSpec, seed: int, fold: int, 
         seg_run = fold_dir / "segmenter"
         if not (seg_run / "checkpoints" / "last.safetensors").exists():
             train_on_dataset(segmenter_config(args, seed), seg_run, split=(train_ids, []), progress=False)
-        segmenter = load_model(seg_run)
+        segmenter = read_model(seg_run)
         row["segmentation"] = {}
         for method in (m for m in args.methods if m in NETWORK_METHODS and "failed" not in row["methods"][m]):
-            record = fill_check([segmenter], load_model(fold_dir / method / "run"), test_manifest,
+            record = fill_check([segmenter], read_model(fold_dir / method / "run"), test_manifest,
                                 channel=args.target, min_gain=args.min_gain, progress=False)
             route = "synthesised" if record.helps else record.fallback
             held_out = cross_fitted_routes(record.per_case, record.fallback, args.min_gain)

@@ -68,7 +68,7 @@ from vox2vox.data.manifest import write_manifest
 from vox2vox.data.preprocessing import PreprocessConfig, undo_preprocessing
 from vox2vox.device import detect_device
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
+from vox2vox.infer.inference import InferenceConfig, predict_probabilities, read_model
 from vox2vox.infer.postprocessing import PostprocessConfig, postprocess
 from vox2vox.model.checkpoint import ModelInfo
 from vox2vox.model.generator import count_parameters
@@ -263,7 +263,7 @@ def train_vox2vox(study: Study, settings: Settings, cases: list[Any], run_dir: P
         pass  # the deadline: fit saved checkpoints/last.safetensors after the current step
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     ckpt = run_dir / "checkpoints" / "last.safetensors"
-    model = load_model(ckpt).generator
+    model = read_model(ckpt).generator
     return {"model": model, "checkpoint": str(ckpt), "train_seconds": time.perf_counter() - t0,
             "epochs_logged": len(rows), "last_row": rows[-1] if rows else None,
             "parameters_g": count_parameters(model)}
@@ -349,7 +349,7 @@ def load_trained(method: str, fold_dir: Path) -> torch.nn.Module:
                             n_classes=int(meta.get("n_classes", 2)))
         model.load_state_dict(load_file(str(fold_dir / "unet.safetensors")))
         return model.eval()
-    return load_model(fold_dir / "checkpoints" / "last.safetensors").generator
+    return read_model(fold_dir / "checkpoints" / "last.safetensors").generator
 
 
 # ---- scoring ---------------------------------------------------------------------------------------

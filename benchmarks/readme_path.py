@@ -83,13 +83,13 @@ def retune(train_csv: Path, test_csv: Path, out: Path) -> dict:
     validation cases, as training does at its end), record them in its model, predict and score.
     Training is not repeated: this measures a change to the choice, not to training."""
     from vox2vox.data.labels import get_convention
-    from vox2vox.infer.inference import load_model
+    from vox2vox.infer.inference import read_model
     from vox2vox.model.outputs import output_head
     from vox2vox.rundir import RunDir
     from vox2vox.train.selection import choose_prediction_options, record_prediction_options
 
     best = RunDir(out / "run").best
-    model = load_model(best)
+    model = read_model(best)
     convention = get_convention(model.state["convention"])
     val = set(json.loads((out / "run" / "split.json").read_text())["val"])
     chosen_cases = [c for c in discover(train_csv).cases if c.case_id in val]

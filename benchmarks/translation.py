@@ -53,7 +53,7 @@ from vox2vox.data.translation import (
     restore_synthesis,
     synthesis_description,
 )
-from vox2vox.infer.inference import InferenceConfig, load_model, predict_dataset
+from vox2vox.infer.inference import InferenceConfig, predict_dataset, read_model
 from vox2vox.infer.options import PredictionOptions
 from vox2vox.infer.translation import predict_with_filled, synthesise_case
 from vox2vox.report.metrics import dice
@@ -107,7 +107,7 @@ def write_linear(spec_cases: dict[str, CaseFiles], train_ids: list[str], test_id
 
 
 def write_network(run: Path, spec_cases: dict[str, CaseFiles], test_ids: list[str], target: str, out: Path) -> None:
-    model = load_model(run)
+    model = read_model(run)
     for case_id in test_ids:
         volumes, scale, geometry = synthesise_case([model], spec_cases[case_id], config=InferenceConfig())
         write_volume(volumes[0], geometry, out / f"{case_id}.nii.gz", dtype=np.float32,
@@ -126,7 +126,7 @@ def segmentation_fold(args: argparse.Namespace, fold_dir: Path, train_ids: list[
     ])
     if not (run / "checkpoints" / "last.safetensors").exists():
         train_on_dataset(config, run, split=(train_ids, []), progress=False)
-    seg = load_model(run)
+    seg = read_model(run)
     # A folder holding the held-out cases only (links), so every prediction path sees just them.
     test_dir = ensure_folder(fold_dir / "test_cases")
     for case_id in test_ids:
@@ -138,7 +138,7 @@ def segmentation_fold(args: argparse.Namespace, fold_dir: Path, train_ids: list[
     results: dict[str, dict[str, float]] = {}
     outputs = {"real": fold_dir / "seg_real", "synthesised": fold_dir / "seg_synth", "zeroed": fold_dir / "seg_zero"}
     predict_dataset([seg], test_dir, outputs["real"], PredictionOptions(progress=False))
-    translator = load_model(fold_dir / "vox2vox" / "run")
+    translator = read_model(fold_dir / "vox2vox" / "run")
     predict_with_filled([seg], {args.target: translator}, test_dir, outputs["synthesised"], PredictionOptions(progress=False))
 
     def zeroed(case: CaseFiles) -> LoadedCase:

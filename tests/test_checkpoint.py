@@ -11,7 +11,7 @@ import torch
 import vox2vox.atomic
 from vox2vox.config import Config
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.inference import load_model
+from vox2vox.infer.inference import read_model
 from vox2vox.model.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -87,7 +87,7 @@ def test_a_checkpoint_alone_rebuilds_the_model(tmp_path):
     with torch.inference_mode():
         expected = generator(x)
     for where in (run, run / "checkpoints" / "best.safetensors"):
-        model = load_model(where)
+        model = read_model(where)
         assert model.config.generator == config.generator
         assert not model.generator.training
         assert model.channels == ["t1", "flair"]
@@ -137,7 +137,7 @@ def test_pickle_files_are_refused_without_unpickling(tmp_path, name):
     with pytest.raises(Vox2VoxError, match="pickle"):
         load_checkpoint(path)
     with pytest.raises(Vox2VoxError, match="pickle"):
-        load_model(path)
+        read_model(path)
     assert not marker.exists()
 
 

@@ -14,7 +14,7 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.inference import load_model, predict_dataset, predict_probabilities
+from vox2vox.infer.inference import predict_dataset, predict_probabilities, read_model
 from vox2vox.infer.options import PredictionOptions
 from vox2vox.train.crossval import expand_model_paths, kfold_splits, prepare_folds
 
@@ -73,7 +73,7 @@ def test_cv_three_folds_make_three_models_and_an_ensemble_prediction(tmp_path):
     # The cv directory predicts as the 3-model ensemble: softmax averaged over the fold models.
     paths = expand_model_paths([out])
     assert paths == [out / f"fold_{i}" for i in range(3)]
-    models = [load_model(p) for p in paths]
+    models = [read_model(p) for p in paths]
     report = predict_dataset(models, new, tmp_path / "pred", PredictionOptions(progress=False))
     assert list(report.written) == ["New_000"] and not report.failed
     written = np.asarray(nib.load(report.written["New_000"]).dataobj)

@@ -27,7 +27,7 @@ from vox2vox.data.labels import get_convention
 from vox2vox.data.profile import profile_from_records
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.contract import FORMAT
-from vox2vox.infer.inference import load_model
+from vox2vox.infer.inference import read_model
 from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
 from vox2vox.model.residual import build_generator
 
@@ -126,9 +126,9 @@ def test_metadata_carries_the_input_contract(exported):
     # Instance norms as explicit two-pass means: ONNX Runtime's fused kernel is inaccurate on volumes.
     assert "InstanceNormalization" not in {node.op_type for node in proto.graph.node}
     # Loading an export gives back the checkpoint's config and what prediction reads of its state.
-    original = load_model(ckpt)
+    original = read_model(ckpt)
     for fmt in ("onnx", "torchscript"):
-        model = load_model(exported["models"][fmt])
+        model = read_model(exported["models"][fmt])
         assert model.backend == fmt and model.config == original.config
         assert model.generator.contract["source"]["sha256"] == sha
         for key in ("channels", "convention", "layout", "predict"):
@@ -136,9 +136,9 @@ def test_metadata_carries_the_input_contract(exported):
 
 
 def test_exported_model_runs_any_batch_and_size_and_checks_its_input(exported):
-    original = load_model(exported["ckpt"])
+    original = read_model(exported["ckpt"])
     for fmt in ("onnx", "torchscript"):
-        net = load_model(exported["models"][fmt]).generator
+        net = read_model(exported["models"][fmt]).generator
         x = torch.randn(3, 1, 16, 24, 40)
         with torch.no_grad():
             assert float((net(x) - original.generator(x)).abs().max()) <= 1e-4
@@ -366,7 +366,7 @@ def test_onnx_on_a_cuda_device_without_the_cuda_provider_runs_on_the_cpu(exporte
     import onnxruntime as ort
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    model = load_model(exported["models"]["onnx"], device="cuda")
+    model = read_model(exported["models"]["onnx"], device="cuda")
     assert model.generator.session.get_providers() == ["CPUExecutionProvider"]
     assert "no CUDA provider" in capsys.readouterr().err
 
@@ -450,4 +450,4 @@ def test_exported_region_model_predicts_the_checkpoints_labels(tmp_path, shared_
     entry.value = json.dumps(contract)
     onnx.save(proto, tmp_path / "tampered.onnx")
     with pytest.raises(Vox2VoxError, match="generator.output is 'classes' in the contract but 'regions'"):
-        load_model(tmp_path / "tampered.onnx")
+        read_model(tmp_path / "tampered.onnx")

@@ -14,9 +14,9 @@ from vox2vox.infer.inference import (
     FLIP_AXES,
     InferenceConfig,
     fast_inference_model,
-    load_model,
     predict_dataset,
     predict_probabilities,
+    read_model,
 )
 from vox2vox.infer.options import PredictionOptions
 from vox2vox.model.blocks import PhaseTransposedConv3d
@@ -167,7 +167,7 @@ def test_failing_case_is_reported_and_the_others_go_on(tmp_path):
     manifest = write_manifest_folder(tmp_path)
     (tmp_path / "c1.nii.gz").write_bytes(b"not a nifti file at all")
     out = tmp_path / "pred"
-    report = predict_dataset([load_model(ckpt)], manifest, out, PredictionOptions(progress=False))
+    report = predict_dataset([read_model(ckpt)], manifest, out, PredictionOptions(progress=False))
     assert sorted(report.written) == ["c0", "c2"]
     assert list(report.failed) == ["c1"] and "c1.nii.gz" in report.failed["c1"]
     # No temporary left; labels.json records the label convention for `evaluate`.
@@ -180,7 +180,7 @@ def test_existing_outputs_are_replaced_atomically_and_probabilities_saved(tmp_pa
     out = tmp_path / "pred"
     out.mkdir()
     (out / "c0.nii.gz").write_bytes(b"old junk")
-    model = load_model(ckpt)
+    model = read_model(ckpt)
     report = predict_dataset([model], manifest, out, PredictionOptions(progress=False, save_probabilities="npz"))
     labels = nib.load(out / "c0.nii.gz")
     assert labels.shape == (14, 12, 10) and np.issubdtype(labels.get_data_dtype(), np.integer)
@@ -204,7 +204,7 @@ def test_existing_outputs_are_replaced_atomically_and_probabilities_saved(tmp_pa
 def test_postprocessing_is_applied_to_written_labels(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "m.safetensors")
     manifest = write_manifest_folder(tmp_path, n=1)
-    model = load_model(ckpt)
+    model = read_model(ckpt)
     plain = predict_dataset([model], manifest, tmp_path / "a", PredictionOptions(progress=False))
     largest = predict_dataset([model], manifest, tmp_path / "b", PredictionOptions(progress=False, largest_component="class"))
     a = np.asarray(nib.load(plain.written["c0"]).dataobj)
@@ -217,8 +217,8 @@ def test_postprocessing_is_applied_to_written_labels(tmp_path):
 
 
 def test_ensemble_members_must_agree(tmp_path):
-    one = load_model(save_tiny_checkpoint(tmp_path / "a.safetensors"))
-    other = load_model(save_tiny_checkpoint(tmp_path / "b.safetensors", n_classes=3,
+    one = read_model(save_tiny_checkpoint(tmp_path / "a.safetensors"))
+    other = read_model(save_tiny_checkpoint(tmp_path / "b.safetensors", n_classes=3,
                                             convention={"values": {"0": "bg", "1": "a", "2": "b"}}))
     manifest = write_manifest_folder(tmp_path, n=1)
     with pytest.raises(Vox2VoxError, match="ensemble"):
@@ -246,7 +246,7 @@ def test_fast_layers_match_the_transposed_convs_and_leave_the_model_alone():
 
 
 def test_postprocessing_the_convention_cannot_do_is_refused_before_any_case(tmp_path):
-    model = load_model(save_tiny_checkpoint(tmp_path / "m.safetensors"))  # binary: no ET region
+    model = read_model(save_tiny_checkpoint(tmp_path / "m.safetensors"))  # binary: no ET region
     manifest = write_manifest_folder(tmp_path, n=1)
     with pytest.raises(Vox2VoxError, match="ET"):
         predict_dataset([model], manifest, tmp_path / "p", PredictionOptions(progress=False, min_et_voxels=10))

@@ -1,6 +1,6 @@
 """A prediction lies exactly on its input: same shape, affine and orientation (LPS, RAS, PSR).
 
-Two kinds of check: a real (random-weight) checkpoint through ``load_model`` and
+Two kinds of check: a real (random-weight) checkpoint through ``read_model`` and
 ``predict_dataset`` / ``vox2vox predict`` (shape, affine, axis codes, integer dtype), and a
 threshold "network" whose prediction is known voxel by voxel (class 1 where the input exceeds a
 value), which shows the labels are not only on the right grid but at the right voxels.
@@ -18,7 +18,7 @@ import torch
 from vox2vox.cli import main
 from vox2vox.config import Config
 from vox2vox.data.labels import get_convention
-from vox2vox.infer.inference import load_model, predict_dataset
+from vox2vox.infer.inference import predict_dataset, read_model
 from vox2vox.infer.loaded import LoadedModel
 from vox2vox.infer.options import PredictionOptions
 from vox2vox.model.checkpoint import Checkpoint, save_checkpoint
@@ -69,7 +69,7 @@ def assert_same_grid(pred: Path, ref: Path) -> None:
 @pytest.mark.parametrize("codes", ["RAS", "LPS"])
 def test_prediction_grid_equals_input_grid(tmp_path, codes):
     image = write_image(tmp_path / f"case_{codes}.nii.gz", codes)
-    model = load_model(save_tiny_checkpoint(tmp_path / "m.safetensors"))
+    model = read_model(save_tiny_checkpoint(tmp_path / "m.safetensors"))
     report = predict_dataset([model], image, tmp_path / "pred", PredictionOptions(progress=False))
     assert not report.failed
     assert_same_grid(report.written[f"case_{codes}"], image)

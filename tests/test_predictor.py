@@ -7,7 +7,7 @@ import pytest
 
 from helpers import assert_user_error, cli, make_model, save_nifti, translation_checkpoint
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.inference import load_model
+from vox2vox.infer.inference import read_model
 from vox2vox.infer.options import API_NAMES, CLI_NAMES, PredictionOptions
 from vox2vox.infer.predictor import Predictor
 from vox2vox.model.checkpoint import load_checkpoint, save_checkpoint
@@ -40,7 +40,7 @@ def test_the_predictor_resolves_what_training_chose_unless_given(tmp_path):
     ckpt = load_checkpoint(path)
     ckpt.state["predict"] = {"tta": True, "foreground_threshold": 0.3, "largest_component": "class"}
     save_checkpoint(path, ckpt)
-    model = load_model(path)
+    model = read_model(path)
     chosen = Predictor([model])
     assert chosen.inference.tta_flips is True
     assert (chosen.postprocess.foreground_threshold, chosen.postprocess.largest_component) == (0.3, "class")

@@ -14,7 +14,7 @@ from vox2vox.data.io import read_volume
 from vox2vox.data.manifest import write_manifest
 from vox2vox.data.randomised import ANY_MRI
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.inference import load_model
+from vox2vox.infer.inference import read_model
 from vox2vox.model.builtin import PREFIX, SHIPPED, find_builtin, shipped_models
 from vox2vox.model.checkpoint import file_sha256, read_metadata
 from vox2vox.report.metrics import dice
@@ -132,5 +132,5 @@ def test_init_from_builtin_fine_tunes_the_prior_on_real_cases(shared_data, tmp_p
     assert code == 0, err
     source = read_metadata(out / "checkpoints" / "last.safetensors")["state"]["init_from"]
     assert source["sha256"] == find_builtin(BUILTIN).sha256
-    tuned = load_model(out)
-    assert tuned.config.generator.base_filters == load_model(BUILTIN).config.generator.base_filters
+    tuned = read_model(out)
+    assert tuned.config.generator.base_filters == read_model(BUILTIN).config.generator.base_filters

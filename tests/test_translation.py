@@ -30,7 +30,7 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.preprocessing import PreprocessConfig
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.data.translation import read_translation_case, restore_synthesis
-from vox2vox.infer.inference import load_model
+from vox2vox.infer.inference import read_model
 from vox2vox.infer.translation import synthesise_case
 from vox2vox.model.checkpoint import file_sha256, load_checkpoint, read_metadata
 from vox2vox.model.residual import build_generator
@@ -73,7 +73,7 @@ def _cli_main(*argv) -> int:
 
 @pytest.mark.slow
 def test_translation_learns_beyond_the_untrained_model(phantoms, translator):
-    model = load_model(translator)
+    model = read_model(translator)
     assert model.config.task.translate and model.config.generator.output == "linear"
     assert model.config.generator.in_channels == 1 and model.config.generator.n_classes == 1
     untrained = dataclasses.replace(model, generator=_fresh_generator(model))
@@ -278,7 +278,7 @@ def test_several_source_contrasts_translate_to_flair(phantoms, tmp_path, capsys)
     code, _, err = cli(capsys, "train", "--config", "paper", "--data", phantoms, "--out", run, *TRANSLATE,
                        "--set", 'task.source=["t1","t1ce","t2"]', "--set", "train.epochs=2", "--no-progress")
     assert code == 0, err
-    model = load_model(run)
+    model = read_model(run)
     assert model.config.generator.in_channels == 3 and model.channels == ["t1", "t1ce", "t2"]
     case_id = discover(phantoms).cases[0].case_id
     sources = tmp_path / "sources" / case_id

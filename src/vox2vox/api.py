@@ -48,8 +48,7 @@ from vox2vox.infer.ensemble import (
     discover_like_training,
     with_absent_channels,
 )
-from vox2vox.infer.inference import PredictionReport
-from vox2vox.infer.inference import load_model as load_one
+from vox2vox.infer.inference import PredictionReport, read_model
 from vox2vox.infer.loaded import LoadedModel
 from vox2vox.infer.options import API_NAMES, PredictionOptions
 from vox2vox.infer.predictor import Predictor
@@ -434,7 +433,7 @@ def load_model(path: PathLike | Sequence[PathLike], *, device: str = "auto") -> 
     list of these (an ensemble). ``device``: ``auto``, ``cpu`` or ``cuda``."""
     paths = [path] if isinstance(path, str | Path) else list(path)
     torch_device = resolve_device(device)
-    return Model([load_one(p, device=torch_device) for p in expand_model_paths(paths)], torch_device)
+    return Model([read_model(p, device=torch_device) for p in expand_model_paths(paths)], torch_device)
 
 
 def _scale(model: LoadedModel) -> str:

@@ -540,14 +540,14 @@ def _prior(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from vox2vox.data.channel_files import channel_files_spec, is_channel_item
     from vox2vox.device import resolve_device
-    from vox2vox.infer.inference import load_model
+    from vox2vox.infer.inference import read_model
     from vox2vox.infer.options import CLI_NAMES, PredictionOptions
     from vox2vox.infer.predictor import Predictor
     from vox2vox.infer.translation import parse_fill
     from vox2vox.train.crossval import expand_model_paths
 
     device = resolve_device(args.device)
-    models = [load_model(m, device=device) for m in expand_model_paths(args.model)]
+    models = [read_model(m, device=device) for m in expand_model_paths(args.model)]
     spec = None
     if len(args.input) > 1 or is_channel_item(args.input[0]):  # one case as NAME=FILE channel files
         if models[0].config.task.translate or args.fill_missing:
@@ -569,7 +569,7 @@ def _predict(args: argparse.Namespace) -> int:
         # --no-progress also keeps the per-case lines, which the summary below repeats, off stderr.
         progress=not args.no_progress)
     predictor = Predictor(models, options, device=device, names=CLI_NAMES)
-    fill = {c: load_model(m, device=device) for c, m in parse_fill(args.fill_missing).items()}  # a translation predictor refused it
+    fill = {c: read_model(m, device=device) for c, m in parse_fill(args.fill_missing).items()}  # a translation predictor refused it
     report = predictor.predict_folder(input_path, args.output, spec=spec, fill=fill, unchecked=args.fill_unchecked)
     for note in report.notes:
         print(f"note: {one_line(note)}", file=sys.stderr)
@@ -590,13 +590,13 @@ def _predict(args: argparse.Namespace) -> int:
 def _fill_check(args: argparse.Namespace) -> int:
     from vox2vox.device import resolve_device
     from vox2vox.infer.fill_record import record_path
-    from vox2vox.infer.inference import load_model
+    from vox2vox.infer.inference import read_model
     from vox2vox.report.fill_check import fill_check
     from vox2vox.train.crossval import expand_model_paths
 
     device = resolve_device(args.device)
-    segmenters = [load_model(m, device=device) for m in expand_model_paths(args.segmenter)]
-    translator = load_model(args.translator, device=device)
+    segmenters = [read_model(m, device=device) for m in expand_model_paths(args.segmenter)]
+    translator = read_model(args.translator, device=device)
     if args.max_cases is not None and args.max_cases < 1:
         raise Vox2VoxError(f"--max-cases {args.max_cases}: must be >= 1")
     record = fill_check(segmenters, translator, args.data, channel=args.channel, layout=args.layout,

@@ -21,7 +21,7 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.device import resolve_device
 from vox2vox.errors import Vox2VoxError
-from vox2vox.infer.inference import load_model, predict_dataset
+from vox2vox.infer.inference import predict_dataset, read_model
 from vox2vox.infer.options import PredictionOptions
 from vox2vox.report.evaluation import evaluate_folder
 from vox2vox.report.plots import save_overlay, save_training_curves
@@ -112,7 +112,7 @@ def run_demo(out: Path, *, size: DemoSize = "small", seed: int = 0, device: str 
 
     # 3. Predict the held-out phantoms with the best checkpoint.
     say("[3/5] predicting the held-out phantoms")
-    model = load_model(out / "run", device="cpu" if device == "auto" else device)
+    model = read_model(out / "run", device="cpu" if device == "auto" else device)
 
     dev = resolve_device(device)
     model.generator.to(dev)

@@ -44,7 +44,7 @@ from vox2vox.infer.contract import (
     build_contract,
     dump_contract,
 )
-from vox2vox.infer.inference import load_model
+from vox2vox.infer.inference import read_model
 from vox2vox.model import blocks
 from vox2vox.model.checkpoint import JsonObject, resolve_checkpoint
 
@@ -84,7 +84,7 @@ def export_model(model: str | Path, out: str | Path, *, fmt: str | None = None) 
     _check_writable(out)
     if fmt == "onnx":
         _require_onnx(out)
-    loaded = load_model(ckpt_path)
+    loaded = read_model(ckpt_path)
     generator = loaded.generator.eval()
     contract = build_contract(loaded.config, loaded.record, backend=fmt, source=ckpt_path,
                               sha256=file_sha256(ckpt_path), opset=ONNX_OPSET if fmt == "onnx" else None)

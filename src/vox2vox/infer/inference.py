@@ -110,7 +110,7 @@ class InferenceConfig:
             raise Vox2VoxError(f"amp={self.amp!r}: choose off, bf16 or fp16")
 
 
-def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
+def read_model(path: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
     """Rebuild the generator from a run directory or a ``.safetensors`` checkpoint (eval mode), or
     load a ``vox2vox export`` file (``.onnx``; ``.pt``/``.ts`` TorchScript) with the same contract
     (see :mod:`vox2vox.infer.backends`)."""

@@ -35,13 +35,52 @@ NOT_RECORDED = "not recorded"
 
 
 @dataclass(frozen=True)
+class TrainingLines:
+    """The card's training lines, from a checkpoint's record: the whole run's epochs, steps and
+    seconds (recorded in ``best`` when training ends, else the file's own), the epoch this file
+    holds, and the validation scores. ``metric`` is ``dice`` for a segmentation, else the
+    translation's ``task.select`` (``mae`` or ``ssim``); ``best_score``/``last_score`` are stored
+    higher-is-better (-MAE), ``best``/``last`` are in the metric's own sign."""
+
+    select: str
+    metric: str = "dice"
+    epochs: int | None = None
+    steps: int | None = None
+    seconds: float | None = None
+    file_epoch: int | None = None
+    best_epoch: int | None = None
+    best_score: float | None = None
+    last_score: float | None = None
+
+    @property
+    def best(self) -> float | None:
+        return self._signed(self.best_score)
+
+    @property
+    def last(self) -> float | None:
+        return self._signed(self.last_score)
+
+    def _signed(self, score: float | None) -> float | None:
+        return None if score is None else (-score if self.metric == "mae" else score)
+
+    def to_json(self) -> JsonObject:
+        """The card JSON's ``training`` object (its keys unchanged since cards had JSON)."""
+        out: JsonObject = {"epochs": self.epochs, "steps": self.steps, "seconds": self.seconds,
+                           "file_epoch": self.file_epoch, "best_epoch": self.best_epoch, "select": self.select}
+        if self.metric == "dice":
+            return {**out, "best_dice": self.best, "last_dice": self.last}
+        return {**out, "metric": self.metric, "best_score": self.best_score, "last_score": self.last_score,
+                f"best_{self.metric}": self.best, f"last_{self.metric}": self.last}
+
+
+@dataclass(frozen=True)
 class ModelCard:
     path: Path
     sha256: str
     size_bytes: int
     config: Config
     info: ModelInfo | None
-    counters: JsonObject = field(default_factory=dict)  # the card's training lines: epochs, steps, seconds, best/last Dice (or score)
+    training: TrainingLines
     predict: PredictionChoice | None = None  # prediction options training chose (train.selection)
     versions: dict[str, str] = field(default_factory=dict)
     exported: JsonObject | None = None  # an export's backend, format and source checkpoint
@@ -70,7 +109,7 @@ class ModelCard:
             "labels": info.convention.to_json() if info and info.convention else None,
             "layout": info.layout if info else None,
             "training_data": info.data.to_json() if info and info.data else None,
-            "training": dict(self.counters),
+            "training": self.training.to_json(),
             "fine_tuned_from": {"path": info.source.path, "sha256": info.source.sha256,
                                 "reinit_output": info.source.reinit_output} if info and info.source else None,
             "prediction_options": None if self.predict is None else self.predict.to_json(),
@@ -105,33 +144,22 @@ def card_from_export(path: str | Path, doc: JsonObject, config: Config, record: 
                      record.predict, dict(source_record.versions or {}), exported)
 
 
-def _counters(record: ModelRecord, config: Config) -> JsonObject:
+def _counters(record: ModelRecord, config: Config) -> TrainingLines:
     """Epochs, steps, time and validation scores from a checkpoint's record (or an export's
     ``source``): the whole run's counters (recorded in ``best`` when training ends), else the file's own."""
     own, run = record.counters, record.run
+    whole = own if run is None else run
     best = own.best_score
-    last = own.last_score if run is None else run.last_score
-    counters = {
-        "epochs": own.epoch if run is None else run.epoch,
-        "steps": own.step if run is None else run.step,
-        "seconds": own.seconds if run is None else run.seconds,
-        "file_epoch": own.epoch,
-        "best_epoch": own.best_epoch if best is not None else None,
-        "select": config.train.select,
-    }
-    if not config.task.translate:
-        return {**counters, "best_dice": best, "last_dice": last}
     # A translation's score is -MAE (task.select = "mae") or SSIM: higher is better either way.
-    metric = config.task.select
-    sign = -1.0 if metric == "mae" else 1.0
-    return {**counters, "metric": metric, "best_score": best, "last_score": last,
-            f"best_{metric}": None if best is None else sign * best,
-            f"last_{metric}": None if last is None else sign * last}
+    return TrainingLines(select=config.train.select, metric=config.task.select if config.task.translate else "dice",
+                         epochs=whole.epoch, steps=whole.step, seconds=whole.seconds, file_epoch=own.epoch,
+                         best_epoch=own.best_epoch if best is not None else None, best_score=best,
+                         last_score=whole.last_score)
 
 
 def format_card(card: ModelCard) -> str:
     """The card as aligned ``key  value`` lines for a terminal."""
-    config, info, c = card.config, card.info, card.counters
+    config, info, c = card.config, card.info, card.training
     prep, gen = config.preprocess, config.generator
     lines = [("model", str(card.path)), ("sha256", card.sha256), ("size", f"{card.size_bytes / 1e6:.1f} MB")]
     lines.append(("network", f"{gen.arch} generator, depth {gen.depth}, {gen.base_filters}-{gen.max_filters} filters, "
@@ -159,12 +187,12 @@ def format_card(card: ModelCard) -> str:
         lines.append(("labels", _labels(info)))
         lines.append(("missing input", _missing_channels(config)))
     lines += _data_lines(info)
-    if c.get("epochs") is None:
+    if c.epochs is None:
         lines.append(("training", NOT_RECORDED))
     else:
-        time = f", {_duration(c['seconds'])}" if c.get("seconds") else ", time not recorded"
-        this = f" (this file: epoch {c['file_epoch']})" if c["file_epoch"] != c["epochs"] else ""
-        lines.append(("training", f"{c['epochs']} epochs, {c['steps']} steps{time}{this}"))
+        time = f", {_duration(c.seconds)}" if c.seconds else ", time not recorded"
+        this = f" (this file: epoch {c.file_epoch})" if c.file_epoch != c.epochs else ""
+        lines.append(("training", f"{c.epochs} epochs, {c.steps} steps{time}{this}"))
     lines.append(("validation", _validation(config, c)))
     if info and info.source:
         reinit = ", output layer re-initialised" if info.source.reinit_output else ""
@@ -213,18 +241,17 @@ def _normalization(config: Config) -> str:
     return f"{text} [{prep.normalize}]"
 
 
-def _validation(config: Config, c: dict[str, Any]) -> str:
+def _validation(config: Config, c: TrainingLines) -> str:
     if config.task.translate:
-        metric = c["metric"]
-        name = "MAE" if metric == "mae" else "SSIM"
-        best, last = c.get(f"best_{metric}"), c.get(f"last_{metric}")
+        name = "MAE" if c.metric == "mae" else "SSIM"
         how = (f"{name} of the synthesised {', '.join(config.task.target or ())} inside the foreground of the "
-               "validation cases, on the normalised scale; " + ("lower" if metric == "mae" else "higher") + " is better")
+               "validation cases, on the normalised scale; " + ("lower" if c.metric == "mae" else "higher") + " is better")
     else:
-        name, best, last, how = "Dice", c.get("best_dice"), c.get("last_dice"), ""
-    best_text = f"best {name} {best:.4f} (epoch {c['best_epoch']})" if best is not None else f"best {name} {NOT_RECORDED}"
+        name, how = "Dice", ""
+    best, last = c.best, c.last
+    best_text = f"best {name} {best:.4f} (epoch {c.best_epoch})" if best is not None else f"best {name} {NOT_RECORDED}"
     last_text = f"last {last:.4f}" if last is not None else f"last {NOT_RECORDED}"
-    return f"{best_text}, {last_text}; " + (f"{how}; " if how else "") + f"this file is the {c['select']} model"
+    return f"{best_text}, {last_text}; " + (f"{how}; " if how else "") + f"this file is the {c.select} model"
 
 
 def _fill_check_line(check: dict[str, Any]) -> str:

@@ -191,7 +191,7 @@ def expand_model_paths(paths: Sequence[str | Path]) -> list[Path]:
     """``--model`` arguments -> checkpoint or run paths: a cross-validation directory becomes its folds.
 
     Anything else (a run directory or a ``.safetensors`` file) is passed through unchanged, so
-    ``inference.load_model`` on each result gives the ensemble to average.
+    ``inference.read_model`` on each result gives the ensemble to average.
     """
     out: list[Path] = []
     for p in paths:

@@ -33,7 +33,7 @@ from vox2vox.data.preprocessing import LoadedCase
 from vox2vox.data.profile import profile_from_records
 from vox2vox.device import tune_cpu_allocator
 from vox2vox.errors import Vox2VoxError, Vox2VoxWarning
-from vox2vox.infer.inference import InferenceConfig, load_model, predict_probabilities
+from vox2vox.infer.inference import InferenceConfig, predict_probabilities, read_model
 from vox2vox.model.checkpoint import load_checkpoint, read_record, save_checkpoint
 from vox2vox.model.outputs import OutputHead, output_head
 from vox2vox.model.record import ModelInfo, RunSummary, SourceModel
@@ -204,7 +204,7 @@ class SegmentationRun:
         if not (self.config.train.tune_prediction and val_ids):
             return
         best = RunDir(run_dir).best
-        choice = choose_prediction_options(load_model(best).generator, [self.cases[i] for i in val_ids],
+        choice = choose_prediction_options(read_model(best).generator, [self.cases[i] for i in val_ids],
                                            self.convention, self.config.train.patch_size, head=self.head,
                                            case_ids=val_ids)
         record_prediction_options(best, choice)
