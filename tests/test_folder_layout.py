@@ -142,6 +142,16 @@ def test_channels_pick_and_order(tmp_path):
         discover(root, channel_names=["seg"])
 
 
+def test_a_channel_is_named_by_the_first_token_of_its_file_only_when_that_is_unambiguous(tmp_path):
+    root = _case_folders(tmp_path / "data", ("Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd", "T2_a", "T2_b", "GT"))
+    spec = discover(root, channel_names=["flair", "T1C"])
+    assert spec.channel_names == ("Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd")
+    with pytest.raises(Vox2VoxError, match="'t1' matches no shared file"):  # t1 is not t1c
+        discover(root, channel_names=["t1"])
+    with pytest.raises(Vox2VoxError, match="'t2' matches no shared file"):  # T2_a or T2_b: never a guess
+        discover(root, channel_names=["t2"])
+
+
 def test_brain_mask_beside_label_becomes_the_mask(tmp_path):
     root = _case_folders(tmp_path / "data", ("T1", "T1_brain_mask", "GT"))
     spec = discover(root)

@@ -112,6 +112,24 @@ def test_builtin_prior_reads_the_channel_it_is_told_and_refuses_to_guess(shared_
     assert np.array_equal(np.asarray(chosen), np.asarray(read_volume(alone)[0]))  # the FLAIR, read alone
 
 
+def test_predict_warns_when_the_scan_is_not_a_brain_like_the_priors(shared_data, tmp_path):
+    import nibabel as nib
+
+    import vox2vox
+
+    model = vox2vox.load_model(BUILTIN, device="cpu")
+    flair = shared_data / BRATS18 / "case_0" / "FLAIR.nii.gz"
+    assert not [w for w in model.predict(flair).warnings if "foreground" in w]  # a skull-stripped brain
+    image = nib.load(flair)
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    # The same scan with a noisy, non-zero background, as an unstripped or unmasked scan has.
+    noisy = np.where(data != 0, data, np.random.default_rng(0).uniform(1.0, 5.0, data.shape)).astype(np.float32)
+    nib.save(nib.Nifti1Image(noisy, image.affine), tmp_path / "unmasked.nii.gz")
+    with pytest.warns(UserWarning):
+        warnings = model.predict(tmp_path / "unmasked.nii.gz").warnings
+    assert any("wider than any skull-stripped brain" in w for w in warnings)
+
+
 def test_channel_applies_to_one_channel_models_only(tmp_path, capsys):
     from helpers import TINY, make_manifest
     from vox2vox.cli import main

@@ -77,9 +77,14 @@ def _is_body_mask(stem: str) -> bool:
 
 
 def _match_name(wanted: str, names: dict[str, str]) -> str | None:
-    """The key of ``names`` (lower stem -> display name) that ``wanted`` means, with or without suffix."""
+    """The key of ``names`` (lower stem -> display name) that ``wanted`` means, with or without
+    suffix, case-insensitively; else the one name whose first ``_``/``-`` token it is (``flair``
+    for ``Flair_subtrMeanDivStd``), never a guess between several."""
     key = (strip_volume_suffix(wanted) or wanted).lower()
-    return key if key in names else None
+    if key in names:
+        return key
+    by_token = [k for k in names if re.split(r"[_\-.]", k, maxsplit=1)[0] == key]
+    return by_token[0] if len(by_token) == 1 else None
 
 
 def discover_folders(

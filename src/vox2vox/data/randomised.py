@@ -233,3 +233,24 @@ def _render(tissue: np.ndarray, brain: np.ndarray, shape: tuple[int, ...], rng: 
     values = image[brain]
     mean, std = float(values.mean()), float(values.std())
     return np.where(brain, (image - mean) / (std if std > 1e-6 else 1.0), 0.0).astype(np.float32)
+
+
+def unlike_randomised_scans(record: dict, ranges: PriorRanges = PriorRanges()) -> list[str]:
+    """How a case (its preprocessing ``record``) is unlike the scans a prior trained on, one phrase
+    each: the prior knows skull-stripped whole brains, so a foreground wider than any of its brains
+    (a head with skull, a background that is not zero) or far thinner (a slab) is out of its world.
+    Compared as sorted extents, so the orientation does not matter."""
+    crop, spacing = record.get("crop"), record.get("original_spacing")
+    if not crop or not spacing:
+        return []
+    extents = sorted((hi - lo) * float(s) for (lo, hi), s in zip(crop, spacing, strict=False))
+    smallest = min(2.0 * lo for lo, _ in ranges.brain_semi_axes_mm)
+    largest = max(2.0 * hi for _, hi in ranges.brain_semi_axes_mm)
+    problems = []
+    if extents[-1] > 1.15 * largest:
+        problems.append(f"foreground {extents[-1]:.0f} mm across, wider than any skull-stripped brain the prior "
+                        f"saw (up to {largest:.0f} mm): skull, neck or a non-zero background?")
+    if extents[0] < 0.6 * smallest:
+        problems.append(f"foreground only {extents[0]:.0f} mm thick where the prior's brains are at least "
+                        f"{smallest:.0f} mm: a slab, not the whole brain?")
+    return problems

@@ -15,7 +15,7 @@ from vox2vox.data.cases import CaseFiles, DatasetSpec
 from vox2vox.data.labels import LabelConvention
 from vox2vox.data.layouts import discover
 from vox2vox.data.profile import distribution_problems
-from vox2vox.data.randomised import ANY_MRI
+from vox2vox.data.randomised import ANY_MRI, RANDOMISED, unlike_randomised_scans
 from vox2vox.errors import Vox2VoxError
 from vox2vox.infer.loaded import LoadedModel
 from vox2vox.model.outputs import OutputHead, check_threshold, head_for
@@ -102,10 +102,11 @@ def _one_channel(model: LoadedModel, input_path: str | Path, layout: str, channe
         raise Vox2VoxError(f"--channel {channel}: {model.path} reads {model.config.generator.in_channels} channels "
                            f"({', '.join(trained)}); --channel picks the input of a one-channel model")
     spec = discover(input_path, layout=layout, channel_names=(channel,))
-    if not trained or trained == (channel,):
+    found = spec.channel_names[0]  # the layout's spelling of it (``Flair_subtrMeanDivStd`` for flair)
+    if not trained or trained == (found,):
         return spec
     return dataclasses.replace(spec, channel_names=trained, cases=tuple(
-        dataclasses.replace(c, channels={trained[0]: c.channels[channel]}) for c in spec.cases))
+        dataclasses.replace(c, channels={trained[0]: c.channels[found]}) for c in spec.cases))
 
 
 def with_absent_channels(models: Sequence[LoadedModel], spec: DatasetSpec, missing: Sequence[str],
@@ -180,6 +181,8 @@ def check_channels(model: LoadedModel, channel_names: Sequence[str], where: str 
 def training_data_problems(model: LoadedModel, record: Any, channel_names: Sequence[str] | None) -> list[str]:
     """How a preprocessed case (its ``PreprocessRecord``) differs from the model's training data
     (spacing, intensities, channels by name when given); empty when the model records no profile."""
+    if model.record.layout == RANDOMISED:  # a prior: no real training data, but a known world
+        return unlike_randomised_scans(record)
     data = model.record.data
     if data is None or model.record.info() is None:
         return []
