@@ -214,7 +214,9 @@ def test_budget_stop_and_resume_continue_the_schedule(tmp_path):
     assert 1.5 < first["seconds"] < 6.0  # stopped inside the budget, with the time spent recorded
     result = fit(config, TrainingData(cases, sample_patch), run, resume=True, progress=False)
     final = load_checkpoint(run / "checkpoints" / "last.safetensors").state
-    assert 6.0 <= final["seconds"] < 9.0  # the resume used what was left, not a new budget
+    # The resume used what was left, not a new budget (which would end at first + 6 s or later);
+    # relative to the first part, so a busy machine's longer last epoch does not fail it.
+    assert 6.0 <= final["seconds"] < first["seconds"] + 6.0
     rows = [r for r in result.history if "lr_g" in r]
     assert rows[-1]["lr_g"] < 0.2 * 1e-3  # decayed near its end when the budget ran out
     assert (run / "checkpoints" / "best.safetensors").is_file()  # select=last: the final model
