@@ -7,7 +7,7 @@ volume over true volume; BraTS empty-mask rules). Beside it, the baseline a user
 hand: FLAIR z-scored inside the brain, thresholded, largest component kept, the threshold tuned
 leave-one-case-out (on the other cases, never on the scored one).
 
-    python benchmarks/prior_zero_shot.py --model builtin:brain-tumour --out /tmp/zs [--card FILE]
+    python benchmarks/prior_zero_shot.py --model builtin:brain-tumour --out OUT [--card FILE]
 
 ``--card`` writes the per-source, per-contrast means into a shipped model's card (its
 ``zero_shot`` entry); the weights' sha256 is unchanged by that.
