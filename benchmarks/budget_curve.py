@@ -2,8 +2,8 @@
 
 For each budget (default 10 minutes, 30 minutes, 2 hours) and seed, the methods run side by side
 as separate processes of ``benchmarks/readme_path.py`` (one thread each unless ``--threads``), so
-each gets the same share of the machine, and are scored on the same unseen cases (whole-tumour
-Dice and HD95 on the cases' own grids). Methods:
+each gets the same share of the machine, and are scored on the same unseen cases (per region:
+Dice, HD95 and the lesion-wise scores, on the cases' own grids). Methods:
 
 - ``readme``: exactly the README's path (``vox2vox train --data train.csv --budget B`` as planned,
   then ``vox2vox predict``);
@@ -15,8 +15,9 @@ Dice and HD95 on the cases' own grids). Methods:
   at 2 mm: the peer of the recent rounds in benchmarks/RESULTS.md).
 
 A run whose ``result.json`` exists for the same budget is read, not repeated, so an interrupted
-curve resumes. Prints one JSON line per run, then one per (budget, method): Dice and HD95 means
-over seeds and steps.
+curve resumes. Prints one JSON line per run, then one per (budget, method): means over seeds of
+each region's scores, and of the steps. ``--task``, ``--train`` and ``--test`` go to readme_path.py
+(the sarcoma CTs, or ``--task brats-regions``).
 
     python benchmarks/budget_curve.py --out OUT/curve --seeds 0 1 2                   # 10m, 30m, 2h
     python benchmarks/budget_curve.py --out OUT/curve --budgets 30m --methods readme dice-only critic cheap-critic unet
@@ -50,7 +51,7 @@ def run_folder(out: Path, budget: str, method: str, seed: int) -> Path:
 
 def command(method: str, seed: int, minutes: float, folder: Path, args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, str(HERE / "readme_path.py"), *METHOD_ARGS[method], "--minutes", f"{minutes:.6g}",
-           "--out", str(folder), "--seed", str(seed)]
+           "--out", str(folder), "--seed", str(seed), "--task", args.task]
     if method == "unet":
         cmd += ["--unet-width", str(args.unet_width), "--unet-patch", *map(str, args.unet_patch)]
     else:
@@ -75,6 +76,7 @@ def main() -> None:
     p.add_argument("--budgets", nargs="+", default=["10m", "30m", "2h"])
     p.add_argument("--methods", nargs="+", choices=list(METHOD_ARGS), default=["readme", "unet"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--task", choices=["tumour", "brats-regions"], default="tumour", help="readme_path.py's --task")
     p.add_argument("--train", action="append", default=None, help="training case folders (readme_path.py's)")
     p.add_argument("--test", action="append", default=None, help="unseen test case folders")
     p.add_argument("--unet-width", type=int, default=16)
@@ -103,7 +105,8 @@ def main() -> None:
                 row = {"budget": budget, "method": method, "seed": seed, "steps": doc.get("steps"),
                        "wt_dice_mean": round(doc["wt_dice_mean"], 4),
                        "hd95_mean_mm": round(statistics.fmean(hd), 2) if hd else None,
-                       "per_case_dice": {k: round(v["dice"], 4) for k, v in doc["per_case"].items()}}
+                       "per_case_dice": {k: round(v["dice"], 4) for k, v in doc["per_case"].items()},
+                       "regions": {r: {k: round(v, 4) for k, v in m.items()} for r, m in doc["region_means"].items()}}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     for budget in sorted(args.budgets, key=parse_duration):
@@ -113,7 +116,10 @@ def main() -> None:
             print(json.dumps({"budget": budget, "method": method, "seeds": len(mine),
                               "wt_dice_mean": round(statistics.fmean(r["wt_dice_mean"] for r in mine), 4),
                               "hd95_mean_mm": round(statistics.fmean(hd), 2) if hd else None,
-                              "steps_mean": round(statistics.fmean(r["steps"] or 0 for r in mine))}), flush=True)
+                              "steps_mean": round(statistics.fmean(r["steps"] or 0 for r in mine)),
+                              "regions": {region: {k: round(statistics.fmean(r["regions"][region][k] for r in mine), 4)
+                                                   for k in scores}
+                                          for region, scores in mine[0]["regions"].items()}}), flush=True)
 
 
 if __name__ == "__main__":

@@ -353,6 +353,14 @@ def load_trained(method: str, fold_dir: Path) -> torch.nn.Module:
 
 
 # ---- scoring ---------------------------------------------------------------------------------------
+def predict_source(models: list[torch.nn.Module], case: Any, study: Study) -> np.ndarray:
+    """The (ensemble) prediction of a loaded case as label values on the case's original grid."""
+    probs = predict_probabilities(models, case.image, config=InferenceConfig(mode="whole"))
+    # Softmax classes (the U-Net, Vox2Vox by default) or sigmoid regions (generator.output=regions).
+    head = output_head(study.convention, getattr(getattr(models[0], "config", None), "output", "classes"))
+    return study.convention.to_source(undo_preprocessing(head.to_classes(probs), case.record, order=0))
+
+
 def score(models: list[torch.nn.Module], case: Any, files: Any, study: Study) -> dict[str, dict[str, float]]:
     """Per region: Dice and HD95 (mm) of the (ensemble) prediction on the case's original grid.
 
@@ -360,10 +368,7 @@ def score(models: list[torch.nn.Module], case: Any, files: Any, study: Study) ->
     region (``vox2vox predict --largest-component region``), the usual clean-up for one tumour per
     case: it shows how much of the HD95 comes from stray blobs far from the tumour.
     """
-    probs = predict_probabilities(models, case.image, config=InferenceConfig(mode="whole"))
-    # Softmax classes (the U-Net, Vox2Vox by default) or sigmoid regions (generator.output=regions).
-    head = output_head(study.convention, getattr(getattr(models[0], "config", None), "output", "classes"))
-    pred = study.convention.to_source(undo_preprocessing(head.to_classes(probs), case.record, order=0))
+    pred = predict_source(models, case, study)
     pred_lcc = postprocess(pred, config=PostprocessConfig(largest_component="region"), convention=study.convention)
     _, raw_label, geometry = read_case(files)
     truth = study.convention.to_source(study.convention.to_classes(raw_label))
