@@ -8,20 +8,30 @@ import pytest
 
 from test_planner import BRATS_LIKE, CPU, TABLE
 from vox2vox.config import Config
-from vox2vox.train.adversarial import EVIDENCE, NOISE, Comparison, adversarial_decision
+from vox2vox.train.adversarial import (
+    CRITICS,
+    EVIDENCE,
+    HD95_SHARE,
+    NOISE,
+    AdversarialDecision,
+    Comparison,
+    adversarial_decision,
+)
 from vox2vox.train.planner import Device, make_plan
 
 
-def test_a_cpu_plan_at_the_measured_budgets_leaves_the_term_off_and_says_why_and_how_to_turn_it_on():
+def test_a_cpu_plan_at_the_measured_budgets_follows_the_rule_and_cites_every_comparison():
     for minutes in (15, 30, 60):
+        decision = adversarial_decision("cpu", minutes * 60)
         plan = make_plan(BRATS_LIKE, device=CPU, budget_seconds=minutes * 60, throughput=TABLE)
-        loss = Config.from_dict(plan.config).loss
-        assert not loss.adversarial and loss.lambda_adv == 0.1 and loss.adversarial_start == 0.3
+        cfg = Config.from_dict(plan.config)
+        assert cfg.loss.adversarial == decision.use and cfg.loss.lambda_adv == 0.1 and cfg.loss.adversarial_start == 0.3
+        assert cfg.discriminator.input_scale == CRITICS[decision.critic]["input_scale"]
         reason = next(r for r in plan.reasons if r.startswith("loss"))
-        assert "no adversarial term" in reason and "--set loss.adversarial=true" in reason
-        cited = adversarial_decision("cpu", minutes * 60).evidence
-        assert cited and set(cited) <= set(EVIDENCE)
-        assert all(f"{c.with_critic:.3f} with the critic vs {c.dice_only:.3f} Dice-only" in reason for c in cited)
+        switch = "--set loss.adversarial=false" if decision.use else "--set loss.adversarial=true"
+        assert ("no adversarial term" in reason) != decision.use and switch in reason
+        assert decision.evidence and set(decision.evidence) <= set(EVIDENCE)
+        assert all(c.describe() in reason for c in decision.evidence)
 
 
 @pytest.mark.parametrize(("device", "hours"), [("cuda", 12), ("cpu", 8)])
@@ -43,3 +53,44 @@ def test_the_rule_adopts_the_term_only_when_it_beats_dice_only_on_two_tasks():
     assert adversarial_decision("cpu", 4 * 3600, (base,)).use
     assert adversarial_decision("cuda", 1800, (base,)).use
     assert adversarial_decision("cpu", None, (base,)).use
+
+
+def test_a_critic_helps_by_dice_lesion_wise_dice_or_hd95_but_never_at_a_dice_loss():
+    base = Comparison("a", "cpu", 1800, 3, 0.80, 0.80, 0.25, "x", hd95=(10.0, 10.0), lesion_dice=(0.7, 0.7))
+    assert not base.helped
+    assert dataclasses.replace(base, lesion_dice=(0.7 + 2 * NOISE, 0.7)).helped
+    assert dataclasses.replace(base, hd95=((1 - 2 * HD95_SHARE) * 10.0, 10.0)).helped
+    assert not dataclasses.replace(base, hd95=((1 - HD95_SHARE / 2) * 10.0, 10.0)).helped
+    # A shorter HD95 does not buy back a lower Dice.
+    assert not dataclasses.replace(base, with_critic=0.80 - 2 * NOISE, hd95=(5.0, 10.0)).helped
+    # Unrecorded measures count for nothing.
+    assert not dataclasses.replace(base, hd95=None, lesion_dice=None).helped
+
+
+def test_the_cheap_critic_is_planned_with_its_pooling_when_it_helped_on_two_tasks():
+    cheap = Comparison("a", "cpu", 1800, 3, 0.80, 0.80, 0.1, "x", critic="cheap", hd95=(5.0, 10.0))
+    planned = dataclasses.replace(cheap, critic="planned", hd95=(10.0, 10.0))
+    evidence = (cheap, dataclasses.replace(cheap, task="b"), planned, dataclasses.replace(planned, task="b"))
+    decision = adversarial_decision("cpu", 1800, evidence)
+    assert decision.use and decision.critic == "cheap" and "pooled by 2" in decision.reason
+    assert not adversarial_decision("cpu", 1800, (cheap, planned)).use  # one task each is not enough
+    with pytest.raises(ValueError, match="critic"):
+        dataclasses.replace(cheap, critic="huge")
+
+
+def test_a_planned_cheap_critic_keeps_its_pooling_only_where_the_patch_is_large_enough(monkeypatch):
+    import vox2vox.train.planner as planner
+
+    cheap = AdversarialDecision(True, "loss Dice + cross-entropy + 0.1 x LSGAN (test)", (), "cheap")
+    monkeypatch.setattr(planner, "adversarial_decision", lambda device, budget: cheap)
+    large = Config.from_dict(make_plan(BRATS_LIKE, device=CPU, budget_seconds=1800, throughput=TABLE).config)
+    assert large.loss.adversarial and large.discriminator.input_scale == 2
+    assert min(large.train.patch_size) >= large.discriminator.min_input_size()
+    tiny = dataclasses.replace(BRATS_LIKE, median_foreground_mm=(30.0, 30.0, 30.0))
+    plan = make_plan(tiny, device=CPU, budget_seconds=1800, throughput={"32x32x32": 0.1})
+    small = Config.from_dict(plan.config)
+    assert tuple(small.train.patch_size) == (32, 32, 32)
+    # The critic pooled by 2 needs 48 voxels a side: a 32^3 patch keeps the plain critic and says why.
+    assert dataclasses.replace(small.discriminator, input_scale=2).min_input_size() > 32
+    assert small.loss.adversarial and small.discriminator.input_scale == 1
+    assert any(r.startswith("critic:") and "too small" in r for r in plan.reasons)

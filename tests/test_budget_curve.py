@@ -24,6 +24,11 @@ def test_budget_curve_at_a_tiny_budget(shared_data: Path, tmp_path: Path):
     runs, summary = [r for r in rows if "seed" in r], [r for r in rows if "seeds" in r]
     assert {r["method"] for r in runs} == {"readme", "unet"} == {r["method"] for r in summary}
     assert all(0.0 <= r["wt_dice_mean"] <= 1.0 and r["per_case_dice"] for r in runs)
+    # Every arm, the U-Net's too, is scored whole-volume and lesion-wise on the same region.
+    for r in runs:
+        wt = r["regions"]["WT"]
+        assert wt["dice"] == r["wt_dice_mean"] and 0.0 <= wt["lesion_dice"] <= 1.0
+        assert wt["lesion_hd95"] >= 0.0 and wt["fp_lesions"] >= 0 and wt["volume_ratio"] >= 0.0
     # A finished run is read back, not trained again.
     t0 = time.perf_counter()
     again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)

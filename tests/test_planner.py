@@ -350,14 +350,15 @@ def test_planned_translation_from_the_command_line(tmp_path):
     assert len(list((tmp_path / "syn").glob("*.nii.gz"))) == 3
 
 
-@pytest.mark.parametrize(("labelled", "held_out"), [(2, 1), (3, 1), (5, 2), (8, 2), (9, 3), (20, 4)])
+@pytest.mark.parametrize(("labelled", "held_out"), [(1, 0), (2, 0), (3, 0), (4, 2), (5, 2), (8, 2), (9, 3), (20, 4)])
 def test_plan_holds_out_enough_validation_cases_for_choices_no_case_decides(labelled, held_out):
     fp = dataclasses.replace(BRATS_LIKE, n_cases=labelled, n_labelled=labelled)
     plan = make_plan(fp, device=CPU, budget_seconds=1800, throughput=TABLE)
     assert plan.config["data"]["val_cases"] == held_out
     reason = next(r for r in plan.reasons if r.startswith("validation:"))
-    assert f"{held_out} of {labelled} labelled cases" in reason
-    assert ("keep their defaults" in reason) is (held_out < 2)
+    # Never a lone validation case: it would take a training case and decide nothing.
+    assert (f"{held_out} of {labelled} labelled cases" if held_out else f"none of {labelled} labelled") in reason
+    assert ("keep their defaults" in reason) is (held_out == 0)
 
 
 def test_a_users_validation_hold_out_replaces_the_plans_and_its_reason():

@@ -27,8 +27,9 @@ from vox2vox.data.layouts import discover
 from vox2vox.data.translation import resolve_channels
 from vox2vox.device import Device, cpu_bf16
 from vox2vox.errors import Vox2VoxError
+from vox2vox.model.discriminator import DiscriminatorConfig
 from vox2vox.model.translation import TaskConfig
-from vox2vox.train.adversarial import adversarial_decision
+from vox2vox.train.adversarial import CRITICS, adversarial_decision
 from vox2vox.train.memory import estimate_memory
 from vox2vox.train.runs import find_labelled_cases
 from vox2vox.train.schedule import format_duration
@@ -197,6 +198,7 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
                         select="last", tune_prediction=not translate, device=device.kind, val_every=1)
     if amp is not None:
         cfg["train"]["amp"] = amp
+    _fit_critic(cfg, plan, patch)
     if budget_seconds is not None:
         cfg["train"]["budget"] = format_duration(budget_seconds)
         plan.why(f"budget {format_duration(budget_seconds)}: about {steps} steps of batch {batch} at "
@@ -221,6 +223,19 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     return plan
 
 
+def _fit_critic(cfg: dict[str, dict[str, Any]], plan: Plan, patch: Sequence[int]) -> None:
+    """A pooled critic needs its pooling factor times the patch a plain one needs; a smaller patch
+    keeps the plain critic rather than failing the run."""
+    critic = cfg["discriminator"]
+    if not cfg["loss"].get("adversarial") or critic.get("input_scale", 1) == 1:
+        return
+    need = DiscriminatorConfig(**critic).min_input_size()
+    if min(patch) < need:
+        critic["input_scale"] = 1
+        plan.why(f"critic: a {min(patch)}-voxel patch side is too small for the pair pooled by "
+                 f"{CRITICS['cheap']['input_scale']} (it needs {need}); the critic judges the pair as given")
+
+
 #: Labelled cases from which the plan holds out 2 (and 3) validation cases, so that no single case
 #: decides a prediction option (train/selection.py's rule needs at least 2; 3 gives it a majority).
 TWO_VAL_FROM, THREE_VAL_FROM = 4, 9
@@ -229,20 +244,24 @@ TWO_VAL_FROM, THREE_VAL_FROM = 4, 9
 def validation_cases(n_labelled: int) -> tuple[int, str]:
     """How many labelled cases a segmentation plan holds out for validation, and why: a fifth of
     them (nnU-Net's fold size), at least 2 from :data:`TWO_VAL_FROM` cases and 3 from
-    :data:`THREE_VAL_FROM`, one with fewer (training keeps the rest)."""
+    :data:`THREE_VAL_FROM`; none with fewer, since one validation case decides nothing."""
     n_val = round(0.2 * n_labelled)
     if n_labelled >= THREE_VAL_FROM:
         n_val = max(n_val, 3)
     elif n_labelled >= TWO_VAL_FROM:
         n_val = max(n_val, 2)
-    n_val = max(1, min(n_val, n_labelled - 1)) if n_labelled >= 2 else 0
+    else:
+        # The model is the last one (select=last) and an option needs 2 validation cases, so a lone
+        # validation case would only take a quarter to a half of the training cases away.
+        return 0, (f"validation: none of {n_labelled} labelled cases held out: with fewer than "
+                   f"{TWO_VAL_FROM}, one validation case could neither rank checkpoints nor choose a prediction "
+                   "option (train/selection.py needs 2), so every case trains and the prediction options keep "
+                   "their defaults (argmax, no TTA, no clean-up); --set data.val_cases=1 holds one out to watch")
     why = (f"validation: {n_val} of {n_labelled} labelled cases held out; prediction options are adopted only "
            "when no single validation case decides them (train/selection.py: mean gain with any one case left "
            "out, fewer cases lowered than raised), since a threshold chosen on one case cost 0.015 Dice on "
            "unseen BraTS cases (benchmarks/RESULTS.md); a fifth of the cases, at least 2 from "
            f"{TWO_VAL_FROM} cases and 3 from {THREE_VAL_FROM}")
-    if n_val < 2:
-        why += f"; with {n_val} the prediction options keep their defaults (argmax, no TTA, no clean-up)"
     return n_val, why
 
 
@@ -263,6 +282,7 @@ def _segmentation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, fp: Fing
     # then gives the method's light, late term.
     cfg["loss"].update(adversarial=decision.use, dice="per_sample", lambda_dice=1.0, lambda_ce=1.0, lambda_adv=0.1,
                        adversarial_start=0.3, dice_weighting="uniform")
+    cfg["discriminator"].update(CRITICS[decision.critic])
     small = [i for i, f in enumerate(fp.class_fraction) if 0 < f < 0.01 and i > 0]
     plan.why(decision.reason + (f"; classes {small} hold < 1% of voxels, which per-sample Dice weights as much "
                                 "as the rest" if small else ""))
