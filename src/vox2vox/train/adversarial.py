@@ -83,7 +83,7 @@ EVIDENCE: tuple[Comparison, ...] = (
                _EQUAL_TIME, critic="cheap", hd95=(6.4, 9.3)),
     Comparison("README path, sarcoma CT, 3 cases -> 2 unseen", "cpu", 30 * 60, 3, 0.350, 0.386, 0.12,
                _THREE_TASKS, critic="cheap", hd95=(45.4, 42.6), lesion_dice=(0.264, 0.265)),
-    Comparison("README path, BraTS regions (mean of WT/TC/ET), 2 folds of 1 -> 1 case", "cpu", 15 * 60, 3,
+    Comparison("README path, BraTS WT/TC/ET (their mean), 2 folds of 1 -> 1 case", "cpu", 15 * 60, 3,
                0.476, 0.484, 0.14, _THREE_TASKS, critic="cheap", hd95=(49.3, 48.4), lesion_dice=(0.021, 0.015)),
 )
 
