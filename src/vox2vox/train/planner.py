@@ -252,7 +252,7 @@ def validation_cases(n_labelled: int) -> tuple[int, str]:
         n_val = max(n_val, 2)
     else:
         # The model is the last one (select=last) and an option needs 2 validation cases, so a lone
-        # validation case would only take a quarter to a half of the training cases away.
+        # validation case would only take a third to a half of the training cases away.
         return 0, (f"validation: none of {n_labelled} labelled cases held out: with fewer than "
                    f"{TWO_VAL_FROM}, one validation case could neither rank checkpoints nor choose a prediction "
                    "option (train/selection.py needs 2), so every case trains and the prediction options keep "
