@@ -231,9 +231,9 @@ def _fit_critic(cfg: dict[str, dict[str, Any]], plan: Plan, patch: Sequence[int]
         return
     need = DiscriminatorConfig(**critic).min_input_size()
     if min(patch) < need:
-        critic["input_scale"] = 1
         plan.why(f"critic: a {min(patch)}-voxel patch side is too small for the pair pooled by "
-                 f"{CRITICS['cheap']['input_scale']} (it needs {need}); the critic judges the pair as given")
+                 f"{critic['input_scale']} (it needs {need}); the critic judges the pair as given")
+        critic["input_scale"] = 1
 
 
 #: Labelled cases from which the plan holds out 2 (and 3) validation cases, so that no single case
