@@ -105,3 +105,88 @@ def test_elastic_field_is_the_cubic_spline_zoom_of_its_control_grid():
     assert field.shape == (3, *shape) and field.dtype == np.float32
     np.testing.assert_allclose(field, expected, atol=1e-5)
     assert field.std() > 1.0  # displacements of the order of sigma, not a constant
+
+
+# Scanner effects: what differs between sources after z-scoring (data/augmentation.scanner_effects).
+
+SCANNER = dict(p_bias=0.3, p_noise=0.15, noise_std=0.3, p_blur=0.2, p_contrast=0.15, p_lowres=0.25)
+
+
+def _brain(shape=(32, 36, 32)):
+    """Two z-scored channels inside a box, 0 outside (as preprocessing leaves a skull-stripped MRI)."""
+    rng = np.random.default_rng(1)
+    image = np.zeros((2, *shape), dtype=np.float32)
+    inside = (slice(None), slice(4, -4), slice(4, -4), slice(4, -4))
+    block = rng.normal(size=image[inside].shape).astype(np.float32)
+    image[inside] = (block - block.mean()) / block.std()
+    return image, image[0] != 0
+
+
+@pytest.mark.parametrize("effect", ["p_bias", "p_noise", "p_blur", "p_contrast", "p_lowres"])
+def test_each_scanner_effect_changes_only_the_foreground(effect):
+    from vox2vox.data.augmentation import scanner_effects
+
+    image, foreground = _brain()
+    out = scanner_effects(image, AugmentConfig(**{effect: 1.0}), np.random.default_rng(0))
+    assert out.shape == image.shape and out.dtype == np.float32 and np.isfinite(out).all()
+    assert not np.allclose(out[:, foreground], image[:, foreground], atol=1e-3)
+    assert np.all(out[:, ~foreground] == 0)
+    assert np.array_equal(image, _brain()[0])  # the input is not changed in place
+
+
+def test_bias_keeps_the_foreground_moments_and_contrast_its_range():
+    from vox2vox.data.augmentation import scanner_effects
+
+    image, foreground = _brain()
+    image[:, 4:16] += 2.0 * foreground[4:16]  # two tissues, so the shading is smaller than their contrast
+    biased = scanner_effects(image, AugmentConfig(p_bias=1.0), np.random.default_rng(2))
+    for c in range(2):
+        assert abs(float(biased[c][foreground].mean()) - float(image[c][foreground].mean())) < 1e-4
+        assert abs(float(biased[c][foreground].std()) - float(image[c][foreground].std())) < 1e-3
+        # A shading, not a shuffle: the biased channel still follows the original closely.
+        assert np.corrcoef(biased[c][foreground], image[c][foreground])[0, 1] > 0.6
+    stretched = scanner_effects(image, AugmentConfig(p_contrast=1.0, contrast_range=(1.5, 1.5)),
+                                np.random.default_rng(2))
+    assert stretched[0][foreground].min() >= image[0][foreground].min() - 1e-6
+    assert stretched[0][foreground].max() <= image[0][foreground].max() + 1e-6
+    assert stretched[0][foreground].std() > image[0][foreground].std()
+
+
+def test_blur_and_coarser_acquisition_smooth_the_channel():
+    from vox2vox.data.augmentation import scanner_effects
+
+    image, foreground = _brain()
+    inner = (slice(8, -8),) * 3
+
+    def roughness(volume):
+        return float(np.abs(np.diff(volume[inner], axis=0)).mean())
+
+    for cfg in (AugmentConfig(p_blur=1.0), AugmentConfig(p_lowres=1.0, lowres_range=(0.5, 0.5))):
+        out = scanner_effects(image, cfg, np.random.default_rng(0))
+        assert roughness(out[0]) < 0.8 * roughness(image[0])
+
+
+def test_scanner_effects_are_seeded_and_leave_the_geometry_alone():
+    image, label = _case()
+    image[:, :3] = 0  # some background
+    with_effects = Augmenter(AugmentConfig(**SCANNER, p_untouched=0, p_rotate=1, p_elastic=1))
+    without = Augmenter(AugmentConfig(p_untouched=0, p_rotate=1, p_elastic=1))
+    a = with_effects(image, label, np.random.default_rng(5))
+    b = with_effects(image, label, np.random.default_rng(5))
+    plain = without(image, label, np.random.default_rng(5))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    # The effects draw last, from their own stream: the same flips, warp and label as without them.
+    assert np.array_equal(a[1], plain[1])
+    assert np.array_equal(a[0] == 0, plain[0] == 0)
+    # Over many patches the effects happen at about their probabilities (each patch: 2 channels).
+    changed = sum(not np.array_equal(with_effects(image, label, np.random.default_rng(s))[0],
+                                     without(image, label, np.random.default_rng(s))[0]) for s in range(40))
+    expected = 1 - np.prod([(1 - p) ** 2 for k, p in SCANNER.items() if k.startswith("p_")])
+    assert abs(changed / 40 - expected) < 0.2
+
+
+@pytest.mark.parametrize("bad", [dict(p_noise=1.5), dict(p_bias=-0.1), dict(blur_sigma=(1.0, 0.5)),
+                                 dict(contrast_range=(0.0, 1.0)), dict(lowres_range=(0.8, 0.6))])
+def test_scanner_effect_settings_are_checked(bad):
+    with pytest.raises(Vox2VoxError):
+        AugmentConfig(**bad)

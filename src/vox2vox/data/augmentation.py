@@ -3,7 +3,8 @@
 The paper's scheme (docs/method.md, "Training"): 25% of patches untouched; otherwise flip, brightness
 (power law, gain and gamma in [0.8, 1.2]), rotation, scaling and elastic deformation, each with
 p = 0.5. The predecessors rotated 0-90 degrees about the array corner; here rotation is up to 30
-degrees about the volume centre.
+degrees about the volume centre. Optional scanner effects (bias field, noise, blur, contrast, a
+coarser acquisition; :func:`scanner_effects`) imitate what differs between sources.
 
 Rotation, scaling and the elastic field are composed into ONE sampling grid and applied with a
 single ``torch.nn.functional.grid_sample`` call (trilinear for images, nearest for labels): one
@@ -23,8 +24,13 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from vox2vox.data.randomised import smooth_noise
 from vox2vox.data.settings import setting
 from vox2vox.errors import Vox2VoxError
+
+
+# The effects that make one scanner's images look like another's (docs/method.md, "Training").
+SCANNER_EFFECTS = ("p_bias", "p_noise", "p_blur", "p_contrast", "p_lowres")
 
 
 @dataclass(frozen=True)
@@ -58,17 +64,36 @@ class AugmentConfig:
     p_elastic: float = setting(0.5, "probability of an elastic deformation")
     elastic_sigma: float = setting(2.0, "elastic displacement, voxels", within=(0.0, 1000.0))
     elastic_points: int = setting(3, "control points per axis of the elastic grid", at_most=64)
+    p_bias: float = setting(
+        0.0,
+        "probability of a smooth multiplicative bias field on each channel (a scanner's shading; the "
+        "foreground keeps its mean and spread, as a re-normalised scan would)")
+    bias_strength: float = setting(0.2, "bias field's log-gain standard deviation", within=(0.0, 3.0))
+    p_noise: float = setting(0.0, "probability of Gaussian noise on the foreground")
+    noise_std: float = setting(
+        0.1, "largest noise standard deviation in normalised units (drawn uniform up to it)", within=(0.0, 10.0))
+    p_blur: float = setting(0.0, "probability of a Gaussian blur of each channel")
+    blur_sigma: tuple[float, float] = setting((0.5, 1.0), "range of the blur's sigma, voxels", within=(0.001, 10.0))
+    p_contrast: float = setting(
+        0.0, "probability of scaling each channel's foreground about its mean, clipped to its range")
+    contrast_range: tuple[float, float] = setting(
+        (0.75, 1.25), "range of the contrast factor", within=(0.001, 1000.0))
+    p_lowres: float = setting(
+        0.0, "probability of simulating a coarser acquisition: down- then up-sampling each channel")
+    lowres_range: tuple[float, float] = setting(
+        (0.5, 1.0), "range of the down-sampling factor (1 = unchanged)", within=(0.05, 1.0))
     channel_dropout: float = setting(
         0.0,
         "probability that a training patch loses 1 to C-1 of its channels (set to 0, never all); > 0 "
         "trains a model that predicts cases without a channel (predict --missing); 0: off")
 
     def __post_init__(self) -> None:
-        for name in ("p_untouched", "p_flip", "p_intensity", "p_rotate", "p_scale", "p_elastic", "channel_dropout"):
+        for name in ("p_untouched", "p_flip", "p_intensity", "p_rotate", "p_scale", "p_elastic", "channel_dropout",
+                     *SCANNER_EFFECTS):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise Vox2VoxError(f"augment.{name}={value}: must be in [0, 1]")
-        for name in ("gain_range", "gamma_range", "scale_range"):
+        for name in ("gain_range", "gamma_range", "scale_range", "blur_sigma", "contrast_range", "lowres_range"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise Vox2VoxError(f"augment.{name}={(lo, hi)}: need 0 < low <= high")
@@ -76,6 +101,12 @@ class AugmentConfig:
             raise Vox2VoxError("augmentation flip_axes/rotate_axes must be among 0, 1, 2")
         if self.elastic_points < 2 or self.elastic_sigma < 0:
             raise Vox2VoxError("augmentation: elastic_points >= 2 and elastic_sigma >= 0 needed")
+
+    @property
+    def scanner_effects(self) -> bool:
+        """Whether any of the scanner-like intensity effects (bias, noise, blur, contrast, low
+        resolution) can happen."""
+        return any(getattr(self, name) > 0 for name in SCANNER_EFFECTS)
 
     @classmethod
     def off(cls) -> AugmentConfig:
@@ -118,6 +149,8 @@ class Augmenter:
         do_elastic = rng.random() < cfg.p_elastic
         elastic_seed = int(rng.integers(2**31 - 1))
         dropped = drop_channels(image.shape[0], cfg.channel_dropout, rng) if cfg.channel_dropout > 0 else ()
+        # One more draw only when scanner effects are on, so runs without them keep their streams.
+        scanner_seed = int(rng.integers(2**31 - 1)) if cfg.scanner_effects else None
         if untouched:
             return absent_channels(image.copy(), dropped), label.astype(np.int64)
 
@@ -143,6 +176,8 @@ class Augmenter:
             )
         if do_rotate or do_scale or displacement is not None:
             image, label = warp(image, label, matrix=matrix, displacement=displacement)
+        if scanner_seed is not None:
+            image = scanner_effects(np.asarray(image, dtype=np.float32), cfg, np.random.default_rng(scanner_seed))
         image = absent_channels(np.array(image, dtype=np.float32), dropped)
         return image, np.ascontiguousarray(label, dtype=np.int64)
 
@@ -186,6 +221,67 @@ def power_law(image: np.ndarray, gains: np.ndarray, gammas: np.ndarray) -> np.nd
         scaled = (values - lo) / (hi - lo)
         out[c][foreground] = (gains[c] * scaled ** gammas[c]) * (hi - lo) + lo
     return out
+
+
+def scanner_effects(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """``image`` ``(C, D, H, W)`` as another scanner might have shown it: per channel, with the
+    probabilities of ``cfg``, a smooth bias field, a coarser acquisition, a blur, a contrast change
+    and noise, on the foreground only (voxels non-zero in some channel; the background stays 0).
+
+    Bias and contrast act on the foreground and then restore its mean and standard deviation, since
+    the model only ever sees scans that preprocessing z-scored: what differs between scanners after
+    that is the shape of the intensity distribution and its spatial shading, not its first moments.
+    Every parameter is drawn up front from ``rng`` (always the same draws), then applied.
+    """
+    n_channels, shape = image.shape[0], image.shape[1:]
+    draws = [dict(bias=rng.random() < cfg.p_bias, bias_seed=int(rng.integers(2**31 - 1)),
+                  lowres=rng.random() < cfg.p_lowres, zoom=rng.uniform(*cfg.lowres_range),
+                  blur=rng.random() < cfg.p_blur, sigma=rng.uniform(*cfg.blur_sigma),
+                  contrast=rng.random() < cfg.p_contrast, factor=rng.uniform(*cfg.contrast_range),
+                  noise=rng.random() < cfg.p_noise, noise_std=rng.uniform(0.0, cfg.noise_std),
+                  noise_seed=int(rng.integers(2**31 - 1)))
+             for _ in range(n_channels)]
+    foreground = np.any(image != 0, axis=0)
+    if not foreground.any():
+        return image
+    out = np.array(image, dtype=np.float32)
+    for c, d in enumerate(draws):
+        channel = out[c]
+        values = channel[foreground]
+        mean, std = float(values.mean()), float(values.std())
+        if d["bias"] and cfg.bias_strength > 0:
+            # Multiplicative on the intensities above the foreground minimum (z-scores can be < 0).
+            lo = float(values.min())
+            field = np.exp(cfg.bias_strength * smooth_noise(shape, rng=np.random.default_rng(d["bias_seed"]), coarse=3))
+            channel[foreground] = _restandardised((values - lo) * field[foreground], mean, std)
+        if d["lowres"] and d["zoom"] < 1.0:
+            channel[...] = _coarser(channel, d["zoom"])
+        if d["blur"]:
+            channel[...] = ndimage.gaussian_filter(channel, sigma=d["sigma"], mode="nearest")
+        if d["contrast"]:
+            values = channel[foreground]
+            centre = float(values.mean())
+            channel[foreground] = np.clip((values - centre) * d["factor"] + centre, values.min(), values.max())
+        if d["noise"] and d["noise_std"] > 0:
+            noise = np.random.default_rng(d["noise_seed"]).standard_normal(int(foreground.sum()), dtype=np.float32)
+            channel[foreground] += np.float32(d["noise_std"]) * noise
+        channel[~foreground] = 0.0
+    return out
+
+
+def _restandardised(values: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """``values`` shifted and scaled to the given mean and standard deviation."""
+    spread = float(values.std())
+    return ((values - values.mean()) / (spread if spread > 1e-8 else 1.0) * std + mean).astype(np.float32)
+
+
+def _coarser(channel: np.ndarray, zoom: float) -> np.ndarray:
+    """``channel`` sampled on a grid ``zoom`` times as fine (nearest), then back (trilinear): the
+    partial-volume look of a thicker-slice acquisition, shape unchanged."""
+    small = [max(2, int(round(n * zoom))) for n in channel.shape]
+    t = torch.from_numpy(np.ascontiguousarray(channel))[None, None]
+    down = F.interpolate(t, size=small, mode="nearest")
+    return F.interpolate(down, size=channel.shape, mode="trilinear", align_corners=False)[0, 0].numpy()
 
 
 def _rotation(axis: int, angle: float) -> np.ndarray:
