@@ -431,6 +431,60 @@ def test_degenerate_training_data_warns_in_one_line_naming_the_file(tmp_path, ca
     assert len(warned) == 1 and warned[0].startswith(needle), err
 
 
+def _loaded(case_id, label):
+    from vox2vox.data.preprocessing import LoadedCase
+
+    return LoadedCase(case_id, np.zeros((1, *label.shape), np.float32), label.astype(np.int64), geometry=None)
+
+
+def _tumour(values_by_radius, shape=(24, 24, 24)):
+    """A label map of nested balls: ``[(radius, value), ...]`` from the outside in."""
+    grid = np.linalg.norm(np.indices(shape) - (np.array(shape)[:, None, None, None] - 1) / 2, axis=0)
+    label = np.zeros(shape, np.int64)
+    for radius, value in values_by_radius:
+        label[grid <= radius] = value
+    return label
+
+
+def test_label_maps_labelled_two_ways_are_named_in_one_line():
+    from vox2vox.data.checking import disagreeing_labellings
+
+    values = (0, 1, 2, 3, 4)
+    whole = {f"wt_{i}": _loaded(f"wt_{i}", _tumour([(8, 1)])) for i in range(3)}  # 1 = the whole tumour
+    parts = {f"sub_{i}": _loaded(f"sub_{i}", _tumour([(9, 2), (5, 4), (2, 1)])) for i in range(2)}  # 1 = necrosis
+    [line] = disagreeing_labellings({**whole, **parts}, values, where="data/manifest.csv")
+    assert line.startswith("data/manifest.csv: the label maps look labelled two ways: wt_0, wt_1, wt_2 hold only label 1")
+    assert "[1, 2, 4]" in line and "\n" not in line
+    # A case that lacks some sub-regions (a small lesion with oedema only) is normal: no warning.
+    oedema_only = {"small": _loaded("small", _tumour([(4, 2)]))}
+    assert disagreeing_labellings({**oedema_only, **parts}, values, where="d") == []
+    # One labelling throughout: no warning.
+    assert disagreeing_labellings(whole, values, where="d") == [] == disagreeing_labellings(parts, values, where="d")
+
+
+def test_the_shared_brats_sources_are_labelled_two_ways(shared_data):
+    from vox2vox.data.checking import disagreeing_labellings
+    from vox2vox.data.io import read_volume
+
+    files = {"case_0": shared_data / "brats2018-deepvoxnet2" / "case_0" / "GT_W.nii.gz",
+             "pat0005": shared_data / "brats2015-deepmedic" / "brats_2013_pat0005_1" / "OTMultiClass.nii.gz"}
+    cases = {k: _loaded(k, np.rint(read_volume(path)[0]).astype(np.int64)) for k, path in files.items()}
+    [line] = disagreeing_labellings(cases, (0, 1, 2, 3, 4), where="shared")
+    assert "case_0 hold only label 1" in line
+
+
+def test_training_on_labels_written_two_ways_warns(tmp_path, capsys):
+    from helpers import TINY, cli, make_manifest
+
+    manifest = make_manifest(tmp_path / "data", n_cases=3)
+    nib.save(nib.Nifti1Image(_tumour([(6, 2), (4, 4), (1.5, 1)], shape=(16, 16, 16)).astype(np.uint8), np.eye(4)),
+             tmp_path / "data" / "case_002_seg.nii.gz")
+    code, _, err = cli(capsys, "train", "--data", manifest, "--out", tmp_path / "run", *TINY)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if ": warning: " in line]
+    assert len(warned) == 1 and f"{manifest}: the label maps look labelled two ways" in warned[0], err
+
+
 def test_cpu_bf16_runs_the_generator_in_bf16_and_keeps_the_critic_in_float32():
     # Under bf16 autocast on a CPU the critic's weight gradients turned non-finite within ~100
     # adversarial steps (docs/method.md, "Self-configuration"): the critic stays float32 there.

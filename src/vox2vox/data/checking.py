@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from vox2vox.data.cases import CaseFiles, DatasetSpec
 from vox2vox.data.hdf5 import file_of
@@ -285,3 +286,45 @@ def degenerate_training_data(cases: Mapping[str, LoadedCase], files: Mapping[str
         problems.append(f"{where}: no case has any foreground label (every label map is background only); "
                         "the model can only learn to predict background")
     return problems
+
+
+def disagreeing_labellings(cases: Mapping[str, LoadedCase], source_values: Sequence[int], *,
+                           where: object) -> list[str]:
+    """One line per label that looks written two ways: some cases hold it as their only
+    foreground class, while in the cases with three or more classes it lies inside the others
+    (under 30% of its surface touches background, median): a whole-lesion mask written as 1 beside
+    sub-region labels where 1 is an inner part, such as necrosis. Training would learn that class
+    with two meanings. An outer class alone (a lesion with oedema only) is normal and passes; sizes
+    are not used, since lesions differ in size more than sub-regions do. ``source_values[c]`` names
+    class ``c`` as written on disk. Training warns and goes on: only the labeller knows which way
+    is right."""
+    labels = {k: c.label for k, c in cases.items() if c.label is not None and np.any(c.label > 0)}
+    present = {k: set(np.unique(v[v > 0]).tolist()) for k, v in labels.items()}
+    single = {k: next(iter(v)) for k, v in present.items() if len(v) == 1}
+    rich = [k for k, v in present.items() if len(v) >= 3]
+    problems = []
+    for c in sorted(set(single.values())):
+        holders = [k for k in rich if c in present[k]]
+        if not holders:
+            continue
+        outer = float(np.median([_background_contact(labels[k], c) for k in holders]))
+        if outer >= 0.3:
+            continue
+        alone = [k for k, v in single.items() if v == c]
+        shown = ", ".join(alone[:3]) + (f" and {len(alone) - 3} more" if len(alone) > 3 else "")
+        value = int(source_values[c]) if c < len(source_values) else c
+        others = sorted({int(source_values[i]) if i < len(source_values) else i for k in holders for i in present[k]})
+        problems.append(
+            f"{where}: the label maps look labelled two ways: {shown} hold only label {value}, which in "
+            f"{len(holders)} case(s) with labels {others} lies inside the others; if {value} is the whole lesion in "
+            f"some and an inner part in the rest, training learns it with two meanings: relabel one group, or give "
+            f"a label convention (data.convention, a .json) that maps both to the same classes")
+    return problems
+
+
+def _background_contact(label: np.ndarray, c: int) -> float:
+    """Fraction of class ``c``'s surface voxels that touch background (6-neighbourhood)."""
+    mask = label == c
+    surface = mask & ndimage.binary_dilation(~mask)
+    touching = surface & ndimage.binary_dilation(label == 0)
+    return float(touching.sum()) / max(float(surface.sum()), 1.0)

@@ -25,7 +25,7 @@ from vox2vox.atomic import atomic_write_text, ensure_folder
 from vox2vox.config import Config
 from vox2vox.data.augmentation import Augmenter, sample_patch
 from vox2vox.data.cases import CaseFiles, DatasetSpec
-from vox2vox.data.checking import degenerate_training_data
+from vox2vox.data.checking import degenerate_training_data, disagreeing_labellings
 from vox2vox.data.labels import IGNORE_INDEX, LabelConvention, get_convention, infer_convention
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
@@ -122,7 +122,10 @@ def train_on_dataset(
     task: RunTask = load(config, finetune=finetune, progress=progress)
     if ctx.is_main and not config.task.translate:
         files = {c.case_id: c for c in task.spec.cases}
-        for problem in degenerate_training_data(task.cases, files, where=config.data.path):
+        problems = degenerate_training_data(task.cases, files, where=config.data.path)
+        if isinstance(task, SegmentationRun):
+            problems += disagreeing_labellings(task.cases, task.convention.source_values, where=config.data.path)
+        for problem in problems:
             warnings.warn(problem, Vox2VoxWarning, stacklevel=2)
     train_ids, val_ids = run_split(list(task.cases), config, split)
     run_dir = Path(run_dir)
