@@ -28,7 +28,6 @@ from vox2vox.data.randomised import smooth_noise
 from vox2vox.data.settings import setting
 from vox2vox.errors import Vox2VoxError
 
-
 # The effects that make one scanner's images look like another's (docs/method.md, "Training").
 SCANNER_EFFECTS = ("p_bias", "p_noise", "p_blur", "p_contrast", "p_lowres")
 
