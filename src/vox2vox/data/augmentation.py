@@ -227,9 +227,10 @@ def scanner_effects(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Genera
     probabilities of ``cfg``, a smooth bias field, a coarser acquisition, a blur, a contrast change
     and noise, on the foreground only (voxels non-zero in some channel; the background stays 0).
 
-    Bias and contrast act on the foreground and then restore its mean and standard deviation, since
+    The bias field restores the foreground's mean and standard deviation after shading it, since
     the model only ever sees scans that preprocessing z-scored: what differs between scanners after
     that is the shape of the intensity distribution and its spatial shading, not its first moments.
+    The contrast change keeps the mean and the channel's range and changes the spread on purpose.
     Every parameter is drawn up front from ``rng`` (always the same draws), then applied.
     """
     n_channels, shape = image.shape[0], image.shape[1:]
