@@ -231,7 +231,10 @@ def scanner_effects(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Genera
     the model only ever sees scans that preprocessing z-scored: what differs between scanners after
     that is the shape of the intensity distribution and its spatial shading, not its first moments.
     The contrast change keeps the mean and the channel's range and changes the spread on purpose.
-    Every parameter is drawn up front from ``rng`` (always the same draws), then applied.
+    Every parameter is drawn up front from ``rng`` (always the same draws), then applied. Written
+    here rather than taken from MONAI's random intensity transforms because those draw from their
+    own ``RandomState`` and act on the whole patch: here every draw comes from the patch's seeded
+    generator (resume stays exact) and the background stays 0.
     """
     n_channels, shape = image.shape[0], image.shape[1:]
     draws = [dict(bias=rng.random() < cfg.p_bias, bias_seed=int(rng.integers(2**31 - 1)),

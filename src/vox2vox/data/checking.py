@@ -312,8 +312,8 @@ def disagreeing_labellings(cases: Mapping[str, LoadedCase], source_values: Seque
             continue
         alone = [k for k, v in single.items() if v == c]
         shown = ", ".join(alone[:3]) + (f" and {len(alone) - 3} more" if len(alone) > 3 else "")
-        value = int(source_values[c]) if c < len(source_values) else c
-        others = sorted({int(source_values[i]) if i < len(source_values) else i for k in holders for i in present[k]})
+        value = int(source_values[c])
+        others = sorted({int(source_values[i]) for k in holders for i in present[k]})
         problems.append(
             f"{where}: the label maps look labelled two ways: {shown} hold only label {value}, which in "
             f"{len(holders)} case(s) with labels {others} lies inside the others; if {value} is the whole lesion in "
