@@ -6,16 +6,20 @@ import dataclasses
 
 import pytest
 
-from test_planner import BRATS_LIKE, CPU, TABLE
-from vox2vox.config import Config
+from test_planner import BRATS_LIKE, CPU, MR_PAIR, TABLE
+from vox2vox.config import Config, TaskConfig
 from vox2vox.train.adversarial import (
     CRITICS,
     EVIDENCE,
     HD95_SHARE,
     NOISE,
+    PSNR_NOISE,
+    SSIM_NOISE,
     AdversarialDecision,
     Comparison,
+    TranslationComparison,
     adversarial_decision,
+    translation_decision,
 )
 from vox2vox.train.planner import Device, make_plan
 
@@ -94,3 +98,28 @@ def test_a_planned_cheap_critic_keeps_its_pooling_only_where_the_patch_is_large_
     assert dataclasses.replace(small.discriminator, input_scale=2).min_input_size() > 32
     assert small.loss.adversarial and small.discriminator.input_scale == 1
     assert any(r.startswith("critic:") and "too small" in r for r in plan.reasons)
+
+
+def test_a_translation_plan_keeps_the_critic_only_where_it_helped_at_equal_time(monkeypatch):
+    import vox2vox.train.planner as planner
+
+    task = TaskConfig(kind="translate", source=("t1",), target=("flair",))
+    base = TranslationComparison("a", "cpu", 1800, 2, (0.50, 0.50), (20.0, 20.0), 0.3, "x")
+    sharper = dataclasses.replace(base, ssim=(0.50 + 2 * SSIM_NOISE, 0.50))
+    assert not base.helped and sharper.helped and dataclasses.replace(base, psnr=(20.0 + 2 * PSNR_NOISE, 20.0)).helped
+    # A sharper synthesis whose intensities drift is not a gain.
+    assert not dataclasses.replace(sharper, psnr=(20.0 - 2 * PSNR_NOISE, 20.0)).helped
+    for evidence, use in (((sharper,), True), ((base,), False), ((sharper, base, base), False)):
+        decision = translation_decision("cpu", 1800, evidence)
+        assert decision.use == use and decision.evidence == evidence
+        monkeypatch.setattr(planner, "translation_decision", lambda device, budget, d=decision: d)
+        plan = make_plan(MR_PAIR, device=CPU, budget_seconds=1800, throughput=TABLE, task=task)
+        cfg = Config.from_dict(plan.config)
+        assert cfg.loss.adversarial == use and cfg.loss.lambda_adv == 1.0 and cfg.loss.adversarial_start == 0.0
+        reason = next(r for r in plan.reasons if r.startswith("loss"))
+        assert base.describe() in reason or sharper.describe() in reason
+        assert ("--set loss.adversarial=false" if use else "--set loss.adversarial=true") in reason
+    # Unmeasured devices and budgets keep pix2pix's term and say so.
+    for device, budget in (("cuda", 1800), ("cpu", 8 * 3600), ("cpu", None)):
+        decision = translation_decision(device, budget, (base,))
+        assert decision.use and "no equal-time comparison" in decision.reason and not decision.evidence

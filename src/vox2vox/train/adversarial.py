@@ -135,3 +135,72 @@ def adversarial_decision(device: str, budget_seconds: float | None,
         f"{device} with a budget like this one no critic helped on {TASKS_NEEDED} tasks ({facts}) and the "
         f"critic cost up to {share:.0%} of the steps (benchmarks/RESULTS.md; {rule}); turn it on with "
         "--set loss.adversarial=true (0.1 x LSGAN from 30% of training, as planned below)"), relevant)
+
+
+# --- Translation: the pix2pix objective (L1 + LSGAN) against L1 alone --------------------------
+
+#: SSIM (in the brain) differences below this are within the fold-and-seed spread of translation rounds.
+SSIM_NOISE = 0.005
+#: PSNR (in the brain) differences below this many dB likewise.
+PSNR_NOISE = 0.2
+
+
+@dataclass(frozen=True)
+class TranslationComparison:
+    """One equal-time comparison of the critic's translation (L1 + LSGAN) against L1 alone, means
+    over folds, seeds and held-out cases; each pair is (with the critic, L1 alone), scored in the brain."""
+
+    task: str
+    device: str
+    budget_seconds: float  # per network and fold
+    seeds: int
+    ssim: tuple[float, float]
+    psnr: tuple[float, float]  # dB
+    step_share: float  # fraction of L1 alone's steps the critic's runs lost in the same time
+    where: str  # the benchmarks/RESULTS.md section
+
+    @property
+    def helped(self) -> bool:
+        """SSIM or PSNR up beyond its noise with neither down beyond its noise: a synthesis that looks
+        sharper but drifts in intensity (or the reverse) is not a gain."""
+        d_ssim, d_psnr = self.ssim[0] - self.ssim[1], self.psnr[0] - self.psnr[1]
+        if d_ssim < -SSIM_NOISE or d_psnr < -PSNR_NOISE:
+            return False
+        return d_ssim > SSIM_NOISE or d_psnr > PSNR_NOISE
+
+    def describe(self) -> str:
+        return (f"{self.task}: SSIM {self.ssim[0]:.3f} with the critic vs {self.ssim[1]:.3f} L1 alone, PSNR "
+                f"{self.psnr[0]:.2f} vs {self.psnr[1]:.2f} dB ({self.seeds} seed{'s' if self.seeds > 1 else ''}, "
+                f"{self.step_share:.0%} fewer steps)")
+
+
+#: benchmarks/RESULTS.md's equal-time translation comparisons (benchmarks/missing_contrast.py).
+TRANSLATION_EVIDENCE: tuple[TranslationComparison, ...] = ()
+
+
+def translation_decision(device: str, budget_seconds: float | None,
+                         evidence: tuple[TranslationComparison, ...] = TRANSLATION_EVIDENCE) -> AdversarialDecision:
+    """Plan a translation with the critic (pix2pix's L1 + LSGAN) or with L1 alone: the critic stays
+    where it helped in most equal-time comparisons for this device and a budget like this one, or
+    where none exists; the reason cites the comparisons either way."""
+    budget = budget_seconds or 0.0
+    relevant = tuple(c for c in evidence if c.device == device and budget > 0
+                     and c.budget_seconds / BUDGET_FACTOR <= budget <= c.budget_seconds * BUDGET_FACTOR)
+    rule = (f"train/adversarial.py's rule: SSIM up by more than {SSIM_NOISE} or PSNR by more than {PSNR_NOISE} dB "
+            "in the brain, neither down by more, in most comparisons")
+    if not relevant:
+        return AdversarialDecision(True, (
+            "+ LSGAN from the first step (pix2pix): no equal-time comparison with L1 alone exists for a "
+            f"{device} budget like this one; at equal steps the critic raised PSNR by 0.8 dB over L1 alone on "
+            "BraTS T1 -> FLAIR (benchmarks/RESULTS.md); compare with --set loss.adversarial=false"), ())
+    facts = "; ".join(c.describe() for c in relevant)
+    helped = [c for c in relevant if c.helped]
+    if 2 * len(helped) > len(relevant):
+        return AdversarialDecision(True, (
+            f"+ LSGAN from the first step (pix2pix): at equal time on a {device} with a budget like this one the "
+            f"critic helped ({facts}; benchmarks/RESULTS.md; {rule}); turn it off with "
+            "--set loss.adversarial=false"), relevant)
+    return AdversarialDecision(False, (
+        f"alone, no adversarial term: at equal time on a {device} with a budget like this one the critic did not "
+        f"help ({facts}; benchmarks/RESULTS.md; {rule}); turn it on with --set loss.adversarial=true "
+        "(LSGAN from the first step, pix2pix)"), relevant)

@@ -29,7 +29,7 @@ from vox2vox.device import Device, cpu_bf16
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.discriminator import DiscriminatorConfig
 from vox2vox.model.translation import TaskConfig
-from vox2vox.train.adversarial import CRITICS, adversarial_decision
+from vox2vox.train.adversarial import CRITICS, adversarial_decision, translation_decision
 from vox2vox.train.memory import estimate_memory
 from vox2vox.train.runs import find_labelled_cases
 from vox2vox.train.schedule import format_duration
@@ -190,7 +190,7 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
              "critic_cost.py)")
     if translate:
         assert task is not None
-        _translation_objective(cfg, plan, task)
+        _translation_objective(cfg, plan, task, device=device, budget_seconds=budget_seconds)
     else:
         _segmentation_objective(cfg, plan, fp, convention, device=device, budget_seconds=budget_seconds)
     batch = 2
@@ -291,8 +291,10 @@ def _segmentation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, fp: Fing
              "at the end of the budget")
 
 
-def _translation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, task: TaskConfig) -> None:
-    """Outputs, loss and optimiser of a translation run (3D pix2pix)."""
+def _translation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, task: TaskConfig, *, device: Device,
+                           budget_seconds: float | None) -> None:
+    """Outputs, loss and optimiser of a translation run (3D pix2pix); the critic by
+    :func:`vox2vox.train.adversarial.translation_decision`'s rule and evidence."""
     assert task.source is not None and task.target is not None
     head = "tanh" if cfg["preprocess"]["normalize"] == "ct-window" else "linear"
     cfg["generator"]["output"] = head
@@ -301,10 +303,12 @@ def _translation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, task: Tas
     plan.why(f"task: synthesise {', '.join(task.target)} from {', '.join(task.source)}; {head} output head ("
              + ("CT window scaled to [-1, 1], written back in HU" if head == "tanh"
                 else "z-scored intensities, unbounded") + ")")
-    cfg["loss"].update(adversarial=True, lambda_adv=1.0, adversarial_start=0.0)
+    decision = translation_decision(device.kind, budget_seconds)
+    # lambda_adv and adversarial_start are planned either way, so --set loss.adversarial=true alone
+    # gives pix2pix's term.
+    cfg["loss"].update(adversarial=decision.use, lambda_adv=1.0, adversarial_start=0.0)
     plan.why(f"loss {task.lambda_l1:g} x L1" + (f" + {task.lambda_ssim:g} x (1 - SSIM)" if task.lambda_ssim else "")
-             + " + LSGAN from the first step (pix2pix); at equal steps the critic raised PSNR by 0.8 dB over "
-             "L1 alone on BraTS T1 -> FLAIR (benchmarks/RESULTS.md)")
+             + " " + decision.reason)
     cfg["optim"].update(lr_g=1e-3, lr_d=1e-3, schedule="poly")
     plan.why("optimiser Adam, lr 1e-3 for both networks, poly decay to 0 at the end of the budget")
 
