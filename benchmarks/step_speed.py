@@ -21,6 +21,12 @@ Prints JSON lines:
   besides before and after, each change alone (overlapped sampling in fp32, bf16 with serial sampling).
 
     python benchmarks/step_speed.py --steps 20            # idle machine; OMP_NUM_THREADS sets threads
+
+The process tunes the host allocator as ``vox2vox train`` does (``device.tune_cpu_allocator``), so
+both paths are timed as training runs them. ``--fast-amp off`` times the fast path without bf16,
+which is what a CPU without native bf16 gets: with ``ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2`` in the environment, PyTorch's and oneDNN's kernels are those an AVX2
+machine runs (an emulation of such a CPU, not one).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from vox2vox.config import Config
 from vox2vox.data.augmentation import Augmenter, sample_patch
 from vox2vox.data.layouts import discover
 from vox2vox.data.loading import load_case
-from vox2vox.device import autocast, cpu_bf16
+from vox2vox.device import autocast, cpu_bf16, tune_cpu_allocator
 from vox2vox.model.losses import lsgan_generator_loss, one_hot
 from vox2vox.train.patches import BatchStream, patch_loader
 from vox2vox.train.state import build_state
@@ -211,18 +217,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed loop steps per variant and phase")
     p.add_argument("--repeats", type=int, default=5, help="repeats of each phase (median)")
     p.add_argument("--rounds", type=int, default=2, help="rounds of the side-by-side loop timing")
+    p.add_argument("--fast-amp", choices=("auto", "off"), default="auto",
+                   help="the fast path's precision: bf16 where this CPU runs it natively (auto), or fp32")
     args = p.parse_args()
-    info = machine()
+    allocator = tune_cpu_allocator()  # as fit does: freed activations stay in the heap
+    info = {**machine(), "allocator_tuned": allocator, "isa_env": {k: os.environ[k] for k in (
+        "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}}
     print(json.dumps({"machine": info}), flush=True)
-    fast_amp = "bf16" if info["cpu_bf16"] else "off"
+    fast_amp = "bf16" if info["cpu_bf16"] and args.fast_amp == "auto" else "off"
     cases = load_cases(planned_config("off"))
     gflop = generator_gflop(planned_config("off"))
     for amp in dict.fromkeys(["off", fast_amp]):
         print(json.dumps({"phases": phases(planned_config(amp), cases, args.repeats)}), flush=True)
-    variants = {"before: fp32, serial sampling": ("off", False), f"after: {fast_amp}, overlapped sampling": (fast_amp, True),
-                "fp32, overlapped sampling": ("off", True)}
-    if fast_amp != "off":
-        variants[f"{fast_amp}, serial sampling"] = (fast_amp, False)
+    variants = {"before: fp32, serial sampling": ("off", False), f"after: {fast_amp}, overlapped sampling": (fast_amp, True)}
+    if fast_amp != "off":  # each change alone
+        variants.update({"fp32, overlapped sampling": ("off", True), f"{fast_amp}, serial sampling": (fast_amp, False)})
     rates: dict[str, dict[str, list[float]]] = {name: {"seg": [], "adv": []} for name in variants}
     for _ in range(args.rounds):  # alternate, so drifting machine load hits both alike
         for name, (amp, background) in variants.items():

@@ -15,6 +15,7 @@ from vox2vox.train.adversarial import (
     NOISE,
     PSNR_NOISE,
     SSIM_NOISE,
+    TRANSLATION_EVIDENCE,
     AdversarialDecision,
     Comparison,
     TranslationComparison,
@@ -123,3 +124,12 @@ def test_a_translation_plan_keeps_the_critic_only_where_it_helped_at_equal_time(
     for device, budget in (("cuda", 1800), ("cpu", 8 * 3600), ("cpu", None)):
         decision = translation_decision(device, budget, (base,))
         assert decision.use and "no equal-time comparison" in decision.reason and not decision.evidence
+
+
+def test_every_recorded_comparison_names_a_section_of_the_results():
+    from pathlib import Path
+
+    results = (Path(__file__).resolve().parents[1] / "benchmarks" / "RESULTS.md").read_text()
+    headings = [line.lstrip("#").strip() for line in results.splitlines() if line.startswith("#")]
+    for comparison in (*EVIDENCE, *TRANSLATION_EVIDENCE):
+        assert any(h.startswith(comparison.where) for h in headings), comparison.where
