@@ -98,6 +98,13 @@ TASKS_NEEDED = 2
 BUDGET_FACTOR = 2.0
 
 
+def _comparable(evidence: tuple, device: str, budget_seconds: float | None) -> tuple:
+    """The comparisons that speak for this device and a budget within :data:`BUDGET_FACTOR` of theirs."""
+    budget = budget_seconds or 0.0
+    return tuple(c for c in evidence if c.device == device and budget > 0
+                 and c.budget_seconds / BUDGET_FACTOR <= budget <= c.budget_seconds * BUDGET_FACTOR)
+
+
 @dataclass(frozen=True)
 class AdversarialDecision:
     use: bool
@@ -109,9 +116,7 @@ class AdversarialDecision:
 def adversarial_decision(device: str, budget_seconds: float | None,
                          evidence: tuple[Comparison, ...] = EVIDENCE) -> AdversarialDecision:
     """Plan the adversarial term or not, and which critic, by the module's rule, with the plan's reason line."""
-    budget = budget_seconds or 0.0
-    relevant = tuple(c for c in evidence if c.device == device and budget > 0
-                     and c.budget_seconds / BUDGET_FACTOR <= budget <= c.budget_seconds * BUDGET_FACTOR)
+    relevant = _comparable(evidence, device, budget_seconds)
     if not relevant:
         return AdversarialDecision(True, (
             "loss Dice (per sample and class) + cross-entropy + 0.1 x LSGAN from 30% of training (the method): "
@@ -187,9 +192,7 @@ def translation_decision(device: str, budget_seconds: float | None,
     """Plan a translation with the critic (pix2pix's L1 + LSGAN) or with L1 alone: the critic stays
     where it helped in most equal-time comparisons for this device and a budget like this one, or
     where none exists; the reason cites the comparisons either way."""
-    budget = budget_seconds or 0.0
-    relevant = tuple(c for c in evidence if c.device == device and budget > 0
-                     and c.budget_seconds / BUDGET_FACTOR <= budget <= c.budget_seconds * BUDGET_FACTOR)
+    relevant = _comparable(evidence, device, budget_seconds)
     rule = (f"train/adversarial.py's rule: SSIM up by more than {SSIM_NOISE} or PSNR by more than {PSNR_NOISE} dB "
             "in the brain, neither down by more, in most comparisons")
     if not relevant:
