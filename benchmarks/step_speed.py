@@ -1,6 +1,7 @@
 """Where a planned CPU training step goes, and how many steps a second the loop makes: the slow
 path (fp32, sampling between steps) against the fast one (bf16 autocast where this CPU runs bf16
-natively, sampling overlapped with the step by ``train.patches.BatchStream``), side by side.
+natively; sampling overlapped with the step by ``train.patches.BatchStream`` where its trial timed
+that faster, as training does), side by side.
 
 The network and objective are what `vox2vox plan` picks for the shared BraTS FLAIR cases on a
 2-core CPU with a 30-minute budget (docs/method.md, "Self-configuration"): residual generator
@@ -18,7 +19,8 @@ Prints JSON lines:
   layer kind (torch profiler, self CPU time);
 - ``loop`` per variant: steps per second of the real loop (batches from the stream, ``train_step``)
   before and after the critic starts, and G's forward + backward GFLOP/s and share of the matmul rate;
-  besides before and after, each change alone (overlapped sampling in fp32, bf16 with serial sampling).
+  besides before and after, the sampling modes fixed (overlapped in fp32, and in bf16 serial and
+  overlapped); ``trial`` lines say which mode the "after" stream's trial chose (timed after it).
 
     python benchmarks/step_speed.py --steps 20            # idle machine; OMP_NUM_THREADS sets threads
 
@@ -189,12 +191,14 @@ def generator_gflop(config: Config) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def loop_rate(config: Config, cases: list, *, background: bool, steps: int, progress: float) -> float:
-    """Steps per second of the training loop: batches from the stream, ``train_step`` on each."""
+def loop_rate(config: Config, cases: list, *, overlap: str, steps: int, progress: float,
+              producer_threads: int | None = None) -> tuple[float, bool | None]:
+    """Steps per second of the training loop (batches from the stream, ``train_step`` on each),
+    and with ``overlap="auto"`` whether the stream's trial chose the overlap (timed after it)."""
     state = build_state(config)
     augment = Augmenter(config.augment)
     stream = BatchStream(lambda e, s: patch_loader(config, cases, e, sample_patch, augment, skip_batches=s),
-                         background=background)
+                         overlap=overlap, producer_threads=producer_threads)
 
     def batches() -> Iterator:
         epoch = 0
@@ -204,12 +208,15 @@ def loop_rate(config: Config, cases: list, *, background: bool, steps: int, prog
 
     with stream:
         it = batches()
-        for _ in range(3):  # warm-up
+        warm = 0
+        while warm < 3 or (stream.trial is not None and stream.trial.choice is None):  # warm-up, the trial
             train_step(state, *next(it), config, progress=progress)
+            warm += 1
         t0 = time.perf_counter()
         for _ in range(steps):
             train_step(state, *next(it), config, progress=progress)
-        return steps / (time.perf_counter() - t0)
+        rate = steps / (time.perf_counter() - t0)
+        return rate, (stream.trial.choice.overlapped if stream.trial is not None else None)
 
 
 def main() -> None:
@@ -229,15 +236,21 @@ def main() -> None:
     gflop = generator_gflop(planned_config("off"))
     for amp in dict.fromkeys(["off", fast_amp]):
         print(json.dumps({"phases": phases(planned_config(amp), cases, args.repeats)}), flush=True)
-    variants = {"before: fp32, serial sampling": ("off", False), f"after: {fast_amp}, overlapped sampling": (fast_amp, True)}
+    # "after" is what training does: the plan's precision, and sampling overlapped only where the
+    # stream's trial timed it faster (train.overlap_sampling = "auto"); the fixed modes beside it.
+    variants = {"before: fp32, serial sampling": ("off", "off"), f"after: {fast_amp}, sampling by trial": (fast_amp, "auto"),
+                "fp32, overlapped sampling": ("off", "on"), "fp32, overlapped sampling, 1-thread producer": ("off", "on1")}
     if fast_amp != "off":  # each change alone
-        variants.update({"fp32, overlapped sampling": ("off", True), f"{fast_amp}, serial sampling": (fast_amp, False)})
+        variants.update({f"{fast_amp}, serial sampling": (fast_amp, "off"), f"{fast_amp}, overlapped sampling": (fast_amp, "on")})
     rates: dict[str, dict[str, list[float]]] = {name: {"seg": [], "adv": []} for name in variants}
     for _ in range(args.rounds):  # alternate, so drifting machine load hits both alike
-        for name, (amp, background) in variants.items():
+        for name, (amp, overlap) in variants.items():
             for phase, progress in (("seg", 0.0), ("adv", 1.0)):
-                rates[name][phase].append(loop_rate(planned_config(amp), cases, background=background,
-                                                    steps=args.steps, progress=progress))
+                rate, chose = loop_rate(planned_config(amp), cases, overlap=overlap.rstrip("1"), steps=args.steps,
+                                        progress=progress, producer_threads=1 if overlap.endswith("1") else None)
+                rates[name][phase].append(rate)
+                if chose is not None:
+                    print(json.dumps({"trial": name, "phase": phase, "overlapped": chose}), flush=True)
     for name, (amp, _) in variants.items():
         config = planned_config(amp)
         state = build_state(config)

@@ -1,6 +1,7 @@
-"""Training batches: the background stream yields exactly the serial loader's batches (so runs and
-resumes stay exact), hands sampling errors to the loop, and stops cleanly; bf16 training on a CPU
-with native bf16 reaches the fp32 model's Dice."""
+"""Training batches: the stream yields exactly the serial loader's batches in every mode, and
+across the overlap trial's switches (so runs and resumes stay exact), keeps the mode that measured
+faster, hands sampling errors to the loop, and stops cleanly; bf16 training on a CPU with native
+bf16 reaches the fp32 model's Dice."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from vox2vox.data.synthetic import write_brats_folder
 from vox2vox.device import cpu_bf16
 from vox2vox.errors import Vox2VoxError
 from vox2vox.rundir import read_metrics
-from vox2vox.train.patches import BatchStream, batches_per_epoch, patch_loader
+from vox2vox.train.patches import BatchStream, OverlapTrial, batches_per_epoch, patch_loader
 from vox2vox.train.runs import train_on_dataset
 
 CONFIG = Config.from_dict({"train": {"patch_size": [32, 32, 32], "batch_size": 2, "seed": 3},
@@ -42,20 +43,87 @@ def _same(a, b) -> bool:
     return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("background", [True, False])
-def test_stream_yields_the_serial_loaders_batches_across_epochs_and_resumes(background):
+def _stream(loader_for, overlap):
+    # A trial short enough to switch modes several times inside these 3-batch epochs.
+    return BatchStream(loader_for, overlap=overlap, trial=OverlapTrial(warmup=1, block=2, blocks=4))
+
+
+@pytest.mark.parametrize("overlap", ["on", "off", "auto"])
+def test_stream_yields_the_serial_loaders_batches_across_epochs_and_resumes(overlap):
     cases = _cases()
     loader_for = _loader_for(cases)
-    serial = {e: list(loader_for(e, 0)) for e in range(3)}
+    serial = {e: list(loader_for(e, 0)) for e in range(5)}
     assert len(serial[0]) == batches_per_epoch(CONFIG, len(cases)) == 3  # 2 + 2 + 1 patches
     assert not _same(serial[0], serial[1])  # epochs differ: the comparison below can fail
-    with BatchStream(loader_for, background=background) as stream:
-        for epoch in range(3):
+    with _stream(loader_for, overlap) as stream:
+        for epoch in range(5):
             assert _same(list(stream.epoch(epoch)), serial[epoch])
+        if overlap == "auto":  # the trial ran to its end inside these epochs, switching as it went
+            assert stream.trial.choice is not None
+            assert len(stream.trial.seconds[True]) == len(stream.trial.seconds[False]) == 2
     # A resume in the middle of epoch 1: the rest of that epoch, then epoch 2 from its start.
-    with BatchStream(loader_for, background=background) as stream:
+    with _stream(loader_for, overlap) as stream:
         assert _same(list(stream.epoch(1, skip=1)), serial[1][1:])
         assert _same(list(stream.epoch(2)), serial[2])
+    # A loop that leaves an epoch early (budget spent) and goes on with the next.
+    with _stream(loader_for, overlap) as stream:
+        first = stream.epoch(0)
+        assert _same([next(first)], serial[0][:1])
+        first.close()
+        assert _same(list(stream.epoch(1)), serial[1])
+
+
+def _drive(trial: OverlapTrial, overlapped_s: float, serial_s: float, steps: int) -> list[bool]:
+    now, modes = 0.0, []
+    for _ in range(steps):
+        overlapped = trial.mode(now)
+        modes.append(overlapped)
+        now += overlapped_s if overlapped else serial_s
+    return modes
+
+
+@pytest.mark.parametrize(("overlapped_s", "serial_s"), [(0.30, 0.33), (0.33, 0.30)])
+def test_the_trial_keeps_the_faster_mode_and_records_its_evidence(overlapped_s, serial_s):
+    trial = OverlapTrial(warmup=4, block=6, blocks=4)
+    modes = _drive(trial, overlapped_s, serial_s, 60)
+    faster = overlapped_s < serial_s
+    assert trial.choice is not None and trial.choice.overlapped is faster
+    assert trial.choice.overlapped_seconds == pytest.approx(overlapped_s)
+    assert trial.choice.serial_seconds == pytest.approx(serial_s)
+    assert trial.choice.steps == 10  # 2 blocks of 6, less each block's switch
+    assert modes[4:10] == [True] * 6 and modes[10:16] == [False] * 6  # blocks alternate after the warm-up
+    assert set(modes[28:]) == {faster}  # decided: no more switching
+    assert ("overlapped with the step" if faster else "between steps") in trial.choice.reason
+
+
+def test_the_trial_does_not_count_what_happens_between_epochs():
+    trial = OverlapTrial(warmup=0, block=2, blocks=2)
+    now = 0.0
+    for step in range(8):
+        overlapped = trial.mode(now)
+        now += 0.1 if overlapped else 0.2
+        if step == 1:  # the epoch ends here: validation takes a minute
+            trial.pause()
+            now += 60.0
+    assert max(trial.seconds[True] + trial.seconds[False]) < 1.0
+    assert trial.choice is not None and trial.choice.overlapped
+
+
+def test_a_stream_that_chose_serial_stops_its_thread():
+    stream = BatchStream(_loader_for(_cases()), overlap="auto", trial=OverlapTrial(warmup=0, block=2, blocks=2))
+    now = [0.0]
+
+    def clock() -> float:  # a period with the thread running lasts 2, without it 1
+        now[0] += 2.0 if stream._thread is not None else 1.0
+        return now[0]
+
+    stream.clock = clock
+    with stream:
+        for epoch in range(4):
+            list(stream.epoch(epoch))
+        assert stream.trial.choice is not None and not stream.trial.choice.overlapped
+        assert stream._thread is None
+        assert stream.new_choice() is stream.trial.choice and stream.new_choice() is None  # told once
 
 
 def test_stream_runs_ahead_into_the_next_epoch_and_stops_when_closed():

@@ -409,6 +409,11 @@ def test_short_training_learns_the_phantom_tumour(tmp_path):
     result = train_on_dataset(config, tmp_path / "run", progress=False)
     final = result.history[-1]
     assert final["epoch"] == 40 and final["val_dice_WT"] >= 0.6, final
+    # The default overlap trial decided within the first epochs, and its evidence is in the log once.
+    decided = [row for row in result.history if "sampling_overlapped" in row]
+    assert len(decided) == 1 and decided[0]["epoch"] <= 10, decided
+    assert decided[0]["sampling_overlapped"] in (0.0, 1.0)
+    assert decided[0]["step_s_overlapped"] > 0 and decided[0]["step_s_serial"] > 0
 
 
 @pytest.mark.parametrize("problem", ["no_signal", "no_foreground"])

@@ -30,6 +30,7 @@ from vox2vox.model.translation import TaskConfig
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 AmpChoice = Literal["auto", "bf16", "fp16", "off"]
+OverlapChoice = Literal["auto", "on", "off"]
 # The learning-rate factor over training progress; train/schedule.py computes it.
 Schedule = Literal["constant", "poly", "cosine"]
 
@@ -138,6 +139,10 @@ class TrainConfig:
         "mixed precision: auto (CUDA: bf16 where supported, else fp16; CPU: off), bf16 (also on a "
         "CPU; a plan picks it where it measured faster), fp16 (CUDA only) or off")
     num_workers: int = setting(0, "data-loading worker processes (0: in the training process)")
+    overlap_sampling: OverlapChoice = setting(
+        "auto",
+        "with num_workers 0: make the next batch in a background thread while the step runs (on), "
+        "between steps (off), or time both over the first steps and keep the faster (auto)")
     # Recompute generator blocks in backward instead of storing their activations (less memory,
     # about a third more compute); see vox2vox.train.state.enable_activation_checkpointing.
     activation_checkpointing: bool = setting(

@@ -52,7 +52,8 @@ _DATA_KEYS = ("in_channels", "n_classes")
 _FREE_KEYS = ("dropout",)
 #: Keys that describe this machine or this run, not the model: the new run's own settings are kept
 #: (a source that was itself fine-tuned with a fresh head must not pass that choice on).
-_RUN_KEYS = (("train", "device"), ("train", "num_workers"), ("train", "log"), ("train", "reinit_output"),
+_RUN_KEYS = (("train", "device"), ("train", "num_workers"), ("train", "overlap_sampling"),
+             ("train", "log"), ("train", "reinit_output"),
              ("preprocess", "cache_dir"))
 
 

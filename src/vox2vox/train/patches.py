@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -117,50 +120,133 @@ def patch_loader(config: Config, cases: Sequence[TrainCase], epoch: int, sample_
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 _EPOCH_END = object()
+Overlap = Literal["auto", "on", "off"]
+
+
+@dataclass(frozen=True)
+class SamplingChoice:
+    """What the overlap trial measured and chose."""
+
+    overlapped: bool
+    overlapped_seconds: float  # median loop period (fetch + step) with the background thread
+    serial_seconds: float  # ... with sampling between steps
+    steps: int  # periods counted for each mode
+
+    @property
+    def reason(self) -> str:
+        how = "overlapped with the step" if self.overlapped else "between steps"
+        return (f"sampling {how}: {self.overlapped_seconds:.3f} s a step overlapped, {self.serial_seconds:.3f} s "
+                f"between steps (medians of {self.steps} steps each)")
+
+
+class OverlapTrial:
+    """Times the training loop with sampling overlapped and between steps, then keeps the faster.
+
+    Overlapping is not always a gain: on a 2-core CPU with AVX2 kernels the background thread's
+    augmentation competed with the step's threads and cost about a tenth of the steps, while on
+    AVX-512 it was level or 6% faster (benchmarks/RESULTS.md, step_speed.py). Each request for a
+    batch closes the previous loop period (fetch + step), which is booked to the mode that fetched
+    it. After ``warmup`` periods (allocator, kernels), ``blocks`` blocks of ``block`` periods
+    alternate overlapped and serial; a block's first period (the switch) is not counted. The
+    medians decide. Periods that span an epoch's end (validation, checkpoints) are never counted.
+    """
+
+    def __init__(self, *, warmup: int = 4, block: int = 6, blocks: int = 4):
+        if block < 2 or blocks < 2 or blocks % 2 or warmup < 0:
+            raise ValueError("OverlapTrial: block >= 2, an even number of blocks >= 2, warmup >= 0")
+        self.warmup, self.block, self.blocks = warmup, block, blocks
+        self.seconds: dict[bool, list[float]] = {True: [], False: []}
+        self.choice: SamplingChoice | None = None
+        self._n = 0  # periods closed (counted or not)
+        self._last: tuple[float, bool, bool] | None = None  # (start, overlapped, counted)
+
+    def mode(self, now: float) -> bool:
+        """Close the running period at ``now``; whether the next batch is fetched overlapped."""
+        if self._last is not None:
+            start, overlapped, counted = self._last
+            if counted:
+                self.seconds[overlapped].append(now - start)
+            self._n += 1
+        if self.choice is None and self._n >= self.warmup + self.block * self.blocks:
+            on, off = _median(self.seconds[True]), _median(self.seconds[False])
+            self.choice = SamplingChoice(on < off, round(on, 4), round(off, 4), len(self.seconds[False]))
+        if self.choice is not None:
+            overlapped, counted = self.choice.overlapped, False
+        elif self._n < self.warmup:
+            overlapped, counted = True, False
+        else:
+            j = self._n - self.warmup
+            overlapped, counted = (j // self.block) % 2 == 0, j % self.block != 0
+        self._last = (now, overlapped, counted)
+        return overlapped
+
+    def pause(self) -> None:
+        """The loop left the stream (epoch end, budget, interrupt): the running period is not a step's."""
+        self._last = None
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values)) if values else float("inf")
 
 
 class BatchStream:
-    """This rank's batches, epoch after epoch, made one batch ahead by a background thread.
+    """This rank's batches, epoch after epoch, made one batch ahead by a background thread or
+    between steps, whichever trains faster here.
 
-    With ``train.num_workers = 0`` sampling and augmentation (about a quarter of a planned CPU
-    step, benchmarks/RESULTS.md) would otherwise run between steps while the network's threads
-    wait; here they overlap the step, and the thread runs on into the next epoch's first batch.
-    Every batch is a pure function of ``(seed, epoch, index)`` (:class:`PatchDataset`), so the
-    stream yields exactly the batches of :func:`patch_loader`, in the same order, and a resumed
-    run sees the same data. The thread draws nothing from the global torch RNG (dropout's).
+    With ``train.num_workers = 0`` sampling and augmentation run in the training process. A
+    background thread can make the next batch while the step runs (and runs on into the next
+    epoch's first batch); whether that is faster depends on the CPU (:class:`OverlapTrial`), so
+    ``overlap="auto"`` times both in the first steps and keeps the faster, ``"on"``/``"off"`` fix it.
+    Every batch is a pure function of ``(seed, epoch, index)`` (:class:`PatchDataset`), so every
+    mode, and any switch between them, yields exactly the batches of :func:`patch_loader` in the
+    same order, and a resumed run sees the same data. The thread draws nothing from the global
+    torch RNG (dropout's).
 
     ``loader_for(epoch, skip)`` makes the epoch's loader without its first ``skip`` batches.
-    With worker processes (``num_workers > 0``) the loader already overlaps; the stream then
-    iterates it in the calling thread.
+    With worker processes (``num_workers > 0``) the loader already overlaps: pass ``"off"``.
     """
 
-    def __init__(self, loader_for: Callable[[int, int], Iterable[Batch]], *, background: bool = True):
-        self.loader_for, self.background = loader_for, background
+    def __init__(self, loader_for: Callable[[int, int], Iterable[Batch]], *, overlap: Overlap = "on",
+                 trial: OverlapTrial | None = None, producer_threads: int | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        if overlap not in ("auto", "on", "off"):
+            raise ValueError(f"overlap={overlap!r}: auto, on or off")
+        self.loader_for, self.clock, self.producer_threads = loader_for, clock, producer_threads
+        self.trial = (trial or OverlapTrial()) if overlap == "auto" else None
+        self._fixed = overlap == "on"
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._at: tuple[int, int] | None = None  # (epoch, batches into it) the thread produces next
+        self._serial: Iterator[Batch] | None = None
+        self._serial_at: tuple[int, int] | None = None  # where ``_serial`` stands
+        self._told = False
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch`` after its first ``skip``."""
-        if not self.background:
-            yield from self.loader_for(epoch, skip)
-            return
-        if self._at != (epoch, skip):
-            self._restart(epoch, skip)
-        while True:
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self.close()
-                raise item
-            if item is _EPOCH_END:
-                self._at = (epoch + 1, 0)
-                return
-            self._at = (epoch, self._at[1] + 1) if self._at is not None else None
-            yield item
+        index = skip
+        try:
+            while True:
+                overlapped = self.trial.mode(self.clock()) if self.trial is not None else self._fixed
+                item = self._from_thread(epoch, index) if overlapped else self._from_loop(epoch, index)
+                if item is _EPOCH_END:
+                    return
+                yield item
+                index += 1
+        finally:
+            if self.trial is not None:
+                self.trial.pause()
+
+    def new_choice(self) -> SamplingChoice | None:
+        """The overlap trial's choice the first time it is asked after the trial ended; None otherwise."""
+        if self.trial is None or self.trial.choice is None or self._told:
+            return None
+        self._told = True
+        return self.trial.choice
 
     def close(self) -> None:
         """Stop the thread (idempotent); what it made ahead is dropped."""
+        self._serial, self._serial_at = None, None
         if self._thread is None:
             return
         self._stop.set()
@@ -176,6 +262,26 @@ class BatchStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _from_loop(self, epoch: int, index: int) -> object:
+        if self._thread is not None:  # switched from the thread: it must not compete any longer
+            self.close()
+        if self._serial_at != (epoch, index):
+            self._serial = iter(self.loader_for(epoch, index))
+        item = next(self._serial, _EPOCH_END)
+        self._serial_at = (epoch, index + 1)
+        return item
+
+    def _from_thread(self, epoch: int, index: int) -> object:
+        self._serial, self._serial_at = None, None
+        if self._at != (epoch, index):
+            self._restart(epoch, index)
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        self._at = (epoch + 1, 0) if item is _EPOCH_END else (epoch, index + 1)
+        return item
 
     def _restart(self, epoch: int, skip: int) -> None:
         self.close()
@@ -197,6 +303,8 @@ class BatchStream:
             return False
 
         try:
+            if self.producer_threads is not None:  # OpenMP's thread count is per calling thread
+                torch.set_num_threads(self.producer_threads)
             while not stop.is_set():
                 for batch in self.loader_for(epoch, skip):
                     if not put(batch):

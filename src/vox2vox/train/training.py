@@ -319,7 +319,10 @@ def fit(
     loop = _Epochs(config, run, ctx, hooks, progress and ctx.is_main, RunClock(state.seconds, started), InterruptFlag(),
                    partial(_save, state, config, model_info=model_info))
     horizon = Horizon.of(config)
-    stream = BatchStream(partial(_epoch_loader, config, data, ctx), background=config.train.num_workers == 0)
+    # Worker processes already make batches beside the step; in-process sampling overlaps it only
+    # where that measured faster (train.patches.OverlapTrial).
+    overlap = config.train.overlap_sampling if config.train.num_workers == 0 else "off"
+    stream = BatchStream(partial(_epoch_loader, config, data, ctx), overlap=overlap)
     with loop.interrupted, stream:
         while not horizon.done(epoch=state.epoch, seconds=state.seconds):
             row = _train_epoch(state, loop, stream, len(data.cases), state.epoch)
@@ -449,6 +452,12 @@ def _train_epoch(state: TrainState, loop: _Epochs, stream: BatchStream, n_cases:
     row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "seconds": time.perf_counter() - t0,
                            "lr_g": state.opt_g.param_groups[0]["lr"]}
     row.update({k: v / max(counts.get(k, n), 1) for k, v in sums.items()})
+    chosen = stream.new_choice()
+    if chosen is not None:  # the epoch in which the overlap trial decided: its evidence goes in the log
+        row.update(sampling_overlapped=float(chosen.overlapped), step_s_overlapped=chosen.overlapped_seconds,
+                   step_s_serial=chosen.serial_seconds)
+        if loop.progress:
+            tqdm.write(chosen.reason, file=sys.stderr)
     # Under fp16 a skipped overflow step may leave an Inf in the mean: the weights decide.
     stop_if_not_finite({} if state.scaler.is_enabled() else row, state, run, epoch=state.epoch, weights=True)
     return row
