@@ -226,6 +226,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="rounds of the side-by-side loop timing")
     p.add_argument("--fast-amp", choices=("auto", "off"), default="auto",
                    help="the fast path's precision: bf16 where this CPU runs it natively (auto), or fp32")
+    p.add_argument("--loop-only", action="store_true", help="skip the per-phase timings and profile")
     args = p.parse_args()
     allocator = tune_cpu_allocator()  # as fit does: freed activations stay in the heap
     info = {**machine(), "allocator_tuned": allocator, "isa_env": {k: os.environ[k] for k in (
@@ -234,7 +235,7 @@ def main() -> None:
     fast_amp = "bf16" if info["cpu_bf16"] and args.fast_amp == "auto" else "off"
     cases = load_cases(planned_config("off"))
     gflop = generator_gflop(planned_config("off"))
-    for amp in dict.fromkeys(["off", fast_amp]):
+    for amp in dict.fromkeys(["off", fast_amp]) if not args.loop_only else ():
         print(json.dumps({"phases": phases(planned_config(amp), cases, args.repeats)}), flush=True)
     # "after" is what training does: the plan's precision, and sampling overlapped only where the
     # stream's trial timed it faster (train.overlap_sampling = "auto"); the fixed modes beside it.
