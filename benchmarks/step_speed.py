@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -197,8 +198,13 @@ def loop_rate(config: Config, cases: list, *, overlap: str, steps: int, progress
     and with ``overlap="auto"`` whether the stream's trial chose the overlap (timed after it)."""
     state = build_state(config)
     augment = Augmenter(config.augment)
-    stream = BatchStream(lambda e, s: patch_loader(config, cases, e, sample_patch, augment, skip_batches=s),
-                         overlap=overlap, producer_threads=producer_threads)
+
+    def loader_for(epoch: int, skip: int):
+        if producer_threads is not None and threading.current_thread() is not threading.main_thread():
+            torch.set_num_threads(producer_threads)  # OpenMP's thread count is per calling thread
+        return patch_loader(config, cases, epoch, sample_patch, augment, skip_batches=skip)
+
+    stream = BatchStream(loader_for, overlap=overlap)
 
     def batches() -> Iterator:
         epoch = 0

@@ -204,16 +204,13 @@ class BatchStream:
 
     ``loader_for(epoch, skip)`` makes the epoch's loader without its first ``skip`` batches.
     With worker processes (``num_workers > 0``) the loader already overlaps: pass ``"off"``.
-    ``producer_threads`` caps the thread's own intra-op threads (step_speed.py times it; one
-    thread still lost 2% to serial sampling with AVX2 kernels, so training leaves it unset).
     """
 
     def __init__(self, loader_for: Callable[[int, int], Iterable[Batch]], *, overlap: Overlap = "on",
-                 trial: OverlapTrial | None = None, producer_threads: int | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 trial: OverlapTrial | None = None, clock: Callable[[], float] = time.perf_counter):
         if overlap not in ("auto", "on", "off"):
             raise ValueError(f"overlap={overlap!r}: auto, on or off")
-        self.loader_for, self.clock, self.producer_threads = loader_for, clock, producer_threads
+        self.loader_for, self.clock = loader_for, clock
         self.trial = (trial or OverlapTrial()) if overlap == "auto" else None
         self._fixed = overlap == "on"
         self._thread: threading.Thread | None = None
@@ -305,8 +302,6 @@ class BatchStream:
             return False
 
         try:
-            if self.producer_threads is not None:  # OpenMP's thread count is per calling thread
-                torch.set_num_threads(self.producer_threads)
             while not stop.is_set():
                 for batch in self.loader_for(epoch, skip):
                     if not put(batch):
