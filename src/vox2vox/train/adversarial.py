@@ -10,7 +10,8 @@ raised whole-volume or lesion-wise Dice by more than :data:`NOISE` or cut HD95 b
 this device within a factor of :data:`BUDGET_FACTOR` of the budget, a critic is planned only when
 it helped on at least :data:`TASKS_NEEDED` tasks (the cheaper one first); otherwise the term is
 planned off and the reason cites the evidence. Where nothing was measured (a GPU, longer CPU
-budgets), the method's term stays, and the reason says that it is unmeasured there.
+budgets), the method's term stays with the cheap critic, and the reason says that it is unmeasured
+there: where both were measured the plain critic never helped and cost four times as much a step.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class AdversarialDecision:
     use: bool
     reason: str
     evidence: tuple[Comparison, ...]
-    critic: str = "planned"  # the CRITICS key planned when ``use``
+    critic: str = "planned"  # the CRITICS key planned (and the one ``--set loss.adversarial=true`` gets when off)
 
 
 def adversarial_decision(device: str, budget_seconds: float | None,
@@ -119,9 +120,11 @@ def adversarial_decision(device: str, budget_seconds: float | None,
     relevant = _comparable(evidence, device, budget_seconds)
     if not relevant:
         return AdversarialDecision(True, (
-            "loss Dice (per sample and class) + cross-entropy + 0.1 x LSGAN from 30% of training (the method): "
-            f"no equal-time comparison with Dice-only exists for a {device} budget like this one "
-            "(benchmarks/RESULTS.md); compare with --set loss.adversarial=false"), relevant)
+            "loss Dice (per sample and class) + cross-entropy + 0.1 x LSGAN from 30% of training (the method), "
+            "the critic judging the pair pooled by 2: no equal-time comparison with Dice-only exists for a "
+            f"{device} budget like this one, and where both critics were compared the plain one never helped and "
+            "cost +55% a CPU step against +13% (benchmarks/RESULTS.md); compare with --set loss.adversarial=false "
+            "(--set discriminator.input_scale=1 for the plain critic)"), relevant, "cheap")
     facts = "; ".join(c.describe() for c in relevant)
     rule = (f"train/adversarial.py's rule: Dice or lesion-wise Dice up by more than {NOISE}, or HD95 down by "
             f"more than {HD95_SHARE:.0%}, on {TASKS_NEEDED} tasks")
@@ -139,7 +142,8 @@ def adversarial_decision(device: str, budget_seconds: float | None,
         "loss Dice (per sample and class) + cross-entropy, no adversarial term: at equal time on a "
         f"{device} with a budget like this one no critic helped on {TASKS_NEEDED} tasks ({facts}) and the "
         f"critic cost up to {share:.0%} of the steps (benchmarks/RESULTS.md; {rule}); turn it on with "
-        "--set loss.adversarial=true (0.1 x LSGAN from 30% of training, as planned below)"), relevant)
+        "--set loss.adversarial=true (0.1 x LSGAN from 30% of training, the critic judging the pair pooled "
+        "by 2, as planned below)"), relevant, "cheap")
 
 
 # --- Translation: the pix2pix objective (L1 + LSGAN) against L1 alone --------------------------

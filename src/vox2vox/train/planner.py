@@ -185,9 +185,7 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     d_width = 8 if device.kind == "cpu" else 32
     cfg["discriminator"].update(base_filters=d_width, max_filters=8 * d_width, dropout=0.0,
                                 in_channels=n_in, n_classes=n_out)
-    plan.why(f"discriminator width {d_width}: a small critic; once it runs it adds about 55% to a CPU step, "
-             "13% with --set discriminator.input_scale=2 (it judges the pair pooled by 2; benchmarks/RESULTS.md, "
-             "critic_cost.py)")
+    plan.why(f"discriminator width {d_width}: a small critic")
     if translate:
         assert task is not None
         _translation_objective(cfg, plan, task, device=device, budget_seconds=budget_seconds)
@@ -227,13 +225,19 @@ def _fit_critic(cfg: dict[str, dict[str, Any]], plan: Plan, patch: Sequence[int]
     """A pooled critic needs its pooling factor times the patch a plain one needs; a smaller patch
     keeps the plain critic rather than failing the run."""
     critic = cfg["discriminator"]
-    if not cfg["loss"].get("adversarial") or critic.get("input_scale", 1) == 1:
+    scale = critic.get("input_scale", 1)
+    cost = "once it runs it adds about {} to a CPU step (benchmarks/RESULTS.md, critic_cost.py)"
+    if scale == 1:
+        plan.why(f"critic: judges the pair as given; {cost.format('55%')}, 13% with --set discriminator.input_scale=2")
         return
     need = DiscriminatorConfig(**critic).min_input_size()
     if min(patch) < need:
-        plan.why(f"critic: a {min(patch)}-voxel patch side is too small for the pair pooled by "
-                 f"{critic['input_scale']} (it needs {need}); the critic judges the pair as given")
+        plan.why(f"critic: a {min(patch)}-voxel patch side is too small for the pair pooled by {scale} (it needs "
+                 f"{need}); the critic judges the pair as given, and {cost.format('55%')}")
         critic["input_scale"] = 1
+        return
+    plan.why(f"critic: judges the pair pooled by {scale}, {cost.format('13%')} against 55% for the plain critic "
+             "(--set discriminator.input_scale=1)")
 
 
 #: Labelled cases from which the plan holds out 2 (and 3) validation cases, so that no single case
