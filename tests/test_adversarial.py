@@ -26,7 +26,7 @@ from vox2vox.train.planner import Device, make_plan
 
 
 def test_a_cpu_plan_at_the_measured_budgets_follows_the_rule_and_cites_every_comparison():
-    for minutes in (15, 30, 60):
+    for minutes in (15, 30, 60, 120, 240):
         decision = adversarial_decision("cpu", minutes * 60)
         plan = make_plan(BRATS_LIKE, device=CPU, budget_seconds=minutes * 60, throughput=TABLE)
         cfg = Config.from_dict(plan.config)
