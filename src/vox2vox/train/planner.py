@@ -226,18 +226,20 @@ def _fit_critic(cfg: dict[str, dict[str, Any]], plan: Plan, patch: Sequence[int]
     keeps the plain critic rather than failing the run."""
     critic = cfg["discriminator"]
     scale = critic.get("input_scale", 1)
-    cost = "once it runs it adds about {} to a CPU step (benchmarks/RESULTS.md, critic_cost.py)"
+    cost = "once it runs it adds about {} to a CPU step"
+    source = " (benchmarks/RESULTS.md, critic_cost.py)"
     if scale == 1:
-        plan.why(f"critic: judges the pair as given; {cost.format('55%')}, 13% with --set discriminator.input_scale=2")
+        plan.why(f"critic: judges the pair as given; {cost.format('55%')}, 13% with --set discriminator.input_scale=2"
+                 + source)
         return
     need = DiscriminatorConfig(**critic).min_input_size()
     if min(patch) < need:
         plan.why(f"critic: a {min(patch)}-voxel patch side is too small for the pair pooled by {scale} (it needs "
-                 f"{need}); the critic judges the pair as given, and {cost.format('55%')}")
+                 f"{need}); the critic judges the pair as given, and {cost.format('55%')}" + source)
         critic["input_scale"] = 1
         return
-    plan.why(f"critic: judges the pair pooled by {scale}, {cost.format('13%')} against 55% for the plain critic "
-             "(--set discriminator.input_scale=1)")
+    plan.why(f"critic: judges the pair pooled by {scale}; {cost.format('13%')}, 55% with the plain critic "
+             "(--set discriminator.input_scale=1)" + source)
 
 
 #: Labelled cases from which the plan holds out 2 (and 3) validation cases, so that no single case
