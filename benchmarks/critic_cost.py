@@ -12,10 +12,15 @@ bandwidth still move it a little, so rounds are interleaved and the median is ta
 is timed over ``--steps`` consecutive steps (a multiple of every ``update_every``, so the critic's
 skipped half-steps are counted in proportion), ``--rounds`` times, variants interleaved.
 
+``--task translate`` times the translation step of ``benchmarks/missing_contrast.py`` instead
+(residual generator 8-64 of depth 3, 48^3 patches, batch 2, 100 x L1 + LSGAN from the first step):
+L1 alone, the critic, and the critic judging the pair pooled by 2.
+
 Prints one JSON line for the machine, then one per variant: CPU seconds per step (median over
-rounds, and each round's) and the cost relative to Dice-only.
+rounds, and each round's) and the cost relative to the first variant (no critic).
 
     OMP_NUM_THREADS=1 python benchmarks/critic_cost.py                       # the planned step
+    OMP_NUM_THREADS=1 python benchmarks/critic_cost.py --task translate      # missing_contrast.py's step
     python benchmarks/critic_cost.py --tiny --steps 4 --rounds 1             # seconds: the suite's check
 """
 
@@ -48,6 +53,30 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "input_scale=2 + feature matching": {"discriminator": {"input_scale": 2}, "loss": {"lambda_fm": 1.0}},
 }
 
+#: The translation step's variants (the first is the baseline: no critic).
+TRANSLATION_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "l1 alone": {"loss": {"adversarial": False}},
+    "critic (today)": {},
+    "input_scale=2": {"discriminator": {"input_scale": 2}},
+}
+
+
+def translation_config(overrides: dict[str, dict[str, Any]], *, tiny: bool) -> Config:
+    width = 4 if tiny else 8
+    data: dict[str, dict[str, Any]] = {
+        "task": {"kind": "translate", "source": ["t1"], "target": ["flair"], "head": "linear", "lambda_l1": 100.0},
+        "generator": {"arch": "residual", "in_channels": 1, "n_classes": 1, "output": "linear",
+                      "base_filters": width, "max_filters": 8 * width, "depth": 3, "dropout": 0.0},
+        "discriminator": {"in_channels": 1, "n_classes": 1, "base_filters": width, "max_filters": 8 * width,
+                          "dropout": 0.0, **({"n_strided": 2} if tiny else {})},
+        "loss": {"adversarial": True, "lambda_adv": 1.0, "adversarial_start": 0.0},
+        "train": {"patch_size": [32, 32, 32] if tiny else [48, 48, 48], "batch_size": 2, "device": "cpu",
+                  "amp": "off"},
+    }
+    for section, values in overrides.items():
+        data[section] = {**data[section], **values}
+    return Config.from_dict(data, source="critic_cost --task translate")
+
 
 def planned_config(overrides: dict[str, dict[str, Any]], *, tiny: bool) -> Config:
     patch = [32, 32, 32] if tiny else list(PATCH)
@@ -78,14 +107,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="steps per timing (a multiple of 4)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="32^3 patches, width 4: checks the script runs")
+    parser.add_argument("--task", choices=["segment", "translate"], default="segment")
     args = parser.parse_args()
     torch.set_num_threads(1)
     env = read_environment()
     print(json.dumps({"machine": {"cpu": env.cpu_model, "flags": env.cpu_flags, "torch": env.torch,
                                   "threads": torch.get_num_threads(), "clock": "process CPU time"}}), flush=True)
     g = torch.Generator().manual_seed(0)
-    configs = {name: planned_config(o, tiny=args.tiny) for name, o in VARIANTS.items()}
-    shape = (2, 1, *configs["dice-only"].train.patch_size)
+    if args.task == "translate":
+        configs = {name: translation_config(o, tiny=args.tiny) for name, o in TRANSLATION_VARIANTS.items()}
+    else:
+        configs = {name: planned_config(o, tiny=args.tiny) for name, o in VARIANTS.items()}
+    patch = next(iter(configs.values())).train.patch_size
+    # A translation's image holds the source then the target channel; its label is unused.
+    shape = (2, 2 if args.task == "translate" else 1, *patch)
     batch = (torch.randn(shape, generator=g), torch.randint(0, 2, (shape[0], *shape[2:]), generator=g))
     states = {}
     for name, config in configs.items():
@@ -96,13 +131,13 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, config in configs.items():
             seconds[name].append(time_variant(states[name], config, batch, args.steps))
-    base = statistics.median(seconds["dice-only"])
+    base = statistics.median(next(iter(seconds.values())))
     today = statistics.median(seconds["critic (today)"])
     for name, values in seconds.items():
         median = statistics.median(values)
         print(json.dumps({"variant": name, "cpu_seconds_per_step": round(median, 4),
                           "rounds": [round(v, 4) for v in values],
-                          "vs_dice_only": f"{median / base - 1:+.1%}",
+                          "vs_no_critic": f"{median / base - 1:+.1%}",
                           "vs_todays_critic": f"{median / today - 1:+.1%}"}), flush=True)
 
 
