@@ -62,20 +62,19 @@ TRANSLATION_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def translation_config(overrides: dict[str, dict[str, Any]], *, tiny: bool) -> Config:
-    width = 4 if tiny else 8
-    data: dict[str, dict[str, Any]] = {
-        "task": {"kind": "translate", "source": ["t1"], "target": ["flair"], "head": "linear", "lambda_l1": 100.0},
-        "generator": {"arch": "residual", "in_channels": 1, "n_classes": 1, "output": "linear",
-                      "base_filters": width, "max_filters": 8 * width, "depth": 3, "dropout": 0.0},
-        "discriminator": {"in_channels": 1, "n_classes": 1, "base_filters": width, "max_filters": 8 * width,
-                          "dropout": 0.0, **({"n_strided": 2} if tiny else {})},
-        "loss": {"adversarial": True, "lambda_adv": 1.0, "adversarial_start": 0.0},
-        "train": {"patch_size": [32, 32, 32] if tiny else [48, 48, 48], "batch_size": 2, "device": "cpu",
-                  "amp": "off"},
-    }
-    for section, values in overrides.items():
-        data[section] = {**data[section], **values}
-    return Config.from_dict(data, source="critic_cost --task translate")
+    """missing_contrast.py's networks (its NETWORK settings, read from there so the two cannot drift)."""
+    from missing_contrast import NETWORK
+
+    settings = [*NETWORK, 'task.kind="translate"', 'task.source=["t1"]', 'task.target=["flair"]',
+                'task.head="linear"', 'generator.output="linear"', "generator.in_channels=1", "generator.n_classes=1",
+                "discriminator.in_channels=1", "discriminator.n_classes=1", "loss.adversarial=true",
+                "loss.lambda_adv=1.0", "loss.adversarial_start=0.0", 'train.amp="off"']
+    if tiny:
+        settings += ["generator.base_filters=4", "generator.max_filters=32", "discriminator.base_filters=4",
+                     "discriminator.max_filters=32", "discriminator.n_strided=2", "train.patch_size=[32,32,32]"]
+    settings += [f"{section}.{key}={json.dumps(value)}" for section, values in overrides.items()
+                 for key, value in values.items()]
+    return Config().with_overrides(settings)
 
 
 def planned_config(overrides: dict[str, dict[str, Any]], *, tiny: bool) -> Config:
