@@ -15,6 +15,8 @@ from vox2vox.train.adversarial import (
     NOISE,
     PSNR_NOISE,
     SSIM_NOISE,
+    STEP_COST,
+    TRANSLATION_DEFAULT_CRITIC,
     TRANSLATION_EVIDENCE,
     AdversarialDecision,
     Comparison,
@@ -138,6 +140,31 @@ def test_a_translation_plan_keeps_the_critic_only_where_it_helped_at_equal_time(
     for device, budget in (("cuda", 1800), ("cpu", 8 * 3600), ("cpu", None)):
         decision = translation_decision(device, budget, (base,))
         assert decision.use and "no equal-time comparison" in decision.reason and not decision.evidence
+
+
+def test_a_translation_plan_carries_the_critic_that_helped_the_cheaper_first(monkeypatch):
+    import vox2vox.train.planner as planner
+
+    task = TaskConfig(kind="translate", source=("t1",), target=("flair",))
+    plain = TranslationComparison("a", "cpu", 1800, 2, (0.52, 0.50), (20.0, 20.0), 0.3, "x")
+    pooled = dataclasses.replace(plain, critic="cheap", step_share=0.1)
+    level = dataclasses.replace(pooled, ssim=(0.50, 0.50))
+    for evidence, use, critic in (((plain, pooled), True, "cheap"), ((plain, level), True, "planned"),
+                                  ((dataclasses.replace(plain, ssim=(0.50, 0.50)), level), False,
+                                   TRANSLATION_DEFAULT_CRITIC)):
+        decision = translation_decision("cpu", 1800, evidence)
+        assert (decision.use, decision.critic) == (use, critic)
+        assert ("pooled by 2" in decision.reason) == (critic == "cheap")
+        monkeypatch.setattr(planner, "translation_decision", lambda device, budget, d=decision: d)
+        plan = make_plan(MR_PAIR, device=CPU, budget_seconds=1800, throughput=TABLE, task=task)
+        cfg = Config.from_dict(plan.config)
+        assert cfg.loss.adversarial == use and min(cfg.train.patch_size) >= cfg.discriminator.min_input_size()
+        assert cfg.discriminator.input_scale == CRITICS[critic]["input_scale"]
+        line = next(r for r in plan.reasons if r.startswith("critic:"))
+        cost = STEP_COST["translate"][critic]  # the translation critic's cost, not the segmentation one's
+        assert f"adds about {cost:.0%}" in line
+    with pytest.raises(ValueError, match="critic"):
+        dataclasses.replace(plain, critic="huge")
 
 
 def test_every_recorded_comparison_names_a_section_of_the_results():

@@ -29,7 +29,7 @@ from vox2vox.device import Device, cpu_bf16
 from vox2vox.errors import Vox2VoxError
 from vox2vox.model.discriminator import DiscriminatorConfig
 from vox2vox.model.translation import TaskConfig
-from vox2vox.train.adversarial import CRITICS, adversarial_decision, translation_decision
+from vox2vox.train.adversarial import CRITICS, adversarial_decision, cost_line, translation_decision
 from vox2vox.train.memory import estimate_memory
 from vox2vox.train.runs import find_labelled_cases
 from vox2vox.train.schedule import format_duration
@@ -196,7 +196,7 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
                         select="last", tune_prediction=not translate, device=device.kind, val_every=1)
     if amp is not None:
         cfg["train"]["amp"] = amp
-    _fit_critic(cfg, plan, patch)
+    _fit_critic(cfg, plan, patch, "translate" if translate else "segment")
     if budget_seconds is not None:
         cfg["train"]["budget"] = format_duration(budget_seconds)
         plan.why(f"budget {format_duration(budget_seconds)}: about {steps} steps of batch {batch} at "
@@ -221,25 +221,21 @@ def make_plan(fp: Fingerprint, *, device: Device, budget_seconds: float | None,
     return plan
 
 
-def _fit_critic(cfg: dict[str, dict[str, Any]], plan: Plan, patch: Sequence[int]) -> None:
+def _fit_critic(cfg: dict[str, dict[str, Any]], plan: Plan, patch: Sequence[int], kind: str) -> None:
     """A pooled critic needs its pooling factor times the patch a plain one needs; a smaller patch
     keeps the plain critic rather than failing the run."""
     critic = cfg["discriminator"]
     scale = critic.get("input_scale", 1)
-    cost = "once it runs it adds about {} to a CPU step"
-    source = " (benchmarks/RESULTS.md, critic_cost.py)"
     if scale == 1:
-        plan.why(f"critic: judges the pair as given; {cost.format('55%')}, 13% with --set discriminator.input_scale=2"
-                 + source)
+        plan.why(f"critic: judges the pair as given; {cost_line(kind, 'planned')}")
         return
     need = DiscriminatorConfig(**critic).min_input_size()
     if min(patch) < need:
-        plan.why(f"critic: a {min(patch)}-voxel patch side is too small for the pair pooled by {scale} (it needs "
-                 f"{need}); the critic judges the pair as given, and {cost.format('55%')}" + source)
         critic["input_scale"] = 1
+        plan.why(f"critic: a {min(patch)}-voxel patch side is too small for the pair pooled by {scale} (it needs "
+                 f"{need}), so it judges the pair as given; {cost_line(kind, 'planned')}")
         return
-    plan.why(f"critic: judges the pair pooled by {scale}; {cost.format('13%')}, 55% with the plain critic "
-             "(--set discriminator.input_scale=1)" + source)
+    plan.why(f"critic: judges the pair pooled by {scale}; {cost_line(kind, 'cheap')}")
 
 
 #: Labelled cases from which the plan holds out 2 (and 3) validation cases, so that no single case
@@ -313,6 +309,7 @@ def _translation_objective(cfg: dict[str, dict[str, Any]], plan: Plan, task: Tas
     # lambda_adv and adversarial_start are planned either way, so --set loss.adversarial=true alone
     # gives pix2pix's term.
     cfg["loss"].update(adversarial=decision.use, lambda_adv=1.0, adversarial_start=0.0)
+    cfg["discriminator"].update(CRITICS[decision.critic])
     plan.why(f"loss {task.lambda_l1:g} x L1" + (f" + {task.lambda_ssim:g} x (1 - SSIM)" if task.lambda_ssim else "")
              + " " + decision.reason)
     cfg["optim"].update(lr_g=1e-3, lr_d=1e-3, schedule="poly")
