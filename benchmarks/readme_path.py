@@ -143,7 +143,8 @@ def main() -> None:
     p.add_argument("--train", action="append", default=None)
     p.add_argument("--test", action="append", default=None)
     p.add_argument("--minutes", type=float, default=30.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="the run's seed (default 0); for --method readme it is `--set train.seed=SEED`")
     p.add_argument("--out", required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="--method readme: a config override passed to `vox2vox train` (a variant of the plan)")
@@ -153,6 +154,11 @@ def main() -> None:
     p.add_argument("--unet-patch", type=int, nargs=3, default=[48, 48, 48],
                    help="--method unet: its training patch (multiples of 16), at 2 mm")
     args = p.parse_args()
+    if args.seed is not None and any(o.replace(" ", "").startswith("train.seed=") for o in args.overrides):
+        p.error("give the seed once: --seed or --set train.seed=...")
+    if args.method == "readme" and args.seed is not None:  # else --seed would silently not reach `vox2vox train`
+        args.overrides = [f"train.seed={args.seed}", *args.overrides]
+    args.seed = 0 if args.seed is None else args.seed
     out = Path(args.out)
     train_csv, test_csv, study_name = write_manifests(args.train or [str(SHARED / "brats2018-deepvoxnet2")],
                                                       args.test or [str(SHARED / "brats2015-deepmedic")], out, args.task)
