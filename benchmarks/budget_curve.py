@@ -52,10 +52,8 @@ def run_folder(out: Path, budget: str, method: str, seed: int) -> Path:
 def command(method: str, seed: int, minutes: float, folder: Path, args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, str(HERE / "readme_path.py"), *METHOD_ARGS[method], "--minutes", f"{minutes:.6g}",
            "--out", str(folder), "--seed", str(seed), "--task", args.task]
-    if method == "unet":
+    if method == "unet":  # --seed seeds both methods (readme_path.py passes it on as train.seed)
         cmd += ["--unet-width", str(args.unet_width), "--unet-patch", *map(str, args.unet_patch)]
-    else:
-        cmd += ["--set", f"train.seed={seed}"]
     for path in args.train or []:
         cmd += ["--train", path]
     for path in args.test or []:
